@@ -1,0 +1,1 @@
+"""fedlink: linked statistics without raw data leaving source."""
