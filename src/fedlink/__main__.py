@@ -1,0 +1,3 @@
+from fedlink.cli.main import run
+
+run()

@@ -1,0 +1,124 @@
+"""The analyst's Python API: connect to a federation, read its catalogue, run aggregate queries.
+
+The ``fedlink`` CLI is a thin layer over this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
+from fedlink.analyst.result import Catalogue, Result
+from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, Timeout
+from fedlink.query.catalogue import FederationCatalogue
+from fedlink.query.results import QueryResult
+from fedlink.wire import rpc
+from fedlink.wire.transport import ANALYST, Message, TlsFiles, frames, messages, new_call_id, secure_channel, stream_method
+
+
+@dataclass(frozen=True)
+class Federation:
+    """A connection to a federation's coordinator as one analyst (identified by certificate)."""
+
+    address: str
+    tls: TlsFiles
+    server_name: str | None = None
+    project: str | None = None
+    timeout_s: float = 120.0
+
+    def _call(self, kind: str, body: bytes = b"") -> Message:
+        channel = secure_channel(self.address, self.tls, self.server_name)
+        try:
+            request = Message(new_call_id(), kind, body)
+            replies = stream_method(channel, ANALYST)(frames(request), timeout=self.timeout_s)
+            reply = next(messages(replies), None)
+        except grpc.RpcError as exc:
+            raise _rpc_error(exc, self.address, self.timeout_s) from exc
+        finally:
+            channel.close()
+        if reply is None:
+            raise Fault(f"the coordinator at {self.address} closed the call without an answer; see its log")
+        return rpc.raise_if_error(reply)
+
+    def catalog(self) -> Catalogue:
+        """What data exists where: every registered node, whether it is live, and its tables.
+
+        >>> cat = fed.catalog()                                    # doctest: +SKIP
+        >>> cat.tables()["support_episodes"]                        # doctest: +SKIP
+        ['charity_north', 'charity_south']
+        """
+        reply = self._call(rpc.CATALOGUE)
+        return Catalogue(FederationCatalogue.model_validate_json(reply.body))
+
+    def query(self, sql: str) -> Result:
+        """Run an aggregate query over the federation.
+
+        >>> fed.query("SELECT region, COUNT(*) FROM support_episodes GROUP BY region")  # doctest: +SKIP
+        """
+        if not isinstance(sql, str):
+            raise BadInput("query() takes the SQL text as a string")
+        reply = self._call(rpc.QUERY, sql.encode("utf-8"))
+        return Result(QueryResult.model_validate_json(reply.body))
+
+
+def _rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> Exception:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return AccessDenied(details or "the coordinator refused this certificate")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Timeout(f"the coordinator at {address} did not answer within {timeout_s:g} s; retry or raise the timeout")
+    return Fault(
+        f"cannot reach the coordinator at {address} ({code.name if code else 'error'}); check that it is running and "
+        "that your certificate was issued by this federation's CA"
+    )
+
+
+def connect(
+    coordinator: str | None = None,
+    *,
+    cert: str | Path | None = None,
+    key: str | Path | None = None,
+    ca: str | Path | None = None,
+    profile: str | Path | None = None,
+    project: str | None = None,
+    server_name: str | None = None,
+    timeout_s: float | None = None,
+) -> Federation:
+    """Connect to a federation, either with explicit certificate files or with an analyst profile.
+
+    >>> fed = fedlink.connect("127.0.0.1:7443", cert="analyst.crt", key="analyst.key", ca="ca.crt")  # doctest: +SKIP
+    >>> fed = fedlink.connect(profile=".fedlink/analyst.toml")                                     # doctest: +SKIP
+    """
+    if coordinator is None:
+        loaded: AnalystProfile = load_profile(find_profile(Path(profile) if profile else None))
+        return _checked(
+            Federation(
+                address=loaded.address,
+                tls=loaded.tls_files(),
+                server_name=server_name or loaded.coordinator_name,
+                project=project or loaded.project,
+                timeout_s=timeout_s or loaded.timeout_s,
+            )
+        )
+    missing = [name for name, value in (("cert", cert), ("key", key), ("ca", ca)) if value is None]
+    if missing:
+        raise ConfigError(
+            f"connecting to {coordinator} needs {', '.join(missing)}: an analyst certificate from "
+            "`fedlink pki issue --role analyst --name NAME` and the federation CA"
+        )
+    tls = TlsFiles(Path(str(cert)), Path(str(key)), Path(str(ca)))
+    return _checked(Federation(coordinator, tls, server_name, project, timeout_s or 120.0))
+
+
+def _checked(federation: Federation) -> Federation:
+    identity = federation.tls.identity()
+    if identity.role != "analyst":
+        raise ConfigError(
+            f"{federation.tls.cert} is a certificate for {identity}; analysts need one from "
+            "`fedlink pki issue --role analyst --name NAME`"
+        )
+    return federation

@@ -1,0 +1,59 @@
+"""An analyst's connection profile (``analyst.toml``): where the coordinator is and which
+certificate to use. ``fedlink demo`` writes one into its working directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from fedlink.config import expand, load_model, resolve_path
+from fedlink.errors import ConfigError
+from fedlink.wire.transport import TlsFiles
+
+PROFILE_ENV = "FEDLINK_PROFILE"
+DEFAULT_PROFILE = Path(".fedlink") / "analyst.toml"
+
+
+class AnalystProfile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    coordinator: str
+    cert: str
+    key: str
+    ca: str
+    coordinator_name: str | None = None
+    project: str | None = None
+    timeout_s: float = 120.0
+    source: Path = Path("analyst.toml")
+
+    @property
+    def address(self) -> str:
+        return expand(self.coordinator, self.source)
+
+    def tls_files(self) -> TlsFiles:
+        return TlsFiles(
+            cert=resolve_path(self.cert, self.source),
+            key=resolve_path(self.key, self.source),
+            ca=resolve_path(self.ca, self.source),
+        )
+
+
+def find_profile(path: Path | None = None) -> Path:
+    """The profile to use: an explicit path, else ``$FEDLINK_PROFILE``, else ``./.fedlink/analyst.toml``."""
+    if path is not None:
+        return path
+    if os.environ.get(PROFILE_ENV):
+        return Path(os.environ[PROFILE_ENV])
+    if DEFAULT_PROFILE.exists():
+        return DEFAULT_PROFILE
+    raise ConfigError(
+        "no analyst profile; pass --profile FILE, set FEDLINK_PROFILE, or pass --coordinator with --cert, "
+        "--key and --ca (`fedlink demo --serve` writes one)"
+    )
+
+
+def load_profile(path: Path) -> AnalystProfile:
+    profile = load_model(path, AnalystProfile, "analyst profile")
+    return profile.model_copy(update={"source": path.resolve()})

@@ -1,0 +1,225 @@
+"""The ``fedlink`` command: parses arguments, calls the public API, renders the answer.
+
+It imports nothing of fedlink but the public facade (``fedlink``) and its errors, so everything it
+does is also possible from Python.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+import fedlink
+from fedlink.cli import render
+from fedlink.errors import FedlinkError
+
+app = typer.Typer(
+    help="fedlink: linked statistics across departments, without raw data leaving source.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+pki_app = typer.Typer(help="The federation's CA and certificates.", no_args_is_help=True)
+node_app = typer.Typer(help="Run a department's node.", no_args_is_help=True)
+coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
+app.add_typer(node_app, name="node")
+app.add_typer(coordinator_app, name="coordinator")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+_state = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def handles_errors(func: F) -> F:
+    """Turn a FedlinkError into one line on stderr and exit code 2 (bad input) or 1 (fault)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FedlinkError as exc:
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("grpc", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --- data and PKI ---------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def synth(
+    people: Annotated[int, typer.Option(help="Size of the synthetic population.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder (must be new or empty).")] = Path("synth"),
+    corruption: Annotated[
+        Path | None, typer.Option(help="TOML file of identifier corruption rates (defaults are built in).")
+    ] = None,
+) -> None:
+    """Generate a synthetic population, six departments' tables and a ground-truth file."""
+    rates = fedlink.load_corruption_config(corruption) if corruption else None
+    summary = fedlink.synthesize(people, seed, out_dir, rates=rates)
+    out.print(f"wrote {summary.people:,} people to {summary.out} in {summary.elapsed_s:.1f}s (ground truth in "
+              f"{summary.out / 'truth'}: give it to no node)")
+
+
+@pki_app.command("init")
+@handles_errors
+def pki_init(
+    directory: Annotated[Path, typer.Option("--dir", help="Folder for the CA.")] = Path(".fedlink/pki"),
+) -> None:
+    """Create the federation CA."""
+    path = fedlink.pki_init(directory)
+    out.print(f"federation CA written to {path} (keep {directory / 'ca.key'} offline)")
+
+
+@pki_app.command("issue")
+@handles_errors
+def pki_issue(
+    role: Annotated[str, typer.Option(help="coordinator, node or analyst.")],
+    name: Annotated[str, typer.Option(help="The party's name, e.g. the node name.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Folder of the CA.")] = Path(".fedlink/pki"),
+    host: Annotated[list[str] | None, typer.Option(help="Extra DNS name or IP the party serves on.")] = None,
+) -> None:
+    """Issue a certificate signed by the federation CA."""
+    issued = fedlink.pki_issue(directory, role, name, tuple(host or ()))
+    out.print(f"issued {issued.identity}: {issued.cert_path} and {issued.key_path}")
+
+
+@pki_app.command("revoke")
+@handles_errors
+def pki_revoke(
+    cert: Annotated[Path, typer.Option(help="The certificate to revoke.")],
+    directory: Annotated[Path, typer.Option("--dir", help="Folder of the CA.")] = Path(".fedlink/pki"),
+) -> None:
+    """Revoke a certificate: the coordinator refuses it from its next call on."""
+    identity = fedlink.pki_revoke(directory, cert)
+    out.print(f"revoked {identity}")
+
+
+# --- parties --------------------------------------------------------------------------------------
+ReadyFile = Annotated[Path | None, typer.Option(help="Write this file once ready (for scripts).")]
+
+
+@node_app.command("serve")
+@handles_errors
+def node_serve(
+    config: Annotated[Path, typer.Option(help="The node's node.toml.")],
+    ready_file: ReadyFile = None,
+) -> None:
+    """Load the node's tables, dial out to the coordinator and serve aggregate operators."""
+    fedlink.serve_node(config, ready_file)
+
+
+@coordinator_app.command("serve")
+@handles_errors
+def coordinator_serve(
+    config: Annotated[Path, typer.Option(help="The coordinator.toml.")],
+    ready_file: ReadyFile = None,
+) -> None:
+    """Accept nodes and analysts over mTLS gRPC, plan and route queries."""
+    fedlink.serve_coordinator(config, ready_file)
+
+
+# --- analyst --------------------------------------------------------------------------------------
+Profile = Annotated[Path | None, typer.Option(help="Analyst profile (default $FEDLINK_PROFILE or .fedlink/analyst.toml).")]
+Coordinator = Annotated[str | None, typer.Option(help="Coordinator host:port (instead of a profile).")]
+Cert = Annotated[Path | None, typer.Option(help="Analyst certificate (with --coordinator).")]
+Key = Annotated[Path | None, typer.Option(help="Analyst private key (with --coordinator).")]
+Ca = Annotated[Path | None, typer.Option(help="Federation CA certificate (with --coordinator).")]
+FormatOpt = Annotated[Format, typer.Option("--format", help="table, json or csv.")]
+
+
+def _connect(profile: Path | None, coordinator: str | None, cert: Path | None, key: Path | None, ca: Path | None) -> Any:
+    return fedlink.connect(coordinator, cert=cert, key=key, ca=ca, profile=profile)
+
+
+@app.command()
+@handles_errors
+def catalog(
+    profile: Profile = None, coordinator: Coordinator = None, cert: Cert = None, key: Key = None, ca: Ca = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """What data exists where: nodes, tables, columns, categories, bounds and completeness."""
+    render.catalogue(out, _connect(profile, coordinator, cert, key, ca).catalog(), fmt.value)
+
+
+@app.command()
+@handles_errors
+def query(
+    sql: Annotated[str, typer.Argument(help="An aggregate SQL query, e.g. \"SELECT region, COUNT(*) FROM t GROUP BY region\".")],
+    profile: Profile = None, coordinator: Coordinator = None, cert: Cert = None, key: Key = None, ca: Ca = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Run an aggregate query over every node that holds the table."""
+    render.result(out, _connect(profile, coordinator, cert, key, ca).query(sql), fmt.value)
+
+
+@app.command()
+@handles_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Working folder for PKI, data, logs and the analyst profile.")] = Path(
+        ".fedlink"
+    ),
+    people: Annotated[int, typer.Option(help="Synthetic population size.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    serve: Annotated[bool, typer.Option("--serve", help="Keep the federation running after the examples.")] = False,
+) -> None:
+    """Run the whole demo: PKI, synthetic departments, a local federation, example queries, stop."""
+    setup = fedlink.run_demo(workdir, people, seed, progress=lambda msg: err.print(f"[dim]demo:[/] {msg}"))
+    try:
+        fed = fedlink.connect(profile=setup.profile)
+        render.catalogue(out, fed.catalog(), "table")
+        for sql in fedlink.DEMO_QUERIES:
+            render.result(out, fed.query(sql), "table")
+        if serve:
+            err.print(f"federation running; in another shell: FEDLINK_PROFILE={setup.profile} fedlink query \"...\"; "
+                      "Ctrl-C stops it")
+            import signal
+            import threading
+
+            stopped = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+            try:
+                stopped.wait()
+            except KeyboardInterrupt:
+                pass
+    finally:
+        setup.federation.stop()
+    err.print("demo: federation stopped")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

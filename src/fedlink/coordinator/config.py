@@ -1,0 +1,67 @@
+"""The coordinator's configuration (``coordinator/coordinator.toml``): where it listens, its
+certificate, and the registry of nodes allowed to join the federation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedlink.config import expand, load_model, resolve_path
+from fedlink.wire.transport import TlsFiles
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CoordinatorSection(_Strict):
+    name: str = "coordinator"
+    listen: str = "127.0.0.1:7443"
+    query_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class TlsSection(_Strict):
+    cert: str
+    key: str
+    ca: str
+    #: Optional revocation list written by `fedlink pki revoke`.
+    revoked: str | None = None
+
+
+class RegisteredNode(_Strict):
+    name: str
+    description: str = ""
+
+
+class CoordinatorConfig(_Strict):
+    coordinator: CoordinatorSection = CoordinatorSection()
+    tls: TlsSection
+    nodes: tuple[RegisteredNode, ...]
+    source: Path = Path("coordinator.toml")
+
+    @model_validator(mode="after")
+    def _unique(self) -> CoordinatorConfig:
+        names = [n.name for n in self.nodes]
+        if len(set(names)) != len(names):
+            raise ValueError("a node is registered twice in [[nodes]]")
+        return self
+
+    @property
+    def listen(self) -> str:
+        return expand(self.coordinator.listen, self.source)
+
+    def tls_files(self) -> TlsFiles:
+        return TlsFiles(
+            cert=resolve_path(self.tls.cert, self.source),
+            key=resolve_path(self.tls.key, self.source),
+            ca=resolve_path(self.tls.ca, self.source),
+        )
+
+    def revoked_path(self) -> Path | None:
+        return resolve_path(self.tls.revoked, self.source) if self.tls.revoked else None
+
+
+def load_coordinator_config(path: Path) -> CoordinatorConfig:
+    config = load_model(path, CoordinatorConfig, "coordinator")
+    return config.model_copy(update={"source": path.resolve()})

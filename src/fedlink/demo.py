@@ -1,0 +1,196 @@
+"""The demo federation on one machine: PKI, synthetic departments, a coordinator and every node as
+separate processes talking mTLS gRPC on loopback, example queries, then a clean stop.
+
+:class:`LocalFederation` is also what end-to-end tests use to run a whole federation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedlink.errors import BadInput, Fault
+from fedlink.wire import pki
+
+MARKER = ".fedlink-demo"
+ANALYST = "demo-analyst"
+EXAMPLE_QUERIES = (
+    "SELECT region, COUNT(*) AS episodes, AVG(duration_days) AS mean_days FROM support_episodes GROUP BY region",
+    "SELECT outcome, COUNT(*) AS episodes FROM support_episodes WHERE start_year BETWEEN 2015 AND 2025 "
+    "AND episode_type = 'rough_sleeping' GROUP BY outcome",
+    "SELECT fsm, COUNT(*) AS pupils, AVG(attainment8) AS mean_attainment8 FROM dfe.pupils GROUP BY fsm",
+    "SELECT HISTOGRAM(sentence_months) FROM hmps.sentences",
+)
+
+
+def federation_dir() -> Path:
+    """The demo federation's configs: packaged in a wheel, or the repository's own folders."""
+    packaged = Path(__file__).parent / "_federation"
+    if (packaged / "coordinator").is_dir():
+        return packaged
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "coordinator" / "coordinator.toml").exists():
+        return repo
+    raise Fault("the demo federation configs are missing from this installation; reinstall fedlink")
+
+
+def node_names(root: Path) -> list[str]:
+    return sorted(p.parent.name for p in (root / "nodes").glob("*/node.toml"))
+
+
+def prepare_pki(workdir: Path, nodes: list[str]) -> Path:
+    """A fresh CA with certificates for the coordinator, every node and the demo analyst."""
+    pki_dir = workdir / "pki"
+    pki.init_ca(pki_dir, name="fedlink demo federation CA")
+    pki.issue(pki_dir, "coordinator", "coordinator")
+    for name in nodes:
+        pki.issue(pki_dir, "node", name)
+    pki.issue(pki_dir, "analyst", ANALYST)
+    return pki_dir
+
+
+def write_profile(workdir: Path, address: str) -> Path:
+    path = workdir / "analyst.toml"
+    path.write_text(
+        f'coordinator = "{address}"\n'
+        f'cert = "pki/analyst-{ANALYST}.crt"\nkey = "pki/analyst-{ANALYST}.key"\nca = "pki/ca.crt"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def _wait_for(path: Path, process: subprocess.Popen[bytes], log: Path, what: str, deadline: float) -> dict[str, object]:
+    while time.monotonic() < deadline:
+        if path.exists():
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+        if process.poll() is not None:
+            tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            raise Fault(f"{what} exited during start-up ({tail[0] if tail else 'no output'}); see {log}")
+        time.sleep(0.05)
+    raise Fault(f"{what} did not become ready in time; see {log}")
+
+
+@dataclass
+class LocalFederation:
+    """A coordinator and nodes as subprocesses, configured by ``root`` (coordinator/ and nodes/)."""
+
+    workdir: Path
+    root: Path
+    nodes: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    address: str = ""
+
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path, Path]:
+        logs = self.workdir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        ready = self.workdir / "run" / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        log = logs / f"{name}.log"
+        env = {**os.environ, "FEDLINK_WORKDIR": str(self.workdir), **self.env, **extra_env}
+        with log.open("wb") as handle:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "fedlink", *args, "--ready-file", str(ready)],
+                stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        self.processes[name] = process
+        return process, ready, log
+
+    def start_coordinator(self, timeout_s: float = 60.0) -> str:
+        config = self.root / "coordinator" / "coordinator.toml"
+        process, ready, log = self._spawn(
+            "coordinator", ["coordinator", "serve", "--config", str(config)],
+            {"FEDLINK_COORDINATOR_LISTEN": "127.0.0.1:0"},
+        )
+        info = _wait_for(ready, process, log, "the coordinator", time.monotonic() + timeout_s)
+        self.address = str(info["address"])
+        return self.address
+
+    def start_node(self, name: str, timeout_s: float = 60.0) -> None:
+        config = self.root / "nodes" / name / "node.toml"
+        process, ready, log = self._spawn(
+            name, ["node", "serve", "--config", str(config)], {"FEDLINK_COORDINATOR": self.address}
+        )
+        _wait_for(ready, process, log, f"node '{name}'", time.monotonic() + timeout_s)
+
+    def start(self, on_ready: Callable[[str], None] | None = None) -> None:
+        self.start_coordinator()
+        if on_ready:
+            on_ready("coordinator")
+        for name in self.nodes:
+            self.start_node(name)
+            if on_ready:
+                on_ready(name)
+
+    def stop_party(self, name: str, timeout_s: float = 10.0) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def stop(self) -> None:
+        for name in [n for n in self.processes if n != "coordinator"]:
+            self.stop_party(name)
+        self.stop_party("coordinator")
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Create the demo's working directory, clearing only what an earlier demo run made there."""
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / MARKER).exists():
+            raise BadInput(f"{workdir} exists and was not made by `fedlink demo`; choose another --workdir")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by fedlink demo; safe to delete\n", encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class DemoSetup:
+    workdir: Path
+    federation: LocalFederation
+    profile: Path
+
+
+def run_demo(
+    workdir: Path,
+    people: int = 20_000,
+    seed: int = 7,
+    progress: Callable[[str], None] = lambda _: None,
+) -> DemoSetup:
+    """Prepare PKI and data and start the federation; the caller queries it and stops it."""
+    from fedlink.synth import synthesize
+
+    workdir = workdir.resolve()
+    root = federation_dir()
+    nodes = node_names(root)
+    prepare_workdir(workdir)
+    progress(f"PKI: a federation CA and certificates for the coordinator, {len(nodes)} nodes and an analyst")
+    prepare_pki(workdir, nodes)
+    progress(f"synthetic population of {people:,} people (seed {seed}) and its departments")
+    synthesize(people, seed, workdir / "data", progress=False)
+    federation = LocalFederation(workdir=workdir, root=root, nodes=nodes)
+    try:
+        federation.start(on_ready=lambda name: progress(f"started {name}"))
+    except BaseException:
+        federation.stop()
+        raise
+    return DemoSetup(workdir, federation, write_profile(workdir, federation.address))

@@ -1,0 +1,136 @@
+"""The node's side of the federation: it dials out to the coordinator and answers tasks.
+
+Departments open no inbound port. The node keeps one mutually authenticated gRPC stream to the
+coordinator, announces its catalogue, then runs only the fixed operators it is asked for, returning
+additive aggregates, never rows. If the coordinator goes away the node reconnects with back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from fedlink.errors import AccessDenied, ConfigError, FedlinkError, Fault
+from fedlink.node.config import NodeConfig
+from fedlink.node.data import NodeData
+from fedlink.query.plan import AggregatePlan
+from fedlink.wire import rpc
+from fedlink.wire.fedlink_pb2 import Frame
+from fedlink.wire.transport import NODE_SESSION, Message, frames, messages, new_call_id, secure_channel, stream_method
+
+log = logging.getLogger("fedlink.node")
+_CLOSE = object()
+
+
+class NodeAgent:
+    """Runs one node: loads its data, connects out, serves tasks until :meth:`stop`."""
+
+    def __init__(self, config: NodeConfig, data: NodeData | None = None) -> None:
+        self.config = config
+        self.tls = config.tls_files()
+        identity = self.tls.identity()
+        if identity.role != "node" or identity.name != config.name:
+            raise ConfigError(
+                f"{self.tls.cert} is a certificate for {identity}, not node '{config.name}'; point [tls] at "
+                f"the node's own certificate (`fedlink pki issue --role node --name {config.name}`)"
+            )
+        self.data = data or NodeData(config)
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"node-{config.name}")
+        self._call: grpc.Future | None = None
+
+    @property
+    def connected(self) -> threading.Event:
+        return self._connected
+
+    def serve(self, on_connected: Callable[[], None] | None = None, retry_s: float = 0.5) -> None:
+        """Connect and serve until stopped; reconnect with back-off after a lost connection."""
+        delay = retry_s
+        while not self._stop.is_set():
+            try:
+                self._session(on_connected)
+                delay = retry_s
+            except (AccessDenied, ConfigError):
+                raise
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    break
+                code = exc.code() if hasattr(exc, "code") else None
+                if code == grpc.StatusCode.PERMISSION_DENIED or code == grpc.StatusCode.UNAUTHENTICATED:
+                    raise AccessDenied(f"the coordinator refused node '{self.config.name}': {exc.details()}") from exc
+                log.warning(
+                    "coordinator at %s unreachable (%s); retrying in %.1fs",
+                    self.config.coordinator_address, code.name if code else "error", delay,
+                )
+            self._connected.clear()
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, 10.0)
+
+    def _session(self, on_connected: Callable[[], None] | None) -> None:
+        outbound: queue.Queue[object] = queue.Queue()
+        channel = secure_channel(self.config.coordinator_address, self.tls, self.config.node.coordinator_name)
+
+        def requests() -> Iterator[Frame]:
+            while True:
+                item = outbound.get()
+                if item is _CLOSE:
+                    return
+                assert isinstance(item, Message)
+                yield from frames(item)
+
+        hello = Message(new_call_id(), rpc.HELLO, self.data.catalogue.model_dump_json().encode())
+        outbound.put(hello)
+        call = stream_method(channel, NODE_SESSION)(requests())
+        self._call = call
+        try:
+            for message in messages(call):
+                if message.kind == rpc.WELCOME:
+                    log.info("node '%s' joined the federation at %s", self.config.name, self.config.coordinator_address)
+                    self._connected.set()
+                    if on_connected:
+                        on_connected()
+                elif message.kind == rpc.ERROR:
+                    rpc.raise_if_error(message)
+                else:
+                    self._pool.submit(self._answer, message, outbound)
+        finally:
+            outbound.put(_CLOSE)
+            self._call = None
+            channel.close()
+
+    def _answer(self, message: Message, outbound: queue.Queue[object]) -> None:
+        started = time.perf_counter()
+        try:
+            if message.kind != rpc.AGGREGATE:
+                raise Fault(f"node '{self.config.name}' does not run operator '{message.kind}'")
+            plan = AggregatePlan.model_validate_json(message.body)
+            partial = self.data.aggregate(plan)
+            reply = Message(message.call_id, rpc.PARTIAL, partial.model_dump_json().encode())
+            log.info(
+                "task %s: aggregate over '%s' (%d cells, %d components) in %.0f ms",
+                message.call_id[:8], plan.table, plan.cells, len(plan.components),
+                1000 * (time.perf_counter() - started),
+            )
+        except FedlinkError as exc:
+            reply = rpc.error_message(message.call_id, exc)
+            log.warning("task %s refused: %s", message.call_id[:8], exc.message)
+        except Exception as exc:  # a bug must not take the node down; report a fault without data
+            log.exception("task %s failed", message.call_id[:8])
+            reply = rpc.error_message(message.call_id, Fault(f"node '{self.config.name}' failed: {type(exc).__name__}"))
+        outbound.put(reply)
+
+    def stop(self) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.data.close()

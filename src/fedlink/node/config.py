@@ -1,0 +1,130 @@
+"""A node's own configuration (``nodes/<dept>/node.toml``): who it is, where its data lives, and what
+it declares about that data. The node is the final authority over everything declared here."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from fedlink.config import expand, load_model, resolve_path
+from fedlink.query.catalogue import Category, ColumnKind
+from fedlink.wire.transport import TlsFiles
+
+_IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _identifier(value: str) -> str:
+    if not _IDENT.match(value):
+        raise ValueError(f"'{value}' must be lower-case letters, digits and '_', starting with a letter")
+    return value
+
+
+class ColumnDecl(_Strict):
+    name: str
+    kind: ColumnKind
+    description: str = ""
+    categories: tuple[Category, ...] | None = None
+    bounds: tuple[float, float] | None = None
+    bins: tuple[float, ...] | None = None
+
+    _name = field_validator("name")(_identifier)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ColumnDecl:
+        if self.kind == "category" and not self.categories:
+            raise ValueError(f"categorical column '{self.name}' needs a non-empty 'categories' list")
+        if self.categories is not None and len(set(self.categories)) != len(self.categories):
+            raise ValueError(f"column '{self.name}' lists a category twice")
+        if self.kind == "numeric":
+            if self.bounds is None or not self.bounds[0] < self.bounds[1]:
+                raise ValueError(f"numeric column '{self.name}' needs 'bounds = [low, high]' with low < high")
+            if self.bins is not None:
+                if len(self.bins) < 2 or any(b >= c for b, c in zip(self.bins, self.bins[1:], strict=False)):
+                    raise ValueError(f"'bins' of column '{self.name}' must be at least two increasing edges")
+        elif self.bounds is not None or self.bins is not None:
+            raise ValueError(f"only numeric columns take 'bounds' or 'bins' ('{self.name}' is {self.kind})")
+        return self
+
+
+class TableDecl(_Strict):
+    name: str
+    source: str
+    format: Literal["parquet", "csv"] | None = None
+    description: str = ""
+    columns: tuple[ColumnDecl, ...]
+
+    _name = field_validator("name")(_identifier)
+
+    @model_validator(mode="after")
+    def _unique_columns(self) -> TableDecl:
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError(f"table '{self.name}' declares a column twice")
+        return self
+
+    @property
+    def source_format(self) -> str:
+        if self.format:
+            return self.format
+        return "csv" if self.source.lower().endswith((".csv", ".csv.gz")) else "parquet"
+
+
+class NodeSection(_Strict):
+    name: str
+    description: str = ""
+    coordinator: str
+    #: TLS name to expect on the coordinator's certificate when it differs from the address's host.
+    coordinator_name: str | None = None
+
+    _name = field_validator("name")(_identifier)
+
+
+class TlsSection(_Strict):
+    cert: str
+    key: str
+    ca: str
+
+
+class NodeConfig(_Strict):
+    node: NodeSection
+    tls: TlsSection
+    tables: tuple[TableDecl, ...]
+    #: The file this was read from: relative paths inside it are relative to its folder.
+    source: Path = Path("node.toml")
+
+    @model_validator(mode="after")
+    def _unique_tables(self) -> NodeConfig:
+        names = [t.name for t in self.tables]
+        if len(set(names)) != len(names):
+            raise ValueError("a table name is declared twice")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def coordinator_address(self) -> str:
+        return expand(self.node.coordinator, self.source)
+
+    def tls_files(self) -> TlsFiles:
+        return TlsFiles(
+            cert=resolve_path(self.tls.cert, self.source),
+            key=resolve_path(self.tls.key, self.source),
+            ca=resolve_path(self.tls.ca, self.source),
+        )
+
+    def table_path(self, table: TableDecl) -> Path:
+        return resolve_path(table.source, self.source)
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    config = load_model(path, NodeConfig, "node")
+    return config.model_copy(update={"source": path.resolve()})

@@ -1,0 +1,116 @@
+"""A node's data, read in place through DuckDB, and the catalogue it publishes about it."""
+
+from __future__ import annotations
+
+import threading
+
+import duckdb
+
+from fedlink.errors import ConfigError, QueryError
+from fedlink.node.config import ColumnDecl, NodeConfig, TableDecl
+from fedlink.node.operators import run_aggregate
+from fedlink.query.catalogue import ColumnInfo, NodeCatalogue, TableInfo, round_count
+from fedlink.query.plan import AggregatePlan
+from fedlink.query.results import PartialAggregates
+
+_NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "UTINYINT",
+                  "USMALLINT", "UINTEGER", "UBIGINT")
+
+
+def _view_name(table: TableDecl) -> str:
+    return f"t_{table.name}"
+
+
+class NodeData:
+    """The declared tables of one node, as DuckDB views over their CSV or Parquet files."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._connection = duckdb.connect(":memory:")
+        self._lock = threading.Lock()
+        self.tables = {t.name: t for t in config.tables}
+        for table in config.tables:
+            self._register(table)
+        self.catalogue = self._build_catalogue()
+
+    def _register(self, table: TableDecl) -> None:
+        path = self.config.table_path(table)
+        if not path.exists():
+            raise ConfigError(
+                f"{self.config.source}: table '{table.name}' source {path} does not exist; generate it with "
+                "`fedlink synth` or fix 'source'"
+            )
+        reader = "read_csv_auto" if table.source_format == "csv" else "read_parquet"
+        literal = str(path).replace("'", "''")
+        try:
+            self._connection.execute(f"CREATE VIEW \"{_view_name(table)}\" AS SELECT * FROM {reader}('{literal}')")
+            schema = dict(
+                (name, kind)
+                for name, kind, *_ in self._connection.execute(f"DESCRIBE \"{_view_name(table)}\"").fetchall()
+            )
+        except duckdb.Error as exc:
+            raise ConfigError(f"cannot read {path} as {table.source_format} ({str(exc).splitlines()[0]})") from exc
+        for column in table.columns:
+            self._check_column(table, column, schema)
+
+    def _check_column(self, table: TableDecl, column: ColumnDecl, schema: dict[str, str]) -> None:
+        where = f"{self.config.source}: column '{column.name}' of table '{table.name}'"
+        kind = schema.get(column.name)
+        if kind is None:
+            raise ConfigError(f"{where} is declared but not in the data; remove it or fix the name")
+        numeric = kind.startswith(_NUMERIC_TYPES)
+        if column.kind == "numeric" and not numeric:
+            raise ConfigError(f"{where} is declared numeric but holds {kind}; declare it as category or identifier")
+        if column.kind == "category":
+            assert column.categories is not None
+            wants_text = any(isinstance(c, str) for c in column.categories)
+            if wants_text == numeric:
+                raise ConfigError(
+                    f"{where} holds {kind} but its categories are {'text' if wants_text else 'numbers'}; "
+                    "declare categories of the column's type"
+                )
+
+    def _build_catalogue(self) -> NodeCatalogue:
+        tables = []
+        with self._lock:
+            for table in self.config.tables:
+                view = _view_name(table)
+                rows = self._connection.execute(f'SELECT COUNT(*) FROM "{view}"').fetchone()
+                count = int(rows[0]) if rows else 0
+                columns = []
+                for column in table.columns:
+                    completeness = None
+                    if column.kind == "identifier" and count:
+                        share = self._connection.execute(
+                            f'SELECT AVG(CASE WHEN "{column.name}" IS NULL OR TRIM(CAST("{column.name}" AS VARCHAR)) '
+                            f"= '' THEN 0 ELSE 1 END) FROM \"{view}\""
+                        ).fetchone()
+                        completeness = round(float(share[0]), 2) if share else None
+                    columns.append(
+                        ColumnInfo(
+                            name=column.name, kind=column.kind, description=column.description,
+                            categories=column.categories, bounds=column.bounds, bins=column.bins,
+                            completeness=completeness,
+                        )
+                    )
+                tables.append(
+                    TableInfo(
+                        name=table.name, description=table.description, rows_rounded=round_count(count),
+                        columns=tuple(columns),
+                    )
+                )
+        return NodeCatalogue(node=self.config.name, description=self.config.node.description, tables=tuple(tables))
+
+    def aggregate(self, plan: AggregatePlan) -> PartialAggregates:
+        table = self.tables.get(plan.table)
+        if table is None:
+            raise QueryError(f"node '{self.config.name}' has no table '{plan.table}'")
+        with self._lock:
+            cursor = self._connection.cursor()
+        try:
+            return run_aggregate(cursor, plan, table, _view_name(table), self.config.name)
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        self._connection.close()

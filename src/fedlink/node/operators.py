@@ -1,0 +1,143 @@
+"""The node's fixed aggregate operator, compiled to DuckDB SQL with sqlglot.
+
+No code is ever shipped to a node: a plan is data, validated here against the node's own
+declarations (the node trusts nothing the coordinator says about bounds, bins or categories), and
+turned into one SQL statement built from sqlglot expressions, never by pasting strings.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import duckdb
+import numpy as np
+from sqlglot import exp
+
+from fedlink.errors import QueryError
+from fedlink.node.config import ColumnDecl, TableDecl
+from fedlink.query.plan import (
+    AggregatePlan,
+    Between,
+    BoolOp,
+    Comparison,
+    Component,
+    InList,
+    IsNull,
+    Not,
+    Predicate,
+)
+from fedlink.query.results import PartialAggregates
+
+_OPS: dict[str, type[exp.Binary]] = {
+    "=": exp.EQ, "!=": exp.NEQ, "<": exp.LT, "<=": exp.LTE, ">": exp.GT, ">=": exp.GTE,
+}
+
+
+def _col(name: str) -> exp.Column:
+    return exp.column(name, quoted=True)
+
+
+def _lit(value: str | int | float) -> exp.Expr:
+    return exp.Literal.string(value) if isinstance(value, str) else exp.Literal.number(value)
+
+
+def predicate_sql(predicate: Predicate) -> exp.Expr:
+    """A plan predicate as a sqlglot expression (values become literals, never raw SQL)."""
+    if isinstance(predicate, Comparison):
+        return _OPS[predicate.op](this=_col(predicate.column), expression=_lit(predicate.value))
+    if isinstance(predicate, InList):
+        node: exp.Expr = exp.In(this=_col(predicate.column), expressions=[_lit(v) for v in predicate.values])
+        return exp.Not(this=node) if predicate.negated else node
+    if isinstance(predicate, Between):
+        return exp.Between(this=_col(predicate.column), low=_lit(predicate.low), high=_lit(predicate.high))
+    if isinstance(predicate, IsNull):
+        node = exp.Is(this=_col(predicate.column), expression=exp.Null())
+        return exp.Not(this=node) if predicate.negated else node
+    if isinstance(predicate, BoolOp):
+        joined = exp.and_(*map(predicate_sql, predicate.args)) if predicate.op == "and" else exp.or_(
+            *map(predicate_sql, predicate.args)
+        )
+        return exp.Paren(this=joined)
+    if isinstance(predicate, Not):
+        return exp.Not(this=exp.Paren(this=predicate_sql(predicate.arg)))
+    raise QueryError(f"unknown predicate {predicate!r}")
+
+
+def validate_plan(plan: AggregatePlan, table: TableDecl, node: str) -> None:
+    """Refuse a plan that does not match this node's own declarations."""
+    declared: dict[str, ColumnDecl] = {c.name: c for c in table.columns}
+    for name in sorted(plan.columns_used()):
+        column = declared.get(name)
+        if column is None or column.kind == "identifier":
+            raise QueryError(f"node '{node}' refuses: column '{name}' is not a queryable column of '{table.name}'")
+    for group in plan.group_by:
+        if declared[group.column].categories != group.categories:
+            raise QueryError(f"node '{node}' refuses: the categories of '{group.column}' differ from its declaration")
+    for comp in plan.components:
+        if comp.kind == "sum" and (comp.lower, comp.upper) != declared[cast(str, comp.column)].bounds:
+            raise QueryError(f"node '{node}' refuses: bounds of '{comp.column}' differ from its declaration")
+        if comp.kind == "histogram" and comp.bins != declared[cast(str, comp.column)].bins:
+            raise QueryError(f"node '{node}' refuses: bins of '{comp.column}' differ from its declaration")
+
+
+def _bin_index(comp: Component) -> exp.Expr:
+    assert comp.bins is not None and comp.column is not None
+    case = exp.Case()
+    for i, edge in enumerate(comp.bins[1:-1]):
+        case = case.when(exp.LT(this=_col(comp.column), expression=_lit(edge)), _lit(i))
+    return case.else_(_lit(len(comp.bins) - 2))
+
+
+def _component_sql(comp: Component) -> exp.Expr:
+    if comp.kind in ("rows", "histogram"):
+        return exp.Count(this=exp.Star())
+    assert comp.column is not None
+    if comp.kind == "count":
+        return exp.Count(this=_col(comp.column))
+    clamped = exp.Least(
+        this=exp.Greatest(this=_col(comp.column), expressions=[_lit(cast(float, comp.lower))]),
+        expressions=[_lit(cast(float, comp.upper))],
+    )
+    return exp.Coalesce(this=exp.Sum(this=clamped), expressions=[_lit(0)])
+
+
+def aggregate_sql(plan: AggregatePlan, view: str) -> str:
+    """One SELECT giving, per non-empty cell, the cell index and every component's value."""
+    cell: exp.Expr = _lit(0)
+    stride = plan.bins
+    filters: list[exp.Expr] = []
+    for group in reversed(plan.group_by):
+        position = exp.Anonymous(
+            this="list_position",
+            expressions=[exp.Array(expressions=[_lit(c) for c in group.categories]), _col(group.column)],
+        )
+        cell = exp.Add(this=cell, expression=exp.Mul(this=exp.Sub(this=position, expression=_lit(1)), expression=_lit(stride)))
+        filters.append(exp.In(this=_col(group.column), expressions=[_lit(c) for c in group.categories]))
+        stride *= len(group.categories)
+    hist = next((c for c in plan.components if c.kind == "histogram"), None)
+    if hist is not None:
+        cell = exp.Add(this=cell, expression=_bin_index(hist))
+        filters.append(exp.Not(this=exp.Is(this=_col(cast(str, hist.column)), expression=exp.Null())))
+    if plan.where is not None:
+        filters.append(predicate_sql(plan.where))
+    select = exp.select(exp.alias_(cell, "cell"), *(_component_sql(c) for c in plan.components)).from_(
+        exp.to_identifier(view, quoted=True)
+    )
+    if filters:
+        select = select.where(exp.and_(*filters))
+    return select.group_by(_lit(1)).sql(dialect="duckdb")
+
+
+def run_aggregate(
+    connection: duckdb.DuckDBPyConnection, plan: AggregatePlan, table: TableDecl, view: str, node: str
+) -> PartialAggregates:
+    """Validate and run ``plan`` over ``view``; returns dense vectors over every declared cell."""
+    validate_plan(plan, table, node)
+    rows = connection.execute(aggregate_sql(plan, view)).fetchall()
+    vectors = {c.key: np.zeros(plan.cells) for c in plan.components}
+    keys = [c.key for c in plan.components]
+    for row in rows:
+        index = int(row[0])
+        for key, value in zip(keys, row[1:], strict=True):
+            vectors[key][index] = float(value or 0)
+    return PartialAggregates(node=node, vectors={k: tuple(v.tolist()) for k, v in vectors.items()})

@@ -1,0 +1,87 @@
+"""The federation's data dictionary: what each node declares about its tables.
+
+A node publishes only metadata a data owner chose to make public: column kinds, descriptions, the
+declared categories of categorical columns (so group-by keys are public and leak nothing), declared
+clamping bounds and histogram bins of numeric columns, which columns are identifiers and how complete
+they are, and row counts rounded to 100. Nothing here is derived from individual values except the
+rounded counts and completeness shares.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Category = str | int
+ColumnKind = Literal["category", "numeric", "identifier"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ColumnInfo(_Frozen):
+    name: str
+    kind: ColumnKind
+    description: str = ""
+    categories: tuple[Category, ...] | None = None
+    bounds: tuple[float, float] | None = None
+    bins: tuple[float, ...] | None = None
+    #: Share of records with a non-empty value, rounded to 0.01 (identifiers only).
+    completeness: float | None = None
+
+    def same_domain(self, other: ColumnInfo) -> bool:
+        """Whether two nodes declare this column identically (needed to add their aggregates)."""
+        return (self.kind, self.categories, self.bounds, self.bins) == (
+            other.kind,
+            other.categories,
+            other.bounds,
+            other.bins,
+        )
+
+
+class TableInfo(_Frozen):
+    name: str
+    description: str = ""
+    #: Row count rounded to the nearest 100, so the catalogue itself discloses nothing exact.
+    rows_rounded: int
+    columns: tuple[ColumnInfo, ...]
+
+    def column(self, name: str) -> ColumnInfo | None:
+        return next((c for c in self.columns if c.name == name), None)
+
+
+class NodeCatalogue(_Frozen):
+    node: str
+    description: str = ""
+    tables: tuple[TableInfo, ...]
+
+    def table(self, name: str) -> TableInfo | None:
+        return next((t for t in self.tables if t.name == name), None)
+
+
+class NodeStatus(_Frozen):
+    node: str
+    live: bool
+    catalogue: NodeCatalogue | None = None
+
+
+class FederationCatalogue(_Frozen):
+    """Every registered node, whether it is connected, and what it last declared."""
+
+    nodes: tuple[NodeStatus, ...]
+
+    def declaring(self, table: str) -> list[tuple[NodeStatus, TableInfo]]:
+        """The nodes (live or not) whose catalogue declares ``table``."""
+        found = []
+        for status in self.nodes:
+            info = status.catalogue.table(table) if status.catalogue else None
+            if info is not None:
+                found.append((status, info))
+        return found
+
+
+def round_count(n: int, base: int = 100) -> int:
+    """Round a count to the nearest multiple of ``base`` (halves round up)."""
+    return int((n + base // 2) // base * base)

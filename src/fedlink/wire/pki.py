@@ -1,0 +1,199 @@
+"""The federation's public-key infrastructure: one CA, and a certificate per party.
+
+Identities come from certificates, never from what a party says about itself: the subject's common
+name is the party's name and its organisational unit is its role (``coordinator``, ``node`` or
+``analyst``). Keys are ECDSA P-256 and are written with mode 0600.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedlink.errors import BadInput, ConfigError
+
+Role = Literal["coordinator", "node", "analyst"]
+ROLES: tuple[Role, ...] = ("coordinator", "node", "analyst")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+REVOKED = "revoked.txt"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a certificate says a party is."""
+
+    role: Role
+    name: str
+    serial: int
+
+    def __str__(self) -> str:
+        return f"{self.role} '{self.name}'"
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    identity: Identity
+    cert_path: Path
+    key_path: Path
+
+
+def cert_paths(pki_dir: Path, role: Role, name: str) -> tuple[Path, Path]:
+    """Where ``pki issue`` writes a party's certificate and key."""
+    return pki_dir / f"{role}-{name}.crt", pki_dir / f"{role}-{name}.key"
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def init_ca(pki_dir: Path, name: str = "fedlink federation CA", days: int = 3650) -> Path:
+    """Create a federation CA in ``pki_dir``; refuses to overwrite an existing one."""
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    if (pki_dir / CA_KEY).exists() or (pki_dir / CA_CERT).exists():
+        raise BadInput(f"a CA already exists in {pki_dir}; use another --dir or delete it deliberately")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(pki_dir / CA_KEY, _key_pem(key))
+    (pki_dir / CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return pki_dir / CA_CERT
+
+
+def _load_ca(pki_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate((pki_dir / CA_CERT).read_bytes())
+        key = serialization.load_pem_private_key((pki_dir / CA_KEY).read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no federation CA in {pki_dir}; run `fedlink pki init --dir {pki_dir}` first") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{pki_dir / CA_KEY} is not an EC private key; re-create the CA with `fedlink pki init`")
+    return cert, key
+
+
+def issue(
+    pki_dir: Path, role: str, name: str, hosts: tuple[str, ...] = (), days: int = 825
+) -> IssuedCertificate:
+    """Issue a certificate for a party, signed by the federation CA in ``pki_dir``.
+
+    ``hosts`` are extra DNS names or IP addresses the party serves on (coordinators); ``localhost``
+    and ``127.0.0.1`` are always included so that a local federation works out of the box.
+    """
+    if role not in ROLES:
+        raise BadInput(f"unknown role '{role}'; use one of: {', '.join(ROLES)}")
+    if not _NAME.match(name):
+        raise BadInput(
+            f"invalid party name '{name}'; use lower-case letters, digits, '_' or '-', starting with a letter"
+        )
+    ca_cert, ca_key = _load_ca(pki_dir)
+    cert_path, key_path = cert_paths(pki_dir, role, name)  # type: ignore[arg-type]
+    if cert_path.exists() or key_path.exists():
+        raise BadInput(f"a certificate for {role} '{name}' already exists in {pki_dir}; revoke it or pick a new name")
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = [x509.DNSName(name), x509.DNSName("localhost")]
+    addresses = {"127.0.0.1", "::1"}
+    for host in hosts:
+        try:
+            addresses.add(str(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    sans.extend(x509.IPAddress(ipaddress.ip_address(a)) for a in sorted(addresses))
+    now = dt.datetime.now(dt.UTC)
+    serial = x509.random_serial_number()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return IssuedCertificate(Identity(role, name, serial), cert_path, key_path)  # type: ignore[arg-type]
+
+
+def identity_from_pem(pem: bytes) -> Identity:
+    """Read the role and name a certificate was issued for."""
+    cert = x509.load_pem_x509_certificate(pem)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    role = str(units[0].value) if units else ""
+    if not names or role not in ROLES:
+        raise BadInput("certificate has no fedlink role; issue one with `fedlink pki issue`")
+    return Identity(role, str(names[0].value), cert.serial_number)  # type: ignore[arg-type]
+
+
+def revoke(pki_dir: Path, cert_path: Path) -> Identity:
+    """Add a certificate's serial to the federation's revocation list (``revoked.txt``)."""
+    try:
+        identity = identity_from_pem(cert_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise BadInput(f"no certificate at {cert_path}; pass the path of the .crt to revoke") from exc
+    with (pki_dir / REVOKED).open("a", encoding="utf-8") as handle:
+        handle.write(f"{identity.serial:x} {identity.role} {identity.name}\n")
+    return identity
+
+
+def revoked_serials(path: Path) -> frozenset[int]:
+    """Serials listed in a revocation file written by :func:`revoke` (an absent file revokes none)."""
+    if not path.exists():
+        return frozenset()
+    serials = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            serials.add(int(line.split()[0], 16))
+    return frozenset(serials)
