@@ -30,7 +30,9 @@ def expand(value: str, source: Path) -> str:
         if name in os.environ:
             env_value = os.environ[name]
             looks_like_path = "/" in env_value or env_value.startswith(".")
-            return str(Path(env_value).resolve()) if looks_like_path and not Path(env_value).is_absolute() else env_value
+            return (
+                str(Path(env_value).resolve()) if looks_like_path and not Path(env_value).is_absolute() else env_value
+            )
         if default is not None:
             return default
         raise ConfigError(f"{source}: environment variable {name} is not set; set it or give ${{{name}:-default}}")

@@ -89,7 +89,9 @@ class LocalFederation:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     address: str = ""
 
-    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    def _spawn(
+        self, name: str, args: list[str], extra_env: dict[str, str]
+    ) -> tuple[subprocess.Popen[bytes], Path, Path]:
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         ready = self.workdir / "run" / f"{name}.ready"
@@ -99,7 +101,10 @@ class LocalFederation:
         with log.open("wb") as handle:
             process = subprocess.Popen(
                 [sys.executable, "-m", "fedlink", *args, "--ready-file", str(ready)],
-                stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         self.processes[name] = process
         return process, ready, log
@@ -107,7 +112,8 @@ class LocalFederation:
     def start_coordinator(self, timeout_s: float = 60.0) -> str:
         config = self.root / "coordinator" / "coordinator.toml"
         process, ready, log = self._spawn(
-            "coordinator", ["coordinator", "serve", "--config", str(config)],
+            "coordinator",
+            ["coordinator", "serve", "--config", str(config)],
             {"FEDLINK_COORDINATOR_LISTEN": "127.0.0.1:0"},
         )
         info = _wait_for(ready, process, log, "the coordinator", time.monotonic() + timeout_s)

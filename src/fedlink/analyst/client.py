@@ -16,7 +16,16 @@ from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, Timeout
 from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.results import QueryResult
 from fedlink.wire import rpc
-from fedlink.wire.transport import ANALYST, Message, TlsFiles, frames, messages, new_call_id, secure_channel, stream_method
+from fedlink.wire.transport import (
+    ANALYST,
+    Message,
+    TlsFiles,
+    frames,
+    messages,
+    new_call_id,
+    secure_channel,
+    stream_method,
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,9 @@ def _rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> Exception:
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return AccessDenied(details or "the coordinator refused this certificate")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Timeout(f"the coordinator at {address} did not answer within {timeout_s:g} s; retry or raise the timeout")
+        return Timeout(
+            f"the coordinator at {address} did not answer within {timeout_s:g} s; retry or raise the timeout"
+        )
     return Fault(
         f"cannot reach the coordinator at {address} ({code.name if code else 'error'}); check that it is running and "
         "that your certificate was issued by this federation's CA"

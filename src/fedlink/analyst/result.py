@@ -34,8 +34,13 @@ class Result:
         return [dict(zip(self.columns, [*r.keys, *r.values], strict=True)) for r in self.raw.rows]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sql": self.sql, "table": self.raw.table, "nodes": list(self.nodes), "columns": self.columns,
-                "rows": self.rows()}
+        return {
+            "sql": self.sql,
+            "table": self.raw.table,
+            "nodes": list(self.nodes),
+            "columns": self.columns,
+            "rows": self.rows(),
+        }
 
     def to_pandas(self) -> Any:
         import pandas as pd
@@ -48,7 +53,8 @@ class Result:
         return pl.DataFrame(self.rows())
 
     def __repr__(self) -> str:
-        return f"<fedlink Result {self.raw.table} from {len(self.nodes)} nodes: {len(self.raw.rows)} rows x {self.columns}>"
+        shape = f"{len(self.raw.rows)} rows x {self.columns}"
+        return f"<fedlink Result {self.raw.table} from {len(self.nodes)} nodes: {shape}>"
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)

@@ -6,11 +6,14 @@ does is also possible from Python.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -40,7 +43,7 @@ _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
@@ -58,6 +61,11 @@ def handles_errors(func: F) -> F:
                 raise
             err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
             raise typer.Exit(exc.exit_code) from None
+        except Exception as exc:  # a bug: still one line, and the traceback on request
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}; rerun with --debug for the traceback")
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -90,8 +98,10 @@ def synth(
     """Generate a synthetic population, six departments' tables and a ground-truth file."""
     rates = fedlink.load_corruption_config(corruption) if corruption else None
     summary = fedlink.synthesize(people, seed, out_dir, rates=rates)
-    out.print(f"wrote {summary.people:,} people to {summary.out} in {summary.elapsed_s:.1f}s (ground truth in "
-              f"{summary.out / 'truth'}: give it to no node)")
+    out.print(
+        f"wrote {summary.people:,} people to {summary.out} in {summary.elapsed_s:.1f}s (ground truth in "
+        f"{summary.out / 'truth'}: give it to no node)"
+    )
 
 
 @pki_app.command("init")
@@ -153,7 +163,9 @@ def coordinator_serve(
 
 
 # --- analyst --------------------------------------------------------------------------------------
-Profile = Annotated[Path | None, typer.Option(help="Analyst profile (default $FEDLINK_PROFILE or .fedlink/analyst.toml).")]
+Profile = Annotated[
+    Path | None, typer.Option(help="Analyst profile (default $FEDLINK_PROFILE or .fedlink/analyst.toml).")
+]
 Coordinator = Annotated[str | None, typer.Option(help="Coordinator host:port (instead of a profile).")]
 Cert = Annotated[Path | None, typer.Option(help="Analyst certificate (with --coordinator).")]
 Key = Annotated[Path | None, typer.Option(help="Analyst private key (with --coordinator).")]
@@ -161,14 +173,20 @@ Ca = Annotated[Path | None, typer.Option(help="Federation CA certificate (with -
 FormatOpt = Annotated[Format, typer.Option("--format", help="table, json or csv.")]
 
 
-def _connect(profile: Path | None, coordinator: str | None, cert: Path | None, key: Path | None, ca: Path | None) -> Any:
+def _connect(
+    profile: Path | None, coordinator: str | None, cert: Path | None, key: Path | None, ca: Path | None
+) -> Any:
     return fedlink.connect(coordinator, cert=cert, key=key, ca=ca, profile=profile)
 
 
 @app.command()
 @handles_errors
 def catalog(
-    profile: Profile = None, coordinator: Coordinator = None, cert: Cert = None, key: Key = None, ca: Ca = None,
+    profile: Profile = None,
+    coordinator: Coordinator = None,
+    cert: Cert = None,
+    key: Key = None,
+    ca: Ca = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """What data exists where: nodes, tables, columns, categories, bounds and completeness."""
@@ -178,8 +196,15 @@ def catalog(
 @app.command()
 @handles_errors
 def query(
-    sql: Annotated[str, typer.Argument(help="An aggregate SQL query, e.g. \"SELECT region, COUNT(*) FROM t GROUP BY region\".")],
-    profile: Profile = None, coordinator: Coordinator = None, cert: Cert = None, key: Key = None, ca: Ca = None,
+    sql: Annotated[
+        str,
+        typer.Argument(help='An aggregate SQL query, e.g. "SELECT region, COUNT(*) FROM t GROUP BY region".'),
+    ],
+    profile: Profile = None,
+    coordinator: Coordinator = None,
+    cert: Cert = None,
+    key: Key = None,
+    ca: Ca = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Run an aggregate query over every node that holds the table."""
@@ -204,17 +229,14 @@ def demo(
         for sql in fedlink.DEMO_QUERIES:
             render.result(out, fed.query(sql), "table")
         if serve:
-            err.print(f"federation running; in another shell: FEDLINK_PROFILE={setup.profile} fedlink query \"...\"; "
-                      "Ctrl-C stops it")
-            import signal
-            import threading
-
+            err.print(
+                f'federation running; in another shell: FEDLINK_PROFILE={setup.profile} fedlink query "..."; '
+                "Ctrl-C stops it"
+            )
             stopped = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 stopped.wait()
-            except KeyboardInterrupt:
-                pass
     finally:
         setup.federation.stop()
     err.print("demo: federation stopped")

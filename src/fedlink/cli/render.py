@@ -58,8 +58,18 @@ def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:
                     domain = f"[{col.bounds[0]:g}, {col.bounds[1]:g}]" + (" binned" if col.bins else "")
                 elif col.completeness is not None:
                     domain = f"{col.completeness:.0%} complete"
-                rows.append([status.node, "live" if status.live else "down", table.name, f"~{table.rows_rounded:,}",
-                             col.name, col.kind, domain, col.description])
+                rows.append(
+                    [
+                        status.node,
+                        "live" if status.live else "down",
+                        table.name,
+                        f"~{table.rows_rounded:,}",
+                        col.name,
+                        col.kind,
+                        domain,
+                        col.description,
+                    ]
+                )
     header = ["node", "status", "table", "rows", "column", "kind", "domain", "description"]
     if fmt == "csv":
         buffer = io.StringIO()

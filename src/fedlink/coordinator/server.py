@@ -17,7 +17,7 @@ import grpc
 
 from fedlink.coordinator.config import CoordinatorConfig
 from fedlink.coordinator.sessions import NodeSession
-from fedlink.errors import AccessDenied, BadInput, FedlinkError, Fault, NodeUnavailable
+from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
 from fedlink.query.results import PartialAggregates, QueryResult, build_result, combine
 from fedlink.query.sql import plan_query
@@ -146,7 +146,11 @@ class Coordinator:
         result = build_result(plan, combine(plan, partials))
         log.info(
             "query by analyst '%s' over '%s' at %d nodes (%d cells) answered in %.0f ms",
-            analyst, plan.table, len(plan.nodes), plan.cells, 1000 * (time.perf_counter() - started),
+            analyst,
+            plan.table,
+            len(plan.nodes),
+            plan.cells,
+            1000 * (time.perf_counter() - started),
         )
         return result
 
@@ -167,5 +171,7 @@ class Coordinator:
             reply = rpc.error_message(request.call_id, exc)
         except Exception as exc:  # never leak a traceback to a client
             log.exception("analyst call failed")
-            reply = rpc.error_message(request.call_id, Fault(f"the coordinator failed ({type(exc).__name__}); see its log"))
+            reply = rpc.error_message(
+                request.call_id, Fault(f"the coordinator failed ({type(exc).__name__}); see its log")
+            )
         yield from frames(reply)

@@ -16,13 +16,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from fedlink.errors import AccessDenied, ConfigError, FedlinkError, Fault
+from fedlink.errors import AccessDenied, ConfigError, Fault, FedlinkError
 from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
 from fedlink.query.plan import AggregatePlan
 from fedlink.wire import rpc
 from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.transport import NODE_SESSION, Message, frames, messages, new_call_id, secure_channel, stream_method
+from fedlink.wire.transport import (
+    NODE_SESSION,
+    Message,
+    frames,
+    messages,
+    new_call_id,
+    secure_channel,
+    stream_method,
+)
 
 log = logging.getLogger("fedlink.node")
 _CLOSE = object()
@@ -67,7 +75,9 @@ class NodeAgent:
                     raise AccessDenied(f"the coordinator refused node '{self.config.name}': {exc.details()}") from exc
                 log.warning(
                     "coordinator at %s unreachable (%s); retrying in %.1fs",
-                    self.config.coordinator_address, code.name if code else "error", delay,
+                    self.config.coordinator_address,
+                    code.name if code else "error",
+                    delay,
                 )
             self._connected.clear()
             if self._stop.wait(delay):
@@ -93,7 +103,11 @@ class NodeAgent:
         try:
             for message in messages(call):
                 if message.kind == rpc.WELCOME:
-                    log.info("node '%s' joined the federation at %s", self.config.name, self.config.coordinator_address)
+                    log.info(
+                        "node '%s' joined the federation at %s",
+                        self.config.name,
+                        self.config.coordinator_address,
+                    )
                     self._connected.set()
                     if on_connected:
                         on_connected()
@@ -116,7 +130,10 @@ class NodeAgent:
             reply = Message(message.call_id, rpc.PARTIAL, partial.model_dump_json().encode())
             log.info(
                 "task %s: aggregate over '%s' (%d cells, %d components) in %.0f ms",
-                message.call_id[:8], plan.table, plan.cells, len(plan.components),
+                message.call_id[:8],
+                plan.table,
+                plan.cells,
+                len(plan.components),
                 1000 * (time.perf_counter() - started),
             )
         except FedlinkError as exc:

@@ -45,9 +45,10 @@ class ColumnDecl(_Strict):
         if self.kind == "numeric":
             if self.bounds is None or not self.bounds[0] < self.bounds[1]:
                 raise ValueError(f"numeric column '{self.name}' needs 'bounds = [low, high]' with low < high")
-            if self.bins is not None:
-                if len(self.bins) < 2 or any(b >= c for b, c in zip(self.bins, self.bins[1:], strict=False)):
-                    raise ValueError(f"'bins' of column '{self.name}' must be at least two increasing edges")
+            if self.bins is not None and (
+                len(self.bins) < 2 or any(b >= c for b, c in zip(self.bins, self.bins[1:], strict=False))
+            ):
+                raise ValueError(f"'bins' of column '{self.name}' must be at least two increasing edges")
         elif self.bounds is not None or self.bins is not None:
             raise ValueError(f"only numeric columns take 'bounds' or 'bins' ('{self.name}' is {self.kind})")
         return self

@@ -13,8 +13,20 @@ from fedlink.query.catalogue import ColumnInfo, NodeCatalogue, TableInfo, round_
 from fedlink.query.plan import AggregatePlan
 from fedlink.query.results import PartialAggregates
 
-_NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "UTINYINT",
-                  "USMALLINT", "UINTEGER", "UBIGINT")
+_NUMERIC_TYPES = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "FLOAT",
+    "DOUBLE",
+    "DECIMAL",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+)
 
 
 def _view_name(table: TableDecl) -> str:
@@ -46,7 +58,7 @@ class NodeData:
             self._connection.execute(f"CREATE VIEW \"{_view_name(table)}\" AS SELECT * FROM {reader}('{literal}')")
             schema = dict(
                 (name, kind)
-                for name, kind, *_ in self._connection.execute(f"DESCRIBE \"{_view_name(table)}\"").fetchall()
+                for name, kind, *_ in self._connection.execute(f'DESCRIBE "{_view_name(table)}"').fetchall()
             )
         except duckdb.Error as exc:
             raise ConfigError(f"cannot read {path} as {table.source_format} ({str(exc).splitlines()[0]})") from exc
@@ -88,14 +100,20 @@ class NodeData:
                         completeness = round(float(share[0]), 2) if share else None
                     columns.append(
                         ColumnInfo(
-                            name=column.name, kind=column.kind, description=column.description,
-                            categories=column.categories, bounds=column.bounds, bins=column.bins,
+                            name=column.name,
+                            kind=column.kind,
+                            description=column.description,
+                            categories=column.categories,
+                            bounds=column.bounds,
+                            bins=column.bins,
                             completeness=completeness,
                         )
                     )
                 tables.append(
                     TableInfo(
-                        name=table.name, description=table.description, rows_rounded=round_count(count),
+                        name=table.name,
+                        description=table.description,
+                        rows_rounded=round_count(count),
                         columns=tuple(columns),
                     )
                 )

@@ -29,7 +29,12 @@ from fedlink.query.plan import (
 from fedlink.query.results import PartialAggregates
 
 _OPS: dict[str, type[exp.Binary]] = {
-    "=": exp.EQ, "!=": exp.NEQ, "<": exp.LT, "<=": exp.LTE, ">": exp.GT, ">=": exp.GTE,
+    "=": exp.EQ,
+    "!=": exp.NEQ,
+    "<": exp.LT,
+    "<=": exp.LTE,
+    ">": exp.GT,
+    ">=": exp.GTE,
 }
 
 
@@ -54,8 +59,10 @@ def predicate_sql(predicate: Predicate) -> exp.Expr:
         node = exp.Is(this=_col(predicate.column), expression=exp.Null())
         return exp.Not(this=node) if predicate.negated else node
     if isinstance(predicate, BoolOp):
-        joined = exp.and_(*map(predicate_sql, predicate.args)) if predicate.op == "and" else exp.or_(
-            *map(predicate_sql, predicate.args)
+        joined = (
+            exp.and_(*map(predicate_sql, predicate.args))
+            if predicate.op == "and"
+            else exp.or_(*map(predicate_sql, predicate.args))
         )
         return exp.Paren(this=joined)
     if isinstance(predicate, Not):
@@ -111,7 +118,10 @@ def aggregate_sql(plan: AggregatePlan, view: str) -> str:
             this="list_position",
             expressions=[exp.Array(expressions=[_lit(c) for c in group.categories]), _col(group.column)],
         )
-        cell = exp.Add(this=cell, expression=exp.Mul(this=exp.Sub(this=position, expression=_lit(1)), expression=_lit(stride)))
+        cell = exp.Add(
+            this=cell,
+            expression=exp.Mul(this=exp.Sub(this=position, expression=_lit(1)), expression=_lit(stride)),
+        )
         filters.append(exp.In(this=_col(group.column), expressions=[_lit(c) for c in group.categories]))
         stride *= len(group.categories)
     hist = next((c for c in plan.components if c.kind == "histogram"), None)

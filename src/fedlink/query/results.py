@@ -23,7 +23,9 @@ class PartialAggregates(_Frozen):
     def check(self, plan: AggregatePlan) -> None:
         expected = {c.key for c in plan.components}
         if set(self.vectors) != expected or any(len(v) != plan.cells for v in self.vectors.values()):
-            raise Fault(f"node '{self.node}' returned vectors of the wrong shape; check that it runs this fedlink version")
+            raise Fault(
+                f"node '{self.node}' returned vectors of the wrong shape; check that it runs this fedlink version"
+            )
 
 
 def combine(plan: AggregatePlan, partials: list[PartialAggregates]) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError
+from sqlglot.errors import SqlglotError
 
 from fedlink.errors import QueryError
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, TableInfo
@@ -68,7 +68,7 @@ def parse_sql(sql: str) -> exp.Select:
         raise QueryError("empty query; write e.g. SELECT region, COUNT(*) FROM pupils GROUP BY region")
     try:
         statements = sqlglot.parse(sql)
-    except ParseError as exc:
+    except SqlglotError as exc:
         raise QueryError(f"malformed SQL ({_first_line(exc)}); check the syntax of your SELECT") from exc
     statements = [s for s in statements if s is not None]
     if len(statements) != 1:
@@ -129,8 +129,7 @@ class _Binder:
             raise QueryError(f"unknown column '{node.name}' in table '{self.table.name}'; columns: {known}")
         if info.kind == "identifier":
             raise QueryError(
-                f"column '{info.name}' is an identifier and can never be queried; use a categorical or "
-                "numeric column"
+                f"column '{info.name}' is an identifier and can never be queried; use a categorical or numeric column"
             )
         return info
 
@@ -295,7 +294,11 @@ def plan_query(sql: str, catalogue: FederationCatalogue) -> AggregatePlan:
 
     where = binder.predicate(tree.args["where"].this) if tree.args.get("where") else None
     plan = AggregatePlan(
-        table=table.name, nodes=nodes, aggregates=tuple(aggregates), group_by=tuple(group_by), where=where,
+        table=table.name,
+        nodes=nodes,
+        aggregates=tuple(aggregates),
+        group_by=tuple(group_by),
+        where=where,
         sql=" ".join(sql.split()),
     )
     if plan.cells > MAX_CELLS:

@@ -85,9 +85,15 @@ def init_ca(pki_dir: Path, name: str = "fedlink federation CA", days: int = 3650
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -109,9 +115,7 @@ def _load_ca(pki_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKe
     return cert, key
 
 
-def issue(
-    pki_dir: Path, role: str, name: str, hosts: tuple[str, ...] = (), days: int = 825
-) -> IssuedCertificate:
+def issue(pki_dir: Path, role: str, name: str, hosts: tuple[str, ...] = (), days: int = 825) -> IssuedCertificate:
     """Issue a certificate for a party, signed by the federation CA in ``pki_dir``.
 
     ``hosts`` are extra DNS names or IP addresses the party serves on (coordinators); ``localhost``

@@ -57,7 +57,11 @@ class TlsFiles:
 
     def read(self) -> tuple[bytes, bytes, bytes]:
         out = []
-        for label, path in (("certificate", self.cert), ("private key", self.key), ("CA certificate", self.ca)):
+        for label, path in (
+            ("certificate", self.cert),
+            ("private key", self.key),
+            ("CA certificate", self.ca),
+        ):
             try:
                 out.append(path.read_bytes())
             except OSError as exc:

@@ -1,0 +1,22 @@
+# Sourced by demo.sh and test.sh: make .venv with fedlink installed (idempotent).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "error: fedlink needs Python 3.11 or newer as '$PY'; install it or set PYTHON=/path/to/python3.11" >&2
+  exit 2
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.fedlink-installed-$1
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  if [ "$1" = test ]; then
+    .venv/bin/python -m pip install --quiet -e ".[test]"
+  else
+    .venv/bin/python -m pip install --quiet -e .
+  fi
+  touch "$stamp"
+fi
+export PATH="$PWD/.venv/bin:$PATH"

@@ -1,0 +1,144 @@
+"""Shared fixtures: a PKI and synthetic departments made once per run, and federations built on them."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fedlink.coordinator.config import load_coordinator_config
+from fedlink.coordinator.server import Coordinator
+from fedlink.demo import federation_dir, node_names, prepare_pki
+from fedlink.node.agent import NodeAgent
+from fedlink.node.config import NodeConfig, load_node_config
+from fedlink.node.data import NodeData
+from fedlink.synth import synthesize
+from fedlink.wire import pki
+
+ROOT = federation_dir()
+NODES = node_names(ROOT)
+PEOPLE = 3000
+SEED = 11
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """PKI for the demo federation plus extra parties, and synthetic data, under FEDLINK_WORKDIR."""
+    wd = tmp_path_factory.mktemp("federation")
+    prepare_pki(wd, NODES)
+    pki.issue(wd / "pki", "analyst", "alice")
+    pki.issue(wd / "pki", "node", "intruder")
+    pki.init_ca(wd / "other-ca", name="not the federation")
+    pki.issue(wd / "other-ca", "analyst", "alice")
+    synthesize(PEOPLE, SEED, wd / "data", progress=False)
+    previous = os.environ.get("FEDLINK_WORKDIR")
+    os.environ["FEDLINK_WORKDIR"] = str(wd)
+    yield wd
+    if previous is None:
+        os.environ.pop("FEDLINK_WORKDIR", None)
+    else:
+        os.environ["FEDLINK_WORKDIR"] = previous
+
+
+def node_config(name: str, address: str) -> NodeConfig:
+    config = load_node_config(ROOT / "nodes" / name / "node.toml")
+    return config.model_copy(update={"node": config.node.model_copy(update={"coordinator": address})})
+
+
+@dataclass
+class InProcessFederation:
+    """A real coordinator and real nodes, in threads, talking mTLS gRPC on loopback."""
+
+    coordinator: Coordinator
+    agents: dict[str, NodeAgent] = field(default_factory=dict)
+    threads: dict[str, threading.Thread] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.coordinator.port}"
+
+    def start_node(self, name: str, data: NodeData | None = None) -> NodeAgent:
+        config = node_config(name, self.address)
+        agent = NodeAgent(config, data or NodeData(config))
+        thread = threading.Thread(target=agent.serve, kwargs={"retry_s": 0.1}, daemon=True, name=f"agent-{name}")
+        thread.start()
+        assert agent.connected.wait(30), f"node {name} did not connect"
+        self.agents[name], self.threads[name] = agent, thread
+        return agent
+
+    def stop_node(self, name: str) -> None:
+        self.agents.pop(name).stop()
+        self.threads.pop(name).join(10)
+
+    def stop(self) -> None:
+        for name in list(self.agents):
+            self.stop_node(name)
+        self.coordinator.stop(grace=0.2)
+
+
+def start_federation(nodes: list[str], timeout_s: float = 30.0) -> InProcessFederation:
+    config = load_coordinator_config(ROOT / "coordinator" / "coordinator.toml")
+    config = config.model_copy(
+        update={
+            "coordinator": config.coordinator.model_copy(update={"listen": "127.0.0.1:0", "query_timeout_s": timeout_s})
+        }
+    )
+    federation = InProcessFederation(Coordinator(config))
+    federation.coordinator.start()
+    try:
+        for name in nodes:
+            federation.start_node(name)
+    except BaseException:
+        federation.stop()
+        raise
+    return federation
+
+
+@pytest.fixture(scope="module")
+def federation(workdir: Path) -> Iterator[InProcessFederation]:
+    fed = start_federation(NODES)
+    yield fed
+    fed.stop()
+
+
+IDENTIFIER_COLUMNS = ("record_id", "first_name", "last_name", "dob", "postcode")
+
+
+def identifier_values(workdir: Path) -> set[str]:
+    """Every identifier value in every department table (and the ground truth), as text."""
+    import duckdb
+
+    values: set[str] = set()
+    for path in sorted((workdir / "data").glob("*/*.parquet")):
+        columns = [r[0] for r in duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()]
+        for column in IDENTIFIER_COLUMNS:
+            if column in columns:
+                rows = duckdb.sql(
+                    f"SELECT DISTINCT CAST(\"{column}\" AS VARCHAR) FROM read_parquet('{path}')"
+                ).fetchall()
+                values.update(r[0] for r in rows if r[0])
+    return values
+
+
+def find_leaks(messages: list[bytes], identifiers: set[str], min_length: int = 4) -> list[str]:
+    """Identifier values (of at least ``min_length`` characters) found anywhere in any message.
+
+    Shorter values (``M``, ``F``, three-letter names) would match ordinary text by chance, so the
+    check covers the values that identify people: names of four or more letters, dates, postcodes,
+    record numbers.
+    """
+    wanted = {v for v in identifiers if len(v) >= min_length}
+    lengths = sorted({len(v) for v in wanted})
+    leaks: set[str] = set()
+    for message in messages:
+        text = message.decode("utf-8", errors="replace")
+        for length in lengths:
+            for start in range(len(text) - length + 1):
+                piece = text[start : start + length]
+                if piece in wanted:
+                    leaks.add(piece)
+    return sorted(leaks)

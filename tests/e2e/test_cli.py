@@ -1,0 +1,151 @@
+"""The `fedlink` command as a user runs it, against a whole federation of subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from fedlink.demo import LocalFederation, write_profile
+from fedlink.wire import audit
+
+from ..conftest import NODES, ROOT, find_leaks, identifier_values
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedlink", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], proc.stderr
+
+
+@pytest.fixture(scope="module")
+def running(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalFederation, Path, Path]]:
+    audit_dir = tmp_path_factory.mktemp("audit")
+    federation = LocalFederation(workdir=workdir, root=ROOT, nodes=NODES, env={audit.ENV: str(audit_dir)})
+    try:
+        federation.start()
+        yield federation, write_profile(workdir, federation.address), audit_dir
+    finally:
+        federation.stop()
+
+
+def test_catalog_json(running: tuple[LocalFederation, Path, Path]) -> None:
+    _, profile, _ = running
+    proc = cli("catalog", "--profile", str(profile), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    nodes = json.loads(proc.stdout)["nodes"]
+    assert sorted(n["node"] for n in nodes if n["live"]) == NODES
+
+
+def test_query_formats_agree_with_plaintext(running: tuple[LocalFederation, Path, Path], workdir: Path) -> None:
+    _, profile, _ = running
+    sql = "SELECT episode_type, COUNT(*) AS n FROM support_episodes WHERE start_year >= 2018 GROUP BY episode_type"
+    files = [str(workdir / "data" / n / "support_episodes.parquet") for n in ("charity_north", "charity_south")]
+    expected = dict(
+        duckdb.sql(
+            f"SELECT episode_type, COUNT(*) FROM read_parquet({files}) WHERE start_year >= 2018 GROUP BY 1"
+        ).fetchall()
+    )
+    as_json = cli("query", sql, "--profile", str(profile), "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    got = {r["episode_type"]: r["n"] for r in json.loads(as_json.stdout)["rows"]}
+    assert got == {k: expected.get(k, 0) for k in got} and len(got) == 4
+    as_csv = cli("query", sql, "--profile", str(profile), "--format", "csv")
+    assert as_csv.stdout.splitlines()[0] == "episode_type,n"
+    assert len(as_csv.stdout.splitlines()) == 5
+    as_table = cli("query", sql, "--profile", str(profile))
+    assert as_table.returncode == 0 and "rough_sleeping" in as_table.stdout and "charity_north" in as_table.stdout
+
+
+def test_bad_input_gives_one_line_and_exit_2(
+    running: tuple[LocalFederation, Path, Path], workdir: Path, tmp_path: Path
+) -> None:
+    federation, profile, _ = running
+    assert_one_line_error(cli("query", "SELECT COUNT(* FROM pupils", "--profile", str(profile)), 2, "malformed SQL")
+    assert_one_line_error(cli("query", "SELECT * FROM pupils", "--profile", str(profile)), 2, "would release rows")
+    assert_one_line_error(cli("query", "SELECT COUNT(*) FROM nope", "--profile", str(profile)), 2, "unknown table")
+    assert_one_line_error(
+        cli("query", "SELECT COUNT(*) FROM pupils WHERE height > 3", "--profile", str(profile)),
+        2,
+        "unknown column",
+    )
+    no_cert = cli("query", "SELECT COUNT(*) FROM pupils", "--coordinator", federation.address)
+    assert_one_line_error(no_cert, 2, "needs cert, key, ca")
+    stranger = cli(
+        "query",
+        "SELECT COUNT(*) FROM pupils",
+        "--coordinator",
+        federation.address,
+        "--cert",
+        str(workdir / "other-ca/analyst-alice.crt"),
+        "--key",
+        str(workdir / "other-ca/analyst-alice.key"),
+        "--ca",
+        str(workdir / "pki/ca.crt"),
+    )
+    assert_one_line_error(stranger, 1, "cannot reach the coordinator")
+    broken = tmp_path / "node.toml"
+    broken.write_text("[node]\nname = 'dfe'\n")
+    assert_one_line_error(cli("node", "serve", "--config", str(broken)), 2, "node.coordinator: Field required")
+    assert_one_line_error(cli("node", "serve", "--config", str(tmp_path / "missing.toml")), 2, "does not exist")
+    assert_one_line_error(cli("catalog", "--profile", str(tmp_path / "none.toml")), 2, "does not exist")
+
+
+def test_a_node_down_is_a_fault(running: tuple[LocalFederation, Path, Path]) -> None:
+    federation, profile, _ = running
+    federation.stop_party("pnc")
+    assert_one_line_error(
+        cli("query", "SELECT disposal, COUNT(*) FROM convictions GROUP BY disposal", "--profile", str(profile)),
+        1,
+        "'pnc' holding table 'convictions' is not connected",
+    )
+    federation.start_node("pnc")
+    assert cli("query", "SELECT COUNT(*) FROM convictions", "--profile", str(profile)).returncode == 0
+
+
+def test_wire_audit_across_processes(running: tuple[LocalFederation, Path, Path], workdir: Path) -> None:
+    """Runs after the queries above: everything every process sent or received is on record."""
+    _, _, audit_dir = running
+    messages = audit.read_folder(audit_dir)
+    assert len(messages) > 20
+    assert find_leaks(messages, identifier_values(workdir)) == []
+
+
+def test_synth_and_pki_commands(tmp_path: Path) -> None:
+    proc = cli("synth", "--people", "500", "--seed", "3", "--out", str(tmp_path / "data"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "data/dfe/pupils.parquet").exists() and (tmp_path / "data/truth").is_dir()
+    again = cli("synth", "--people", "500", "--seed", "3", "--out", str(tmp_path / "data"))
+    assert_one_line_error(again, 2, "not empty")
+    assert cli("pki", "init", "--dir", str(tmp_path / "pki")).returncode == 0
+    issued = cli("pki", "issue", "--dir", str(tmp_path / "pki"), "--role", "node", "--name", "dfe")
+    assert issued.returncode == 0 and (tmp_path / "pki/node-dfe.crt").exists()
+    assert_one_line_error(
+        cli("pki", "issue", "--dir", str(tmp_path / "pki"), "--role", "god", "--name", "x"), 2, "unknown role"
+    )
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    proc = cli("demo", "--workdir", str(tmp_path / "demo"), "--people", "2000", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "support_episodes" in proc.stdout and "HISTOGRAM(sentence_months)" in proc.stdout
+    assert "federation stopped" in proc.stderr
