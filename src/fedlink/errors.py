@@ -67,7 +67,16 @@ class Timeout(Fault):
 
 _BY_CODE: dict[str, type[FedlinkError]] = {
     cls.code: cls
-    for cls in (FedlinkError, BadInput, ConfigError, QueryError, AccessDenied, Fault, NodeUnavailable, Timeout)
+    for cls in (
+        FedlinkError,
+        BadInput,
+        ConfigError,
+        QueryError,
+        AccessDenied,
+        Fault,
+        NodeUnavailable,
+        Timeout,
+    )
 }
 
 

@@ -99,7 +99,7 @@ def synth(
     rates = fedlink.load_corruption_config(corruption) if corruption else None
     summary = fedlink.synthesize(people, seed, out_dir, rates=rates)
     out.print(
-        f"wrote {summary.people:,} people to {summary.out} in {summary.elapsed_s:.1f}s (ground truth in "
+        f"wrote {summary.people:,} people to {summary.out} in {summary.elapsed_seconds:.1f}s (ground truth in "
         f"{summary.out / 'truth'}: give it to no node)"
     )
 

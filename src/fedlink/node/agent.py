@@ -140,6 +140,8 @@ class NodeAgent:
             reply = rpc.error_message(message.call_id, exc)
             log.warning("task %s refused: %s", message.call_id[:8], exc.message)
         except Exception as exc:  # a bug must not take the node down; report a fault without data
+            if self._stop.is_set():
+                return
             log.exception("task %s failed", message.call_id[:8])
             reply = rpc.error_message(message.call_id, Fault(f"node '{self.config.name}' failed: {type(exc).__name__}"))
         outbound.put(reply)
