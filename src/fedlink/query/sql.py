@@ -16,6 +16,8 @@ column without GROUP BY), touch an identifier, or fall outside this subset is re
 
 from __future__ import annotations
 
+from typing import Literal
+
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
@@ -24,6 +26,7 @@ from fedlink.errors import QueryError
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, TableInfo
 from fedlink.query.plan import (
     Aggregate,
+    AggregateFunc,
     AggregatePlan,
     Between,
     BoolOp,
@@ -70,10 +73,10 @@ def parse_sql(sql: str) -> exp.Select:
         statements = sqlglot.parse(sql)
     except SqlglotError as exc:
         raise QueryError(f"malformed SQL ({_first_line(exc)}); check the syntax of your SELECT") from exc
-    statements = [s for s in statements if s is not None]
-    if len(statements) != 1:
+    present = [s for s in statements if s is not None]
+    if len(present) != 1:
         raise QueryError("exactly one SQL statement is allowed; remove the extra statements")
-    tree = statements[0]
+    tree = present[0]
     if not isinstance(tree, exp.Select):
         raise QueryError(f"only SELECT queries are allowed, not {tree.key.upper()}; {_AGGREGATE_HELP}")
     for clause, message in _UNSUPPORTED_CLAUSES.items():
@@ -150,8 +153,8 @@ class _Binder:
         if isinstance(node, exp.Paren):
             return self.predicate(node.this)
         if isinstance(node, exp.And | exp.Or):
-            op = "and" if isinstance(node, exp.And) else "or"
-            return BoolOp(op=op, args=(self.predicate(node.this), self.predicate(node.expression)))
+            joiner: Literal["and", "or"] = "and" if isinstance(node, exp.And) else "or"
+            return BoolOp(op=joiner, args=(self.predicate(node.this), self.predicate(node.expression)))
         if isinstance(node, exp.Not):
             inner = node.this
             if isinstance(inner, exp.Is):
@@ -175,9 +178,9 @@ class _Binder:
             low = self.value(info, node.args["low"], ordered=True)
             high = self.value(info, node.args["high"], ordered=True)
             return Between(column=info.name, low=float(low), high=float(high))
-        for cls, op in _COMPARISONS.items():
+        for cls, symbol in _COMPARISONS.items():
             if isinstance(node, cls):
-                left, right = node.this, node.expression
+                left, right, op = node.this, node.expression, symbol
                 if isinstance(left, exp.Literal | exp.Neg) and isinstance(right, exp.Column):
                     left, right = right, left
                     op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
@@ -203,7 +206,7 @@ class _Binder:
                 raise QueryError("COUNT(DISTINCT ...) is not supported; use COUNT(*) with GROUP BY")
             return Aggregate(func="count", column=self.column(arg, "COUNT's argument").name, label=label)
         if isinstance(node, exp.Sum | exp.Avg):
-            func = "sum" if isinstance(node, exp.Sum) else "avg"
+            func: AggregateFunc = "sum" if isinstance(node, exp.Sum) else "avg"
             info = self.column(node.this, f"{func.upper()}'s argument")
             if info.kind != "numeric" or info.bounds is None:
                 raise QueryError(f"{func.upper()} needs a numeric column with declared bounds; '{info.name}' is not")

@@ -128,7 +128,7 @@ def issue(pki_dir: Path, role: str, name: str, hosts: tuple[str, ...] = (), days
             f"invalid party name '{name}'; use lower-case letters, digits, '_' or '-', starting with a letter"
         )
     ca_cert, ca_key = _load_ca(pki_dir)
-    cert_path, key_path = cert_paths(pki_dir, role, name)  # type: ignore[arg-type]
+    cert_path, key_path = cert_paths(pki_dir, role, name)
     if cert_path.exists() or key_path.exists():
         raise BadInput(f"a certificate for {role} '{name}' already exists in {pki_dir}; revoke it or pick a new name")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -167,7 +167,7 @@ def issue(pki_dir: Path, role: str, name: str, hosts: tuple[str, ...] = (), days
     )
     _write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return IssuedCertificate(Identity(role, name, serial), cert_path, key_path)  # type: ignore[arg-type]
+    return IssuedCertificate(Identity(role, name, serial), cert_path, key_path)
 
 
 def identity_from_pem(pem: bytes) -> Identity:
@@ -178,7 +178,7 @@ def identity_from_pem(pem: bytes) -> Identity:
     role = str(units[0].value) if units else ""
     if not names or role not in ROLES:
         raise BadInput("certificate has no fedlink role; issue one with `fedlink pki issue`")
-    return Identity(role, str(names[0].value), cert.serial_number)  # type: ignore[arg-type]
+    return Identity(role, str(names[0].value), cert.serial_number)
 
 
 def revoke(pki_dir: Path, cert_path: Path) -> Identity:
