@@ -3,4 +3,5 @@
 # (unit, integration, end-to-end). Extra arguments go to pytest.
 source "$(dirname "$0")/env.sh" test
 ruff check src tests benchmarks
+mypy src
 exec python -m pytest "$@"
