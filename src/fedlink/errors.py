@@ -46,6 +46,18 @@ class AccessDenied(BadInput):
     code = "access_denied"
 
 
+class PolicyRefused(BadInput):
+    """A node's policy refused the request (project not approved, dataset not allowed, ...)."""
+
+    code = "policy_refused"
+
+
+class BudgetExhausted(PolicyRefused):
+    """A query would spend more privacy budget than a node allows for the project and dataset."""
+
+    code = "budget_exhausted"
+
+
 class Fault(FedlinkError):
     """Something outside the caller's input failed: a node down, a timeout, a broken connection."""
 
@@ -73,6 +85,8 @@ _BY_CODE: dict[str, type[FedlinkError]] = {
         ConfigError,
         QueryError,
         AccessDenied,
+        PolicyRefused,
+        BudgetExhausted,
         Fault,
         NodeUnavailable,
         Timeout,
