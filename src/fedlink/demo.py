@@ -22,12 +22,25 @@ from fedlink.wire import pki
 
 MARKER = ".fedlink-demo"
 ANALYST = "demo-analyst"
-EXAMPLE_QUERIES = (
-    "SELECT region, COUNT(*) AS episodes, AVG(duration_days) AS mean_days FROM support_episodes GROUP BY region",
-    "SELECT outcome, COUNT(*) AS episodes FROM support_episodes WHERE start_year BETWEEN 2015 AND 2025 "
-    "AND episode_type = 'rough_sleeping' GROUP BY outcome",
-    "SELECT fsm, COUNT(*) AS pupils, AVG(attainment8) AS mean_attainment8 FROM dfe.pupils GROUP BY fsm",
-    "SELECT HISTOGRAM(sentence_months) FROM hmps.sentences",
+#: (project, epsilon per node, SQL) of the queries the demo runs.
+EXAMPLE_QUERIES: tuple[tuple[str, float, str], ...] = (
+    (
+        "homelessness-outcomes",
+        1.0,
+        "SELECT region, COUNT(*) AS episodes, AVG(duration_days) AS mean_days FROM support_episodes GROUP BY region",
+    ),
+    (
+        "homelessness-outcomes",
+        0.5,
+        "SELECT outcome, COUNT(*) AS episodes FROM support_episodes WHERE start_year BETWEEN 2015 AND 2025 "
+        "AND episode_type = 'rough_sleeping' GROUP BY outcome",
+    ),
+    (
+        "deprivation-mental-health",
+        1.0,
+        "SELECT fsm, COUNT(*) AS pupils, AVG(attainment8) AS mean_attainment8 FROM dfe.pupils GROUP BY fsm",
+    ),
+    ("justice-attainment", 0.5, "SELECT HISTOGRAM(sentence_months) FROM hmps.sentences"),
 )
 
 
@@ -89,6 +102,15 @@ class LocalFederation:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     address: str = ""
 
+    @property
+    def state(self) -> Path:
+        """Where ledgers and registers live (they survive restarts of the parties)."""
+        return self.workdir / "state"
+
+    def registers(self) -> list[tuple[str, Path]]:
+        """(party, path) of the coordinator's and every node's transparency register."""
+        return [(p.parent.name, p) for p in sorted(self.state.glob("*/register.jsonl"))]
+
     def _spawn(
         self, name: str, args: list[str], extra_env: dict[str, str]
     ) -> tuple[subprocess.Popen[bytes], Path, Path]:
@@ -97,7 +119,13 @@ class LocalFederation:
         ready = self.workdir / "run" / f"{name}.ready"
         ready.unlink(missing_ok=True)
         log = logs / f"{name}.log"
-        env = {**os.environ, "FEDLINK_WORKDIR": str(self.workdir), **self.env, **extra_env}
+        env = {
+            **os.environ,
+            "FEDLINK_WORKDIR": str(self.workdir),
+            "FEDLINK_STATE": str(self.state),
+            **self.env,
+            **extra_env,
+        }
         with log.open("wb") as handle:
             process = subprocess.Popen(
                 [sys.executable, "-m", "fedlink", *args, "--ready-file", str(ready)],

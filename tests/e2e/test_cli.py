@@ -18,6 +18,7 @@ from fedlink.wire import audit
 from ..conftest import NODES, ROOT, find_leaks, identifier_values
 
 pytestmark = pytest.mark.slow
+PROJECT = "homelessness-outcomes"
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -65,40 +66,58 @@ def test_query_formats_agree_with_plaintext(running: tuple[LocalFederation, Path
             f"SELECT episode_type, COUNT(*) FROM read_parquet({files}) WHERE start_year >= 2018 GROUP BY 1"
         ).fetchall()
     )
-    as_json = cli("query", sql, "--profile", str(profile), "--format", "json")
+    exact = ("--project", PROJECT, "--noiseless")
+    as_json = cli("query", sql, *exact, "--profile", str(profile), "--format", "json")
     assert as_json.returncode == 0, as_json.stderr
-    got = {r["episode_type"]: r["n"] for r in json.loads(as_json.stdout)["rows"]}
+    got = {r["episode_type"]: r["n"]["value"] for r in json.loads(as_json.stdout)["rows"]}
     assert got == {k: expected.get(k, 0) for k in got} and len(got) == 4
-    as_csv = cli("query", sql, "--profile", str(profile), "--format", "csv")
-    assert as_csv.stdout.splitlines()[0] == "episode_type,n"
+    noisy = json.loads(
+        cli("query", sql, "--project", PROJECT, "--epsilon", "1", "--profile", str(profile), "--format", "json").stdout
+    )
+    assert noisy["privacy_loss"] == {n: {"epsilon": 1.0, "rho": 0.0} for n in ("charity_north", "charity_south")}
+    assert all({"value", "lower", "upper", "suppressed"} <= set(r["n"]) for r in noisy["rows"])
+    as_csv = cli("query", sql, *exact, "--profile", str(profile), "--format", "csv")
+    assert as_csv.stdout.splitlines()[0] == "episode_type,n,n_lower,n_upper,suppressed"
     assert len(as_csv.stdout.splitlines()) == 5
-    as_table = cli("query", sql, "--profile", str(profile))
-    assert as_table.returncode == 0 and "rough_sleeping" in as_table.stdout and "charity_north" in as_table.stdout
+    as_table = cli("query", sql, "--project", PROJECT, "--epsilon", "1", "--profile", str(profile))
+    assert as_table.returncode == 0 and "rough_sleeping" in as_table.stdout and "95% interval" in as_table.stdout
+    assert "charity_north: ε=1" in as_table.stdout
+    budget = json.loads(cli("budget", "--profile", str(profile), "--format", "json").stdout)["lines"]
+    spent = {(b["node"], b["project"]): b["epsilon_spent"] for b in budget}
+    assert spent[("charity_south", PROJECT)] == pytest.approx(2.0)
 
 
 def test_bad_input_gives_one_line_and_exit_2(
     running: tuple[LocalFederation, Path, Path], workdir: Path, tmp_path: Path
 ) -> None:
     federation, profile, _ = running
-    assert_one_line_error(cli("query", "SELECT COUNT(* FROM pupils", "--profile", str(profile)), 2, "malformed SQL")
-    assert_one_line_error(cli("query", "SELECT * FROM pupils", "--profile", str(profile)), 2, "would release rows")
-    assert_one_line_error(cli("query", "SELECT COUNT(*) FROM nope", "--profile", str(profile)), 2, "unknown table")
+    spend = ("--project", "deprivation-mental-health", "--epsilon", "1", "--profile", str(profile))
+    assert_one_line_error(cli("query", "SELECT COUNT(* FROM pupils", *spend), 2, "malformed SQL")
+    assert_one_line_error(cli("query", "SELECT * FROM pupils", *spend), 2, "would release rows")
+    assert_one_line_error(cli("query", "SELECT COUNT(*) FROM nope", *spend), 2, "unknown table")
+    assert_one_line_error(cli("query", "SELECT COUNT(*) FROM pupils WHERE height > 3", *spend), 2, "unknown column")
     assert_one_line_error(
-        cli("query", "SELECT COUNT(*) FROM pupils WHERE height > 3", "--profile", str(profile)),
-        2,
-        "unknown column",
+        cli("query", "SELECT COUNT(*) FROM pupils", "--profile", str(profile), "--epsilon", "1"), 2, "--project P"
     )
-    no_cert = cli("query", "SELECT COUNT(*) FROM pupils", "--coordinator", federation.address)
+    assert_one_line_error(
+        cli(
+            "query", "SELECT COUNT(*) FROM pupils", "--profile", str(profile), "--project", "deprivation-mental-health"
+        ),
+        2,
+        "declare the query's privacy loss",
+    )
+    no_cert = cli("query", "SELECT COUNT(*) FROM pupils", "--coordinator", federation.address, *spend[:4])
     assert_one_line_error(no_cert, 2, "needs cert, key, ca")
     stranger = cli(
         "query",
         "SELECT COUNT(*) FROM pupils",
+        *spend[:4],
         "--coordinator",
         federation.address,
         "--cert",
-        str(workdir / "other-ca/analyst-alice.crt"),
+        str(workdir / "other-ca/analyst-demo-analyst.crt"),
         "--key",
-        str(workdir / "other-ca/analyst-alice.key"),
+        str(workdir / "other-ca/analyst-demo-analyst.key"),
         "--ca",
         str(workdir / "pki/ca.crt"),
     )
@@ -114,12 +133,31 @@ def test_a_node_down_is_a_fault(running: tuple[LocalFederation, Path, Path]) -> 
     federation, profile, _ = running
     federation.stop_party("pnc")
     assert_one_line_error(
-        cli("query", "SELECT disposal, COUNT(*) FROM convictions GROUP BY disposal", "--profile", str(profile)),
+        cli(
+            "query",
+            "SELECT disposal, COUNT(*) FROM convictions GROUP BY disposal",
+            "--profile",
+            str(profile),
+            "--project",
+            "justice-attainment",
+            "--epsilon",
+            "1",
+        ),
         1,
         "'pnc' holding table 'convictions' is not connected",
     )
     federation.start_node("pnc")
-    assert cli("query", "SELECT COUNT(*) FROM convictions", "--profile", str(profile)).returncode == 0
+    again = cli(
+        "query",
+        "SELECT COUNT(*) FROM convictions",
+        "--profile",
+        str(profile),
+        "--project",
+        "justice-attainment",
+        "--epsilon",
+        "1",
+    )
+    assert again.returncode == 0, again.stderr
 
 
 def test_wire_audit_across_processes(running: tuple[LocalFederation, Path, Path], workdir: Path) -> None:

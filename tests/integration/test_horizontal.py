@@ -1,9 +1,11 @@
 """Horizontal queries over a real federation (mTLS gRPC on loopback), checked against DuckDB run
-directly on the same files: the federated answer must equal the plaintext computation exactly."""
+directly on the same files: in the federation's explicit test mode the answer must equal the
+plaintext computation exactly."""
 
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import duckdb
@@ -11,25 +13,32 @@ import numpy as np
 import pytest
 
 import fedlink
-from fedlink.errors import AccessDenied, Fault, NodeUnavailable, QueryError, Timeout
+from fedlink.errors import AccessDenied, Fault, NodeUnavailable, QueryError
+from fedlink.node.agent import NodeAgent
 from fedlink.node.data import NodeData
 from fedlink.query.plan import AggregatePlan
 from fedlink.query.results import PartialAggregates
+from fedlink.wire import pki
 
-from ..conftest import NODES, InProcessFederation, node_config, start_federation
+from ..conftest import ANALYST, NODES, InProcessFederation, connect_analyst, node_config, start_federation
 
 pytestmark = pytest.mark.usefixtures("workdir")
 CHARITIES = ["charity_north", "charity_south"]
+HOMELESSNESS = "homelessness-outcomes"
+DEPRIVATION = "deprivation-mental-health"
 
 
-def analyst(fed: InProcessFederation, workdir: Path, name: str = "alice", pki_dir: str = "pki") -> fedlink.Federation:
-    d = workdir / pki_dir
-    return fedlink.connect(
-        fed.address,
-        cert=d / f"analyst-{name}.crt",
-        key=d / f"analyst-{name}.key",
-        ca=workdir / "pki" / "ca.crt",
-    )
+class Exact:
+    """An analyst in the federation's explicit test mode: exact answers to compare with DuckDB."""
+
+    def __init__(self, fed: InProcessFederation, workdir: Path, name: str = ANALYST, pki_dir: str = "pki") -> None:
+        self.client = connect_analyst(fed.address, workdir, name, pki_dir)
+
+    def query(self, sql: str, project: str = HOMELESSNESS) -> fedlink.Result:
+        return self.client.query(sql, project=project, noiseless=True)
+
+    def catalog(self) -> fedlink.Catalogue:
+        return self.client.catalog()
 
 
 def plaintext(workdir: Path, nodes: list[str], table: str, sql: str) -> list[tuple]:
@@ -38,24 +47,26 @@ def plaintext(workdir: Path, nodes: list[str], table: str, sql: str) -> list[tup
 
 
 def test_catalogue_shows_every_node_and_only_metadata(federation: InProcessFederation, workdir: Path) -> None:
-    cat = analyst(federation, workdir).catalog()
+    cat = Exact(federation, workdir).catalog()
     assert {s.node for s in cat.raw.nodes if s.live} == set(NODES)
     assert cat.tables()["support_episodes"] == CHARITIES
-    pupils = next(s for s in cat.raw.nodes if s.node == "dfe").catalogue.table("pupils")
+    dfe = next(s for s in cat.raw.nodes if s.node == "dfe").catalogue
+    pupils = dfe.table("pupils")
     exact = plaintext(workdir, ["dfe"], "pupils", "SELECT COUNT(*) FROM DATA")[0][0]
     assert pupils.rows_rounded % 100 == 0 and abs(pupils.rows_rounded - exact) <= 50
     first_name = pupils.column("first_name")
     assert first_name.kind == "identifier" and first_name.categories is None
     assert 0.0 < first_name.completeness <= 1.0
     assert pupils.column("attainment8").bounds == (0.0, 90.0)
+    assert dfe.disclosure.suppress_below == 10 and DEPRIVATION in dfe.projects
 
 
 def test_grouped_count_sum_avg_equal_plaintext(federation: InProcessFederation, workdir: Path) -> None:
-    res = analyst(federation, workdir).query(
+    res = Exact(federation, workdir).query(
         "SELECT region, COUNT(*) AS n, SUM(duration_days) AS days, AVG(duration_days) AS mean "
         "FROM support_episodes GROUP BY region"
     )
-    assert res.nodes == tuple(CHARITIES)
+    assert res.nodes == tuple(CHARITIES) and res.raw.noiseless
     expected = {
         r[0]: r[1:]
         for r in plaintext(
@@ -74,20 +85,45 @@ def test_grouped_count_sum_avg_equal_plaintext(federation: InProcessFederation, 
         assert (row["mean"] is None and mean is None) or row["mean"] == pytest.approx(mean)
 
 
+def test_two_group_columns_and_a_grouped_histogram_equal_plaintext(
+    federation: InProcessFederation, workdir: Path
+) -> None:
+    exact = Exact(federation, workdir)
+    res = exact.query(
+        "SELECT fsm, sen, region, COUNT(*), AVG(attainment8) FROM pupils GROUP BY fsm, sen, region", DEPRIVATION
+    )
+    expected = {
+        r[:3]: r[3:]
+        for r in plaintext(
+            workdir, ["dfe"], "pupils", "SELECT fsm, sen, region, COUNT(*), AVG(attainment8) FROM DATA GROUP BY ALL"
+        )
+    }
+    assert len(res.rows()) == 2 * 2 * 9
+    for row in res.rows():
+        n, mean = expected.get((row["fsm"], row["sen"], row["region"]), (0, None))
+        assert row["count(*)"] == n
+        assert (mean is None and row["avg(attainment8)"] is None) or row["avg(attainment8)"] == pytest.approx(mean)
+    hist = exact.query("SELECT fsm, HISTOGRAM(attainment8) FROM pupils GROUP BY fsm", DEPRIVATION)
+    for fsm in (0, 1):
+        values = np.array(
+            [r[0] for r in plaintext(workdir, ["dfe"], "pupils", f"SELECT attainment8 FROM DATA WHERE fsm = {fsm}")]
+        )
+        counts, _ = np.histogram(np.clip(values, 0, 90), bins=np.arange(0, 100, 10, dtype=float))
+        got = [r["histogram(attainment8)"] for r in hist.rows() if r["fsm"] == fsm]
+        assert got == counts.tolist()
+
+
 def test_where_predicates_equal_plaintext(federation: InProcessFederation, workdir: Path) -> None:
     where = (
         "start_year BETWEEN 2015 AND 2022 AND (episode_type IN ('rough_sleeping', 'hostel') OR NOT outcome = 'housed') "
         "AND region != 'London' AND duration_days >= 30"
     )
-    res = analyst(federation, workdir).query(
+    res = Exact(federation, workdir).query(
         f"SELECT outcome, COUNT(*) FROM support_episodes WHERE {where} GROUP BY outcome"
     )
     expected = dict(
         plaintext(
-            workdir,
-            CHARITIES,
-            "support_episodes",
-            f"SELECT outcome, COUNT(*) FROM DATA WHERE {where} GROUP BY 1",
+            workdir, CHARITIES, "support_episodes", f"SELECT outcome, COUNT(*) FROM DATA WHERE {where} GROUP BY 1"
         )
     )
     assert {r["outcome"]: r["count(*)"] for r in res.rows()} == {
@@ -96,31 +132,38 @@ def test_where_predicates_equal_plaintext(federation: InProcessFederation, workd
 
 
 def test_histogram_equals_numpy(federation: InProcessFederation, workdir: Path) -> None:
-    res = analyst(federation, workdir).query("SELECT HISTOGRAM(attainment8) FROM pupils WHERE fsm = 1")
+    res = Exact(federation, workdir).query("SELECT HISTOGRAM(attainment8) FROM pupils WHERE fsm = 1", DEPRIVATION)
     values = np.array(
         [
             r[0]
             for r in plaintext(
-                workdir,
-                ["dfe"],
-                "pupils",
-                "SELECT attainment8 FROM DATA WHERE fsm = 1 AND attainment8 IS NOT NULL",
+                workdir, ["dfe"], "pupils", "SELECT attainment8 FROM DATA WHERE fsm = 1 AND attainment8 IS NOT NULL"
             )
         ]
     )
-    edges = np.arange(0, 100, 10, dtype=float)
-    expected, _ = np.histogram(np.clip(values, 0, 90), bins=edges)
+    expected, _ = np.histogram(np.clip(values, 0, 90), bins=np.arange(0, 100, 10, dtype=float))
     assert [r["histogram(attainment8)"] for r in res.rows()] == expected.tolist()
     assert res.rows()[0]["attainment8_bin"] == "[0, 10)" and res.rows()[-1]["attainment8_bin"] == "[80, 90]"
 
 
+def test_contribution_bound_is_enforced_per_person(federation: InProcessFederation, workdir: Path) -> None:
+    """claims declares max_rows_per_person = 3 with a person key: a person's 4th row never counts."""
+    res = Exact(federation, workdir).query("SELECT COUNT(*) FROM claims", DEPRIVATION)
+    bounded = plaintext(
+        workdir,
+        ["dwp"],
+        "claims",
+        "SELECT COUNT(*) FROM (SELECT * FROM DATA "
+        "QUALIFY ROW_NUMBER() OVER (PARTITION BY first_name, last_name, dob) <= 3)",
+    )[0][0]
+    assert res.rows()[0]["count(*)"] == bounded
+
+
 def test_node_qualified_table_uses_one_node(federation: InProcessFederation, workdir: Path) -> None:
-    res = analyst(federation, workdir).query("SELECT COUNT(*) FROM charity_south.support_episodes")
+    res = Exact(federation, workdir).query("SELECT COUNT(*) FROM charity_south.support_episodes")
     assert res.nodes == ("charity_south",)
-    assert (
-        res.rows()[0]["count(*)"]
-        == plaintext(workdir, ["charity_south"], "support_episodes", "SELECT COUNT(*) FROM DATA")[0][0]
-    )
+    expected = plaintext(workdir, ["charity_south"], "support_episodes", "SELECT COUNT(*) FROM DATA")[0][0]
+    assert res.rows()[0]["count(*)"] == expected
 
 
 @pytest.mark.parametrize(
@@ -137,12 +180,12 @@ def test_bad_queries_are_refused_by_the_coordinator(
     federation: InProcessFederation, workdir: Path, sql: str, message: str
 ) -> None:
     with pytest.raises(QueryError, match=re.escape(message)):
-        analyst(federation, workdir).query(sql)
+        Exact(federation, workdir).query(sql, DEPRIVATION)
 
 
 def test_certificates_decide_who_may_do_what(federation: InProcessFederation, workdir: Path) -> None:
     with pytest.raises(Fault, match="cannot reach the coordinator"):  # TLS handshake fails: wrong CA
-        analyst(federation, workdir, pki_dir="other-ca").catalog()
+        Exact(federation, workdir, pki_dir="other-ca").catalog()
     as_node = fedlink.Federation(federation.address, node_config("dfe", federation.address).tls_files())
     with pytest.raises(AccessDenied, match="may not call the analyst interface"):
         as_node.catalog()
@@ -158,20 +201,15 @@ def test_certificates_decide_who_may_do_what(federation: InProcessFederation, wo
 
 
 def test_unregistered_node_is_refused(federation: InProcessFederation, workdir: Path) -> None:
-    config = node_config("dfe", federation.address)
+    config = node_config("dfe", federation.address, federation.state / "intruder")
     intruder = config.model_copy(
         update={
             "node": config.node.model_copy(update={"name": "intruder"}),
             "tls": config.tls.model_copy(
-                update={
-                    "cert": str(workdir / "pki/node-intruder.crt"),
-                    "key": str(workdir / "pki/node-intruder.key"),
-                }
+                update={"cert": str(workdir / "pki/node-intruder.crt"), "key": str(workdir / "pki/node-intruder.key")}
             ),
         }
     )
-    from fedlink.node.agent import NodeAgent
-
     agent = NodeAgent(intruder, NodeData(config))
     with pytest.raises(AccessDenied, match="not registered"):
         agent.serve(retry_s=0.05)
@@ -181,10 +219,8 @@ def test_unregistered_node_is_refused(federation: InProcessFederation, workdir: 
 def test_revoked_analyst_is_refused(workdir: Path) -> None:
     fed = start_federation([])
     try:
-        from fedlink.wire import pki
-
         pki.issue(workdir / "pki", "analyst", "bob")
-        bob = analyst(fed, workdir, name="bob")
+        bob = connect_analyst(fed.address, workdir, name="bob")
         assert bob.catalog().raw.nodes
         pki.revoke(workdir / "pki", workdir / "pki" / "analyst-bob.crt")
         with pytest.raises(AccessDenied, match="revoked"):
@@ -196,7 +232,7 @@ def test_revoked_analyst_is_refused(workdir: Path) -> None:
 def test_node_down_then_rejoining(workdir: Path) -> None:
     fed = start_federation(CHARITIES)
     try:
-        client = analyst(fed, workdir)
+        client = Exact(fed, workdir)
         before = client.query("SELECT COUNT(*) FROM support_episodes").rows()
         fed.stop_node("charity_south")
         with pytest.raises(NodeUnavailable, match="'charity_south' holding table 'support_episodes' is not connected"):
@@ -212,17 +248,17 @@ class StalledData(NodeData):
     """A node whose data access never finishes in time (a stand-in for a hung database)."""
 
     def aggregate(self, plan: AggregatePlan) -> PartialAggregates:
-        import threading
-
         threading.Event().wait(3)
         return super().aggregate(plan)
 
 
-def test_a_node_that_does_not_answer_times_out(workdir: Path) -> None:
+def test_a_node_that_does_not_answer_times_out_and_nothing_is_released(workdir: Path) -> None:
     fed = start_federation(["charity_north"], timeout_s=0.5)
     try:
-        fed.start_node("charity_south", data=StalledData(node_config("charity_south", fed.address)))
-        with pytest.raises(Timeout, match=r"node 'charity_south' did not answer within 0\.5 s"):
-            analyst(fed, workdir).query("SELECT COUNT(*) FROM support_episodes")
+        fed.start_node("charity_south", data=StalledData(node_config("charity_south", fed.address, fed.state)))
+        with pytest.raises(Fault, match=r"node 'charity_south' failed during the query .*did not answer within 0\.5 s"):
+            Exact(fed, workdir).query("SELECT COUNT(*) FROM support_episodes")
+        entries = fed.coordinator.register.entries()
+        assert entries[-1].fields["status"] == "failed" and entries[-1].fields["released"] is None
     finally:
         fed.stop()

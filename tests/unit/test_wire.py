@@ -14,6 +14,9 @@ from fedlink.node.config import NodeConfig, load_node_config
 from fedlink.wire import pki
 from fedlink.wire.transport import CHUNK, MAX_GRPC_MESSAGE, Message, Reassembler, frames
 
+BASE = '[node]\nname = "dfe"\ncoordinator = "x"\n[tls]\ncert="a"\nkey="b"\nca="c"\n[privacy]\nledger="l"\n'
+BASE += 'transparency_register="r"\n'
+
 
 @given(st.binary(max_size=4096))
 def test_frames_round_trip(body: bytes) -> None:
@@ -76,16 +79,15 @@ def test_expand_uses_environment_defaults_and_config_relative_paths(
     [
         ("[node\nname=", "is not valid TOML"),
         (
-            '[node]\nname = "dfe"\ncoordinator = "x"\n[tls]\ncert="a"\nkey="b"\nca="c"\n',
+            BASE,
             "tables: Field required",
         ),
         (
-            '[node]\nname = "dfe"\ncoordinator = "x"\n[tls]\ncert="a"\nkey="b"\nca="c"\n[[tables]]\nname="t"\n'
-            'source="t.csv"\ncolumns=[{name="age", kind="numeric"}]\n',
+            BASE + '[[tables]]\nname="t"\nsource="t.csv"\ncolumns=[{name="age", kind="numeric"}]\n',
             "needs 'bounds = [low, high]'",
         ),
         (
-            '[node]\nname = "dfe"\ncoordinator = "x"\nport = 3\n[tls]\ncert="a"\nkey="b"\nca="c"\ntables=[]\n',
+            BASE.replace('coordinator = "x"', 'coordinator = "x"\nport = 3') + "tables=[]\n",
             "node.port: Extra inputs are not permitted",
         ),
     ],

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from pydantic import ValidationError
 
 from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
-from fedlink.analyst.result import Catalogue, Result
+from fedlink.analyst.result import Budget, Catalogue, Result
 from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, Timeout
 from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.results import QueryResult
+from fedlink.query.tasks import BudgetReport, PrivacyLoss, QueryRequest
 from fedlink.wire import rpc
 from fedlink.wire.transport import (
     ANALYST,
@@ -62,15 +64,37 @@ class Federation:
         reply = self._call(rpc.CATALOGUE)
         return Catalogue(FederationCatalogue.model_validate_json(reply.body))
 
-    def query(self, sql: str) -> Result:
-        """Run an aggregate query over the federation.
+    def query(
+        self,
+        sql: str,
+        *,
+        project: str | None = None,
+        epsilon: float | None = None,
+        rho: float | None = None,
+        noiseless: bool = False,
+    ) -> Result:
+        """Run an aggregate query for a project, spending ``epsilon`` (pure DP) or ``rho`` (zCDP) at
+        every node whose data it reads. Every number comes back with its 95% interval.
 
-        >>> fed.query("SELECT region, COUNT(*) FROM support_episodes GROUP BY region")  # doctest: +SKIP
+        >>> fed.query("SELECT region, COUNT(*) FROM support_episodes GROUP BY region", epsilon=0.5)  # doctest: +SKIP
         """
         if not isinstance(sql, str):
             raise BadInput("query() takes the SQL text as a string")
-        reply = self._call(rpc.QUERY, sql.encode("utf-8"))
+        try:
+            loss = PrivacyLoss(epsilon=epsilon or 0.0, rho=rho or 0.0)
+            request = QueryRequest(sql=sql, project=project or self.project or "", loss=loss, noiseless=noiseless)
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise BadInput(f"invalid privacy loss ({reason}); give one positive --epsilon or --rho") from exc
+        if not request.project:
+            raise BadInput("every query belongs to a project: pass --project P (or set project in your profile)")
+        reply = self._call(rpc.QUERY, request.model_dump_json().encode())
         return Result(QueryResult.model_validate_json(reply.body))
+
+    def budget(self) -> Budget:
+        """Privacy budget per node, project and dataset, for the projects you are registered on."""
+        reply = self._call(rpc.BUDGET)
+        return Budget(BudgetReport.model_validate_json(reply.body))
 
 
 def _rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> Exception:

@@ -7,12 +7,23 @@ from typing import Any
 
 from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.results import QueryResult
+from fedlink.query.tasks import BudgetReport
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value.is_integer() else f"{value:,.2f}"
+    return str(value)
 
 
 class Result:
-    """An aggregate table released by the federation, with its provenance.
+    """An aggregate table released by the federation: estimates with 95% intervals, suppression
+    flags and provenance (project, privacy loss per node, disclosure policy, notes).
 
-    ``rows()`` gives one dict per group; ``to_pandas()`` / ``to_polars()`` give data frames.
+    ``rows()`` gives one flat dict per group (``col``, ``col_lower``, ``col_upper``);
+    ``to_dict()`` the whole structure; ``to_pandas()`` / ``to_polars()`` data frames of ``rows()``.
     """
 
     def __init__(self, raw: QueryResult) -> None:
@@ -30,27 +41,78 @@ class Result:
     def sql(self) -> str:
         return self.raw.sql
 
+    @property
+    def privacy_loss(self) -> dict[str, dict[str, float]]:
+        return {node: loss.model_dump() for node, loss in self.raw.privacy_loss.items()}
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.raw.notes
+
     def rows(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, [*r.keys, *r.values], strict=True)) for r in self.raw.rows]
+        out = []
+        for row in self.raw.rows:
+            flat: dict[str, Any] = dict(zip(self.raw.key_columns, row.keys, strict=True))
+            for name, cell in zip(self.raw.value_columns, row.cells, strict=True):
+                flat[name] = cell.value
+                flat[f"{name}_lower"] = cell.lower
+                flat[f"{name}_upper"] = cell.upper
+            suppressed = sorted({c.suppressed for c in row.cells if c.suppressed})
+            flat["suppressed"] = "; ".join(suppressed) or None
+            out.append(flat)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
+        raw = self.raw
         return {
-            "sql": self.sql,
-            "table": self.raw.table,
-            "nodes": list(self.nodes),
+            "query_id": raw.query_id,
+            "sql": raw.sql,
+            "table": raw.table,
+            "project": raw.project,
+            "nodes": list(raw.nodes),
+            "pet": raw.pet,
+            "noiseless": raw.noiseless,
+            "confidence": raw.confidence,
+            "privacy_loss": self.privacy_loss,
+            "disclosure": raw.disclosure.model_dump(),
+            "notes": list(raw.notes),
             "columns": self.columns,
-            "rows": self.rows(),
+            "rows": [
+                {
+                    **dict(zip(raw.key_columns, row.keys, strict=True)),
+                    **{name: cell.model_dump() for name, cell in zip(raw.value_columns, row.cells, strict=True)},
+                }
+                for row in raw.rows
+            ],
         }
 
     def to_pandas(self) -> Any:
         import pandas as pd
 
-        return pd.DataFrame(self.rows(), columns=self.columns)
+        return pd.DataFrame(self.rows())
 
     def to_polars(self) -> Any:
         import polars as pl
 
         return pl.DataFrame(self.rows())
+
+    def cell_text(self, row: int, column: str) -> str:
+        """A released number as people read it: ``value [lower, upper]``, or why it is suppressed."""
+        cell = self.raw.rows[row].cells[self.raw.value_columns.index(column)]
+        if cell.suppressed:
+            return f"suppressed ({cell.suppressed})"
+        if cell.value is None:
+            return "—"
+        if self.raw.noiseless or (cell.lower == cell.upper == cell.value):
+            return _fmt(cell.value)
+        return f"{_fmt(cell.value)} [{_fmt(cell.lower)}, {_fmt(cell.upper)}]"
+
+    def provenance(self) -> str:
+        loss = ", ".join(
+            f"{n}: " + (f"ε={v['epsilon']:g}" if v["epsilon"] else f"ρ={v['rho']:g}")
+            for n, v in self.privacy_loss.items()
+        )
+        return f"project {self.raw.project}; {self.raw.pet}; privacy loss per node: {loss}"
 
     def __repr__(self) -> str:
         shape = f"{len(self.raw.rows)} rows x {self.columns}"
@@ -58,19 +120,17 @@ class Result:
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row.values()) + "</tr>" for row in self.rows()
+        body = []
+        for i, row in enumerate(self.raw.rows):
+            keys = "".join(f"<td>{html.escape(_fmt(k))}</td>" for k in row.keys)
+            values = "".join(f"<td>{html.escape(self.cell_text(i, c))}</td>" for c in self.raw.value_columns)
+            body.append(f"<tr>{keys}{values}</tr>")
+        caption = html.escape(f"{self.sql} — {self.provenance()}")
+        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return (
+            f"<table><caption>{caption}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<ul>{notes}</ul>"
         )
-        caption = html.escape(f"{self.sql} — nodes: {', '.join(self.nodes)}")
-        return f"<table><caption>{caption}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value.is_integer() else f"{value:,.2f}"
-    return str(value)
 
 
 class Catalogue:
@@ -93,3 +153,38 @@ class Catalogue:
     def __repr__(self) -> str:
         live = sum(s.live for s in self.raw.nodes)
         return f"<fedlink Catalogue: {live}/{len(self.raw.nodes)} nodes live, tables {sorted(self.tables())}>"
+
+
+class Budget:
+    """Privacy budget per node, project and dataset: cap, spent, reserved and remaining."""
+
+    def __init__(self, raw: BudgetReport) -> None:
+        self.raw = raw
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "node": line.node,
+                "project": line.project,
+                "dataset": line.dataset,
+                "epsilon_cap": line.cap.epsilon,
+                "epsilon_spent": line.spent.epsilon,
+                "epsilon_remaining": line.remaining.epsilon,
+                "rho_cap": line.cap.rho,
+                "rho_spent": line.spent.rho,
+                "rho_remaining": line.remaining.rho,
+                "queries": line.queries,
+            }
+            for line in self.raw.lines
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"lines": self.rows()}
+
+    def to_pandas(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
+    def __repr__(self) -> str:
+        return f"<fedlink Budget: {len(self.raw.lines)} lines>"

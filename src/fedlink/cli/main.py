@@ -197,9 +197,16 @@ def catalog(
 @handles_errors
 def query(
     sql: Annotated[
-        str,
-        typer.Argument(help='An aggregate SQL query, e.g. "SELECT region, COUNT(*) FROM t GROUP BY region".'),
+        str, typer.Argument(help='An aggregate SQL query, e.g. "SELECT region, COUNT(*) FROM t GROUP BY region".')
     ],
+    project: Annotated[str | None, typer.Option(help="The registered project this query is for.")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Privacy loss to spend at each node (pure DP).")] = None,
+    rho: Annotated[
+        float | None, typer.Option(help="Privacy loss to spend at each node (zCDP), instead of epsilon.")
+    ] = None,
+    noiseless: Annotated[
+        bool, typer.Option("--noiseless", help="Exact answers: only in a federation running in test mode.")
+    ] = False,
     profile: Profile = None,
     coordinator: Coordinator = None,
     cert: Cert = None,
@@ -207,8 +214,23 @@ def query(
     ca: Ca = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Run an aggregate query over every node that holds the table."""
-    render.result(out, _connect(profile, coordinator, cert, key, ca).query(sql), fmt.value)
+    """Run an aggregate query over every node that holds the table; every number has a 95% interval."""
+    fed = _connect(profile, coordinator, cert, key, ca)
+    render.result(out, fed.query(sql, project=project, epsilon=epsilon, rho=rho, noiseless=noiseless), fmt.value)
+
+
+@app.command()
+@handles_errors
+def budget(
+    profile: Profile = None,
+    coordinator: Coordinator = None,
+    cert: Cert = None,
+    key: Key = None,
+    ca: Ca = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Remaining privacy budget per node, project and dataset (from each node's own ledger)."""
+    render.budget(out, _connect(profile, coordinator, cert, key, ca).budget(), fmt.value)
 
 
 @app.command()
@@ -226,8 +248,9 @@ def demo(
     try:
         fed = fedlink.connect(profile=setup.profile)
         render.catalogue(out, fed.catalog(), "table")
-        for sql in fedlink.DEMO_QUERIES:
-            render.result(out, fed.query(sql), "table")
+        for project, epsilon, sql in fedlink.DEMO_QUERIES:
+            render.result(out, fed.query(sql, project=project, epsilon=epsilon), "table")
+        render.budget(out, fed.budget(), "table")
         if serve:
             err.print(
                 f'federation running; in another shell: FEDLINK_PROFILE={setup.profile} fedlink query "..."; '

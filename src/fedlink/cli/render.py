@@ -21,24 +21,59 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _csv(console: Console, header: list[str], rows: list[list[Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    console.file.write(buffer.getvalue())
+
+
 def result(console: Console, res: fedlink.Result, fmt: str) -> None:
     if fmt == "json":
         console.print_json(json.dumps(res.to_dict()))
         return
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(res.columns)
-        for row in res.rows():
-            writer.writerow(["" if v is None else v for v in row.values()])
-        console.file.write(buffer.getvalue())
+        rows = res.rows()
+        header = list(rows[0]) if rows else res.columns
+        _csv(console, header, [list(r.values()) for r in rows])
         return
-    table = Table(title=res.sql, caption=f"nodes: {', '.join(res.nodes)}", title_justify="left")
-    numeric = set(res.raw.value_columns)
-    for column in res.columns:
-        table.add_column(column, justify="right" if column in numeric else "left")
-    for row in res.rows():
-        table.add_row(*(_cell(v) for v in row.values()))
+    caption = "\n".join([res.provenance(), *res.notes])
+    table = Table(title=res.sql, caption=caption, title_justify="left", caption_justify="left")
+    for column in res.raw.key_columns:
+        table.add_column(column)
+    for column in res.raw.value_columns:
+        table.add_column(f"{column} [95% interval]", justify="right")
+    for i, row in enumerate(res.raw.rows):
+        table.add_row(*(_cell(k) for k in row.keys), *(res.cell_text(i, c) for c in res.raw.value_columns))
+    console.print(table)
+
+
+def budget(console: Console, report: fedlink.Budget, fmt: str) -> None:
+    rows = report.rows()
+    if fmt == "json":
+        console.print_json(json.dumps(report.to_dict()))
+        return
+    header = [
+        "node",
+        "project",
+        "dataset",
+        "epsilon_cap",
+        "epsilon_spent",
+        "epsilon_remaining",
+        "rho_cap",
+        "rho_spent",
+        "rho_remaining",
+        "queries",
+    ]
+    if fmt == "csv":
+        _csv(console, header, [[r[h] for h in header] for r in rows])
+        return
+    table = Table(title="privacy budget (each node's own ledger)", title_justify="left")
+    for name in header:
+        table.add_column(name, justify="left" if name in ("node", "project", "dataset") else "right")
+    for r in rows:
+        table.add_row(*(f"{r[h]:g}" if isinstance(r[h], float) else str(r[h]) for h in header))
     console.print(table)
 
 
@@ -72,11 +107,7 @@ def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:
                 )
     header = ["node", "status", "table", "rows", "column", "kind", "domain", "description"]
     if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(header)
-        writer.writerows(rows)
-        console.file.write(buffer.getvalue())
+        _csv(console, header, rows)
         return
     down = [s.node for s in cat.raw.nodes if not s.live]
     caption = "rows rounded to 100; identifiers can be linked on, never queried"

@@ -19,6 +19,12 @@ class CoordinatorSection(_Strict):
     name: str = "coordinator"
     listen: str = "127.0.0.1:7443"
     query_timeout_s: float = Field(default=30.0, gt=0)
+    #: The project registry (TOML), relative to this file.
+    projects: str = "projects.toml"
+    #: The coordinator's transparency register (JSON Lines, hash-chained).
+    transparency_register: str
+    #: Explicit test mode: noiseless queries become possible (where nodes allow it too). Logged.
+    test_mode: bool = False
 
 
 class TlsSection(_Strict):
@@ -35,7 +41,7 @@ class RegisteredNode(_Strict):
 
 
 class CoordinatorConfig(_Strict):
-    coordinator: CoordinatorSection = CoordinatorSection()
+    coordinator: CoordinatorSection
     tls: TlsSection
     nodes: tuple[RegisteredNode, ...]
     source: Path = Path("coordinator.toml")
@@ -57,6 +63,12 @@ class CoordinatorConfig(_Strict):
             key=resolve_path(self.tls.key, self.source),
             ca=resolve_path(self.tls.ca, self.source),
         )
+
+    def projects_path(self) -> Path:
+        return resolve_path(self.coordinator.projects, self.source)
+
+    def register_path(self) -> Path:
+        return resolve_path(self.coordinator.transparency_register, self.source)
 
     def revoked_path(self) -> Path | None:
         return resolve_path(self.tls.revoked, self.source) if self.tls.revoked else None

@@ -1,12 +1,14 @@
 """The coordinator: accepts nodes' outbound sessions and analysts' calls, plans and routes queries.
 
-It holds the node registry and the live sessions; it never holds raw data. In this horizontal
-version it adds the nodes' aggregate vectors (encrypted aggregation and DP noise at the nodes come
-with the privacy layer).
+It holds the node and project registries, the live sessions and its transparency register; it never
+holds raw data or noiseless aggregates: nodes add DP noise before anything reaches it. A query runs in
+two phases (reserve at every node, then execute at every node) so that one node's refusal costs no
+other node any budget, and a node failing mid-query means nothing is released.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -14,17 +16,22 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from pydantic import ValidationError
 
 from fedlink.coordinator.config import CoordinatorConfig
+from fedlink.coordinator.projects import load_projects
 from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable
+from fedlink.governance.register import Register
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
+from fedlink.query.disclosure import DisclosurePolicy
 from fedlink.query.results import PartialAggregates, QueryResult, build_result, combine
 from fedlink.query.sql import plan_query
+from fedlink.query.tasks import BudgetLineInfo, BudgetReport, QueryRequest, QueryTask, TaskRef
 from fedlink.wire import rpc
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.pki import Identity, revoked_serials
-from fedlink.wire.transport import Message, frames, make_server, messages, peer_identity
+from fedlink.wire.transport import Message, frames, make_server, messages, new_call_id, peer_identity
 
 log = logging.getLogger("fedlink.coordinator")
 
@@ -40,11 +47,25 @@ class Coordinator:
         self._lock = threading.Lock()
         self._fanout = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fanout")
         self._revoked_path = config.revoked_path()
+        self.projects = load_projects(config.projects_path())
+        self.register = Register(config.register_path(), config.coordinator.name)
+        self._register_projects()
         self._server, self.port = make_server(
             config.listen,
             config.tls_files(),
             {"NodeSession": self._node_session, "Analyst": self._analyst},
         )
+
+    def _register_projects(self) -> None:
+        """Put every project (and test mode) on the public record, once per version of it."""
+        seen = {json.dumps(e.fields, sort_keys=True) for e in self.register.entries() if e.kind == "project"}
+        for project in self.projects.projects:
+            fields = project.model_dump(mode="json")
+            if json.dumps(fields, sort_keys=True) not in seen:
+                self.register.append("project", fields)
+        if self.config.coordinator.test_mode:
+            log.warning("TEST MODE: noiseless queries are possible where nodes allow them; never use with real data")
+            self.register.append("test_mode", {"enabled": True})
 
     def start(self) -> int:
         self._server.start()
@@ -125,34 +146,134 @@ class Coordinator:
             )
         return FederationCatalogue(nodes=statuses)
 
-    def run_query(self, sql: str, analyst: str = "analyst") -> QueryResult:
-        started = time.perf_counter()
-        plan = plan_query(sql, self.catalogue())
+    def _sessions_for(self, nodes: tuple[str, ...], table: str) -> dict[str, NodeSession]:
         with self._lock:
-            sessions = {name: self._sessions.get(name) for name in plan.nodes}
+            sessions = {name: self._sessions.get(name) for name in nodes}
         down = sorted(name for name, s in sessions.items() if s is None or s.closed.is_set())
         if down:
             raise NodeUnavailable(
-                f"node {', '.join(repr(d) for d in down)} holding table '{plan.table}' is not connected; start it "
+                f"node {', '.join(repr(d) for d in down)} holding table '{table}' is not connected; start it "
                 "with `fedlink node serve --config nodes/<node>/node.toml` and retry"
             )
-        body = plan.model_dump_json().encode()
+        return {name: s for name, s in sessions.items() if s is not None}
+
+    def _fan_out(self, sessions: dict[str, NodeSession], kind: str, body: bytes) -> dict[str, Message | FedlinkError]:
+        """Call every node in parallel; each answer is a reply or the error that node raised."""
         timeout = self.config.coordinator.query_timeout_s
-        futures = {
-            name: self._fanout.submit(session.call, rpc.AGGREGATE, body, timeout)  # type: ignore[union-attr]
-            for name, session in sessions.items()
-        }
-        partials = [PartialAggregates.model_validate_json(f.result().body) for f in futures.values()]
-        result = build_result(plan, combine(plan, partials))
+        futures = {name: self._fanout.submit(s.call, kind, body, timeout) for name, s in sessions.items()}
+        answers: dict[str, Message | FedlinkError] = {}
+        for name, future in futures.items():
+            try:
+                answers[name] = future.result()
+            except FedlinkError as exc:
+                answers[name] = exc
+        return answers
+
+    def _abort(self, sessions: dict[str, NodeSession], query_id: str) -> None:
+        body = TaskRef(query_id=query_id).model_dump_json().encode()
+        for name, answer in self._fan_out(sessions, rpc.ABORT, body).items():
+            if isinstance(answer, FedlinkError):
+                log.warning("could not abort query %s at node '%s': %s", query_id[:8], name, answer.message)
+
+    def _log_query(self, task: QueryTask, status: str, reason: str | None, result: QueryResult | None) -> None:
+        released = None
+        if result is not None:
+            released = {
+                "columns": [*result.key_columns, *result.value_columns],
+                "rows": [[*r.keys, *(c.value for c in r.cells)] for r in result.rows],
+            }
+        self.register.append(
+            "query",
+            {
+                "query_id": task.query_id,
+                "analyst": task.analyst,
+                "project": task.project,
+                "purpose": task.purpose,
+                "query": task.plan.sql,
+                "pet": "none (test mode)" if task.noiseless else "dp",
+                "privacy_loss": {n: task.loss.model_dump() for n in task.plan.nodes},
+                "status": status,
+                "reason": reason,
+                "released": released,
+            },
+        )
+
+    def run_query(self, request: QueryRequest, analyst: str = "analyst") -> QueryResult:
+        """Plan, reserve at every node, execute, combine, apply disclosure control, register."""
+        started = time.perf_counter()
+        project = self.projects.get(request.project)
+        if request.noiseless and not self.config.coordinator.test_mode:
+            raise BadInput("noiseless queries need a federation in test mode; declare --epsilon or --rho instead")
+        if request.loss.is_zero and not request.noiseless:
+            raise BadInput("declare the query's privacy loss: --epsilon E (pure DP) or --rho R (zCDP)")
+        plan = plan_query(request.sql, self.catalogue())
+        project.check(analyst, [f"{n}.{plan.table}" for n in plan.nodes])
+        sessions = self._sessions_for(plan.nodes, plan.table)
+        task = QueryTask(
+            query_id=new_call_id(),
+            plan=plan,
+            analyst=analyst,
+            project=project.id,
+            purpose=project.purpose,
+            loss=request.loss,
+            noiseless=request.noiseless,
+        )
+        reserved = self._fan_out(sessions, rpc.RESERVE, task.model_dump_json().encode())
+        refusals = {n: a for n, a in reserved.items() if isinstance(a, FedlinkError)}
+        if refusals:
+            self._abort({n: sessions[n] for n in reserved if n not in refusals}, task.query_id)
+            first = next(iter(refusals.values()))
+            self._log_query(task, "refused", first.message, None)
+            raise first
+        executed = self._fan_out(sessions, rpc.EXECUTE, TaskRef(query_id=task.query_id).model_dump_json().encode())
+        failures = {n: a for n, a in executed.items() if isinstance(a, FedlinkError)}
+        if failures:
+            self._abort({n: sessions[n] for n in failures}, task.query_id)
+            name, error = next(iter(failures.items()))
+            reason = f"node '{name}' failed during the query ({error.message}); nothing was released"
+            self._log_query(task, "failed", reason, None)
+            raise Fault(reason)
+        partials = [PartialAggregates.model_validate_json(a.body) for a in executed.values() if isinstance(a, Message)]
+        noiseless = all(p.noiseless for p in partials)
+        if (not noiseless and any(p.noiseless for p in partials)) or (noiseless and not task.noiseless):
+            raise Fault("nodes disagreed about test mode; nothing was released")
+        policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
+        result = build_result(
+            plan,
+            combine(plan, partials),
+            query_id=task.query_id,
+            project=project.id,
+            pet="none (test mode)" if noiseless else "dp",
+            noise={} if noiseless else dict(partials[0].noise),
+            noiseless=noiseless,
+            privacy_loss={n: request.loss for n in plan.nodes},
+            policy=policy,
+        )
+        self._log_query(task, "released", None, result)
         log.info(
-            "query by analyst '%s' over '%s' at %d nodes (%d cells) answered in %.0f ms",
+            "query %s by analyst '%s' for project '%s' over '%s' at %d nodes (%d cells) answered in %.0f ms",
+            task.query_id[:8],
             analyst,
+            project.id,
             plan.table,
             len(plan.nodes),
             plan.cells,
             1000 * (time.perf_counter() - started),
         )
         return result
+
+    def budget(self, analyst: str) -> BudgetReport:
+        """Budget lines of every live node, for the projects this analyst is registered on."""
+        projects = {p.id for p in self.projects.of_analyst(analyst)}
+        with self._lock:
+            sessions = {n: s for n, s in self._sessions.items() if not s.closed.is_set()}
+        lines: list[BudgetLineInfo] = []
+        for _, answer in sorted(self._fan_out(sessions, rpc.BUDGET, b"").items()):
+            if isinstance(answer, FedlinkError):
+                raise answer
+            report = BudgetReport.model_validate_json(answer.body)
+            lines.extend(line for line in report.lines if line.project in projects)
+        return BudgetReport(lines=tuple(lines))
 
     def _analyst(self, inbound: Iterator[Frame], context: grpc.ServicerContext) -> Iterator[Frame]:
         identity = self._identify(context, "analyst")
@@ -163,12 +284,16 @@ class Coordinator:
             if request.kind == rpc.CATALOGUE:
                 reply = Message(request.call_id, rpc.RESULT, self.catalogue().model_dump_json().encode())
             elif request.kind == rpc.QUERY:
-                result = self.run_query(request.body.decode("utf-8"), identity.name)
+                result = self.run_query(QueryRequest.model_validate_json(request.body), identity.name)
                 reply = Message(request.call_id, rpc.RESULT, result.model_dump_json().encode())
+            elif request.kind == rpc.BUDGET:
+                reply = Message(request.call_id, rpc.RESULT, self.budget(identity.name).model_dump_json().encode())
             else:
                 raise BadInput(f"unknown request '{request.kind}'; upgrade the analyst client")
         except FedlinkError as exc:
             reply = rpc.error_message(request.call_id, exc)
+        except ValidationError as exc:
+            reply = rpc.error_message(request.call_id, BadInput(f"malformed request ({exc.errors()[0]['msg']})"))
         except Exception as exc:  # never leak a traceback to a client
             log.exception("analyst call failed")
             reply = rpc.error_message(

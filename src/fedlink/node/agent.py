@@ -19,7 +19,8 @@ import grpc
 from fedlink.errors import AccessDenied, ConfigError, Fault, FedlinkError
 from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
-from fedlink.query.plan import AggregatePlan
+from fedlink.node.runtime import NodeRuntime
+from fedlink.query.tasks import QueryTask, TaskRef
 from fedlink.wire import rpc
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.transport import (
@@ -40,6 +41,7 @@ class NodeAgent:
     """Runs one node: loads its data, connects out, serves tasks until :meth:`stop`."""
 
     def __init__(self, config: NodeConfig, data: NodeData | None = None) -> None:
+        """Load and check the node's data, ledger and register (``data`` lets tests inject a store)."""
         self.config = config
         self.tls = config.tls_files()
         identity = self.tls.identity()
@@ -48,7 +50,7 @@ class NodeAgent:
                 f"{self.tls.cert} is a certificate for {identity}, not node '{config.name}'; point [tls] at "
                 f"the node's own certificate (`fedlink pki issue --role node --name {config.name}`)"
             )
-        self.data = data or NodeData(config)
+        self.runtime = NodeRuntime(config, data)
         self._stop = threading.Event()
         self._connected = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"node-{config.name}")
@@ -96,7 +98,7 @@ class NodeAgent:
                 assert isinstance(item, Message)
                 yield from frames(item)
 
-        hello = Message(new_call_id(), rpc.HELLO, self.data.catalogue.model_dump_json().encode())
+        hello = Message(new_call_id(), rpc.HELLO, self.runtime.catalogue.model_dump_json().encode())
         outbound.put(hello)
         call = stream_method(channel, NODE_SESSION)(requests())
         self._call = call
@@ -120,29 +122,42 @@ class NodeAgent:
             self._call = None
             channel.close()
 
+    def _handle(self, message: Message) -> Message:
+        runtime = self.runtime
+        if message.kind == rpc.RESERVE:
+            task = QueryTask.model_validate_json(message.body)
+            runtime.reserve(task)
+            log.info(
+                "query %s: reserved budget for project '%s' on '%s'", task.query_id[:8], task.project, task.plan.table
+            )
+            return Message(message.call_id, rpc.ACK, b"")
+        if message.kind == rpc.EXECUTE:
+            ref = TaskRef.model_validate_json(message.body)
+            partial = runtime.execute(ref.query_id)
+            return Message(message.call_id, rpc.PARTIAL, partial.model_dump_json().encode())
+        if message.kind == rpc.ABORT:
+            runtime.abort(TaskRef.model_validate_json(message.body).query_id)
+            return Message(message.call_id, rpc.ACK, b"")
+        if message.kind == rpc.BUDGET:
+            return Message(message.call_id, rpc.RESULT, runtime.budget().model_dump_json().encode())
+        raise Fault(f"node '{self.config.name}' does not run operator '{message.kind}'")
+
     def _answer(self, message: Message, outbound: queue.Queue[object]) -> None:
         started = time.perf_counter()
         try:
-            if message.kind != rpc.AGGREGATE:
-                raise Fault(f"node '{self.config.name}' does not run operator '{message.kind}'")
-            plan = AggregatePlan.model_validate_json(message.body)
-            partial = self.data.aggregate(plan)
-            reply = Message(message.call_id, rpc.PARTIAL, partial.model_dump_json().encode())
+            reply = self._handle(message)
             log.info(
-                "task %s: aggregate over '%s' (%d cells, %d components) in %.0f ms",
-                message.call_id[:8],
-                plan.table,
-                plan.cells,
-                len(plan.components),
-                1000 * (time.perf_counter() - started),
+                "%s %s answered in %.0f ms", message.kind, message.call_id[:8], 1000 * (time.perf_counter() - started)
             )
-        except FedlinkError as exc:
-            reply = rpc.error_message(message.call_id, exc)
-            log.warning("task %s refused: %s", message.call_id[:8], exc.message)
-        except Exception as exc:  # a bug must not take the node down; report a fault without data
-            if self._stop.is_set():
+        except Exception as exc:
+            if self._stop.is_set():  # shutting down: the coordinator sees the session end instead
                 return
-            log.exception("task %s failed", message.call_id[:8])
+            if isinstance(exc, FedlinkError):
+                log.warning("%s %s refused: %s", message.kind, message.call_id[:8], exc.message)
+                outbound.put(rpc.error_message(message.call_id, exc))
+                return
+            # a bug must not take the node down; report a fault without data
+            log.exception("%s %s failed", message.kind, message.call_id[:8])
             reply = rpc.error_message(message.call_id, Fault(f"node '{self.config.name}' failed: {type(exc).__name__}"))
         outbound.put(reply)
 
@@ -152,4 +167,4 @@ class NodeAgent:
         if call is not None:
             call.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.data.close()
+        self.runtime.close()

@@ -7,10 +7,11 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedlink.config import expand, load_model, resolve_path
 from fedlink.query.catalogue import Category, ColumnKind
+from fedlink.query.disclosure import DisclosurePolicy
 from fedlink.wire.transport import TlsFiles
 
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -60,6 +61,12 @@ class TableDecl(_Strict):
     format: Literal["parquet", "csv"] | None = None
     description: str = ""
     columns: tuple[ColumnDecl, ...]
+    #: Contribution bound: at most this many rows of one person count in any query. DP noise is
+    #: calibrated to it, so it is what "one person" means for the privacy guarantee.
+    max_rows_per_person: int = Field(default=1, ge=1)
+    #: Local identifier columns that tell this node's rows of one person apart; when given, rows
+    #: beyond ``max_rows_per_person`` per person are dropped before aggregating (enforcing the bound).
+    person_key: tuple[str, ...] | None = None
 
     _name = field_validator("name")(_identifier)
 
@@ -68,6 +75,14 @@ class TableDecl(_Strict):
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names):
             raise ValueError(f"table '{self.name}' declares a column twice")
+        return self
+
+    @model_validator(mode="after")
+    def _person_key_declared(self) -> TableDecl:
+        names = {c.name for c in self.columns}
+        for column in self.person_key or ():
+            if column not in names:
+                raise ValueError(f"person_key column '{column}' of table '{self.name}' is not declared")
         return self
 
     @property
@@ -93,9 +108,32 @@ class TlsSection(_Strict):
     ca: str
 
 
+class Approval(_Strict):
+    """This node's approval of a project: the node, not the coordinator, is the final authority."""
+
+    project: str
+    #: Caps on this project's total privacy loss at each of this node's tables.
+    epsilon: float = Field(default=0.0, ge=0)
+    rho: float = Field(default=0.0, ge=0)
+    #: Tables the project may use (default: all of this node's tables).
+    tables: tuple[str, ...] | None = None
+    #: Analysts allowed (default: whoever the project registers).
+    analysts: tuple[str, ...] | None = None
+
+
+class PrivacySection(_Strict):
+    ledger: str
+    transparency_register: str
+    #: Allow noiseless answers when the coordinator runs in test mode (never in production).
+    allow_test_mode: bool = False
+    disclosure: DisclosurePolicy = DisclosurePolicy()
+
+
 class NodeConfig(_Strict):
     node: NodeSection
     tls: TlsSection
+    privacy: PrivacySection
+    approvals: tuple[Approval, ...] = ()
     tables: tuple[TableDecl, ...]
     #: The file this was read from: relative paths inside it are relative to its folder.
     source: Path = Path("node.toml")
@@ -105,6 +143,10 @@ class NodeConfig(_Strict):
         names = [t.name for t in self.tables]
         if len(set(names)) != len(names):
             raise ValueError("a table name is declared twice")
+        for approval in self.approvals:
+            for table in approval.tables or ():
+                if table not in names:
+                    raise ValueError(f"approval of project '{approval.project}' names unknown table '{table}'")
         return self
 
     @property
@@ -124,6 +166,15 @@ class NodeConfig(_Strict):
 
     def table_path(self, table: TableDecl) -> Path:
         return resolve_path(table.source, self.source)
+
+    def ledger_path(self) -> Path:
+        return resolve_path(self.privacy.ledger, self.source)
+
+    def register_path(self) -> Path:
+        return resolve_path(self.privacy.transparency_register, self.source)
+
+    def approval(self, project: str) -> Approval | None:
+        return next((a for a in self.approvals if a.project == project), None)
 
 
 def load_node_config(path: Path) -> NodeConfig:

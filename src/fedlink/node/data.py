@@ -9,7 +9,8 @@ import duckdb
 from fedlink.errors import ConfigError, QueryError
 from fedlink.node.config import ColumnDecl, NodeConfig, TableDecl
 from fedlink.node.operators import run_aggregate
-from fedlink.query.catalogue import ColumnInfo, NodeCatalogue, TableInfo, round_count
+from fedlink.query.catalogue import ColumnInfo, NodeCatalogue, TableInfo
+from fedlink.query.disclosure import round_count
 from fedlink.query.plan import AggregatePlan
 from fedlink.query.results import PartialAggregates
 
@@ -113,11 +114,17 @@ class NodeData:
                     TableInfo(
                         name=table.name,
                         description=table.description,
-                        rows_rounded=round_count(count),
+                        rows_rounded=int(round_count(count, 100)),
                         columns=tuple(columns),
                     )
                 )
-        return NodeCatalogue(node=self.config.name, description=self.config.node.description, tables=tuple(tables))
+        return NodeCatalogue(
+            node=self.config.name,
+            description=self.config.node.description,
+            tables=tuple(tables),
+            disclosure=self.config.privacy.disclosure,
+            projects=tuple(a.project for a in self.config.approvals),
+        )
 
     def aggregate(self, plan: AggregatePlan) -> PartialAggregates:
         table = self.tables.get(plan.table)

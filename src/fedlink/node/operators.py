@@ -108,7 +108,7 @@ def _component_sql(comp: Component) -> exp.Expr:
     return exp.Coalesce(this=exp.Sum(this=clamped), expressions=[_lit(0)])
 
 
-def aggregate_sql(plan: AggregatePlan, view: str) -> str:
+def aggregate_sql(plan: AggregatePlan, table: TableDecl, view: str) -> str:
     """One SELECT giving, per non-empty cell, the cell index and every component's value."""
     cell: exp.Expr = _lit(0)
     stride = plan.bins
@@ -120,7 +120,9 @@ def aggregate_sql(plan: AggregatePlan, view: str) -> str:
         )
         cell = exp.Add(
             this=cell,
-            expression=exp.Mul(this=exp.Sub(this=position, expression=_lit(1)), expression=_lit(stride)),
+            expression=exp.Mul(
+                this=exp.Paren(this=exp.Sub(this=position, expression=_lit(1))), expression=_lit(stride)
+            ),
         )
         filters.append(exp.In(this=_col(group.column), expressions=[_lit(c) for c in group.categories]))
         stride *= len(group.categories)
@@ -130,9 +132,17 @@ def aggregate_sql(plan: AggregatePlan, view: str) -> str:
         filters.append(exp.Not(this=exp.Is(this=_col(cast(str, hist.column)), expression=exp.Null())))
     if plan.where is not None:
         filters.append(predicate_sql(plan.where))
-    select = exp.select(exp.alias_(cell, "cell"), *(_component_sql(c) for c in plan.components)).from_(
-        exp.to_identifier(view, quoted=True)
-    )
+    source: exp.Expr = exp.to_identifier(view, quoted=True)
+    if table.person_key:
+        # Enforce the contribution bound: keep at most max_rows_per_person rows of each person.
+        rank = exp.Window(this=exp.RowNumber(), partition_by=[_col(c) for c in table.person_key])
+        bounded = (
+            exp.select(exp.Star())
+            .from_(exp.to_identifier(view, quoted=True))
+            .qualify(exp.LTE(this=rank, expression=_lit(table.max_rows_per_person)))
+        )
+        source = exp.alias_(exp.Subquery(this=bounded), "bounded")
+    select = exp.select(exp.alias_(cell, "cell"), *(_component_sql(c) for c in plan.components)).from_(source)
     if filters:
         select = select.where(exp.and_(*filters))
     return select.group_by(_lit(1)).sql(dialect="duckdb")
@@ -143,7 +153,7 @@ def run_aggregate(
 ) -> PartialAggregates:
     """Validate and run ``plan`` over ``view``; returns dense vectors over every declared cell."""
     validate_plan(plan, table, node)
-    rows = connection.execute(aggregate_sql(plan, view)).fetchall()
+    rows = connection.execute(aggregate_sql(plan, table, view)).fetchall()
     vectors = {c.key: np.zeros(plan.cells) for c in plan.components}
     keys = [c.key for c in plan.components]
     for row in rows:

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from fedlink.query.disclosure import DisclosurePolicy
+
 Category = str | int
 ColumnKind = Literal["category", "numeric", "identifier"]
 
@@ -56,6 +58,10 @@ class NodeCatalogue(_Frozen):
     node: str
     description: str = ""
     tables: tuple[TableInfo, ...]
+    #: The node's own disclosure-control policy, applied to every result drawing on it.
+    disclosure: DisclosurePolicy = DisclosurePolicy()
+    #: Projects this node has approved (ids only; caps stay private to the node).
+    projects: tuple[str, ...] = ()
 
     def table(self, name: str) -> TableInfo | None:
         return next((t for t in self.tables if t.name == name), None)
@@ -80,8 +86,3 @@ class FederationCatalogue(_Frozen):
             if info is not None:
                 found.append((status, info))
         return found
-
-
-def round_count(n: int, base: int = 100) -> int:
-    """Round a count to the nearest multiple of ``base`` (halves round up)."""
-    return int((n + base // 2) // base * base)

@@ -138,8 +138,14 @@ class AggregatePlan(_Frozen):
 
     @property
     def components(self) -> tuple[Component, ...]:
-        """The distinct additive vectors needed to answer every aggregate."""
+        """The distinct additive vectors needed to answer every aggregate.
+
+        A plan without a histogram always includes the row count per cell: disclosure control
+        decides suppression on it, even when the analyst did not ask for a count.
+        """
         found: dict[str, Component] = {}
+        if self.histogram is None:
+            found["rows:*"] = Component(kind="rows")
         for agg in self.aggregates:
             for comp in agg.components:
                 found.setdefault(comp.key, comp)

@@ -1,31 +1,51 @@
-"""What nodes send back (additive partial aggregates) and what the analyst receives (a result table)."""
+"""What nodes send back (noisy additive partial aggregates) and what the analyst receives: a table
+of estimates, each with its 95% interval, suppression flags and the result's provenance."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from fedlink.errors import Fault
+from fedlink.pets.dp import NoiseSpec, noise_halfwidth
 from fedlink.query.catalogue import Category
-from fedlink.query.plan import AggregatePlan, histogram_labels
+from fedlink.query.disclosure import DisclosurePolicy, round_count, round_down, round_up
+from fedlink.query.plan import Aggregate, AggregatePlan, histogram_labels
+from fedlink.query.tasks import PrivacyLoss
+
+CONFIDENCE = 0.95
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class Noise(_Frozen):
+    mechanism: Literal["laplace", "gaussian"]
+    scale: float
+    integer: bool
+
+    def spec(self) -> NoiseSpec:
+        return NoiseSpec(self.mechanism, self.scale, self.integer)
+
+
 class PartialAggregates(_Frozen):
-    """One node's additive vectors, one per plan component (keyed by ``Component.key``), over all cells."""
+    """One node's additive vectors, one per plan component (keyed by ``Component.key``), over all
+    cells, with the noise the node added to each (none only in logged test mode)."""
 
     node: str
     vectors: dict[str, tuple[float, ...]]
+    noise: dict[str, Noise] = {}
+    noiseless: bool = False
 
     def check(self, plan: AggregatePlan) -> None:
         expected = {c.key for c in plan.components}
-        if set(self.vectors) != expected or any(len(v) != plan.cells for v in self.vectors.values()):
-            raise Fault(
-                f"node '{self.node}' returned vectors of the wrong shape; check that it runs this fedlink version"
-            )
+        shapes_ok = set(self.vectors) == expected and all(len(v) == plan.cells for v in self.vectors.values())
+        noise_ok = self.noiseless or set(self.noise) == expected
+        if not (shapes_ok and noise_ok):
+            raise Fault(f"node '{self.node}' returned vectors of the wrong shape; check it runs this fedlink version")
 
 
 def combine(plan: AggregatePlan, partials: list[PartialAggregates]) -> dict[str, np.ndarray]:
@@ -38,24 +58,98 @@ def combine(plan: AggregatePlan, partials: list[PartialAggregates]) -> dict[str,
     return totals
 
 
+class Cell(_Frozen):
+    """One released number: the estimate, its 95% interval, or why it was suppressed."""
+
+    value: float | None
+    lower: float | None
+    upper: float | None
+    suppressed: str | None = None
+
+
 class ResultRow(_Frozen):
     keys: tuple[Category, ...]
-    values: tuple[float | None, ...]
+    cells: tuple[Cell, ...]
 
 
 class QueryResult(_Frozen):
-    """An aggregate table: one row per declared group (and bin), one value column per aggregate."""
+    """An aggregate table: one row per declared group (and bin), one column per aggregate."""
 
+    query_id: str
     sql: str
     table: str
     nodes: tuple[str, ...]
+    project: str
+    pet: str
+    noiseless: bool
+    confidence: float = CONFIDENCE
+    #: The privacy loss each node charged to its own budget for this query.
+    privacy_loss: dict[str, PrivacyLoss]
+    disclosure: DisclosurePolicy
     key_columns: tuple[str, ...]
     value_columns: tuple[str, ...]
     rows: tuple[ResultRow, ...]
+    notes: tuple[str, ...] = ()
 
 
-def build_result(plan: AggregatePlan, totals: dict[str, np.ndarray]) -> QueryResult:
-    """Turn summed component vectors into the analyst's table (AVG = SUM / COUNT)."""
+def _interval(values: np.ndarray, noise: Noise | None, nodes: int, level: float) -> tuple[np.ndarray, np.ndarray]:
+    if noise is None:
+        return values.copy(), values.copy()
+    half = noise_halfwidth(noise.spec(), nodes, level)
+    return values - half, values + half
+
+
+def _is_count(agg: Aggregate) -> bool:
+    return agg.func in ("count", "histogram")
+
+
+def estimate(
+    plan: AggregatePlan, totals: dict[str, np.ndarray], noise: dict[str, Noise], nodes: int
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per aggregate: (value, lower, upper) vectors, the interval covering the truth with 95%."""
+    out = []
+    for agg in plan.aggregates:
+        comps = agg.components
+        if agg.func == "avg":
+            assert agg.lower is not None and agg.upper is not None
+            total, count = (totals[c.key] for c in comps)
+            # Each part at 97.5%, so both hold together with at least 95% (Bonferroni).
+            s_lo, s_hi = _interval(total, noise.get(comps[0].key), nodes, 1 - (1 - CONFIDENCE) / 2)
+            c_lo, c_hi = _interval(count, noise.get(comps[1].key), nodes, 1 - (1 - CONFIDENCE) / 2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                value = np.where(count > 0, total / np.where(count > 0, count, 1), np.nan)
+                positive = c_lo > 0
+                safe_lo = np.where(positive, c_lo, 1)
+                corners = np.stack(
+                    [s_lo / safe_lo, s_lo / np.maximum(c_hi, 1e-300), s_hi / safe_lo, s_hi / np.maximum(c_hi, 1e-300)]
+                )
+            lower = np.where(positive, corners.min(axis=0), agg.lower)
+            upper = np.where(positive, corners.max(axis=0), agg.upper)
+            value = np.clip(value, agg.lower, agg.upper)
+            out.append((value, np.clip(lower, agg.lower, agg.upper), np.clip(upper, agg.lower, agg.upper)))
+            continue
+        values = totals[comps[0].key]
+        lower, upper = _interval(values, noise.get(comps[0].key), nodes, CONFIDENCE)
+        if _is_count(agg):
+            lower = np.maximum(lower, 0)  # a count is never negative: clipping keeps the coverage
+        out.append((values, lower, upper))
+    return out
+
+
+def build_result(
+    plan: AggregatePlan,
+    totals: dict[str, np.ndarray],
+    *,
+    query_id: str,
+    project: str,
+    pet: str,
+    noise: dict[str, Noise],
+    noiseless: bool,
+    privacy_loss: dict[str, PrivacyLoss],
+    policy: DisclosurePolicy,
+) -> QueryResult:
+    """Turn summed noisy vectors into the analyst's table, then apply disclosure control."""
+    nodes = len(plan.nodes)
     keys: list[tuple[Category, ...]] = plan.group_keys()
     key_columns = tuple(g.column for g in plan.group_by)
     hist = plan.histogram
@@ -63,24 +157,53 @@ def build_result(plan: AggregatePlan, totals: dict[str, np.ndarray]) -> QueryRes
         labels = histogram_labels(hist.bins)
         keys = [(*k, label) for k in keys for label in labels]
         key_columns = (*key_columns, f"{hist.column}_bin")
-    columns = []
-    for agg in plan.aggregates:
-        comps = [totals[c.key] for c in agg.components]
-        if agg.func == "avg":
-            total, count = comps
-            with np.errstate(invalid="ignore", divide="ignore"):
-                columns.append(np.where(count > 0, total / np.where(count > 0, count, 1), np.nan))
-        else:
-            columns.append(comps[0])
+    estimates = estimate(plan, totals, noise, nodes)
+    # The noisy number of rows per cell decides suppression (a histogram's bins are that count).
+    cohort = totals[hist.components[0].key] if hist is not None else totals["rows:*"]
+    notes = []
+    # Test mode checks correctness: exact values, so neither noise nor disclosure control applies.
+    small = cohort < policy.suppress_below if not noiseless else np.zeros(len(cohort), dtype=bool)
+    total_cohort = float(cohort.sum())
+    whole = total_cohort < policy.min_cohort and not noiseless
+    if whole:
+        notes.append(
+            f"suppressed: the cohort (noisy count {total_cohort:.0f}) is below the minimum of {policy.min_cohort}"
+        )
+    elif small.any():
+        notes.append(f"{int(small.sum())} cell(s) suppressed: noisy count below {policy.suppress_below}")
+    if noiseless:
+        notes.append("TEST MODE: no noise and no disclosure control; exact values that must never be published")
+    else:
+        notes.append(f"intervals: {CONFIDENCE:.0%} for the DP noise (linkage and sampling error not included)")
     rows = []
     for i, key in enumerate(keys):
-        values = tuple(None if np.isnan(col[i]) else float(col[i]) for col in columns)
-        rows.append(ResultRow(keys=key, values=values))
+        cells = []
+        for agg, (value, lower, upper) in zip(plan.aggregates, estimates, strict=True):
+            if whole or small[i]:
+                reason = "cohort below minimum" if whole else f"noisy count below {policy.suppress_below}"
+                cells.append(Cell(value=None, lower=None, upper=None, suppressed=reason))
+                continue
+            v, lo, hi = float(value[i]), float(lower[i]), float(upper[i])
+            if np.isnan(v):
+                cells.append(Cell(value=None, lower=None, upper=None, suppressed="no rows"))
+                continue
+            if _is_count(agg) and not noiseless:
+                base = policy.round_to
+                v, lo, hi = round_count(v, base), round_down(lo, base), round_up(hi, base)
+            cells.append(Cell(value=v, lower=lo, upper=hi))
+        rows.append(ResultRow(keys=key, cells=tuple(cells)))
     return QueryResult(
+        query_id=query_id,
         sql=plan.sql,
         table=plan.table,
         nodes=plan.nodes,
+        project=project,
+        pet=pet,
+        noiseless=noiseless,
+        privacy_loss=privacy_loss,
+        disclosure=policy,
         key_columns=key_columns,
         value_columns=tuple(a.label for a in plan.aggregates),
         rows=tuple(rows),
+        notes=tuple(notes),
     )

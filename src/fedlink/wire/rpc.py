@@ -10,11 +10,15 @@ from fedlink.wire.transport import Message
 # node session
 HELLO = "hello"  # node -> coordinator: its catalogue
 WELCOME = "welcome"  # coordinator -> node: accepted
-AGGREGATE = "aggregate"  # coordinator -> node: an AggregatePlan
-PARTIAL = "partial"  # node -> coordinator: PartialAggregates
+RESERVE = "reserve"  # coordinator -> node: a QueryTask; the node checks policy and reserves budget
+EXECUTE = "execute"  # coordinator -> node: a TaskRef; the node computes, adds noise, commits
+ABORT = "abort"  # coordinator -> node: a TaskRef; the node releases the reservation
+BUDGET = "budget"  # coordinator -> node: report budget lines
+ACK = "ack"  # node -> coordinator: done
+PARTIAL = "partial"  # node -> coordinator: PartialAggregates (noisy)
 # analyst calls
 CATALOGUE = "catalogue"
-QUERY = "query"
+QUERY = "query"  # body: a QueryRequest
 RESULT = "result"
 ERROR = "error"
 

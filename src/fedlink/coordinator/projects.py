@@ -1,0 +1,65 @@
+"""The project registry (``coordinator/projects.toml``): the Five Safes' "safe projects".
+
+A project names its purpose, its analysts, the datasets (``node.table``) it may use and the privacy
+budget it asks of each. Registration here is necessary, not sufficient: every node approves projects
+in its own config and caps their budgets; the node is the final authority.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedlink.config import load_model
+from fedlink.errors import AccessDenied, BadInput, PolicyRefused
+
+
+class Project(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    title: str
+    purpose: str
+    analysts: tuple[str, ...]
+    datasets: tuple[str, ...]
+    epsilon: float = Field(default=0.0, ge=0)
+    rho: float = Field(default=0.0, ge=0)
+
+    def check(self, analyst: str, datasets: list[str]) -> None:
+        if analyst not in self.analysts:
+            raise AccessDenied(f"analyst '{analyst}' is not registered on project '{self.id}'; ask its lead to add you")
+        missing = [d for d in datasets if d not in self.datasets]
+        if missing:
+            raise PolicyRefused(
+                f"project '{self.id}' is not registered for dataset {', '.join(missing)}; register it in projects.toml"
+            )
+
+
+class ProjectRegistry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    projects: tuple[Project, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> ProjectRegistry:
+        ids = [p.id for p in self.projects]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a project id is registered twice")
+        return self
+
+    def get(self, project: str | None) -> Project:
+        if not project:
+            raise BadInput("every query belongs to a project: pass --project P (or set project in your profile)")
+        found = next((p for p in self.projects if p.id == project), None)
+        if found is None:
+            known = ", ".join(p.id for p in self.projects) or "none"
+            raise BadInput(f"unknown project '{project}'; registered projects: {known}")
+        return found
+
+    def of_analyst(self, analyst: str) -> list[Project]:
+        return [p for p in self.projects if analyst in p.analysts]
+
+
+def load_projects(path: Path) -> ProjectRegistry:
+    return load_model(path, ProjectRegistry, "projects")

@@ -1,0 +1,375 @@
+"""A node's persistent privacy-budget ledger: reserve before work, commit before the answer leaves, release on failure.
+
+Each node keeps its own ledger, one SQLite file, with one row per (query, dataset). A row is
+``reserved`` while the query runs, ``committed`` once the node is about to let a noisy answer leave, and
+``released`` if the query failed. Every reservation checks committed + reserved + asked against the cap
+inside one ``BEGIN IMMEDIATE`` transaction, so threads of one node and several processes sharing the
+file can never overspend::
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> with BudgetLedger(Path(tempfile.mkdtemp()) / "budget.sqlite") as ledger:
+    ...     ledger.reserve("q1", "p", "dfe.pupils", Spend(epsilon=0.25), cap=Spend(epsilon=1.0))
+    ...     ledger.commit("q1")
+    ...     ledger.remaining("p", "dfe.pupils", cap=Spend(epsilon=1.0))
+    Spend(epsilon=0.75, rho=0.0)
+
+The node commits *before* any noisy output leaves it, so a reservation still open when its process
+died means nothing left the node: reopening the ledger releases it. To tell a dead process from a live
+one that shares the file, each open ledger holds an exclusive ``flock`` on its own file in
+``<ledger>.owners/``; the kernel drops that lock when the process dies, however it dies.
+
+Only ids, project, dataset, privacy loss, state and UTC times are stored, never data values.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+from weakref import WeakSet
+
+from fedlink.errors import BadInput, BudgetExhausted, Fault
+
+#: Slack when comparing sums of floats with a cap, so that e.g. seven spends of 0.1 fit a cap of 0.7.
+TOLERANCE = 1e-12
+#: How long a call waits for another thread or process holding the ledger's write lock.
+BUSY_TIMEOUT_S = 10.0
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS reservation (
+    query_id    TEXT NOT NULL,
+    dataset     TEXT NOT NULL,
+    project     TEXT NOT NULL,
+    epsilon     REAL NOT NULL CHECK (epsilon >= 0),
+    rho         REAL NOT NULL CHECK (rho >= 0),
+    state       TEXT NOT NULL CHECK (state IN ('reserved', 'committed', 'released')),
+    owner       TEXT NOT NULL,
+    reserved_at TEXT NOT NULL,
+    settled_at  TEXT,
+    PRIMARY KEY (query_id, dataset)
+    )""",
+    "CREATE INDEX IF NOT EXISTS reservation_by_budget ON reservation (project, dataset, state, epsilon, rho)",
+    "CREATE INDEX IF NOT EXISTS reservation_by_state ON reservation (state, owner)",
+)
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Privacy loss of one query at one dataset, or a budget of it: pure-DP ``epsilon`` and zCDP ``rho``."""
+
+    epsilon: float = 0.0
+    rho: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("epsilon", "rho"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise BadInput(f"{name} must be a finite number >= 0, not {value!r}; give a non-negative privacy loss")
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    """What one (project, dataset) has spent: committed and still-reserved loss, and committed queries."""
+
+    project: str
+    dataset: str
+    committed: Spend
+    reserved: Spend
+    queries: int
+
+
+class _Connection(sqlite3.Connection):
+    """A plain connection; subclassed only so the ledger can hold it in a :class:`WeakSet`."""
+
+
+class BudgetLedger:
+    """The privacy-budget ledger in one SQLite file, safe across threads and processes.
+
+    Use one object per process, shared by its threads (each thread gets its own connection). Open it in
+    the process that uses it, not before a fork. ``recovered`` counts the reservations of dead processes
+    that opening the ledger released.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.owner = uuid.uuid4().hex
+        self._closed = False
+        self._guard = threading.Lock()
+        self._local = threading.local()
+        self._connections: WeakSet[_Connection] = WeakSet()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._owners = self.path.with_name(self.path.name + ".owners")
+            self._owners.mkdir(exist_ok=True)
+            self._owner_lock = _hold_owner_lock(self._owners, self.owner)
+        except OSError as exc:
+            raise Fault(f"cannot open the budget ledger at {self.path}: {exc}; check the folder is writable") from exc
+        try:
+            # Switching a new file to WAL does not wait for the busy timeout, so openers take turns.
+            with _exclusive(self._owners / "opening"), self._errors():
+                db = self._connection()
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                with self._write() as db:
+                    for statement in _SCHEMA:
+                        db.execute(statement)
+                    self.recovered = self._release_dead_owners(db)
+                for lock in self._owners.glob("*.lock"):
+                    _owner_alive(self._owners, lock.stem)  # tidies the lock files of owners that died idle
+        except BaseException:
+            self.close()
+            raise
+
+    def reserve(self, query_id: str, project: str, dataset: str, spend: Spend, cap: Spend) -> None:
+        """Set ``spend`` aside for ``query_id`` on (``project``, ``dataset``), or refuse if it would pass ``cap``.
+
+        Raises :class:`BudgetExhausted` (recording nothing) when committed + reserved + ``spend`` exceeds
+        ``cap`` in epsilon or in rho, and :class:`BadInput` for empty names or a (query, dataset) already
+        reserved. A query may reserve several datasets, one call each.
+        """
+        for name, value in (("query id", query_id), ("project", project), ("dataset", dataset)):
+            if not isinstance(value, str) or not value:
+                raise BadInput(f"the {name} must be a non-empty string, not {value!r}")
+        with self._write() as db:
+            taken = db.execute(
+                "SELECT state FROM reservation WHERE query_id = ? AND dataset = ?", (query_id, dataset)
+            ).fetchone()
+            if taken is not None:
+                raise BadInput(
+                    f"query {query_id!r} has already reserved budget on dataset {dataset!r} ({taken[0]}); "
+                    "give each query a fresh id"
+                )
+            shortfall = _shortfall(_used(db, project, dataset), spend, cap)
+            if shortfall and self._release_dead_owners(db):
+                shortfall = _shortfall(_used(db, project, dataset), spend, cap)
+            if shortfall:
+                raise BudgetExhausted(
+                    f"budget exhausted for project {project!r} on dataset {dataset!r}: {shortfall}; "
+                    "ask the data owner for more or spend less"
+                )
+            db.execute(
+                "INSERT INTO reservation (query_id, dataset, project, epsilon, rho, state, owner, reserved_at) "
+                "VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?)",
+                (query_id, dataset, project, float(spend.epsilon), float(spend.rho), self.owner, _now()),
+            )
+
+    def commit(self, query_id: str) -> None:
+        """Turn every reservation of ``query_id`` into spent budget; call it before the answer leaves the node.
+
+        Committing again is a no-op. Raises :class:`Fault` if the query reserved nothing here or any of
+        its reservations was released (after a failure or a restart): its answer must not be released.
+        """
+        with self._write() as db:
+            states = {row[0] for row in db.execute("SELECT state FROM reservation WHERE query_id = ?", (query_id,))}
+            if not states:
+                raise Fault(f"cannot commit query {query_id!r}: it reserved no budget here; reserve before running it")
+            if "released" in states:
+                raise Fault(
+                    f"cannot commit query {query_id!r}: its budget reservation was released (after a failure or a "
+                    "restart); do not release its answer, run the query again"
+                )
+            db.execute(
+                "UPDATE reservation SET state = 'committed', settled_at = ? WHERE query_id = ? AND state = 'reserved'",
+                (_now(), query_id),
+            )
+
+    def release(self, query_id: str) -> None:
+        """Give back every open reservation of ``query_id``; committed budget stays spent. Idempotent."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE reservation SET state = 'released', settled_at = ? WHERE query_id = ? AND state = 'reserved'",
+                (_now(), query_id),
+            )
+
+    def remaining(self, project: str, dataset: str, cap: Spend) -> Spend:
+        """What can still be reserved on (``project``, ``dataset``) under ``cap`` (never below zero)."""
+        with self._errors():
+            used = _used(self._connection(), project, dataset)
+        return Spend(max(0.0, cap.epsilon - used.epsilon), max(0.0, cap.rho - used.rho))
+
+    def lines(self) -> list[BudgetLine]:
+        """One line per (project, dataset) that has any reservation, sorted by project then dataset."""
+        with self._errors():
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT project, dataset, "
+                    "TOTAL(CASE WHEN state = 'committed' THEN epsilon END), "
+                    "TOTAL(CASE WHEN state = 'committed' THEN rho END), "
+                    "TOTAL(CASE WHEN state = 'reserved' THEN epsilon END), "
+                    "TOTAL(CASE WHEN state = 'reserved' THEN rho END), "
+                    "SUM(state = 'committed') "
+                    "FROM reservation GROUP BY project, dataset ORDER BY project, dataset"
+                )
+                .fetchall()
+            )
+        return [BudgetLine(p, d, Spend(ce, cr), Spend(re, rr), int(n)) for p, d, ce, cr, re, rr, n in rows]
+
+    def close(self) -> None:
+        """Close every connection and give up this object's owner lock; call it once no thread uses it. Idempotent.
+
+        Reservations still open stay reserved until a ledger is next opened (or a reservation would
+        otherwise be refused), which then releases them because their owner is gone.
+        """
+        with self._guard:
+            if self._closed:
+                return
+            self._closed = True
+            connections = list(self._connections)
+        for db in connections:
+            db.close()
+        if hasattr(self, "_owner_lock"):
+            (self._owners / f"{self.owner}.lock").unlink(missing_ok=True)
+            self._owner_lock.close()
+
+    def __enter__(self) -> BudgetLedger:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use; it closes when the thread ends or on :meth:`close`."""
+        db: _Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            if self._closed:
+                raise Fault(f"the budget ledger at {self.path} is closed; open it again")
+            return db
+        with self._guard:
+            if self._closed:
+                raise Fault(f"the budget ledger at {self.path} is closed; open it again")
+            try:
+                db = sqlite3.connect(
+                    self.path,
+                    timeout=BUSY_TIMEOUT_S,
+                    isolation_level=None,
+                    check_same_thread=False,  # only so that close() may close it from another thread
+                    factory=_Connection,
+                )
+                # An answer leaves the node right after commit(), so the commit must survive a power cut.
+                db.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise Fault(f"cannot open the budget ledger at {self.path}: {exc}; check the file") from exc
+            self._connections.add(db)
+        self._local.db = db
+        return db
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise Fault(f"the budget ledger at {self.path} failed: {exc}; check the file and the disk") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction holding the database's write lock from its start, so checks stay true."""
+        with self._errors():
+            db = self._connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:  # SQLite may already have rolled back, e.g. on a full disk
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _release_dead_owners(self, db: sqlite3.Connection) -> int:
+        """Release the open reservations of processes that have died; call inside :meth:`_write`."""
+        owners = [
+            row[0]
+            for row in db.execute(
+                "SELECT DISTINCT owner FROM reservation WHERE state = 'reserved' AND owner != ?", (self.owner,)
+            )
+        ]
+        released = 0
+        for owner in owners:
+            if not _owner_alive(self._owners, owner):
+                released += db.execute(
+                    "UPDATE reservation SET state = 'released', settled_at = ? WHERE owner = ? AND state = 'reserved'",
+                    (_now(), owner),
+                ).rowcount
+        return released
+
+
+def _used(db: sqlite3.Connection, project: str, dataset: str) -> Spend:
+    """Committed plus reserved loss on one (project, dataset)."""
+    epsilon, rho = db.execute(
+        "SELECT TOTAL(epsilon), TOTAL(rho) FROM reservation "
+        "WHERE project = ? AND dataset = ? AND state IN ('reserved', 'committed')",
+        (project, dataset),
+    ).fetchone()
+    return Spend(epsilon, rho)
+
+
+def _shortfall(used: Spend, spend: Spend, cap: Spend) -> str:
+    """Empty if ``spend`` fits; otherwise what is left and what was asked, for each component that does not."""
+    parts = [
+        f"{max(0.0, limit - spent):.6g} {name} left, {asked:.6g} asked"
+        for name, spent, asked, limit in (
+            ("epsilon", used.epsilon, spend.epsilon, cap.epsilon),
+            ("rho", used.rho, spend.rho, cap.rho),
+        )
+        if spent + asked > limit + TOLERANCE
+    ]
+    return " and ".join(parts)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing), waiting for other processes and objects."""
+    with open(path, "ab") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _hold_owner_lock(folder: Path, owner: str) -> BinaryIO:
+    """Create ``<owner>.lock`` already locked (made under a temporary name, then renamed) and keep it open.
+
+    Creating it locked means a process tidying dead owners' files can never take it for a dead one's.
+    """
+    temporary = folder / f"{owner}.tmp"
+    handle = open(temporary, "wb", buffering=0)  # noqa: SIM115 - held open for the ledger's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        temporary.rename(folder / f"{owner}.lock")
+    except OSError:
+        handle.close()
+        raise
+    return handle
+
+
+def _owner_alive(folder: Path, owner: str) -> bool:
+    """Whether the process that opened ledger ``owner`` still holds its lock; a dead owner's file is removed."""
+    path = folder / f"{owner}.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        path.unlink(missing_ok=True)
+        return False
+    finally:
+        os.close(fd)

@@ -1,0 +1,195 @@
+"""A node's privacy-aware query runtime: policy checks, budget reservation, noise, register.
+
+A query reaches a node in two phases. **Reserve**: the node checks the query against its own policy
+(project approved, table and analyst allowed, test mode allowed) and reserves the declared privacy
+loss in its persistent ledger; a refusal here costs nothing anywhere. **Execute**: the node computes
+its partial aggregate, adds calibrated noise itself (so DP never depends on the coordinator's
+honesty), commits the reservation *before* anything leaves, logs the use in its own register, and
+only then answers. An **abort** (another node refused, or failed) releases the reservation. A crash
+between reserve and commit leaves an uncommitted reservation, which the ledger releases on restart:
+nothing left the node, so nothing was spent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from fedlink.errors import BadInput, Fault, PolicyRefused
+from fedlink.governance.register import Register
+from fedlink.node.config import NodeConfig, TableDecl
+from fedlink.node.data import NodeData
+from fedlink.node.ledger import BudgetLedger, Spend
+from fedlink.node.operators import validate_plan
+from fedlink.pets.dp import add_noise, calibrate
+from fedlink.query.catalogue import NodeCatalogue
+from fedlink.query.plan import Component
+from fedlink.query.results import Noise, PartialAggregates
+from fedlink.query.tasks import BudgetLineInfo, BudgetReport, PrivacyLoss, QueryTask
+
+log = logging.getLogger("fedlink.node")
+
+
+def sensitivity(component: Component, table: TableDecl) -> float:
+    """How much one person can change a component vector (L1, and a bound on L2)."""
+    per_row = 1.0
+    if component.kind == "sum":
+        assert component.lower is not None and component.upper is not None
+        per_row = max(abs(component.lower), abs(component.upper))
+    return per_row * table.max_rows_per_person
+
+
+class NodeRuntime:
+    """Everything a node does for a query, behind the agent that talks to the coordinator."""
+
+    def __init__(self, config: NodeConfig, data: NodeData | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.data = data or NodeData(config)
+        self.ledger = BudgetLedger(config.ledger_path())
+        self.register = Register(config.register_path(), config.name)
+        self._pending: dict[str, QueryTask] = {}
+        self._lock = threading.Lock()
+        if self.ledger.recovered:
+            log.warning("released %d reservation(s) left by an interrupted run", self.ledger.recovered)
+            self.register.append("recovery", {"released_reservations": self.ledger.recovered})
+
+    @property
+    def catalogue(self) -> NodeCatalogue:
+        return self.data.catalogue
+
+    def _dataset(self, table: str) -> str:
+        return f"{self.name}.{table}"
+
+    def _log(self, task: QueryTask, status: str, reason: str | None) -> None:
+        self.register.append(
+            "query",
+            {
+                "query_id": task.query_id,
+                "analyst": task.analyst,
+                "project": task.project,
+                "purpose": task.purpose,
+                "query": task.plan.sql,
+                "pet": "none (test mode)" if task.noiseless else "dp",
+                "privacy_loss": {self.name: task.loss.model_dump()},
+                "status": status,
+                "reason": reason,
+                "released": None,
+            },
+        )
+
+    def _check_policy(self, task: QueryTask) -> TableDecl:
+        table = self.data.tables.get(task.plan.table)
+        if table is None:
+            raise PolicyRefused(f"node '{self.name}' has no table '{task.plan.table}'")
+        approval = self.config.approval(task.project)
+        if approval is None:
+            raise PolicyRefused(
+                f"node '{self.name}' refuses: project '{task.project}' is not approved by this node; its data owner "
+                "must add an [[approvals]] entry to the node's config"
+            )
+        if approval.tables is not None and table.name not in approval.tables:
+            raise PolicyRefused(
+                f"node '{self.name}' refuses: project '{task.project}' may not use table '{table.name}'"
+            )
+        if approval.analysts is not None and task.analyst not in approval.analysts:
+            raise PolicyRefused(
+                f"node '{self.name}' refuses: analyst '{task.analyst}' is not approved for project '{task.project}'"
+            )
+        if task.noiseless and not self.config.privacy.allow_test_mode:
+            raise PolicyRefused(f"node '{self.name}' refuses: it does not allow noiseless test mode")
+        if task.loss.is_zero and not task.noiseless:
+            raise BadInput("a query must declare its privacy loss: --epsilon E or --rho R")
+        validate_plan(task.plan, table, self.name)
+        return table
+
+    def reserve(self, task: QueryTask) -> None:
+        try:
+            table = self._check_policy(task)
+            approval = self.config.approval(task.project)
+            assert approval is not None
+            self.ledger.reserve(
+                task.query_id,
+                task.project,
+                self._dataset(table.name),
+                Spend(epsilon=task.loss.epsilon, rho=task.loss.rho),
+                Spend(epsilon=approval.epsilon, rho=approval.rho),
+            )
+        except BadInput as exc:
+            self._log(task, "refused", exc.message)
+            raise
+        with self._lock:
+            self._pending[task.query_id] = task
+
+    def execute(self, query_id: str) -> PartialAggregates:
+        with self._lock:
+            task = self._pending.pop(query_id, None)
+        if task is None:
+            raise Fault(f"node '{self.name}' holds no reservation for query {query_id[:8]}; retry the query")
+        try:
+            partial = self._noisy_partial(task)
+            self.ledger.commit(query_id)  # before anything leaves the node
+        except BaseException as exc:
+            self.ledger.release(query_id)
+            self._log(task, "failed", getattr(exc, "message", type(exc).__name__))
+            raise
+        self._log(task, "released", None)
+        return partial
+
+    def _noisy_partial(self, task: QueryTask) -> PartialAggregates:
+        table = self.data.tables[task.plan.table]
+        exact = self.data.aggregate(task.plan)
+        if task.noiseless:
+            return exact.model_copy(update={"noiseless": True})
+        components = task.plan.components
+        share = 1.0 / len(components)  # sequential composition over the components
+        vectors: dict[str, tuple[float, ...]] = {}
+        noise: dict[str, Noise] = {}
+        for component in components:
+            spec = calibrate(
+                sensitivity(component, table),
+                epsilon=task.loss.epsilon * share,
+                rho=task.loss.rho * share,
+                integer=component.kind != "sum",
+            )
+            noisy = add_noise(np.asarray(exact.vectors[component.key]), spec)
+            vectors[component.key] = tuple(noisy.tolist())
+            noise[component.key] = Noise(mechanism=spec.mechanism, scale=spec.scale, integer=spec.integer)
+        return PartialAggregates(node=self.name, vectors=vectors, noise=noise)
+
+    def abort(self, query_id: str) -> None:
+        with self._lock:
+            task = self._pending.pop(query_id, None)
+        self.ledger.release(query_id)
+        if task is not None:
+            self._log(task, "refused", "aborted by the coordinator: another node refused or failed")
+
+    def budget(self) -> BudgetReport:
+        used = {(line.project, line.dataset): line for line in self.ledger.lines()}
+        lines = []
+        for approval in self.config.approvals:
+            for table in approval.tables or tuple(self.data.tables):
+                dataset = self._dataset(table)
+                line = used.get((approval.project, dataset))
+                lines.append(
+                    BudgetLineInfo(
+                        node=self.name,
+                        project=approval.project,
+                        dataset=dataset,
+                        cap=PrivacyLoss(epsilon=approval.epsilon, rho=approval.rho),
+                        spent=PrivacyLoss(epsilon=line.committed.epsilon, rho=line.committed.rho)
+                        if line
+                        else PrivacyLoss(),
+                        reserved=PrivacyLoss(epsilon=line.reserved.epsilon, rho=line.reserved.rho)
+                        if line
+                        else PrivacyLoss(),
+                        queries=line.queries if line else 0,
+                    )
+                )
+        return BudgetReport(lines=tuple(lines))
+
+    def close(self) -> None:
+        self.ledger.close()
+        self.data.close()

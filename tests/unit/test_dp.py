@@ -1,0 +1,137 @@
+"""DP calibration, OpenDP sampling, interval coverage, and disclosure control on real noisy values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedlink.errors import BadInput
+from fedlink.pets.dp import NoiseSpec, add_noise, calibrate, noise_halfwidth
+from fedlink.query.disclosure import DisclosurePolicy
+from fedlink.query.plan import Aggregate, AggregatePlan, GroupKey
+from fedlink.query.results import Noise, build_result, combine
+from fedlink.query.tasks import PrivacyLoss
+
+REPS = 2000
+# Coverage over REPS independent releases is Binomial(REPS, 0.95): standard deviation 0.0049, so
+# [0.93, 0.97] is about four standard deviations either side; a correct interval fails that check
+# far less than once in ten thousand runs, while a half-width 15% too small or too large fails it.
+LOW, HIGH = 0.93, 0.97
+
+
+def test_calibration_is_certified_by_opendp() -> None:
+    assert calibrate(1, epsilon=0.5) == NoiseSpec("laplace", 2.0, True)
+    assert calibrate(3.0, epsilon=1.0, integer=False).scale == pytest.approx(3.0)
+    gaussian = calibrate(2, rho=0.5)
+    assert gaussian.mechanism == "gaussian" and gaussian.scale == pytest.approx(2.0)
+    with pytest.raises(BadInput, match="exactly one privacy loss"):
+        calibrate(1, epsilon=1, rho=1)
+    with pytest.raises(BadInput, match="exactly one privacy loss"):
+        calibrate(1)
+
+
+def test_single_laplace_halfwidth_matches_the_closed_form() -> None:
+    # P(|X| > h) = exp(-h / b) for a continuous Laplace: h = b ln 20 at 95%.
+    spec = calibrate(10.0, epsilon=1.0, integer=False)
+    assert noise_halfwidth(spec, 1) == pytest.approx(10 * math.log(20), rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("spec", "nodes"),
+    [
+        (NoiseSpec("laplace", 2.0, True), 1),
+        (NoiseSpec("laplace", 2.0, True), 2),
+        (NoiseSpec("laplace", 50.0, False), 3),
+        (NoiseSpec("gaussian", 3.0, True), 2),
+        (NoiseSpec("gaussian", 40.0, False), 6),
+    ],
+)
+def test_intervals_cover_the_truth_95_percent_of_the_time(spec: NoiseSpec, nodes: int) -> None:
+    truth = np.full(REPS, 137.0)
+    total = sum(add_noise(truth, spec) for _ in range(nodes))
+    half = noise_halfwidth(spec, nodes)
+    coverage = float(np.mean(np.abs(total - nodes * truth) <= half))
+    assert LOW <= coverage <= HIGH, coverage
+
+
+def _plan() -> AggregatePlan:
+    return AggregatePlan(
+        table="t",
+        nodes=("a", "b"),
+        aggregates=(
+            Aggregate(func="count", label="n"),
+            Aggregate(func="avg", column="x", label="mean", lower=0.0, upper=100.0),
+        ),
+        group_by=(GroupKey(column="g", categories=("p", "q", "r")),),
+    )
+
+
+def _release(plan: AggregatePlan, truth: dict[str, np.ndarray], epsilon: float, noiseless: bool = False):  # type: ignore[no-untyped-def]
+    from fedlink.node.config import TableDecl
+    from fedlink.node.runtime import sensitivity
+    from fedlink.query.results import PartialAggregates
+
+    table = TableDecl(name="t", source="t.csv", columns=())
+    partials = []
+    share = 1 / len(plan.components)
+    for node in plan.nodes:
+        vectors, noise = {}, {}
+        for comp in plan.components:
+            spec = calibrate(sensitivity(comp, table), epsilon=epsilon * share, integer=comp.kind != "sum")
+            vectors[comp.key] = tuple((truth[comp.key] if noiseless else add_noise(truth[comp.key], spec)).tolist())
+            noise[comp.key] = Noise(mechanism=spec.mechanism, scale=spec.scale, integer=spec.integer)
+        partials.append(
+            PartialAggregates(node=node, vectors=vectors, noise={} if noiseless else noise, noiseless=noiseless)
+        )
+    return build_result(
+        plan,
+        combine(plan, partials),
+        query_id="q",
+        project="p",
+        pet="dp",
+        noise=partials[0].noise,
+        noiseless=noiseless,
+        privacy_loss={n: PrivacyLoss(epsilon=epsilon) for n in plan.nodes},
+        policy=DisclosurePolicy(),
+    )
+
+
+def test_avg_intervals_cover_the_truth_at_least_95_percent() -> None:
+    plan = _plan()
+    # per node: counts 400, 60, 3 rows; sums give true means 40, 70, 10
+    counts = np.array([400.0, 60.0, 3.0])
+    sums = counts * np.array([40.0, 70.0, 10.0])
+    truth = {"rows:*": counts, "count:x": counts, "sum:x": sums}
+    hits, trials = 0, 400
+    for _ in range(trials):
+        res = _release(plan, truth, epsilon=4.0)
+        cell = res.rows[0].cells[1]
+        hits += cell.lower <= 40.0 <= cell.upper
+    assert hits / trials >= 0.93  # Bonferroni makes it conservative: at least 95% in expectation
+
+
+def test_disclosure_control_suppresses_and_rounds_noisy_values() -> None:
+    plan = _plan()
+    counts = np.array([400.0, 60.0, 3.0])
+    truth = {"rows:*": counts, "count:x": counts, "sum:x": counts * 50}
+    res = _release(plan, truth, epsilon=8.0)
+    big, medium, small = res.rows
+    assert big.cells[0].value % 5 == 0 and big.cells[0].lower % 5 == 0 and big.cells[0].upper % 5 == 0
+    assert medium.cells[0].value is not None
+    assert small.cells[0].value is None and small.cells[0].suppressed == "noisy count below 10"
+    assert small.cells[1].suppressed == "noisy count below 10"  # the mean of a small cell goes too
+    assert any("suppressed" in n for n in res.notes)
+    tiny = {"rows:*": np.array([1.0, 0.0, 0.0]), "count:x": np.array([1.0, 0.0, 0.0]), "sum:x": np.array([5.0, 0, 0])}
+    whole = _release(plan, tiny, epsilon=50.0)
+    assert all(c.suppressed == "cohort below minimum" for r in whole.rows for c in r.cells)
+
+
+def test_test_mode_is_exact_and_flagged() -> None:
+    plan = _plan()
+    counts = np.array([400.0, 60.0, 3.0])
+    res = _release(plan, {"rows:*": counts, "count:x": counts, "sum:x": counts * 50}, epsilon=1.0, noiseless=True)
+    assert [r.cells[0].value for r in res.rows] == [800.0, 120.0, 6.0]
+    assert res.rows[2].cells[1].value == 50.0 and res.noiseless
+    assert any("TEST MODE" in n for n in res.notes)
