@@ -19,10 +19,12 @@ from typing import Any
 from fedlink.errors import (
     AccessDenied,
     BadInput,
+    BudgetExhausted,
     ConfigError,
     Fault,
     FedlinkError,
     NodeUnavailable,
+    PolicyRefused,
     QueryError,
     Timeout,
 )
@@ -44,15 +46,20 @@ _LAZY = {
     "pki_init": "fedlink.wire.pki:init_ca",
     "pki_issue": "fedlink.wire.pki:issue",
     "pki_revoke": "fedlink.wire.pki:revoke",
+    "verify_register": "fedlink.governance.register",
+    "export_register": "fedlink.governance.export",
+    "find_registers": "fedlink.governance.register",
 }
 
 __all__ = [
     "AccessDenied",
     "BadInput",
+    "BudgetExhausted",
     "ConfigError",
     "FedlinkError",
     "Fault",
     "NodeUnavailable",
+    "PolicyRefused",
     "QueryError",
     "Timeout",
     *_LAZY,

@@ -27,7 +27,7 @@ EXAMPLE_QUERIES: tuple[tuple[str, float, str], ...] = (
     (
         "homelessness-outcomes",
         1.0,
-        "SELECT region, COUNT(*) AS episodes, AVG(duration_days) AS mean_days FROM support_episodes GROUP BY region",
+        "SELECT region, COUNT(*) AS episodes FROM support_episodes GROUP BY region",
     ),
     (
         "homelessness-outcomes",

@@ -36,6 +36,8 @@ coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
+register_app = typer.Typer(help="The transparency registers: verify them, publish them.", no_args_is_help=True)
+app.add_typer(register_app, name="register")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -233,6 +235,41 @@ def budget(
     render.budget(out, _connect(profile, coordinator, cert, key, ca).budget(), fmt.value)
 
 
+Registers = Annotated[
+    list[Path],
+    typer.Argument(help="register.jsonl files, or state folders holding <party>/register.jsonl (e.g. .fedlink/state)."),
+]
+
+
+@register_app.command("verify")
+@handles_errors
+def register_verify(paths: Registers) -> None:
+    """Check each register's hash chain and head: any edit, deletion or insertion is reported (exit 1)."""
+    broken = 0
+    for party, path in fedlink.find_registers(paths):
+        report = fedlink.verify_register(path)
+        if report.ok:
+            out.print(f"[green]ok[/]      {party}: {report.entries} entries, chain intact ({path})")
+        else:
+            broken += 1
+            out.print(f"[bold red]TAMPERED[/] {party}: {path}")
+            for problem in report.problems:
+                out.print(f"         {problem}", highlight=False)
+    if broken:
+        raise fedlink.Fault(f"{broken} register(s) failed verification; compare them with the published copies")
+
+
+@register_app.command("export")
+@handles_errors
+def register_export(
+    paths: Registers,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for index.html and register.json.")],
+) -> None:
+    """Write the public transparency page (static HTML) and its JSON from the registers."""
+    html_path, json_path = fedlink.export_register(fedlink.find_registers(paths), out_dir)
+    out.print(f"wrote {html_path} and {json_path}")
+
+
 @app.command()
 @handles_errors
 def demo(
@@ -251,6 +288,12 @@ def demo(
         for project, epsilon, sql in fedlink.DEMO_QUERIES:
             render.result(out, fed.query(sql, project=project, epsilon=epsilon), "table")
         render.budget(out, fed.budget(), "table")
+        registers = setup.federation.registers()
+        for party, path in registers:
+            if not fedlink.verify_register(path).ok:
+                raise fedlink.Fault(f"the {party} register failed verification: {path}")
+        page, _ = fedlink.export_register(registers, setup.workdir / "register-site")
+        err.print(f"demo: {len(registers)} transparency registers verified; public page: {page}")
         if serve:
             err.print(
                 f'federation running; in another shell: FEDLINK_PROFILE={setup.profile} fedlink query "..."; '

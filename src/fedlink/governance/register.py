@@ -40,7 +40,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -421,3 +421,19 @@ def _locked(path: Path, exclusive: bool) -> Iterator[None]:
             yield
         finally:
             os.close(fd)
+
+
+def find_registers(paths: Sequence[Path]) -> list[tuple[str, Path]]:
+    """``(party, file)`` for each path: a register file, or a folder searched for ``*/register.jsonl``
+    (the layout of a federation's state folder: one sub-folder per party)."""
+    found: list[tuple[str, Path]] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend((p.parent.name, p) for p in sorted(path.glob("*/register.jsonl")))
+        elif path.exists():
+            found.append((path.parent.name, path))
+        else:
+            raise BadInput(f"no register at {path}; pass a register.jsonl file or a state folder holding them")
+    if not found:
+        raise BadInput("no registers found; pass register.jsonl files or a state folder (e.g. .fedlink/state)")
+    return found
