@@ -168,6 +168,27 @@ def test_wire_audit_across_processes(running: tuple[LocalFederation, Path, Path]
     assert find_leaks(messages, identifier_values(workdir)) == []
 
 
+def test_register_verify_and_export(running: tuple[LocalFederation, Path, Path], tmp_path: Path) -> None:
+    federation, _, _ = running
+    verified = cli("register", "verify", str(federation.state))
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.count("chain intact") == len(NODES) + 1
+    exported = cli("register", "export", str(federation.state), "--out", str(tmp_path / "site"))
+    assert exported.returncode == 0, exported.stderr
+    page = (tmp_path / "site" / "index.html").read_text()
+    assert "homelessness-outcomes" in page and "<script" not in page
+    copy = tmp_path / "coordinator" / "register.jsonl"
+    copy.parent.mkdir()
+    original = (federation.state / "coordinator" / "register.jsonl").read_text().splitlines()
+    copy.write_text("\n".join(original[:1] + original[2:]) + "\n")  # one entry deleted
+    (copy.parent / "register.jsonl.head").write_text(
+        (federation.state / "coordinator" / "register.jsonl.head").read_text()
+    )
+    tampered = cli("register", "verify", str(copy))
+    assert tampered.returncode == 1 and "TAMPERED" in tampered.stdout
+    assert tampered.stderr.strip().startswith("error: 1 register(s) failed verification")
+
+
 def test_synth_and_pki_commands(tmp_path: Path) -> None:
     proc = cli("synth", "--people", "500", "--seed", "3", "--out", str(tmp_path / "data"))
     assert proc.returncode == 0, proc.stderr

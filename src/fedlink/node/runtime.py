@@ -52,6 +52,14 @@ class NodeRuntime:
         self.register = Register(config.register_path(), config.name)
         self._pending: dict[str, QueryTask] = {}
         self._lock = threading.Lock()
+        self.register.append(
+            "startup",
+            {
+                "tables": sorted(self.data.tables),
+                "approved_projects": [a.project for a in config.approvals],
+                "allow_test_mode": config.privacy.allow_test_mode,
+            },
+        )
         if self.ledger.recovered:
             log.warning("released %d reservation(s) left by an interrupted run", self.ledger.recovered)
             self.register.append("recovery", {"released_reservations": self.ledger.recovered})
