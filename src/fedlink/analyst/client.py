@@ -5,6 +5,7 @@ The ``fedlink`` CLI is a thin layer over this module.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import grpc
 from pydantic import ValidationError
 
 from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
-from fedlink.analyst.result import Budget, Catalogue, Result
+from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
 from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, Timeout
 from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.results import QueryResult
@@ -57,9 +58,12 @@ class Federation:
     def catalog(self) -> Catalogue:
         """What data exists where: every registered node, whether it is live, and its tables.
 
-        >>> cat = fed.catalog()                                    # doctest: +SKIP
-        >>> cat.tables()["support_episodes"]                        # doctest: +SKIP
+        >>> cat = fed.catalog()
+        >>> cat.tables()["support_episodes"]
         ['charity_north', 'charity_south']
+        >>> pupils = cat.node("dfe").table("pupils")
+        >>> pupils.column("fsm").categories, pupils.column("first_name").kind
+        ((0, 1), 'identifier')
         """
         reply = self._call(rpc.CATALOGUE)
         return Catalogue(FederationCatalogue.model_validate_json(reply.body))
@@ -76,7 +80,18 @@ class Federation:
         """Run an aggregate query for a project, spending ``epsilon`` (pure DP) or ``rho`` (zCDP) at
         every node whose data it reads. Every number comes back with its 95% interval.
 
-        >>> fed.query("SELECT region, COUNT(*) FROM support_episodes GROUP BY region", epsilon=0.5)  # doctest: +SKIP
+        >>> res = fed.query("SELECT outcome, COUNT(*) AS n FROM support_episodes GROUP BY outcome",
+        ...                 project="homelessness-outcomes", epsilon=1.0)
+        >>> [row["outcome"] for row in res.rows()]
+        ['housed', 'not_housed', 'lost_contact']
+        >>> res.privacy_loss["charity_south"]
+        {'epsilon': 1.0, 'rho': 0.0}
+        >>> all(r["n_lower"] <= r["n"] <= r["n_upper"] for r in res.rows() if r["n"] is not None)
+        True
+        >>> fed.query("SELECT first_name, COUNT(*) FROM pupils GROUP BY first_name",
+        ...           project="deprivation-mental-health", epsilon=1.0)
+        Traceback (most recent call last):
+        fedlink.errors.QueryError: column 'first_name' is an identifier and can never be queried; use a categorical or numeric column
         """
         if not isinstance(sql, str):
             raise BadInput("query() takes the SQL text as a string")
@@ -91,8 +106,24 @@ class Federation:
         reply = self._call(rpc.QUERY, request.model_dump_json().encode())
         return Result(QueryResult.model_validate_json(reply.body))
 
+    def register(self) -> RegisterView:
+        """The coordinator's transparency register: every project and query on the public record,
+        and whether its hash chain verifies.
+
+        >>> reg = fed.register()
+        >>> reg.verified, reg.entries("project")[0]["fields"]["id"]
+        (True, 'deprivation-mental-health')
+        """
+        reply = self._call(rpc.REGISTER)
+        return RegisterView(json.loads(reply.body))
+
     def budget(self) -> Budget:
-        """Privacy budget per node, project and dataset, for the projects you are registered on."""
+        """Privacy budget per node, project and dataset, for the projects you are registered on.
+
+        >>> line = next(r for r in fed.budget().rows() if r["dataset"] == "charity_south.support_episodes")
+        >>> line["epsilon_cap"], line["epsilon_spent"] + line["epsilon_remaining"] == line["epsilon_cap"]
+        (10.0, True)
+        """
         reply = self._call(rpc.BUDGET)
         return Budget(BudgetReport.model_validate_json(reply.body))
 
@@ -125,8 +156,16 @@ def connect(
 ) -> Federation:
     """Connect to a federation, either with explicit certificate files or with an analyst profile.
 
-    >>> fed = fedlink.connect("127.0.0.1:7443", cert="analyst.crt", key="analyst.key", ca="ca.crt")  # doctest: +SKIP
-    >>> fed = fedlink.connect(profile=".fedlink/analyst.toml")                                     # doctest: +SKIP
+    >>> fed = fedlink.connect(address, cert=pki / "analyst-demo-analyst.crt",
+    ...                       key=pki / "analyst-demo-analyst.key", ca=pki / "ca.crt")
+    >>> fed.tls.identity().name
+    'demo-analyst'
+    >>> fedlink.connect(address, cert=pki / "node-dfe.crt", key=pki / "node-dfe.key", ca=pki / "ca.crt")
+    Traceback (most recent call last):
+    fedlink.errors.ConfigError: ...node-dfe.crt is a certificate for node 'dfe'; analysts need one from `fedlink pki issue --role analyst --name NAME`
+
+    With a profile (``fedlink demo`` writes one to ``.fedlink/analyst.toml``):
+    ``fed = fedlink.connect(profile=".fedlink/analyst.toml")``.
     """
     if coordinator is None:
         loaded: AnalystProfile = load_profile(find_profile(Path(profile) if profile else None))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from fedlink.query.catalogue import FederationCatalogue
+from fedlink.errors import BadInput
+from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue
 from fedlink.query.results import QueryResult
 from fedlink.query.tasks import BudgetReport
 
@@ -24,6 +25,20 @@ class Result:
 
     ``rows()`` gives one flat dict per group (``col``, ``col_lower``, ``col_upper``);
     ``to_dict()`` the whole structure; ``to_pandas()`` / ``to_polars()`` data frames of ``rows()``.
+
+    >>> res = fed.query("SELECT fsm, COUNT(*) AS pupils FROM pupils GROUP BY fsm",
+    ...                 project="deprivation-mental-health", epsilon=1.0)
+    >>> res.columns
+    ['fsm', 'pupils']
+    >>> list(res.to_pandas().columns)
+    ['fsm', 'pupils', 'pupils_lower', 'pupils_upper', 'suppressed']
+    >>> cell = res.to_dict()["rows"][0]["pupils"]
+    >>> sorted(cell)
+    ['lower', 'suppressed', 'upper', 'value']
+    >>> res.provenance()
+    'project deprivation-mental-health; dp; privacy loss per node: dfe: ε=1'
+    >>> "<table>" in res._repr_html_() and "[" in res.cell_text(0, "pupils")
+    True
     """
 
     def __init__(self, raw: QueryResult) -> None:
@@ -147,6 +162,13 @@ class Catalogue:
                 found.setdefault(table.name, []).append(status.node)
         return found
 
+    def node(self, name: str) -> NodeCatalogue:
+        """What one node declares (raises :class:`~fedlink.errors.BadInput` for an unknown node)."""
+        status = next((s for s in self.raw.nodes if s.node == name), None)
+        if status is None or status.catalogue is None:
+            raise BadInput(f"no catalogue for node '{name}'; nodes: {', '.join(s.node for s in self.raw.nodes)}")
+        return status.catalogue
+
     def to_dict(self) -> dict[str, Any]:
         return self.raw.model_dump(mode="json")
 
@@ -188,3 +210,47 @@ class Budget:
 
     def __repr__(self) -> str:
         return f"<fedlink Budget: {len(self.raw.lines)} lines>"
+
+
+class RegisterView:
+    """The coordinator's public transparency register as an analyst sees it."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.raw["verified"])
+
+    def entries(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Entries in order, optionally only those of one ``kind`` (``project``, ``query``...)."""
+        return [e for e in self.raw["entries"] if kind is None or e["kind"] == kind]
+
+    def queries(self) -> list[dict[str, Any]]:
+        """One flat row per recorded query: time, analyst, project, query, status, total privacy loss."""
+        rows = []
+        for entry in self.entries("query"):
+            fields = entry["fields"]
+            loss = fields.get("privacy_loss", {})
+            rows.append(
+                {
+                    "time": entry["time"],
+                    "analyst": fields.get("analyst"),
+                    "project": fields.get("project"),
+                    "query": fields.get("query"),
+                    "status": fields.get("status"),
+                    "nodes": ", ".join(sorted(loss)),
+                    "epsilon": sum(v.get("epsilon", 0.0) for v in loss.values()),
+                    "rho": sum(v.get("rho", 0.0) for v in loss.values()),
+                }
+            )
+        return rows
+
+    def to_pandas(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.queries())
+
+    def __repr__(self) -> str:
+        state = "verified" if self.verified else "FAILED VERIFICATION"
+        return f"<fedlink Register of {self.raw['party']}: {len(self.raw['entries'])} entries, {state}>"

@@ -262,6 +262,18 @@ class Coordinator:
         )
         return result
 
+    def public_register(self) -> bytes:
+        """The coordinator's register (public by design) with its verification report, as JSON."""
+        report = self.register.verify()
+        return json.dumps(
+            {
+                "party": self.config.coordinator.name,
+                "verified": report.ok,
+                "problems": list(report.problems),
+                "entries": [e.to_json() for e in self.register.entries()],
+            }
+        ).encode()
+
     def budget(self, analyst: str) -> BudgetReport:
         """Budget lines of every live node, for the projects this analyst is registered on."""
         projects = {p.id for p in self.projects.of_analyst(analyst)}
@@ -288,6 +300,8 @@ class Coordinator:
                 reply = Message(request.call_id, rpc.RESULT, result.model_dump_json().encode())
             elif request.kind == rpc.BUDGET:
                 reply = Message(request.call_id, rpc.RESULT, self.budget(identity.name).model_dump_json().encode())
+            elif request.kind == rpc.REGISTER:
+                reply = Message(request.call_id, rpc.RESULT, self.public_register())
             else:
                 raise BadInput(f"unknown request '{request.kind}'; upgrade the analyst client")
         except FedlinkError as exc:

@@ -19,6 +19,7 @@ PARTIAL = "partial"  # node -> coordinator: PartialAggregates (noisy)
 # analyst calls
 CATALOGUE = "catalogue"
 QUERY = "query"  # body: a QueryRequest
+REGISTER = "register"  # analyst -> coordinator: the public register
 RESULT = "result"
 ERROR = "error"
 
