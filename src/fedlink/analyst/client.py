@@ -91,7 +91,7 @@ class Federation:
         >>> fed.query("SELECT first_name, COUNT(*) FROM pupils GROUP BY first_name",
         ...           project="deprivation-mental-health", epsilon=1.0)
         Traceback (most recent call last):
-        fedlink.errors.QueryError: column 'first_name' is an identifier and can never be queried; use a categorical or numeric column
+        fedlink.errors.QueryError: column 'first_name' is an identifier and can never be queried; ...
         """
         if not isinstance(sql, str):
             raise BadInput("query() takes the SQL text as a string")
@@ -162,7 +162,7 @@ def connect(
     'demo-analyst'
     >>> fedlink.connect(address, cert=pki / "node-dfe.crt", key=pki / "node-dfe.key", ca=pki / "ca.crt")
     Traceback (most recent call last):
-    fedlink.errors.ConfigError: ...node-dfe.crt is a certificate for node 'dfe'; analysts need one from `fedlink pki issue --role analyst --name NAME`
+    fedlink.errors.ConfigError: ...node-dfe.crt is a certificate for node 'dfe'; analysts need one from ...
 
     With a profile (``fedlink demo`` writes one to ``.fedlink/analyst.toml``):
     ``fed = fedlink.connect(profile=".fedlink/analyst.toml")``.
