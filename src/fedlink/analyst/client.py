@@ -10,14 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 from pydantic import ValidationError
+from sqlglot import exp
 
 from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
 from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
-from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, Timeout
+from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, QueryError, Timeout
+from fedlink.pets.he import AnalystKeys, Scheme
 from fedlink.query.catalogue import FederationCatalogue
-from fedlink.query.results import QueryResult
-from fedlink.query.tasks import BudgetReport, PrivacyLoss, QueryRequest
+from fedlink.query.results import EncryptedResult, QueryResult, build_result, scheme_of
+from fedlink.query.sql import parse_sql
+from fedlink.query.tasks import BudgetReport, Pet, PrivacyLoss, QueryRequest
 from fedlink.wire import rpc
 from fedlink.wire.transport import (
     ANALYST,
@@ -76,6 +80,7 @@ class Federation:
         epsilon: float | None = None,
         rho: float | None = None,
         noiseless: bool = False,
+        pet: Pet = "he+dp",
     ) -> Result:
         """Run an aggregate query for a project, spending ``epsilon`` (pure DP) or ``rho`` (zCDP) at
         every node whose data it reads. Every number comes back with its 95% interval.
@@ -95,6 +100,8 @@ class Federation:
         """
         if not isinstance(sql, str):
             raise BadInput("query() takes the SQL text as a string")
+        if pet not in ("dp", "he+dp"):
+            raise BadInput(f"unknown --pet '{pet}'; use he+dp (default: encrypted aggregation) or dp")
         try:
             loss = PrivacyLoss(epsilon=epsilon or 0.0, rho=rho or 0.0)
             request = QueryRequest(sql=sql, project=project or self.project or "", loss=loss, noiseless=noiseless)
@@ -103,7 +110,18 @@ class Federation:
             raise BadInput(f"invalid privacy loss ({reason}); give one positive --epsilon or --rho") from exc
         if not request.project:
             raise BadInput("every query belongs to a project: pass --project P (or set project in your profile)")
+        keys = None
+        if pet == "he+dp":
+            # A fresh key pair per query; only the public contexts leave this process.
+            keys = AnalystKeys(_schemes_for(sql))
+            request = request.model_copy(update={"pet": pet, "contexts": keys.public_contexts()})
+        else:
+            request = request.model_copy(update={"pet": pet})
         reply = self._call(rpc.QUERY, request.model_dump_json().encode())
+        if reply.kind == rpc.ENCRYPTED_RESULT:
+            if keys is None:
+                raise Fault("the coordinator sent an encrypted result for a query that asked for none")
+            return Result(decrypt_result(EncryptedResult.model_validate_json(reply.body), keys))
         return Result(QueryResult.model_validate_json(reply.body))
 
     def register(self) -> RegisterView:
@@ -126,6 +144,39 @@ class Federation:
         """
         reply = self._call(rpc.BUDGET)
         return Budget(BudgetReport.model_validate_json(reply.body))
+
+
+def _schemes_for(sql: str) -> list[Scheme]:
+    """Counts need BFV; a SUM or AVG also needs CKKS (a malformed query is left to the coordinator)."""
+    schemes: list[Scheme] = ["bfv"]
+    try:
+        tree = parse_sql(sql)
+    except QueryError:
+        return schemes
+    if any(True for _ in tree.find_all(exp.Sum, exp.Avg)):
+        schemes.append("ckks")
+    return schemes
+
+
+def decrypt_result(encrypted: EncryptedResult, keys: AnalystKeys) -> QueryResult:
+    """Decrypt the summed ciphertexts and build the table, with the same disclosure control the
+    coordinator applies to ``dp`` results (here it runs in the only process that sees the values)."""
+    plan = encrypted.plan
+    totals = {}
+    for component in plan.components:
+        values = keys.decrypt(scheme_of(component), encrypted.ciphertexts[component.key], plan.cells)
+        totals[component.key] = np.round(values) if scheme_of(component) == "bfv" else values
+    return build_result(
+        plan,
+        totals,
+        query_id=encrypted.query_id,
+        project=encrypted.project,
+        pet=encrypted.pet,
+        noise=encrypted.noise,
+        noiseless=encrypted.noiseless,
+        privacy_loss=encrypted.privacy_loss,
+        policy=encrypted.policy,
+    )
 
 
 def _rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> Exception:

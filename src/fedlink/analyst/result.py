@@ -36,7 +36,7 @@ class Result:
     >>> sorted(cell)
     ['lower', 'suppressed', 'upper', 'value']
     >>> res.provenance()
-    'project deprivation-mental-health; dp; privacy loss per node: dfe: ε=1'
+    'project deprivation-mental-health; he+dp; privacy loss per node: dfe: ε=1'
     >>> "<table>" in res._repr_html_() and "[" in res.cell_text(0, "pupils")
     True
     """

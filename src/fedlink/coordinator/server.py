@@ -23,11 +23,20 @@ from fedlink.coordinator.projects import load_projects
 from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable
 from fedlink.governance.register import Register
+from fedlink.pets.he import add, load_public_context
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
 from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.results import PartialAggregates, QueryResult, build_result, combine
+from fedlink.query.results import (
+    EncryptedPartial,
+    EncryptedResult,
+    PartialAggregates,
+    QueryResult,
+    build_result,
+    combine,
+    scheme_of,
+)
 from fedlink.query.sql import plan_query
-from fedlink.query.tasks import BudgetLineInfo, BudgetReport, QueryRequest, QueryTask, TaskRef
+from fedlink.query.tasks import BudgetLineInfo, BudgetReport, ExecuteTask, QueryRequest, QueryTask, TaskRef
 from fedlink.wire import rpc
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.pki import Identity, revoked_serials
@@ -175,7 +184,14 @@ class Coordinator:
             if isinstance(answer, FedlinkError):
                 log.warning("could not abort query %s at node '%s': %s", query_id[:8], name, answer.message)
 
-    def _log_query(self, task: QueryTask, status: str, reason: str | None, result: QueryResult | None) -> None:
+    def _log_query(
+        self,
+        task: QueryTask,
+        status: str,
+        reason: str | None,
+        result: QueryResult | None,
+        encrypted_for: str | None = None,
+    ) -> None:
         released = None
         if result is not None:
             released = {
@@ -190,16 +206,23 @@ class Coordinator:
                 "project": task.project,
                 "purpose": task.purpose,
                 "query": task.plan.sql,
-                "pet": "none (test mode)" if task.noiseless else "dp",
+                "pet": task.pet_label,
                 "privacy_loss": {n: task.loss.model_dump() for n in task.plan.nodes},
                 "status": status,
                 "reason": reason,
                 "released": released,
+                # he+dp: the values exist only in the analyst's process, so the register says who holds them
+                "encrypted_for": encrypted_for,
             },
         )
 
-    def run_query(self, request: QueryRequest, analyst: str = "analyst") -> QueryResult:
-        """Plan, reserve at every node, execute, combine, apply disclosure control, register."""
+    def run_query(self, request: QueryRequest, analyst: str = "analyst") -> QueryResult | EncryptedResult:
+        """Plan, reserve at every node, execute, combine, and release.
+
+        For ``dp`` the coordinator adds the nodes' noisy vectors, applies disclosure control and returns
+        the table. For ``he+dp`` it only ever holds ciphertexts: it adds them and returns the sums to the
+        analyst, whose client decrypts and applies the same disclosure control.
+        """
         started = time.perf_counter()
         project = self.projects.get(request.project)
         if request.noiseless and not self.config.coordinator.test_mode:
@@ -208,6 +231,12 @@ class Coordinator:
             raise BadInput("declare the query's privacy loss: --epsilon E (pure DP) or --rho R (zCDP)")
         plan = plan_query(request.sql, self.catalogue())
         project.check(analyst, [f"{n}.{plan.table}" for n in plan.nodes])
+        if request.pet == "he+dp":
+            missing = sorted({scheme_of(c) for c in plan.components} - set(request.contexts))
+            if missing:
+                raise BadInput(f"he+dp needs the analyst's public {', '.join(m.upper() for m in missing)} context")
+            for scheme, encoded in request.contexts.items():
+                load_public_context(scheme, encoded)  # refuses a context that carries a secret key
         sessions = self._sessions_for(plan.nodes, plan.table)
         task = QueryTask(
             query_id=new_call_id(),
@@ -217,6 +246,7 @@ class Coordinator:
             purpose=project.purpose,
             loss=request.loss,
             noiseless=request.noiseless,
+            pet=request.pet,
         )
         reserved = self._fan_out(sessions, rpc.RESERVE, task.model_dump_json().encode())
         refusals = {n: a for n, a in reserved.items() if isinstance(a, FedlinkError)}
@@ -225,7 +255,8 @@ class Coordinator:
             first = next(iter(refusals.values()))
             self._log_query(task, "refused", first.message, None)
             raise first
-        executed = self._fan_out(sessions, rpc.EXECUTE, TaskRef(query_id=task.query_id).model_dump_json().encode())
+        execute = ExecuteTask(query_id=task.query_id, contexts=request.contexts if task.pet == "he+dp" else {})
+        executed = self._fan_out(sessions, rpc.EXECUTE, execute.model_dump_json().encode())
         failures = {n: a for n, a in executed.items() if isinstance(a, FedlinkError)}
         if failures:
             self._abort({n: sessions[n] for n in failures}, task.query_id)
@@ -233,26 +264,31 @@ class Coordinator:
             reason = f"node '{name}' failed during the query ({error.message}); nothing was released"
             self._log_query(task, "failed", reason, None)
             raise Fault(reason)
-        partials = [PartialAggregates.model_validate_json(a.body) for a in executed.values() if isinstance(a, Message)]
-        noiseless = all(p.noiseless for p in partials)
-        if (not noiseless and any(p.noiseless for p in partials)) or (noiseless and not task.noiseless):
-            raise Fault("nodes disagreed about test mode; nothing was released")
+        replies = [a for a in executed.values() if isinstance(a, Message)]
         policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
-        result = build_result(
-            plan,
-            combine(plan, partials),
-            query_id=task.query_id,
-            project=project.id,
-            pet="none (test mode)" if noiseless else "dp",
-            noise={} if noiseless else dict(partials[0].noise),
-            noiseless=noiseless,
-            privacy_loss={n: request.loss for n in plan.nodes},
-            policy=policy,
-        )
-        self._log_query(task, "released", None, result)
+        result: QueryResult | EncryptedResult
+        if task.pet == "he+dp":
+            result = self._add_encrypted(task, request, replies, policy)
+            self._log_query(task, "released", None, None, encrypted_for=analyst)
+        else:
+            partials = [PartialAggregates.model_validate_json(m.body) for m in replies if m.kind == rpc.PARTIAL]
+            noiseless = self._agreed_noiseless(task, [p.noiseless for p in partials], len(replies))
+            result = build_result(
+                plan,
+                combine(plan, partials),
+                query_id=task.query_id,
+                project=project.id,
+                pet=task.pet_label,
+                noise={} if noiseless else dict(partials[0].noise),
+                noiseless=noiseless,
+                privacy_loss={n: request.loss for n in plan.nodes},
+                policy=policy,
+            )
+            self._log_query(task, "released", None, result)
         log.info(
-            "query %s by analyst '%s' for project '%s' over '%s' at %d nodes (%d cells) answered in %.0f ms",
+            "query %s (%s) by analyst '%s' for project '%s' over '%s' at %d nodes (%d cells) answered in %.0f ms",
             task.query_id[:8],
+            task.pet_label,
             analyst,
             project.id,
             plan.table,
@@ -261,6 +297,33 @@ class Coordinator:
             1000 * (time.perf_counter() - started),
         )
         return result
+
+    @staticmethod
+    def _agreed_noiseless(task: QueryTask, flags: list[bool], replies: int) -> bool:
+        if len(flags) != replies or len(set(flags)) > 1 or (flags and flags[0] != task.noiseless):
+            raise Fault("nodes answered inconsistently (test mode or protection); nothing was released")
+        return task.noiseless
+
+    def _add_encrypted(
+        self, task: QueryTask, request: QueryRequest, replies: list[Message], policy: DisclosurePolicy
+    ) -> EncryptedResult:
+        partials = [EncryptedPartial.model_validate_json(m.body) for m in replies if m.kind == rpc.ENCRYPTED_PARTIAL]
+        noiseless = self._agreed_noiseless(task, [p.noiseless for p in partials], len(replies))
+        contexts = {scheme: load_public_context(scheme, encoded) for scheme, encoded in request.contexts.items()}
+        sums = {
+            c.key: add(contexts[scheme_of(c)], [p.ciphertexts[c.key] for p in partials]) for c in task.plan.components
+        }
+        return EncryptedResult(
+            query_id=task.query_id,
+            plan=task.plan,
+            project=task.project,
+            pet=task.pet_label,
+            noiseless=noiseless,
+            privacy_loss={n: task.loss for n in task.plan.nodes},
+            policy=policy,
+            noise={} if noiseless else dict(partials[0].noise),
+            ciphertexts=sums,
+        )
 
     def public_register(self) -> bytes:
         """The coordinator's register (public by design) with its verification report, as JSON."""
@@ -297,7 +360,8 @@ class Coordinator:
                 reply = Message(request.call_id, rpc.RESULT, self.catalogue().model_dump_json().encode())
             elif request.kind == rpc.QUERY:
                 result = self.run_query(QueryRequest.model_validate_json(request.body), identity.name)
-                reply = Message(request.call_id, rpc.RESULT, result.model_dump_json().encode())
+                kind = rpc.ENCRYPTED_RESULT if isinstance(result, EncryptedResult) else rpc.RESULT
+                reply = Message(request.call_id, kind, result.model_dump_json().encode())
             elif request.kind == rpc.BUDGET:
                 reply = Message(request.call_id, rpc.RESULT, self.budget(identity.name).model_dump_json().encode())
             elif request.kind == rpc.REGISTER:

@@ -20,7 +20,8 @@ from fedlink.errors import AccessDenied, ConfigError, Fault, FedlinkError
 from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
 from fedlink.node.runtime import NodeRuntime
-from fedlink.query.tasks import QueryTask, TaskRef
+from fedlink.query.results import EncryptedPartial
+from fedlink.query.tasks import ExecuteTask, QueryTask, TaskRef
 from fedlink.wire import rpc
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.transport import (
@@ -132,9 +133,10 @@ class NodeAgent:
             )
             return Message(message.call_id, rpc.ACK, b"")
         if message.kind == rpc.EXECUTE:
-            ref = TaskRef.model_validate_json(message.body)
-            partial = runtime.execute(ref.query_id)
-            return Message(message.call_id, rpc.PARTIAL, partial.model_dump_json().encode())
+            execute = ExecuteTask.model_validate_json(message.body)
+            partial = runtime.execute(execute.query_id, execute.contexts)
+            kind = rpc.ENCRYPTED_PARTIAL if isinstance(partial, EncryptedPartial) else rpc.PARTIAL
+            return Message(message.call_id, kind, partial.model_dump_json().encode())
         if message.kind == rpc.ABORT:
             runtime.abort(TaskRef.model_validate_json(message.body).query_id)
             return Message(message.call_id, rpc.ACK, b"")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -24,9 +25,10 @@ from fedlink.node.data import NodeData
 from fedlink.node.ledger import BudgetLedger, Spend
 from fedlink.node.operators import validate_plan
 from fedlink.pets.dp import add_noise, calibrate
+from fedlink.pets.he import PublicContext, Scheme, encrypt, load_public_context
 from fedlink.query.catalogue import NodeCatalogue
 from fedlink.query.plan import Component
-from fedlink.query.results import Noise, PartialAggregates
+from fedlink.query.results import EncryptedPartial, Noise, PartialAggregates, scheme_of
 from fedlink.query.tasks import BudgetLineInfo, BudgetReport, PrivacyLoss, QueryTask
 
 log = logging.getLogger("fedlink.node")
@@ -80,7 +82,7 @@ class NodeRuntime:
                 "project": task.project,
                 "purpose": task.purpose,
                 "query": task.plan.sql,
-                "pet": "none (test mode)" if task.noiseless else "dp",
+                "pet": task.pet_label,
                 "privacy_loss": {self.name: task.loss.model_dump()},
                 "status": status,
                 "reason": reason,
@@ -131,13 +133,17 @@ class NodeRuntime:
         with self._lock:
             self._pending[task.query_id] = task
 
-    def execute(self, query_id: str) -> PartialAggregates:
+    def execute(
+        self, query_id: str, contexts: Mapping[Scheme, str] | None = None
+    ) -> PartialAggregates | EncryptedPartial:
+        """Compute, add noise, encrypt for he+dp, commit; the caller sends the answer after this returns."""
         with self._lock:
             task = self._pending.pop(query_id, None)
         if task is None:
             raise Fault(f"node '{self.name}' holds no reservation for query {query_id[:8]}; retry the query")
         try:
-            partial = self._noisy_partial(task)
+            noisy = self._noisy_partial(task)
+            partial = self._encrypt(task, noisy, contexts or {}) if task.pet == "he+dp" else noisy
             self.ledger.commit(query_id)  # before anything leaves the node
         except BaseException as exc:
             self.ledger.release(query_id)
@@ -166,6 +172,18 @@ class NodeRuntime:
             vectors[component.key] = tuple(noisy.tolist())
             noise[component.key] = Noise(mechanism=spec.mechanism, scale=spec.scale, integer=spec.integer)
         return PartialAggregates(node=self.name, vectors=vectors, noise=noise)
+
+    def _encrypt(self, task: QueryTask, noisy: PartialAggregates, contexts: Mapping[Scheme, str]) -> EncryptedPartial:
+        ciphertexts = {}
+        loaded: dict[str, PublicContext] = {}
+        for component in task.plan.components:
+            scheme = scheme_of(component)
+            if scheme not in contexts:
+                raise BadInput(f"he+dp needs the analyst's public {scheme.upper()} context; upgrade the analyst client")
+            if scheme not in loaded:
+                loaded[scheme] = load_public_context(scheme, contexts[scheme])
+            ciphertexts[component.key] = encrypt(loaded[scheme], np.asarray(noisy.vectors[component.key]))
+        return EncryptedPartial(node=self.name, ciphertexts=ciphertexts, noise=noisy.noise, noiseless=noisy.noiseless)
 
     def abort(self, query_id: str) -> None:
         with self._lock:

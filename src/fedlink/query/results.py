@@ -12,7 +12,7 @@ from fedlink.errors import Fault
 from fedlink.pets.dp import NoiseSpec, noise_halfwidth
 from fedlink.query.catalogue import Category
 from fedlink.query.disclosure import DisclosurePolicy, round_count, round_down, round_up
-from fedlink.query.plan import Aggregate, AggregatePlan, histogram_labels
+from fedlink.query.plan import Aggregate, AggregatePlan, Component, histogram_labels
 from fedlink.query.tasks import PrivacyLoss
 
 CONFIDENCE = 0.95
@@ -46,6 +46,35 @@ class PartialAggregates(_Frozen):
         noise_ok = self.noiseless or set(self.noise) == expected
         if not (shapes_ok and noise_ok):
             raise Fault(f"node '{self.node}' returned vectors of the wrong shape; check it runs this fedlink version")
+
+
+def scheme_of(component: Component) -> Literal["bfv", "ckks"]:
+    """Integer vectors (counts, bins) go in BFV, exactly; clamped real sums in CKKS."""
+    return "ckks" if component.kind == "sum" else "bfv"
+
+
+class EncryptedPartial(_Frozen):
+    """One node's noisy vectors, each encrypted under the analyst's key (base64 ciphertext chunks)."""
+
+    node: str
+    ciphertexts: dict[str, list[str]]
+    noise: dict[str, Noise] = {}
+    noiseless: bool = False
+
+
+class EncryptedResult(_Frozen):
+    """What the coordinator returns for he+dp: sums of ciphertexts plus what the analyst's client
+    needs to decrypt them and build the table (the plan's layout, noise, disclosure policy)."""
+
+    query_id: str
+    plan: AggregatePlan
+    project: str
+    pet: str
+    noiseless: bool
+    privacy_loss: dict[str, PrivacyLoss]
+    policy: DisclosurePolicy
+    noise: dict[str, Noise]
+    ciphertexts: dict[str, list[str]]
 
 
 def combine(plan: AggregatePlan, partials: list[PartialAggregates]) -> dict[str, np.ndarray]:

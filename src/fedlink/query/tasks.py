@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedlink.pets.he import Scheme
 from fedlink.query.plan import AggregatePlan
+
+#: How a query's aggregates travel: "he+dp" encrypts every node's noisy vector under the analyst's key,
+#: so the coordinator adds ciphertexts and only the analyst ever sees numbers; "dp" sends noisy
+#: vectors in the clear to the coordinator (weaker; recorded as such on the register).
+Pet = Literal["dp", "he+dp"]
 
 
 class _Frozen(BaseModel):
@@ -34,10 +42,22 @@ class QueryTask(_Frozen):
     #: Explicit, logged test mode: no noise. Honoured only if the coordinator runs in test mode AND
     #: the node's own policy allows it.
     noiseless: bool = False
+    pet: Pet = "dp"
+
+    @property
+    def pet_label(self) -> str:
+        return f"{self.pet}, TEST MODE (no noise)" if self.noiseless else self.pet
 
 
 class TaskRef(_Frozen):
     query_id: str
+
+
+class ExecuteTask(_Frozen):
+    """The execute phase: for he+dp, the analyst's public HE contexts (base64, by scheme)."""
+
+    query_id: str
+    contexts: dict[Scheme, str] = {}
 
 
 class BudgetLineInfo(_Frozen):
@@ -70,6 +90,9 @@ class QueryRequest(_Frozen):
     project: str
     loss: PrivacyLoss = PrivacyLoss()
     noiseless: bool = False
+    pet: Pet = "he+dp"
+    #: Public TenSEAL contexts by scheme ("bfv", "ckks"), base64: never a secret key.
+    contexts: dict[Scheme, str] = {}
 
     @model_validator(mode="after")
     def _one_measure(self) -> QueryRequest:

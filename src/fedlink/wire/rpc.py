@@ -11,11 +11,13 @@ from fedlink.wire.transport import Message
 HELLO = "hello"  # node -> coordinator: its catalogue
 WELCOME = "welcome"  # coordinator -> node: accepted
 RESERVE = "reserve"  # coordinator -> node: a QueryTask; the node checks policy and reserves budget
-EXECUTE = "execute"  # coordinator -> node: a TaskRef; the node computes, adds noise, commits
+EXECUTE = "execute"  # coordinator -> node: an ExecuteTask; the node computes, adds noise, encrypts, commits
 ABORT = "abort"  # coordinator -> node: a TaskRef; the node releases the reservation
 BUDGET = "budget"  # coordinator -> node: report budget lines
 ACK = "ack"  # node -> coordinator: done
-PARTIAL = "partial"  # node -> coordinator: PartialAggregates (noisy)
+PARTIAL = "partial"  # node -> coordinator: PartialAggregates (noisy, in the clear: pet "dp")
+ENCRYPTED_PARTIAL = "encrypted_partial"  # node -> coordinator: EncryptedPartial (pet "he+dp")
+ENCRYPTED_RESULT = "encrypted_result"  # coordinator -> analyst: EncryptedResult
 # analyst calls
 CATALOGUE = "catalogue"
 QUERY = "query"  # body: a QueryRequest
