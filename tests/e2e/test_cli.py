@@ -79,12 +79,27 @@ def test_query_formats_agree_with_plaintext(running: tuple[LocalFederation, Path
     as_csv = cli("query", sql, *exact, "--profile", str(profile), "--format", "csv")
     assert as_csv.stdout.splitlines()[0] == "episode_type,n,n_lower,n_upper,suppressed"
     assert len(as_csv.stdout.splitlines()) == 5
+    in_clear = cli(
+        "query",
+        sql,
+        "--project",
+        PROJECT,
+        "--epsilon",
+        "1",
+        "--pet",
+        "dp",
+        "--profile",
+        str(profile),
+        "--format",
+        "json",
+    )
+    assert json.loads(in_clear.stdout)["pet"] == "dp" and noisy["pet"] == "he+dp"
     as_table = cli("query", sql, "--project", PROJECT, "--epsilon", "1", "--profile", str(profile))
     assert as_table.returncode == 0 and "rough_sleeping" in as_table.stdout and "95% interval" in as_table.stdout
     assert "charity_north: ε=1" in as_table.stdout
     budget = json.loads(cli("budget", "--profile", str(profile), "--format", "json").stdout)["lines"]
     spent = {(b["node"], b["project"]): b["epsilon_spent"] for b in budget}
-    assert spent[("charity_south", PROJECT)] == pytest.approx(2.0)
+    assert spent[("charity_south", PROJECT)] == pytest.approx(3.0)
 
 
 def test_bad_input_gives_one_line_and_exit_2(

@@ -37,7 +37,7 @@ def true_counts(workdir: Path) -> dict[str, int]:
 def test_dp_answer_has_noise_intervals_and_provenance(federation: InProcessFederation, workdir: Path) -> None:
     client = connect_analyst(federation.address, workdir)
     res = client.query(SQL, project=PROJECT, epsilon=2.0)
-    assert not res.raw.noiseless and res.raw.pet == "dp"
+    assert not res.raw.noiseless and res.raw.pet == "he+dp"
     assert res.privacy_loss == {n: {"epsilon": 2.0, "rho": 0.0} for n in CHARITIES}
     doc = res.to_dict()
     truth = true_counts(workdir)
@@ -193,7 +193,7 @@ def test_every_use_is_on_the_registers_and_they_verify(workdir: Path) -> None:
     fed = start_federation(CHARITIES)
     try:
         client = connect_analyst(fed.address, workdir)
-        res = client.query(SQL, project=PROJECT, epsilon=1.0)
+        res = client.query(SQL, project=PROJECT, epsilon=1.0, pet="dp")  # the coordinator sees what it releases
         with pytest.raises(AccessDenied):
             fedlink.Federation(fed.address, node_config("dfe", fed.address).tls_files()).query(
                 SQL, project=PROJECT, epsilon=1.0

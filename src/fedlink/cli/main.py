@@ -209,6 +209,12 @@ def query(
     noiseless: Annotated[
         bool, typer.Option("--noiseless", help="Exact answers: only in a federation running in test mode.")
     ] = False,
+    pet: Annotated[
+        str,
+        typer.Option(
+            help="he+dp: nodes encrypt under your fresh key and only you see numbers; dp: noisy vectors in the clear."
+        ),
+    ] = "he+dp",
     profile: Profile = None,
     coordinator: Coordinator = None,
     cert: Cert = None,
@@ -218,7 +224,8 @@ def query(
 ) -> None:
     """Run an aggregate query over every node that holds the table; every number has a 95% interval."""
     fed = _connect(profile, coordinator, cert, key, ca)
-    render.result(out, fed.query(sql, project=project, epsilon=epsilon, rho=rho, noiseless=noiseless), fmt.value)
+    res = fed.query(sql, project=project, epsilon=epsilon, rho=rho, noiseless=noiseless, pet=pet)
+    render.result(out, res, fmt.value)
 
 
 @app.command()

@@ -15,6 +15,8 @@ that carries a secret key.
 from __future__ import annotations
 
 import base64
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -75,8 +77,15 @@ class AnalystKeys:
         return np.asarray(values[:length], dtype=float)
 
     def secret_key_bytes(self) -> list[bytes]:
-        """Serialised secret keys, for tests that prove they never cross the wire."""
-        return [bytes(ctx.serialize(save_secret_key=True)) for ctx in self._contexts.values()]
+        """The serialised secret keys alone (SEAL format), for tests that prove they never cross the wire."""
+        out = []
+        for ctx in self._contexts.values():
+            with tempfile.TemporaryDirectory() as folder:
+                path = os.path.join(folder, "secret.key")
+                ctx.secret_key().data.save(path)
+                with open(path, "rb") as handle:
+                    out.append(handle.read())
+        return out
 
 
 @dataclass(frozen=True)
