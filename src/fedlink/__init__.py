@@ -49,6 +49,7 @@ _LAZY = {
     "verify_register": "fedlink.governance.register",
     "export_register": "fedlink.governance.export",
     "find_registers": "fedlink.governance.register",
+    "evaluate_linkage": "fedlink.linkage.evaluate:evaluate_files",
 }
 
 __all__ = [

@@ -6,6 +6,7 @@ The ``fedlink`` CLI is a thin layer over this module.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlglot import exp
 from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
 from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
 from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, QueryError, Timeout
+from fedlink.linkage.messages import LinkCall, LinkReport
 from fedlink.pets.he import AnalystKeys, Scheme
 from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.results import EncryptedResult, QueryResult, build_result, scheme_of
@@ -45,12 +47,21 @@ class Federation:
     project: str | None = None
     timeout_s: float = 120.0
 
-    def _call(self, kind: str, body: bytes = b"") -> Message:
+    def _call(
+        self, kind: str, body: bytes = b"", on_progress: Callable[[str, int, int], None] | None = None
+    ) -> Message:
         channel = secure_channel(self.address, self.tls, self.server_name)
         try:
             request = Message(new_call_id(), kind, body)
             replies = stream_method(channel, ANALYST)(frames(request), timeout=self.timeout_s)
-            reply = next(messages(replies), None)
+            reply = None
+            for message in messages(replies):
+                if message.kind != rpc.PROGRESS:
+                    reply = message
+                    break
+                if on_progress is not None:
+                    update = json.loads(message.body)
+                    on_progress(str(update["stage"]), int(update["done"]), int(update["total"]))
         except grpc.RpcError as exc:
             raise _rpc_error(exc, self.address, self.timeout_s) from exc
         finally:
@@ -134,6 +145,21 @@ class Federation:
         """
         reply = self._call(rpc.REGISTER)
         return RegisterView(json.loads(reply.body))
+
+    def link(
+        self, project: str | None = None, on_progress: Callable[[str, int, int], None] | None = None
+    ) -> LinkReport:
+        """Build the project's link spine: nodes agree a link secret among themselves, send keyed
+        encodings to the coordinator's linkage unit, and each receives the slots of its own people.
+        Returns which nodes took part and how long each stage took (no counts about people).
+        ``on_progress(stage, done, total)`` is called as stages complete.
+        """
+        chosen = project or self.project
+        if not chosen:
+            raise BadInput("linkage belongs to a project: pass --project P (or set project in your profile)")
+        call = LinkCall(project=chosen, analyst="")
+        reply = self._call(rpc.LINK, call.model_dump_json().encode(), on_progress)
+        return LinkReport.model_validate_json(reply.body)
 
     def budget(self) -> Budget:
         """Privacy budget per node, project and dataset, for the projects you are registered on.

@@ -36,6 +36,8 @@ coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
+linkage_app = typer.Typer(help="Tune record linkage locally on files (a data owner's tool).", no_args_is_help=True)
+app.add_typer(linkage_app, name="linkage")
 register_app = typer.Typer(help="The transparency registers: verify them, publish them.", no_args_is_help=True)
 app.add_typer(register_app, name="register")
 
@@ -240,6 +242,43 @@ def budget(
 ) -> None:
     """Remaining privacy budget per node, project and dataset (from each node's own ledger)."""
     render.budget(out, _connect(profile, coordinator, cert, key, ca).budget(), fmt.value)
+
+
+@app.command()
+@handles_errors
+def link(
+    project: Annotated[str | None, typer.Option(help="The project whose nodes to link.")] = None,
+    profile: Profile = None,
+    coordinator: Coordinator = None,
+    cert: Cert = None,
+    key: Key = None,
+    ca: Ca = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Build a project's link spine: nodes agree a secret, send keyed encodings, receive their slots."""
+    fed = _connect(profile, coordinator, cert, key, ca)
+    with render.stage_progress(err) as advance:
+        report = fed.link(project, on_progress=advance)
+    render.link_report(out, report, fmt.value)
+
+
+@linkage_app.command("evaluate")
+@handles_errors
+def linkage_evaluate(
+    inputs: Annotated[list[Path], typer.Option("--input", help="A CSV or Parquet file of records (two or more).")],
+    truth: Annotated[Path, typer.Option(help="CSV of input,row,entity: the true entity of each row.")],
+    schema: Annotated[Path | None, typer.Option(help="Linkage schema (default: the built-in one).")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Dice threshold (default: the tuned one).")] = None,
+    subgroup: Annotated[
+        list[str] | None, typer.Option(help="Column to break error rates down by (e.g. age_band).")
+    ] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Encode and link files locally against a ground truth: precision, recall, F1, error rates by subgroup."""
+    report = fedlink.evaluate_linkage(
+        schema, inputs, truth, threshold=threshold, subgroup_columns=tuple(subgroup or ())
+    )
+    render.linkage_quality(out, report, fmt.value)
 
 
 Registers = Annotated[

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 import fedlink
@@ -119,3 +122,71 @@ def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+
+
+@contextlib.contextmanager
+def stage_progress(console: Console) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar over named stages on a terminal; nothing when output is not a terminal."""
+    if not console.is_terminal:
+        yield lambda stage, done, total: None
+        return
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), console=console
+    ) as bar:
+        task = bar.add_task("linking", total=1)
+
+        def advance(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        yield advance
+
+
+def link_report(console: Console, report: Any, fmt: str) -> None:
+    if fmt == "json":
+        console.print_json(report.model_dump_json())
+        return
+    if fmt == "csv":
+        _csv(console, ["stage", "seconds"], [[k, v] for k, v in report.stages.items()])
+        return
+    table = Table(
+        title=f"link spine built for project {report.project}",
+        title_justify="left",
+        caption=f"nodes: {', '.join(report.nodes)}; overlap counts are not released",
+    )
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for stage, seconds in report.stages.items():
+        table.add_row(stage, f"{seconds:.2f}")
+    console.print(table)
+
+
+def linkage_quality(console: Console, report: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        console.print_json(json.dumps(report, default=str))
+        return
+    rows = [[k, v] for k, v in report.items() if not isinstance(v, dict | list)]
+    if fmt == "csv":
+        _csv(console, ["measure", "value"], rows)
+        return
+    table = Table(title="linkage quality against the ground truth", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(str(name), f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    for name, value in report.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            sub = Table(title=name, title_justify="left")
+            columns = sorted({c for v in value.values() for c in v})
+            sub.add_column("group")
+            for column in columns:
+                sub.add_column(column, justify="right")
+            for group, measures in value.items():
+                sub.add_row(str(group), *(_fmt_measure(measures.get(c)) for c in columns))
+            console.print(sub)
+
+
+def _fmt_measure(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -23,6 +24,7 @@ from fedlink.coordinator.projects import load_projects
 from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable
 from fedlink.governance.register import Register
+from fedlink.linkage.messages import LinkCall, LinkReport
 from fedlink.pets.he import add, load_public_context
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
 from fedlink.query.disclosure import DisclosurePolicy
@@ -167,9 +169,14 @@ class Coordinator:
         return {name: s for name, s in sessions.items() if s is not None}
 
     def _fan_out(self, sessions: dict[str, NodeSession], kind: str, body: bytes) -> dict[str, Message | FedlinkError]:
-        """Call every node in parallel; each answer is a reply or the error that node raised."""
-        timeout = self.config.coordinator.query_timeout_s
-        futures = {name: self._fanout.submit(s.call, kind, body, timeout) for name, s in sessions.items()}
+        """Call every node in parallel with the same body; each answer is a reply or that node's error."""
+        return self._call_each({name: (session, body) for name, session in sessions.items()}, kind)
+
+    def _call_each(
+        self, calls: dict[str, tuple[NodeSession, bytes]], kind: str, timeout_s: float | None = None
+    ) -> dict[str, Message | FedlinkError]:
+        timeout = timeout_s or self.config.coordinator.query_timeout_s
+        futures = {name: self._fanout.submit(s.call, kind, body, timeout) for name, (s, body) in calls.items()}
         answers: dict[str, Message | FedlinkError] = {}
         for name, future in futures.items():
             try:
@@ -177,6 +184,36 @@ class Coordinator:
             except FedlinkError as exc:
                 answers[name] = exc
         return answers
+
+    def run_link(self, project_id: str, analyst: str, progress: Callable[[str, int, int], None]) -> LinkReport:
+        """Build the project's link spine across the nodes that hold its datasets."""
+        project = self.projects.get(project_id)
+        project.check(analyst, [])
+        nodes = sorted({dataset.split(".", 1)[0] for dataset in project.datasets})
+        with self._lock:
+            sessions = {n: self._sessions.get(n) for n in nodes}
+        down = sorted(n for n, s in sessions.items() if s is None or s.closed.is_set())
+        if down:
+            raise NodeUnavailable(f"node {', '.join(repr(d) for d in down)} is not connected; linkage needs every node")
+        live = {n: s for n, s in sessions.items() if s is not None}
+        # linkage moves whole encodings: allow it far longer than a query
+        timeout = max(self.config.coordinator.query_timeout_s, 600.0)
+        from fedlink.coordinator.linkage import LinkageUnit  # the matching stack loads only when linking
+
+        unit = LinkageUnit(
+            lambda bodies, kind: self._call_each({n: (live[n], b) for n, b in bodies.items()}, kind, timeout),
+            self.config.register_path().parent / "spines",
+        )
+        try:
+            report = unit.run(project.id, analyst, nodes, progress)
+        except FedlinkError as exc:
+            self.register.append(
+                "link",
+                {"project": project.id, "analyst": analyst, "nodes": nodes, "status": "failed", "reason": exc.message},
+            )
+            raise
+        self.register.append("link", {"project": project.id, "analyst": analyst, "nodes": nodes, "status": "built"})
+        return report
 
     def _abort(self, sessions: dict[str, NodeSession], query_id: str) -> None:
         body = TaskRef(query_id=query_id).model_dump_json().encode()
@@ -350,6 +387,34 @@ class Coordinator:
             lines.extend(line for line in report.lines if line.project in projects)
         return BudgetReport(lines=tuple(lines))
 
+    def _with_progress(self, request: Message, analyst: str) -> Iterator[Frame]:
+        """Run a long call in a thread, streaming its progress to the analyst, then its answer."""
+        updates: queue.Queue[Message] = queue.Queue()
+
+        def progress(stage: str, done: int, total: int) -> None:
+            body = json.dumps({"stage": stage, "done": done, "total": total}).encode()
+            updates.put(Message(request.call_id, rpc.PROGRESS, body))
+
+        def work() -> None:
+            try:
+                call = LinkCall.model_validate_json(request.body)
+                report = self.run_link(call.project, analyst, progress)
+                updates.put(Message(request.call_id, rpc.RESULT, report.model_dump_json().encode()))
+            except FedlinkError as exc:
+                updates.put(rpc.error_message(request.call_id, exc))
+            except Exception as exc:
+                log.exception("linkage failed")
+                updates.put(
+                    rpc.error_message(request.call_id, Fault(f"linkage failed ({type(exc).__name__}); see the log"))
+                )
+
+        threading.Thread(target=work, daemon=True, name="linkage").start()
+        while True:
+            update = updates.get()
+            yield from frames(update)
+            if update.kind != rpc.PROGRESS:
+                return
+
     def _analyst(self, inbound: Iterator[Frame], context: grpc.ServicerContext) -> Iterator[Frame]:
         identity = self._identify(context, "analyst")
         request = next(messages(inbound), None)
@@ -366,6 +431,9 @@ class Coordinator:
                 reply = Message(request.call_id, rpc.RESULT, self.budget(identity.name).model_dump_json().encode())
             elif request.kind == rpc.REGISTER:
                 reply = Message(request.call_id, rpc.RESULT, self.public_register())
+            elif request.kind == rpc.LINK:
+                yield from self._with_progress(request, identity.name)
+                return
             else:
                 raise BadInput(f"unknown request '{request.kind}'; upgrade the analyst client")
         except FedlinkError as exc:

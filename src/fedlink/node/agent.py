@@ -7,19 +7,25 @@ additive aggregates, never rows. If the coordinator goes away the node reconnect
 
 from __future__ import annotations
 
+import base64
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 
 from fedlink.errors import AccessDenied, ConfigError, Fault, FedlinkError
+from fedlink.linkage.messages import EnvelopeCall, Envelopes, InitiateCall, LinkCall, SlotsCall
 from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
 from fedlink.node.runtime import NodeRuntime
+
+if TYPE_CHECKING:
+    from fedlink.node.linkage import LinkRequest
 from fedlink.query.results import EncryptedPartial
 from fedlink.query.tasks import ExecuteTask, QueryTask, TaskRef
 from fedlink.wire import rpc
@@ -36,6 +42,54 @@ from fedlink.wire.transport import (
 
 log = logging.getLogger("fedlink.node")
 _CLOSE = object()
+
+
+def _request(call: LinkCall) -> LinkRequest:
+
+    return _request(call)
+
+
+def _link_card(runtime: NodeRuntime, message: Message) -> Message:
+    return Message(message.call_id, rpc.RESULT, runtime.linkage.card().model_dump_json().encode())
+
+
+def _link_initiate(runtime: NodeRuntime, message: Message) -> Message:
+    call = InitiateCall.model_validate_json(message.body)
+    envelopes = runtime.linkage.initiate(_request(call), list(call.cards))
+    runtime.register.append(
+        "link_secret", {"project": call.project, "role": "initiator", "for": [e.recipient for e in envelopes]}
+    )
+    return Message(message.call_id, rpc.RESULT, Envelopes(envelopes=tuple(envelopes)).model_dump_json().encode())
+
+
+def _link_envelope(runtime: NodeRuntime, message: Message) -> Message:
+    call = EnvelopeCall.model_validate_json(message.body)
+    runtime.linkage.receive(_request(call), call.envelope)
+    runtime.register.append("link_secret", {"project": call.project, "role": "recipient", "from": call.envelope.sender})
+    return Message(message.call_id, rpc.ACK, b"")
+
+
+def _link_encode(runtime: NodeRuntime, message: Message) -> Message:
+    call = LinkCall.model_validate_json(message.body)
+    blob = runtime.linkage.encode(_request(call))
+    runtime.register.append("link_encode", {"project": call.project, "analyst": call.analyst})
+    return Message(message.call_id, rpc.RESULT, blob)
+
+
+def _link_slots(runtime: NodeRuntime, message: Message) -> Message:
+    call = SlotsCall.model_validate_json(message.body)
+    runtime.linkage.store_slots(_request(call), base64.b64decode(call.slots))
+    runtime.register.append("link_spine", {"project": call.project, "analyst": call.analyst})
+    return Message(message.call_id, rpc.ACK, b"")
+
+
+LINK_HANDLERS: dict[str, Callable[[NodeRuntime, Message], Message]] = {
+    rpc.LINK_CARD: _link_card,
+    rpc.LINK_INITIATE: _link_initiate,
+    rpc.LINK_ENVELOPE: _link_envelope,
+    rpc.LINK_ENCODE: _link_encode,
+    rpc.LINK_SLOTS: _link_slots,
+}
 
 
 class NodeAgent:
@@ -140,6 +194,8 @@ class NodeAgent:
         if message.kind == rpc.ABORT:
             runtime.abort(TaskRef.model_validate_json(message.body).query_id)
             return Message(message.call_id, rpc.ACK, b"")
+        if message.kind in LINK_HANDLERS:
+            return LINK_HANDLERS[message.kind](runtime, message)
         if message.kind == rpc.BUDGET:
             return Message(message.call_id, rpc.RESULT, runtime.budget().model_dump_json().encode())
         raise Fault(f"node '{self.config.name}' does not run operator '{message.kind}'")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from fedlink.governance.register import Register
 from fedlink.node.config import NodeConfig, TableDecl
 from fedlink.node.data import NodeData
 from fedlink.node.ledger import BudgetLedger, Spend
+
+if TYPE_CHECKING:
+    from fedlink.node.linkage import NodeLinkage
 from fedlink.node.operators import validate_plan
 from fedlink.pets.dp import add_noise, calibrate
 from fedlink.pets.he import PublicContext, Scheme, encrypt, load_public_context
@@ -52,6 +56,7 @@ class NodeRuntime:
         self.data = data or NodeData(config)
         self.ledger = BudgetLedger(config.ledger_path())
         self.register = Register(config.register_path(), config.name)
+        self._linkage: NodeLinkage | None = None
         self._pending: dict[str, QueryTask] = {}
         self._lock = threading.Lock()
         self.register.append(
@@ -65,6 +70,13 @@ class NodeRuntime:
         if self.ledger.recovered:
             log.warning("released %d reservation(s) left by an interrupted run", self.ledger.recovered)
             self.register.append("recovery", {"released_reservations": self.ledger.recovered})
+
+    @property
+    def linkage(self) -> NodeLinkage:
+        """The node's linkage side, loaded on first use (the encoding stack is not needed for queries)."""
+        if self._linkage is None:
+            self._linkage = NodeLinkage(self.config, self.data, self.config.ledger_path().parent)
+        return self._linkage
 
     @property
     def catalogue(self) -> NodeCatalogue:

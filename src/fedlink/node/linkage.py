@@ -1,0 +1,142 @@
+"""A node's side of record linkage: its key-agreement card, the link secret, keyed encodings of its
+own people, and the slots the linkage unit assigns them.
+
+The node turns the identifier columns of the tables a project may use into one list of *people*
+(records with identical identifiers are one person: at most one record per node in an entity), in a
+random order that it keeps to itself. It sends the linkage unit only keyed encodings in that order,
+and receives back one slot per person. Identifiers, record ids and the order never leave the node.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from fedlink.errors import PolicyRefused
+from fedlink.linkage.encode import derive_keys, encode
+from fedlink.linkage.normalise import normalise
+from fedlink.linkage.payload import slots_from_bytes, to_bytes
+from fedlink.linkage.schema import load_schema
+from fedlink.node.config import NodeConfig, TableDecl
+from fedlink.node.data import NodeData
+from fedlink.pets.keyagree import Envelope, LinkKeyCard, NodeKeyAgreement
+
+log = logging.getLogger("fedlink.node")
+IDENTIFIERS = ("first_name", "last_name", "dob", "sex", "postcode")
+
+
+@dataclass(frozen=True)
+class LinkRequest:
+    project: str
+    analyst: str
+
+
+class NodeLinkage:
+    def __init__(self, config: NodeConfig, data: NodeData, state: Path) -> None:
+        self.config = config
+        self.data = data
+        self.state = state
+        tls = config.tls_files()
+        cert, key, ca = tls.read()
+        self.keys = NodeKeyAgreement(config.name, state / "keys", cert, key, ca)
+
+    def _folder(self, project: str) -> Path:
+        return self.state / "linkage" / project
+
+    def linkable_tables(self, project: str, analyst: str) -> list[TableDecl]:
+        approval = self.config.approval(project)
+        if approval is None:
+            raise PolicyRefused(f"node '{self.config.name}' refuses: project '{project}' is not approved by this node")
+        if approval.analysts is not None and analyst not in approval.analysts:
+            raise PolicyRefused(
+                f"node '{self.config.name}' refuses: analyst '{analyst}' is not approved for '{project}'"
+            )
+        names = approval.tables or tuple(self.data.tables)
+        tables = []
+        for name in names:
+            table = self.data.tables[name]
+            kinds = {c.name: c.kind for c in table.columns}
+            if all(kinds.get(column) == "identifier" for column in IDENTIFIERS):
+                tables.append(table)
+        if not tables:
+            raise PolicyRefused(
+                f"node '{self.config.name}' has no table with identifier columns "
+                f"{', '.join(IDENTIFIERS)} for '{project}'"
+            )
+        return tables
+
+    def card(self) -> LinkKeyCard:
+        return self.keys.card()
+
+    def initiate(self, request: LinkRequest, cards: list[LinkKeyCard]) -> list[Envelope]:
+        self.linkable_tables(request.project, request.analyst)
+        return self.keys.initiate(request.project, cards)
+
+    def receive(self, request: LinkRequest, envelope: Envelope) -> None:
+        self.linkable_tables(request.project, request.analyst)
+        if envelope.project != request.project:
+            raise PolicyRefused(f"an envelope for project '{envelope.project}' arrived for '{request.project}'")
+        self.keys.store(request.project, self.keys.open(envelope))
+
+    def encode(self, request: LinkRequest) -> bytes:
+        """Keyed encodings of this node's people, in a random order this node keeps."""
+        tables = self.linkable_tables(request.project, request.analyst)
+        secret = self.keys.secret(request.project)
+        if secret is None:
+            raise PolicyRefused(
+                f"node '{self.config.name}' holds no link secret for '{request.project}'; run `fedlink link`"
+            )
+        folder = self._folder(request.project)
+        folder.mkdir(parents=True, exist_ok=True)
+        people = self._people(tables, folder)
+        schema = load_schema()
+        encoded = encode(normalise(people), schema, derive_keys(secret, request.project, schema))
+        log.info("encoded %d people for project '%s'", encoded.count, request.project)
+        return to_bytes(encoded)
+
+    def _people(self, tables: list[TableDecl], folder: Path) -> dict[str, list[str | None]]:
+        """Distinct identifier tuples across the tables, shuffled; records -> person saved at the node."""
+        con = duckdb.connect(":memory:")
+        try:
+            columns = ", ".join(f'CAST("{c}" AS VARCHAR) AS {c}' for c in IDENTIFIERS)
+            union = " UNION ALL ".join(
+                f"SELECT '{t.name}' AS source_table, CAST(record_id AS VARCHAR) AS record_id, {columns} "
+                f"FROM {'read_csv_auto' if t.source_format == 'csv' else 'read_parquet'}('{self.config.table_path(t)}')"
+                for t in tables
+            )
+            con.execute(f"CREATE TABLE records AS {union}")
+            keys = ", ".join(IDENTIFIERS)
+            # a random order, so an encoding's position says nothing about the person
+            con.execute(
+                f"CREATE TABLE people AS SELECT row_number() OVER (ORDER BY random()) - 1 AS person, * "
+                f"FROM (SELECT DISTINCT {keys} FROM records)"
+            )
+            joined = " AND ".join(f"r.{c} IS NOT DISTINCT FROM p.{c}" for c in IDENTIFIERS)
+            con.execute(
+                f"COPY (SELECT r.source_table, r.record_id, p.person FROM records r JOIN people p ON {joined}) "
+                f"TO '{folder / 'records.parquet'}' (FORMAT parquet)"
+            )
+            rows = con.execute(f"SELECT {keys} FROM people ORDER BY person").fetchall()
+        finally:
+            con.close()
+        return {column: [row[i] for row in rows] for i, column in enumerate(IDENTIFIERS)}
+
+    def store_slots(self, request: LinkRequest, blob: bytes) -> int:
+        slots = slots_from_bytes(blob)
+        folder = self._folder(request.project)
+        with duckdb.connect(":memory:") as con:
+            query = f"SELECT COUNT(DISTINCT person) FROM read_parquet('{folder / 'records.parquet'}')"
+            people = con.execute(query).fetchone()
+        if people is None or int(people[0]) != len(slots):
+            raise PolicyRefused(f"node '{self.config.name}' received {len(slots)} slots for a different person list")
+        np.save(folder / "slots.npy", slots, allow_pickle=False)
+        return len(slots)
+
+    def slots(self, project: str) -> tuple[Path, np.ndarray]:
+        """(records.parquet with source_table, record_id, person; slot of each person) of the last link."""
+        folder = self._folder(project)
+        return folder / "records.parquet", np.load(folder / "slots.npy", allow_pickle=False)
