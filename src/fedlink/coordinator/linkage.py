@@ -89,11 +89,9 @@ class LinkageUnit:
 
         progress("saving the spine", 3, steps)
         self._spines.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            self._spines / f"{project}.npz",
-            **{f"entity:{n}": spine.entity[i] for i, n in enumerate(order)},
-            **{f"slot:{n}": slots[i] for i, n in enumerate(order)},
-        )
+        arrays = {f"entity:{n}": spine.entity[i] for i, n in enumerate(order)}
+        arrays.update({f"slot:{n}": slots[i] for i, n in enumerate(order)})
+        np.savez(self._spines / f"{project}.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
 
         progress("giving each node the slots of its own people", 4, steps)
         mark = time.perf_counter()

@@ -25,7 +25,7 @@ from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable
 from fedlink.governance.register import Register
 from fedlink.linkage.messages import LinkCall, LinkReport
-from fedlink.pets.he import add, load_public_context
+from fedlink.pets.he import PublicContext, Scheme, add, load_public_context
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
 from fedlink.query.disclosure import DisclosurePolicy
 from fedlink.query.results import (
@@ -272,8 +272,8 @@ class Coordinator:
             missing = sorted({scheme_of(c) for c in plan.components} - set(request.contexts))
             if missing:
                 raise BadInput(f"he+dp needs the analyst's public {', '.join(m.upper() for m in missing)} context")
-            for scheme, encoded in request.contexts.items():
-                load_public_context(scheme, encoded)  # refuses a context that carries a secret key
+            # loaded once per query; refuses a context that carries a secret key
+            contexts = {scheme: load_public_context(scheme, encoded) for scheme, encoded in request.contexts.items()}
         sessions = self._sessions_for(plan.nodes, plan.table)
         task = QueryTask(
             query_id=new_call_id(),
@@ -305,7 +305,7 @@ class Coordinator:
         policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
         result: QueryResult | EncryptedResult
         if task.pet == "he+dp":
-            result = self._add_encrypted(task, request, replies, policy)
+            result = self._add_encrypted(task, contexts, replies, policy)
             self._log_query(task, "released", None, None, encrypted_for=analyst)
         else:
             partials = [PartialAggregates.model_validate_json(m.body) for m in replies if m.kind == rpc.PARTIAL]
@@ -342,11 +342,10 @@ class Coordinator:
         return task.noiseless
 
     def _add_encrypted(
-        self, task: QueryTask, request: QueryRequest, replies: list[Message], policy: DisclosurePolicy
+        self, task: QueryTask, contexts: dict[Scheme, PublicContext], replies: list[Message], policy: DisclosurePolicy
     ) -> EncryptedResult:
         partials = [EncryptedPartial.model_validate_json(m.body) for m in replies if m.kind == rpc.ENCRYPTED_PARTIAL]
         noiseless = self._agreed_noiseless(task, [p.noiseless for p in partials], len(replies))
-        contexts = {scheme: load_public_context(scheme, encoded) for scheme, encoded in request.contexts.items()}
         sums = {
             c.key: add(contexts[scheme_of(c)], [p.ciphertexts[c.key] for p in partials]) for c in task.plan.components
         }
