@@ -45,8 +45,9 @@ _CLOSE = object()
 
 
 def _request(call: LinkCall) -> LinkRequest:
+    from fedlink.node.linkage import LinkRequest as Request  # the linkage stack loads only when linking
 
-    return _request(call)
+    return Request(call.project, call.analyst)
 
 
 def _link_card(runtime: NodeRuntime, message: Message) -> Message:

@@ -10,11 +10,13 @@ and receives back one slot per person. Identifiers, record ids and the order nev
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from fedlink.errors import PolicyRefused
 from fedlink.linkage.encode import derive_keys, encode
@@ -110,11 +112,12 @@ class NodeLinkage:
             )
             con.execute(f"CREATE TABLE records AS {union}")
             keys = ", ".join(IDENTIFIERS)
-            # a random order, so an encoding's position says nothing about the person
-            con.execute(
-                f"CREATE TABLE people AS SELECT row_number() OVER (ORDER BY random()) - 1 AS person, * "
-                f"FROM (SELECT DISTINCT {keys} FROM records)"
-            )
+            # a random order (from a CSPRNG seed), so an encoding's position says nothing about the person
+            distinct = con.sql(f"SELECT DISTINCT {keys} FROM records").to_arrow_table()
+            rng = np.random.default_rng(int.from_bytes(secrets.token_bytes(16), "big"))
+            ranked = distinct.append_column("person", pa.array(rng.permutation(distinct.num_rows)))
+            con.register("ranked", ranked)
+            con.execute("CREATE TABLE people AS SELECT * FROM ranked")
             joined = " AND ".join(f"r.{c} IS NOT DISTINCT FROM p.{c}" for c in IDENTIFIERS)
             con.execute(
                 f"COPY (SELECT r.source_table, r.record_id, p.person FROM records r JOIN people p ON {joined}) "

@@ -75,7 +75,9 @@ class NodeRuntime:
     def linkage(self) -> NodeLinkage:
         """The node's linkage side, loaded on first use (the encoding stack is not needed for queries)."""
         if self._linkage is None:
-            self._linkage = NodeLinkage(self.config, self.data, self.config.ledger_path().parent)
+            from fedlink.node.linkage import NodeLinkage as Linkage
+
+            self._linkage = Linkage(self.config, self.data, self.config.ledger_path().parent)
         return self._linkage
 
     @property

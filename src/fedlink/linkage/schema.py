@@ -1,0 +1,197 @@
+"""The linkage schema: which normalised identifiers go into keyed encodings, and how.
+
+Every node of a project must encode with the same schema, or nothing matches. The schema is a JSON
+file in the spirit of a clkhash v3 linkage schema: the Bloom filter (``clk_config``: length, XOR
+folding, record-level salt), one entry per encoded feature (n-gram size, bits per n-gram), and, in
+addition, the exact match-key tiers (strict to loose) and the blocking keys. The shipped default is
+``default_schema.json`` beside this module; see its ``description`` for why each choice was made.
+
+A feature's ``comparison`` is ``{"type": "ngram", "n": N, "positional": P}``: with ``N`` >= 1 the
+value is cut into n-grams (padded with ``_`` on both sides when ``N`` >= 2 and not positional); with
+``N`` = 0 the whole value is one token, for identifiers where a near miss means nothing (a postcode
+sector, a month of birth).
+
+>>> schema = load_schema()
+>>> schema.bits, schema.salt_field, schema.match_keys[0][0]
+(1024, 'dob_year', 'full')
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from fedlink.errors import ConfigError
+from fedlink.linkage.normalise import NORMALISED_FIELDS
+
+DEFAULT_SCHEMA_PATH: Final = Path(__file__).with_name("default_schema.json")
+SCHEMA_VERSION: Final = 1
+MAX_BITS_PER_TOKEN: Final = 64
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One normalised identifier in the Bloom filter."""
+
+    name: str
+    #: n-gram size; 0 makes the whole value one token.
+    ngram: int
+    #: Bits each n-gram sets (k hash positions): the field's weight in the similarity.
+    weight: int
+    #: Tag each n-gram with its position, so "ab" at the start and at the end set different bits.
+    positional: bool = False
+    #: A missing value sets no bits.
+    missing: Literal["skip"] = "skip"
+    #: Features with the same key share a hashing key, so an n-gram sets the same bits in either
+    #: (first and last names: a record with the two swapped still has a similar filter); None for a
+    #: key of the feature's own.
+    shared_key: str | None = None
+
+    @property
+    def key_name(self) -> str:
+        """Name of the hashing key this feature uses."""
+        return self.shared_key or self.name
+
+
+@dataclass(frozen=True)
+class LinkageSchema:
+    version: int
+    #: Length of each Bloom filter in bits, a multiple of 64.
+    bits: int
+    fields: tuple[FieldSpec, ...]
+    #: (tier name, normalised field names), strict to loose.
+    match_keys: tuple[tuple[str, tuple[str, ...]], ...]
+    #: (block name, normalised field names).
+    blocking: tuple[tuple[str, tuple[str, ...]], ...]
+    #: Normalised field whose value salts every Bloom n-gram of a record; None for no salting.
+    salt_field: str | None
+    #: Build each filter at twice ``bits`` and XOR its halves together into ``bits``.
+    xor_fold: bool = False
+
+
+def load_schema(path: Path | None = None) -> LinkageSchema:
+    """The linkage schema in ``path``, or the shipped default; :class:`ConfigError` if it is invalid."""
+    source = path or DEFAULT_SCHEMA_PATH
+    try:
+        document = json.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read linkage schema {source}: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"linkage schema {source} is not valid JSON ({exc}); fix the file") from exc
+    try:
+        return _parse(document)
+    except _Invalid as exc:
+        raise ConfigError(f"linkage schema {source}: {exc}; fix the file or use the default schema") from exc
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _get(mapping: object, key: str, kind: type | tuple[type, ...], where: str, default: Any = ...) -> Any:
+    if not isinstance(mapping, dict):
+        raise _Invalid(f"{where} must be an object")
+    if key not in mapping:
+        if default is ...:
+            raise _Invalid(f"{where} has no '{key}'")
+        return default
+    value = mapping[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise _Invalid(f"'{key}' in {where} has the wrong type")
+    return value
+
+
+def _only(mapping: object, allowed: set[str], where: str) -> None:
+    if not isinstance(mapping, dict):
+        raise _Invalid(f"{where} must be an object")
+    unknown = sorted(set(mapping) - allowed - {"description"})
+    if unknown:
+        raise _Invalid(f"{where} has unknown key(s) {', '.join(unknown)}")
+
+
+def _field_names(names: object, where: str) -> tuple[str, ...]:
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise _Invalid(f"{where} must list one or more normalised field names")
+    unknown = [n for n in names if n not in NORMALISED_FIELDS]
+    if unknown:
+        raise _Invalid(f"{where} names unknown field(s) {', '.join(unknown)}; known: {', '.join(NORMALISED_FIELDS)}")
+    return tuple(names)
+
+
+def _named_groups(entries: object, label: str, section: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if not isinstance(entries, list) or not entries:
+        raise _Invalid(f"'{section}' must be a non-empty list")
+    groups = []
+    for number, entry in enumerate(entries, 1):
+        where = f"{section} entry {number}"
+        name = _get(entry, label, str, where)
+        _only(entry, {label, "fields"}, f"{section} '{name}'")
+        groups.append((name, _field_names(_get(entry, "fields", list, where), f"{section} '{name}'")))
+    names = [name for name, _ in groups]
+    if len(set(names)) != len(names):
+        raise _Invalid(f"'{section}' repeats a {label}")
+    return tuple(groups)
+
+
+def _feature(entry: object, number: int) -> FieldSpec:
+    where = f"feature {number}"
+    name = _get(entry, "name", str, where)
+    if name not in NORMALISED_FIELDS:
+        raise _Invalid(f"feature '{name}' is not a normalised field; known: {', '.join(NORMALISED_FIELDS)}")
+    _only(entry, {"name", "comparison", "strategy", "missing_value", "shared_key"}, f"feature '{name}'")
+    comparison = _get(entry, "comparison", dict, f"feature '{name}'")
+    _only(comparison, {"type", "n", "positional"}, f"comparison of '{name}'")
+    if _get(comparison, "type", str, f"comparison of '{name}'") != "ngram":
+        raise _Invalid(f"comparison of '{name}' must be of type 'ngram'")
+    ngram = _get(comparison, "n", int, f"comparison of '{name}'")
+    positional = _get(comparison, "positional", bool, f"comparison of '{name}'", False)
+    strategy = _get(entry, "strategy", dict, f"feature '{name}'")
+    _only(strategy, {"bits_per_token"}, f"strategy of '{name}'")
+    weight = _get(strategy, "bits_per_token", int, f"strategy of '{name}'")
+    missing = _get(entry, "missing_value", str, f"feature '{name}'", "skip")
+    shared_key = _get(entry, "shared_key", (str, type(None)), f"feature '{name}'", None)
+    if not 0 <= ngram <= 8:
+        raise _Invalid(f"n-gram size of '{name}' must be 0 (whole value) to 8")
+    if not 1 <= weight <= MAX_BITS_PER_TOKEN:
+        raise _Invalid(f"bits_per_token of '{name}' must be 1 to {MAX_BITS_PER_TOKEN}")
+    if missing != "skip":
+        raise _Invalid(f"missing_value of '{name}' must be 'skip'")
+    return FieldSpec(name, ngram, weight, positional, "skip", shared_key)
+
+
+def _parse(document: object) -> LinkageSchema:
+    version = _get(document, "version", int, "the schema")
+    if version != SCHEMA_VERSION:
+        raise _Invalid(f"version {version} is not supported (this fedlink reads version {SCHEMA_VERSION})")
+    _only(document, {"version", "clk_config", "features", "match_keys", "blocking"}, "the schema")
+    config = _get(document, "clk_config", dict, "the schema")
+    _only(config, {"bits", "xor_fold", "salt_field"}, "clk_config")
+    bits = _get(config, "bits", int, "clk_config", 1024)
+    if bits <= 0 or bits % 64:
+        raise _Invalid("clk_config bits must be a positive multiple of 64")
+    xor_fold = _get(config, "xor_fold", bool, "clk_config", False)
+    salt_field = _get(config, "salt_field", (str, type(None)), "clk_config", None)
+    if salt_field is not None and salt_field not in NORMALISED_FIELDS:
+        raise _Invalid(f"salt_field '{salt_field}' is not a normalised field")
+    features = _get(document, "features", list, "the schema")
+    if not features:
+        raise _Invalid("'features' must list at least one feature")
+    fields = tuple(_feature(entry, number) for number, entry in enumerate(features, 1))
+    if len({f.name for f in fields}) != len(fields):
+        raise _Invalid("'features' names a field twice")
+    clashes = {f.shared_key for f in fields} & {f.name for f in fields if not f.shared_key}
+    if clashes:
+        raise _Invalid(
+            f"shared_key {', '.join(sorted(map(str, clashes)))} is also the name of a feature with its own key"
+        )
+    return LinkageSchema(
+        version=version,
+        bits=bits,
+        fields=fields,
+        match_keys=_named_groups(_get(document, "match_keys", list, "the schema"), "tier", "match_keys"),
+        blocking=_named_groups(_get(document, "blocking", list, "the schema"), "name", "blocking"),
+        salt_field=salt_field,
+        xor_fold=xor_fold,
+    )
