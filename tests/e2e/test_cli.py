@@ -222,4 +222,5 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     proc = cli("demo", "--workdir", str(tmp_path / "demo"), "--people", "2000", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "support_episodes" in proc.stdout and "HISTOGRAM(sentence_months)" in proc.stdout
+    assert "link spine built for project homelessness-outcomes" in proc.stdout
     assert "federation stopped" in proc.stderr

@@ -334,6 +334,8 @@ def demo(
         for project, epsilon, sql in fedlink.DEMO_QUERIES:
             render.result(out, fed.query(sql, project=project, epsilon=epsilon), "table")
         render.budget(out, fed.budget(), "table")
+        with render.stage_progress(err) as advance:
+            render.link_report(out, fed.link("homelessness-outcomes", on_progress=advance), "table")
         registers = setup.federation.registers()
         for party, path in registers:
             if not fedlink.verify_register(path).ok:

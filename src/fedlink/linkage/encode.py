@@ -103,6 +103,7 @@ BLOCK: Final = 16  # AES block and value-digest size in bytes
 MAC_KEY_BYTES: Final = 32  # AES-256
 MIN_SECRET_BYTES: Final = 16
 _POSITIONS_PER_BLOCK: Final = BLOCK // 4  # a 16-byte keystream block read as four 32-bit positions
+RECORDS_PER_SLICE: Final = 1 << 18
 _TAGS_PER_CHUNK: Final = 1 << 16  # bounds the scratch of bit positions to about 30 MB per 64 bits of weight
 _PROJECT_SALT_LABEL: Final = b"fedlink linkage project\x00"
 
@@ -157,8 +158,46 @@ def derive_keys(link_secret: bytes, project: str, schema: LinkageSchema) -> Link
 
 
 def encode(normalised: Mapping[str, np.ndarray], schema: LinkageSchema, keys: LinkKeys) -> EncodedRecords:
-    """Match keys, Bloom filters (with popcounts) and blocking keys of normalised records."""
-    columns = _Columns(normalised, schema)
+    """Match keys, Bloom filters (with popcounts) and blocking keys of normalised records.
+
+    Records are encoded in slices of :data:`RECORDS_PER_SLICE`, which bounds memory (about 1 GB a
+    slice with the default schema) and does not change any encoding: each record's depends only on
+    its own values and the keys.
+    """
+    fields = _fields_needed(schema)
+    absent = sorted(fields - set(normalised))
+    if absent:
+        raise BadInput(f"normalised records lack field(s) {', '.join(absent)}; pass the output of normalise()")
+    lengths = {len(normalised[name]) for name in fields}
+    if len(lengths) > 1:
+        raise BadInput("normalised fields have different lengths; pass the output of normalise()")
+    count = lengths.pop() if lengths else 0
+    if count <= RECORDS_PER_SLICE:
+        return _encode_slice(_Columns({name: normalised[name] for name in fields}, schema, count), schema, keys)
+    parts = [
+        _encode_slice(
+            _Columns({name: normalised[name][start:stop] for name in fields}, schema, stop - start), schema, keys
+        )
+        for start, stop in ((s, min(s + RECORDS_PER_SLICE, count)) for s in range(0, count, RECORDS_PER_SLICE))
+    ]
+    return EncodedRecords(
+        count=count,
+        match_keys={tier: np.concatenate([p.match_keys[tier] for p in parts]) for tier in parts[0].match_keys},
+        blooms=np.concatenate([p.blooms for p in parts]),
+        popcounts=np.concatenate([p.popcounts for p in parts]),
+        block_keys={name: np.concatenate([p.block_keys[name] for p in parts]) for name in parts[0].block_keys},
+    )
+
+
+def _fields_needed(schema: LinkageSchema) -> set[str]:
+    needed = {spec.name for spec in schema.fields}
+    needed |= {name for _, names in (*schema.match_keys, *schema.blocking) for name in names}
+    if schema.salt_field:
+        needed.add(schema.salt_field)
+    return needed
+
+
+def _encode_slice(columns: _Columns, schema: LinkageSchema, keys: LinkKeys) -> EncodedRecords:
     blooms = _bloom_filters(columns, schema, keys)
     match_keys = {}
     for tier, names in schema.match_keys:
@@ -236,23 +275,13 @@ def _cmac_subkey(cipher: CipherContext) -> np.ndarray:
 
 
 class _Columns:
-    """Normalised fields of one call to :func:`encode`, each factorised once into distinct values."""
+    """The normalised fields of one slice of records, each factorised once into distinct values."""
 
-    def __init__(self, normalised: Mapping[str, np.ndarray], schema: LinkageSchema) -> None:
-        needed = {spec.name for spec in schema.fields}
-        needed |= {name for _, names in (*schema.match_keys, *schema.blocking) for name in names}
-        if schema.salt_field:
-            needed.add(schema.salt_field)
-        absent = sorted(needed - set(normalised))
-        if absent:
-            raise BadInput(f"normalised records lack field(s) {', '.join(absent)}; pass the output of normalise()")
-        lengths = {len(normalised[name]) for name in needed}
-        if len(lengths) > 1:
-            raise BadInput("normalised fields have different lengths; pass the output of normalise()")
-        self.count = lengths.pop() if lengths else 0
+    def __init__(self, normalised: Mapping[str, np.ndarray], schema: LinkageSchema, count: int) -> None:
+        self.count = count
         self.distinct: dict[str, list[str]] = {}
         self.codes: dict[str, np.ndarray] = {}
-        for name in sorted(needed):
+        for name in sorted(normalised):
             distinct, codes = distinct_codes(normalised[name])
             if not all(isinstance(value, str) for value in distinct):
                 raise BadInput(
