@@ -1,0 +1,290 @@
+"""Cost and quality of the linkage unit's matching: the Dice kernel (next to anonlink's C++ kernel in
+the same run), two registers linked end to end as they grow, three departments of a million people
+(opt-in), and linkage quality by threshold (the measurement behind ``DEFAULT_THRESHOLD``).
+
+By default: the kernel on 1e6 and 1e7 pairs with 1 and 2 threads, a dense 3,163 x 3,163 block (1e7
+pairs) for ours and anonlink's, two registers of 1e4 and 1e5 records, the threshold sweep.
+``FEDLINK_BENCH_LARGE=1`` adds 1e8 kernel pairs, two registers of 1e6 records and three departments
+of 1e6 people. anonlink runs in a separate Python (``FEDLINK_PEERS_PYTHON``, default
+``/tmp/peers-venv/bin/python``; make it with ``python3 -m venv /tmp/peers-venv &&
+/tmp/peers-venv/bin/pip install anonlink``) and is skipped, with the reason, where absent::
+
+    pytest benchmarks/test_bench_match.py --benchmark-only
+    FEDLINK_BENCH_LARGE=1 pytest benchmarks/test_bench_match.py --benchmark-only -k "1000000"
+
+A summary (comparisons per second, ours / anonlink, end-to-end seconds against the 10 s goal, F1 by
+threshold) is printed at the end of the run. Absolute times hold for the machine named there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pytest
+
+from fedlink.linkage.cluster import cluster
+from fedlink.linkage.encode import EncodedRecords, derive_keys, encode
+from fedlink.linkage.match import DEFAULT_THRESHOLD, dice
+from fedlink.linkage.normalise import IDENTIFIER_COLUMNS, normalise
+from fedlink.linkage.quality import pairwise_quality
+from fedlink.linkage.schema import load_schema
+from fedlink.synth import default_corruption, synthesize
+from fedlink.synth.corrupt import record_identities
+from fedlink.synth.draws import stream
+from fedlink.synth.namebook import build_name_book
+from fedlink.synth.population import build_population
+from fedlink.synth.recording import RECORDING_STYLES
+
+LARGE = os.environ.get("FEDLINK_BENCH_LARGE") == "1"
+PEERS_PYTHON = Path(os.environ.get("FEDLINK_PEERS_PYTHON", "/tmp/peers-venv/bin/python"))
+PEER_SCRIPT = Path(__file__).parent / "peers" / "anonlink_dice.py"
+DENSE = 3_163  # a dense block of DENSE x DENSE ~ 1e7 pairs
+GOAL_RECORDS, GOAL_SECONDS = 100_000, 10.0
+SUMMARY: list[str] = []
+RESULTS: dict[str, float] = {}
+
+
+def large(value: Any, why: str) -> Any:
+    return pytest.param(value, marks=pytest.mark.skipif(not LARGE, reason=f"{why}; set FEDLINK_BENCH_LARGE=1"))
+
+
+def _machine() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} CPUs"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+
+
+def peak_rss_mib() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def summary(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the summary lines after the module's benchmarks."""
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not SUMMARY:
+        return
+    ours, theirs = RESULTS.get("dense ours 1 thread"), RESULTS.get("dense anonlink")
+    if ours and theirs:
+        SUMMARY.append(f"dense block, 1 thread: ours / anonlink = {ours / theirs:.2f}")
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        reporter.section(f"fedlink: linkage matching ({_machine()})")
+        for line in SUMMARY:
+            reporter.write_line(line)
+
+
+def random_filters(count: int, seed: int) -> np.ndarray:
+    """Random 1024-bit filters with about half their bits set (kernel speed does not depend on content)."""
+    return np.random.default_rng(seed).integers(0, 2**64, (count, 16), dtype=np.uint64)
+
+
+# ---------------------------------------------------------------------------------------------- kernel
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("pairs", [1_000_000, 10_000_000, large(100_000_000, "1e8 pairs take ~4 s and 1.6 GB")])
+def test_dice_kernel_on_candidate_pairs(benchmark: Any, pairs: int, workers: int) -> None:
+    """Pairs as blocking produces them: grouped by the first record, arbitrary second records."""
+    a, b = random_filters(100_000, 1), random_filters(100_000, 2)
+    pa, pb = np.bitwise_count(a).sum(1), np.bitwise_count(b).sum(1)
+    rng = np.random.default_rng(3)
+    ia, ib = np.sort(rng.integers(0, len(a), pairs)), rng.integers(0, len(b), pairs)
+    rounds = 3 if pairs <= 10_000_000 else 1
+    scores = benchmark.pedantic(dice, args=(a, pa, b, pb, ia, ib, workers), rounds=rounds, iterations=1)
+    rate = pairs / benchmark.stats.stats.min
+    benchmark.extra_info.update({"pairs": pairs, "workers": workers, "comparisons_per_s": rate})
+    SUMMARY.append(f"Dice kernel, {pairs:.0e} candidate pairs, {workers} thread(s): {rate / 1e6:.1f} M comparisons/s")
+    assert scores.shape == (pairs,) and 0.3 < float(scores[:1000].mean()) < 0.7
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_dice_kernel_on_a_dense_block(benchmark: Any, workers: int) -> None:
+    """Every pair of two lists of DENSE filters: the shape anonlink's kernel computes."""
+    a, b = random_filters(DENSE, 4), random_filters(DENSE, 5)
+    pa, pb = np.bitwise_count(a).sum(1), np.bitwise_count(b).sum(1)
+    ia, ib = np.repeat(np.arange(DENSE), DENSE), np.tile(np.arange(DENSE), DENSE)
+    benchmark.pedantic(dice, args=(a, pa, b, pb, ia, ib, workers), rounds=3, iterations=1)
+    rate = DENSE * DENSE / benchmark.stats.stats.min
+    RESULTS[f"dense ours {workers} thread"] = rate
+    benchmark.extra_info.update({"pairs": DENSE * DENSE, "workers": workers, "comparisons_per_s": rate})
+    SUMMARY.append(f"Dice kernel, dense {DENSE}x{DENSE} block, {workers} thread(s): {rate / 1e6:.1f} M comparisons/s")
+
+
+def test_dice_anonlink_on_a_dense_block(benchmark: Any) -> None:
+    """anonlink's accelerated kernel (one thread) on a dense block of the same size, in its own Python."""
+    if not PEERS_PYTHON.exists():
+        pytest.skip(f"no peers Python at {PEERS_PYTHON}: python3 -m venv /tmp/peers-venv && pip install anonlink")
+    probe = subprocess.run([str(PEERS_PYTHON), "-c", "import anonlink"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"anonlink is not installed in {PEERS_PYTHON}")
+    measured: dict[str, Any] = {}
+
+    def run() -> None:
+        done = subprocess.run(
+            [str(PEERS_PYTHON), str(PEER_SCRIPT), str(DENSE), "3"], capture_output=True, text=True, check=True
+        )
+        measured.update(json.loads(done.stdout.strip().splitlines()[-1]))
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    rate = float(measured["comparisons_per_s"])
+    RESULTS["dense anonlink"] = rate
+    benchmark.extra_info.update(measured)
+    SUMMARY.append(f"anonlink kernel, dense {DENSE}x{DENSE} block, 1 thread: {rate / 1e6:.1f} M comparisons/s")
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def two_registers(size: int, seed: int) -> tuple[list[dict[str, list[Any]]], list[np.ndarray]]:
+    """Two departments (DWP's and NHS's recording styles and default corruption) each registering
+    ``size`` people of a population of 1.4 x ``size`` (so about 70% of each register is in the
+    other), in random order: identifier columns and the true person of each record."""
+    people = int(size * 1.4)
+    population = build_population(people, stream(seed, "population"))
+    book = build_name_book(population.vocabulary, population.barrel_parts)
+    rng = np.random.default_rng(seed)
+    columns, truths = [], []
+    for node in ("dwp", "nhs"):
+        persons = rng.permutation(rng.choice(people, size, replace=False))
+        order = np.argsort(persons)
+        table = record_identities(
+            population,
+            book,
+            persons[order],
+            default_corruption().for_node(node),
+            RECORDING_STYLES[node],
+            stream(seed, node),
+        )
+        table = table.take(np.argsort(order))  # back from sorted persons to the register's random order
+        columns.append({c: table.column(c).to_pylist() for c in IDENTIFIER_COLUMNS})
+        truths.append(persons)
+    return columns, truths
+
+
+@pytest.mark.parametrize("size", [10_000, 100_000, large(1_000_000, "1e6 x 1e6 takes ~1 min and ~4 GB")])
+def test_link_two_registers_end_to_end(benchmark: Any, size: int) -> None:
+    """Normalise and encode both registers, then exact tiers, blocking, Dice and clustering."""
+    columns, truths = two_registers(size, seed=5)
+    schema = load_schema()
+    keys = derive_keys(b"benchmark link secret of 32 byte", "bench", schema)
+    stages: dict[str, float] = {}
+
+    def link() -> list[np.ndarray]:
+        started = time.perf_counter()
+        parties = [encode(normalise(c), schema, keys) for c in columns]
+        stages["encode"] = time.perf_counter() - started
+        spine = cluster(parties)
+        seconds = spine.stats.seconds
+        stages.update(exact=seconds.exact, block=seconds.block, compare=seconds.compare, cluster=seconds.assign)
+        stages["comparisons"] = spine.stats.comparisons
+        return spine.entity
+
+    entity = benchmark.pedantic(link, rounds=1 if size >= 100_000 else 3, iterations=1)
+    report = pairwise_quality(entity, truths)
+    total = benchmark.stats.stats.min
+    benchmark.extra_info.update(
+        {"records_per_party": size, "f1": report.f1, "precision": report.precision, "recall": report.recall}
+    )
+    benchmark.extra_info.update({k: round(v, 3) for k, v in stages.items()})
+    benchmark.extra_info["peak_rss_mib"] = round(peak_rss_mib(), 1)
+    line = (
+        f"two registers of {size:,}: {total:.2f} s end to end (encode {stages['encode']:.2f}, exact "
+        f"{stages['exact']:.2f}, block {stages['block']:.2f}, compare {stages['compare']:.2f}, cluster "
+        f"{stages['cluster']:.2f}; {int(stages['comparisons']):,} comparisons), F1 {report.f1:.4f}"
+    )
+    if size == GOAL_RECORDS:
+        line += f" [goal < {GOAL_SECONDS:.0f} s: {'met' if total < GOAL_SECONDS else 'NOT met'}]"
+    SUMMARY.append(line)
+    assert report.f1 is not None and report.f1 >= 0.97
+
+
+def department_people(root: Path, tables: list[str]) -> tuple[list[dict[str, list[Any]]], list[np.ndarray]]:
+    """One record per distinct identifier tuple of each department (as a node builds its person list)."""
+    columns, truths = [], []
+    records = f"read_parquet('{root / 'truth' / 'records.parquet'}')"
+    for table in tables:
+        rows = duckdb.execute(
+            f"""SELECT {", ".join(f"d.{c}" for c in IDENTIFIER_COLUMNS)}, min(t.person_id)
+                FROM read_parquet('{root / table}.parquet') d JOIN {records} t USING (record_id)
+                GROUP BY ALL ORDER BY hash(min(t.person_id))"""
+        ).fetchall()
+        columns.append({c: [row[i] for row in rows] for i, c in enumerate(IDENTIFIER_COLUMNS)})
+        truths.append(np.array([row[-1] for row in rows], np.int64))
+    return columns, truths
+
+
+DEPARTMENTS = ["dfe/pupils", "dwp/claims", "nhs/*"]
+
+
+@pytest.mark.parametrize("people", [large(1_000_000, "1e6 people x 3 departments take minutes and GBs")])
+def test_link_three_departments(benchmark: Any, tmp_path: Path, people: int) -> None:
+    """DfE, DWP and NHS of a synthetic population, end to end; goal: under 10 minutes within 8 GB."""
+    synthesize(people, 3, tmp_path / "federation", progress=False)
+    columns, truths = department_people(tmp_path / "federation", DEPARTMENTS)
+    schema = load_schema()
+    keys = derive_keys(b"benchmark link secret of 32 byte", "bench", schema)
+
+    def link() -> list[np.ndarray]:
+        return cluster([encode(normalise(c), schema, keys) for c in columns]).entity
+
+    entity = benchmark.pedantic(link, rounds=1, iterations=1)
+    report = pairwise_quality(entity, truths)
+    total, peak = benchmark.stats.stats.min, peak_rss_mib()
+    benchmark.extra_info.update({"people": people, "records": [len(t) for t in truths], "f1": report.f1})
+    benchmark.extra_info["peak_rss_mib"] = round(peak, 1)
+    SUMMARY.append(
+        f"three departments of {people:,} people ({', '.join(f'{len(t):,}' for t in truths)} records): "
+        f"{total:.0f} s, peak RSS {peak / 1024:.1f} GiB, F1 {report.f1:.4f} "
+        f"[goal < 600 s within 8 GiB: {'met' if total < 600 and peak < 8192 else 'NOT met'}]"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- threshold
+
+
+@pytest.fixture(scope="module")
+def three_departments(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[EncodedRecords], list[np.ndarray]]:
+    root = tmp_path_factory.mktemp("threshold") / "federation"
+    synthesize(100_000, 7, root, progress=False)
+    columns, truths = department_people(root, DEPARTMENTS)
+    schema = load_schema()
+    keys = derive_keys(b"benchmark link secret of 32 byte", "bench", schema)
+    return [encode(normalise(c), schema, keys) for c in columns], truths
+
+
+THRESHOLDS = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
+
+
+def test_quality_by_threshold(benchmark: Any, three_departments: tuple) -> None:
+    """F1 of three departments of 100,000 synthetic people by Dice threshold; timed at the default."""
+    parties, truths = three_departments
+    by_threshold = {}
+    for threshold in THRESHOLDS:
+        report = pairwise_quality(cluster(parties, threshold).entity, truths)
+        by_threshold[threshold] = (report.precision, report.recall, report.f1)
+    benchmark.pedantic(cluster, args=(parties, DEFAULT_THRESHOLD), rounds=1, iterations=1)
+    best = max(by_threshold, key=lambda t: by_threshold[t][2] or 0.0)
+    benchmark.extra_info["f1_by_threshold"] = {str(t): v[2] for t, v in by_threshold.items()}
+    SUMMARY.append(f"F1 by Dice threshold, DfE + DWP + NHS of 100,000 synthetic people (default {DEFAULT_THRESHOLD}):")
+    for threshold, (precision, recall, f1) in by_threshold.items():
+        mark = " <- best" if threshold == best else ""
+        SUMMARY.append(f"  {threshold:.2f}: precision {precision:.4f} recall {recall:.4f} F1 {f1:.4f}{mark}")
