@@ -332,9 +332,20 @@ def test_xor_folding_keeps_the_filter_length() -> None:
         assert dice(e.blooms[0], e.blooms[1]) == 1.0 and dice(e.blooms[0], e.blooms[2]) < 0.45
 
 
+def test_encoding_in_slices_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = [ALICE, ALICE_AT_PNC, BOB, ("Kwame", "Mensah", None, "M", "NFA"), *[BOB] * 3]
+    whole = encoded(*records)
+    monkeypatch.setattr("fedlink.linkage.encode.RECORDS_PER_SLICE", 2)
+    assert_same(encoded(*records), whole)
+
+
 def test_encode_rejects_foreign_input() -> None:
     with pytest.raises(BadInput, match="lack field"):
         encode({"first": np.array(["a"], dtype=object)}, SCHEMA, KEYS)
+    not_text = normalise(columns(ALICE))
+    not_text["last"] = np.array([None], dtype=object)
+    with pytest.raises(BadInput, match="not text"):
+        encode(not_text, SCHEMA, KEYS)
     assert encode(normalise(columns()), SCHEMA, KEYS).blooms.shape == (0, SCHEMA.bits // 64)
 
 

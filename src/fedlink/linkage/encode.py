@@ -160,8 +160,8 @@ def derive_keys(link_secret: bytes, project: str, schema: LinkageSchema) -> Link
 def encode(normalised: Mapping[str, np.ndarray], schema: LinkageSchema, keys: LinkKeys) -> EncodedRecords:
     """Match keys, Bloom filters (with popcounts) and blocking keys of normalised records.
 
-    Records are encoded in slices of :data:`RECORDS_PER_SLICE`, which bounds memory (about 1 GB a
-    slice with the default schema) and does not change any encoding: each record's depends only on
+    Records are encoded in slices of :data:`RECORDS_PER_SLICE`, which bounds the working memory (a
+    few hundred MB with the default schema) and changes no encoding: each record's depends only on
     its own values and the keys.
     """
     fields = _fields_needed(schema)

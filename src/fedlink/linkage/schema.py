@@ -9,7 +9,9 @@ addition, the exact match-key tiers (strict to loose) and the blocking keys. The
 A feature's ``comparison`` is ``{"type": "ngram", "n": N, "positional": P}``: with ``N`` >= 1 the
 value is cut into n-grams (padded with ``_`` on both sides when ``N`` >= 2 and not positional); with
 ``N`` = 0 the whole value is one token, for identifiers where a near miss means nothing (a postcode
-sector, a month of birth).
+sector, a month of birth). ``strategy.bits_per_token`` is the feature's weight. Features that name the
+same ``shared_key`` hash with one key, so a token sets the same bits in either of them. Keys outside
+this format are refused, so that a misspelt option cannot silently change nothing.
 
 >>> schema = load_schema()
 >>> schema.bits, schema.salt_field, schema.match_keys[0][0]
@@ -57,6 +59,8 @@ class FieldSpec:
 
 @dataclass(frozen=True)
 class LinkageSchema:
+    """What every node of a project encodes, and how (see the module docstring)."""
+
     version: int
     #: Length of each Bloom filter in bits, a multiple of 64.
     bits: int
