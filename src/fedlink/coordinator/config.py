@@ -5,17 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from fedlink.config import expand, load_model, resolve_path
+from fedlink.model import Frozen
 from fedlink.wire.transport import TlsFiles
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class CoordinatorSection(_Strict):
+class CoordinatorSection(Frozen):
     name: str = "coordinator"
     listen: str = "127.0.0.1:7443"
     query_timeout_s: float = Field(default=30.0, gt=0)
@@ -27,7 +24,7 @@ class CoordinatorSection(_Strict):
     test_mode: bool = False
 
 
-class TlsSection(_Strict):
+class TlsSection(Frozen):
     cert: str
     key: str
     ca: str
@@ -35,12 +32,12 @@ class TlsSection(_Strict):
     revoked: str | None = None
 
 
-class RegisteredNode(_Strict):
+class RegisteredNode(Frozen):
     name: str
     description: str = ""
 
 
-class CoordinatorConfig(_Strict):
+class CoordinatorConfig(Frozen):
     coordinator: CoordinatorSection
     tls: TlsSection
     nodes: tuple[RegisteredNode, ...]

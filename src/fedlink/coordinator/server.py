@@ -235,23 +235,8 @@ class Coordinator:
                 "columns": [*result.key_columns, *result.value_columns],
                 "rows": [[*r.keys, *(c.value for c in r.cells)] for r in result.rows],
             }
-        self.register.append(
-            "query",
-            {
-                "query_id": task.query_id,
-                "analyst": task.analyst,
-                "project": task.project,
-                "purpose": task.purpose,
-                "query": task.plan.sql,
-                "pet": task.pet_label,
-                "privacy_loss": {n: task.loss.model_dump() for n in task.plan.nodes},
-                "status": status,
-                "reason": reason,
-                "released": released,
-                # he+dp: the values exist only in the analyst's process, so the register says who holds them
-                "encrypted_for": encrypted_for,
-            },
-        )
+        fields = task.register_fields(task.plan.nodes, status, reason, released, encrypted_for)
+        self.register.append("query", fields)
 
     def run_query(self, request: QueryRequest, analyst: str = "analyst") -> QueryResult | EncryptedResult:
         """Plan, reserve at every node, execute, combine, and release.

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-
+from fedlink.model import Frozen
 from fedlink.pets.keyagree import Envelope, LinkKeyCard
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class LinkCall(_Frozen):
+class LinkCall(Frozen):
     project: str
     analyst: str
 
@@ -20,7 +15,7 @@ class InitiateCall(LinkCall):
     cards: tuple[LinkKeyCard, ...]
 
 
-class Envelopes(_Frozen):
+class Envelopes(Frozen):
     envelopes: tuple[Envelope, ...]
 
 
@@ -32,7 +27,7 @@ class SlotsCall(LinkCall):
     slots: str  # base64 of a .npy int64 array, one slot per person in the node's own order
 
 
-class LinkReport(_Frozen):
+class LinkReport(Frozen):
     """What an analyst learns from `fedlink link`: which nodes took part and how long each stage took.
     Overlap counts and match rates are statistics about people: they are not released here."""
 

@@ -7,18 +7,15 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedlink.config import expand, load_model, resolve_path
-from fedlink.query.catalogue import Category, ColumnKind
+from fedlink.model import Frozen
+from fedlink.query.catalogue import ColumnDomain
 from fedlink.query.disclosure import DisclosurePolicy
 from fedlink.wire.transport import TlsFiles
 
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 def _identifier(value: str) -> str:
@@ -27,14 +24,7 @@ def _identifier(value: str) -> str:
     return value
 
 
-class ColumnDecl(_Strict):
-    name: str
-    kind: ColumnKind
-    description: str = ""
-    categories: tuple[Category, ...] | None = None
-    bounds: tuple[float, float] | None = None
-    bins: tuple[float, ...] | None = None
-
+class ColumnDecl(ColumnDomain):
     _name = field_validator("name")(_identifier)
 
     @model_validator(mode="after")
@@ -55,7 +45,7 @@ class ColumnDecl(_Strict):
         return self
 
 
-class TableDecl(_Strict):
+class TableDecl(Frozen):
     name: str
     source: str
     format: Literal["parquet", "csv"] | None = None
@@ -92,7 +82,7 @@ class TableDecl(_Strict):
         return "csv" if self.source.lower().endswith((".csv", ".csv.gz")) else "parquet"
 
 
-class NodeSection(_Strict):
+class NodeSection(Frozen):
     name: str
     description: str = ""
     coordinator: str
@@ -102,13 +92,13 @@ class NodeSection(_Strict):
     _name = field_validator("name")(_identifier)
 
 
-class TlsSection(_Strict):
+class TlsSection(Frozen):
     cert: str
     key: str
     ca: str
 
 
-class Approval(_Strict):
+class Approval(Frozen):
     """This node's approval of a project: the node, not the coordinator, is the final authority."""
 
     project: str
@@ -121,7 +111,7 @@ class Approval(_Strict):
     analysts: tuple[str, ...] | None = None
 
 
-class PrivacySection(_Strict):
+class PrivacySection(Frozen):
     ledger: str
     transparency_register: str
     #: Allow noiseless answers when the coordinator runs in test mode (never in production).
@@ -129,7 +119,7 @@ class PrivacySection(_Strict):
     disclosure: DisclosurePolicy = DisclosurePolicy()
 
 
-class NodeConfig(_Strict):
+class NodeConfig(Frozen):
     node: NodeSection
     tls: TlsSection
     privacy: PrivacySection

@@ -9,7 +9,7 @@ import duckdb
 from fedlink.errors import ConfigError, QueryError
 from fedlink.node.config import ColumnDecl, NodeConfig, TableDecl
 from fedlink.node.operators import run_aggregate
-from fedlink.query.catalogue import ColumnInfo, NodeCatalogue, TableInfo
+from fedlink.query.catalogue import ColumnDomain, ColumnInfo, NodeCatalogue, TableInfo
 from fedlink.query.disclosure import round_count
 from fedlink.query.plan import AggregatePlan
 from fedlink.query.results import PartialAggregates
@@ -99,17 +99,8 @@ class NodeData:
                             f"= '' THEN 0 ELSE 1 END) FROM \"{view}\""
                         ).fetchone()
                         completeness = round(float(share[0]), 2) if share else None
-                    columns.append(
-                        ColumnInfo(
-                            name=column.name,
-                            kind=column.kind,
-                            description=column.description,
-                            categories=column.categories,
-                            bounds=column.bounds,
-                            bins=column.bins,
-                            completeness=completeness,
-                        )
-                    )
+                    declared = column.model_dump(include=set(ColumnDomain.model_fields))
+                    columns.append(ColumnInfo(**declared, completeness=completeness))
                 tables.append(
                     TableInfo(
                         name=table.name,

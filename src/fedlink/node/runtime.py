@@ -88,21 +88,7 @@ class NodeRuntime:
         return f"{self.name}.{table}"
 
     def _log(self, task: QueryTask, status: str, reason: str | None) -> None:
-        self.register.append(
-            "query",
-            {
-                "query_id": task.query_id,
-                "analyst": task.analyst,
-                "project": task.project,
-                "purpose": task.purpose,
-                "query": task.plan.sql,
-                "pet": task.pet_label,
-                "privacy_loss": {self.name: task.loss.model_dump()},
-                "status": status,
-                "reason": reason,
-                "released": None,
-            },
-        )
+        self.register.append("query", task.register_fields([self.name], status, reason))
 
     def _check_policy(self, task: QueryTask) -> TableDecl:
         table = self.data.tables.get(task.plan.table)

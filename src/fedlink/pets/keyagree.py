@@ -26,19 +26,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from pydantic import BaseModel, ConfigDict
 
 from fedlink.errors import AccessDenied, Fault
+from fedlink.model import Frozen
 from fedlink.wire.pki import identity_from_pem
 
 SECRET_BYTES = 32
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class LinkKeyCard(_Frozen):
+class LinkKeyCard(Frozen):
     """A node's published key-agreement key, signed with its certificate's key."""
 
     node: str
@@ -47,7 +43,7 @@ class LinkKeyCard(_Frozen):
     certificate: str  # PEM
 
 
-class Envelope(_Frozen):
+class Envelope(Frozen):
     project: str
     sender: str
     recipient: str

@@ -11,29 +11,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
+from fedlink.model import Frozen
 from fedlink.query.disclosure import DisclosurePolicy
 
 Category = str | int
 ColumnKind = Literal["category", "numeric", "identifier"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class ColumnDomain(Frozen):
+    """A column as its owner declares it: a node's config and the catalogue share this shape."""
 
-
-class ColumnInfo(_Frozen):
     name: str
     kind: ColumnKind
     description: str = ""
     categories: tuple[Category, ...] | None = None
     bounds: tuple[float, float] | None = None
     bins: tuple[float, ...] | None = None
-    #: Share of records with a non-empty value, rounded to 0.01 (identifiers only).
-    completeness: float | None = None
 
-    def same_domain(self, other: ColumnInfo) -> bool:
+    def same_domain(self, other: ColumnDomain) -> bool:
         """Whether two nodes declare this column identically (needed to add their aggregates)."""
         return (self.kind, self.categories, self.bounds, self.bins) == (
             other.kind,
@@ -43,7 +38,12 @@ class ColumnInfo(_Frozen):
         )
 
 
-class TableInfo(_Frozen):
+class ColumnInfo(ColumnDomain):
+    #: Share of records with a non-empty value, rounded to 0.01 (identifiers only).
+    completeness: float | None = None
+
+
+class TableInfo(Frozen):
     name: str
     description: str = ""
     #: Row count rounded to the nearest 100, so the catalogue itself discloses nothing exact.
@@ -54,7 +54,7 @@ class TableInfo(_Frozen):
         return next((c for c in self.columns if c.name == name), None)
 
 
-class NodeCatalogue(_Frozen):
+class NodeCatalogue(Frozen):
     node: str
     description: str = ""
     tables: tuple[TableInfo, ...]
@@ -67,13 +67,13 @@ class NodeCatalogue(_Frozen):
         return next((t for t in self.tables if t.name == name), None)
 
 
-class NodeStatus(_Frozen):
+class NodeStatus(Frozen):
     node: str
     live: bool
     catalogue: NodeCatalogue | None = None
 
 
-class FederationCatalogue(_Frozen):
+class FederationCatalogue(Frozen):
     """Every registered node, whether it is connected, and what it last declared."""
 
     nodes: tuple[NodeStatus, ...]

@@ -16,51 +16,48 @@ import itertools
 import math
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from fedlink.model import Frozen
 from fedlink.query.catalogue import Category
 
 Scalar = str | int | float
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Comparison(_Frozen):
+class Comparison(Frozen):
     kind: Literal["cmp"] = "cmp"
     column: str
     op: Literal["=", "!=", "<", "<=", ">", ">="]
     value: Scalar
 
 
-class InList(_Frozen):
+class InList(Frozen):
     kind: Literal["in"] = "in"
     column: str
     values: tuple[Scalar, ...]
     negated: bool = False
 
 
-class Between(_Frozen):
+class Between(Frozen):
     kind: Literal["between"] = "between"
     column: str
     low: float
     high: float
 
 
-class IsNull(_Frozen):
+class IsNull(Frozen):
     kind: Literal["is_null"] = "is_null"
     column: str
     negated: bool = False
 
 
-class BoolOp(_Frozen):
+class BoolOp(Frozen):
     kind: Literal["bool"] = "bool"
     op: Literal["and", "or"]
     args: tuple[Predicate, ...]
 
 
-class Not(_Frozen):
+class Not(Frozen):
     kind: Literal["not"] = "not"
     arg: Predicate
 
@@ -83,7 +80,7 @@ def predicate_columns(predicate: Predicate | None) -> set[str]:
 AggregateFunc = Literal["count", "sum", "avg", "histogram"]
 
 
-class Component(_Frozen):
+class Component(Frozen):
     """One additive vector a node computes: a count of rows, of non-null values, a clamped sum, or bins."""
 
     kind: Literal["rows", "count", "sum", "histogram"]
@@ -97,7 +94,7 @@ class Component(_Frozen):
         return f"{self.kind}:{self.column or '*'}"
 
 
-class Aggregate(_Frozen):
+class Aggregate(Frozen):
     """One aggregate of the SELECT list, with the public bounds (sum, avg) or bins (histogram) it uses."""
 
     func: AggregateFunc
@@ -121,12 +118,12 @@ class Aggregate(_Frozen):
         return (total, Component(kind="count", column=self.column))
 
 
-class GroupKey(_Frozen):
+class GroupKey(Frozen):
     column: str
     categories: tuple[Category, ...]
 
 
-class AggregatePlan(_Frozen):
+class AggregatePlan(Frozen):
     """A horizontal aggregate over one table declared at one or more nodes."""
 
     table: str

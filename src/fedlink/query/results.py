@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import Field
 
 from fedlink.errors import Fault
+from fedlink.model import Frozen
 from fedlink.pets.dp import NoiseSpec, noise_halfwidth
 from fedlink.query.catalogue import Category
 from fedlink.query.disclosure import DisclosurePolicy, round_count, round_down, round_up
@@ -18,11 +19,7 @@ from fedlink.query.tasks import PrivacyLoss
 CONFIDENCE = 0.95
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Noise(_Frozen):
+class Noise(Frozen):
     mechanism: Literal["laplace", "gaussian"]
     scale: float
     integer: bool
@@ -31,13 +28,13 @@ class Noise(_Frozen):
         return NoiseSpec(self.mechanism, self.scale, self.integer)
 
 
-class PartialAggregates(_Frozen):
+class PartialAggregates(Frozen):
     """One node's additive vectors, one per plan component (keyed by ``Component.key``), over all
     cells, with the noise the node added to each (none only in logged test mode)."""
 
     node: str
     vectors: dict[str, tuple[float, ...]]
-    noise: dict[str, Noise] = {}
+    noise: dict[str, Noise] = Field(default_factory=dict)
     noiseless: bool = False
 
     def check(self, plan: AggregatePlan) -> None:
@@ -53,16 +50,16 @@ def scheme_of(component: Component) -> Literal["bfv", "ckks"]:
     return "ckks" if component.kind == "sum" else "bfv"
 
 
-class EncryptedPartial(_Frozen):
+class EncryptedPartial(Frozen):
     """One node's noisy vectors, each encrypted under the analyst's key (base64 ciphertext chunks)."""
 
     node: str
     ciphertexts: dict[str, list[str]]
-    noise: dict[str, Noise] = {}
+    noise: dict[str, Noise] = Field(default_factory=dict)
     noiseless: bool = False
 
 
-class EncryptedResult(_Frozen):
+class EncryptedResult(Frozen):
     """What the coordinator returns for he+dp: sums of ciphertexts plus what the analyst's client
     needs to decrypt them and build the table (the plan's layout, noise, disclosure policy)."""
 
@@ -87,7 +84,7 @@ def combine(plan: AggregatePlan, partials: list[PartialAggregates]) -> dict[str,
     return totals
 
 
-class Cell(_Frozen):
+class Cell(Frozen):
     """One released number: the estimate, its 95% interval, or why it was suppressed."""
 
     value: float | None
@@ -96,12 +93,12 @@ class Cell(_Frozen):
     suppressed: str | None = None
 
 
-class ResultRow(_Frozen):
+class ResultRow(Frozen):
     keys: tuple[Category, ...]
     cells: tuple[Cell, ...]
 
 
-class QueryResult(_Frozen):
+class QueryResult(Frozen):
     """An aggregate table: one row per declared group (and bin), one column per aggregate."""
 
     query_id: str

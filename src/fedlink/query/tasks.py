@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from fedlink.model import Frozen
 from fedlink.pets.he import Scheme
 from fedlink.query.plan import AggregatePlan
 
@@ -15,11 +17,7 @@ from fedlink.query.plan import AggregatePlan
 Pet = Literal["dp", "he+dp"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class PrivacyLoss(_Frozen):
+class PrivacyLoss(Frozen):
     """Privacy loss (or a cap on it) at one dataset: ``epsilon`` (pure DP) and/or ``rho`` (zCDP)."""
 
     epsilon: float = Field(default=0.0, ge=0)
@@ -30,7 +28,7 @@ class PrivacyLoss(_Frozen):
         return self.epsilon == 0 and self.rho == 0
 
 
-class QueryTask(_Frozen):
+class QueryTask(Frozen):
     """Sent to every node in the reserve phase; the execute and abort phases refer to it by id."""
 
     query_id: str
@@ -48,19 +46,43 @@ class QueryTask(_Frozen):
     def pet_label(self) -> str:
         return f"{self.pet}, TEST MODE (no noise)" if self.noiseless else self.pet
 
+    def register_fields(
+        self,
+        nodes: Sequence[str],
+        status: str,
+        reason: str | None,
+        released: dict[str, Any] | None = None,
+        encrypted_for: str | None = None,
+    ) -> dict[str, Any]:
+        """The public record of this query, as every party's register keeps it (``nodes``: whose loss
+        this party records). ``encrypted_for`` names who alone holds an he+dp result's values."""
+        return {
+            "query_id": self.query_id,
+            "analyst": self.analyst,
+            "project": self.project,
+            "purpose": self.purpose,
+            "query": self.plan.sql,
+            "pet": self.pet_label,
+            "privacy_loss": {n: self.loss.model_dump() for n in nodes},
+            "status": status,
+            "reason": reason,
+            "released": released,
+            "encrypted_for": encrypted_for,
+        }
 
-class TaskRef(_Frozen):
+
+class TaskRef(Frozen):
     query_id: str
 
 
-class ExecuteTask(_Frozen):
+class ExecuteTask(Frozen):
     """The execute phase: for he+dp, the analyst's public HE contexts (base64, by scheme)."""
 
     query_id: str
-    contexts: dict[Scheme, str] = {}
+    contexts: dict[Scheme, str] = Field(default_factory=dict)
 
 
-class BudgetLineInfo(_Frozen):
+class BudgetLineInfo(Frozen):
     """One node's budget for one project and dataset, as shown by `fedlink budget`."""
 
     node: str
@@ -79,11 +101,11 @@ class BudgetLineInfo(_Frozen):
         )
 
 
-class BudgetReport(_Frozen):
+class BudgetReport(Frozen):
     lines: tuple[BudgetLineInfo, ...]
 
 
-class QueryRequest(_Frozen):
+class QueryRequest(Frozen):
     """What an analyst sends: the SQL, the project it is for, and the privacy loss it may spend."""
 
     sql: str
@@ -92,7 +114,7 @@ class QueryRequest(_Frozen):
     noiseless: bool = False
     pet: Pet = "he+dp"
     #: Public TenSEAL contexts by scheme ("bfv", "ckks"), base64: never a secret key.
-    contexts: dict[Scheme, str] = {}
+    contexts: dict[Scheme, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_measure(self) -> QueryRequest:
