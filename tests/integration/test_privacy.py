@@ -226,3 +226,32 @@ def fedlink_register(path: Path) -> list:
     from fedlink.governance.register import Register
 
     return Register(path, path.parent.name).entries()
+
+
+def test_a_reservation_never_executed_is_released_after_its_ttl(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedlink.node import runtime as node_runtime
+
+    runtime = NodeRuntime(node_config("charity_north", "127.0.0.1:1", tmp_path))
+    try:
+        plan = plan_query(
+            "SELECT COUNT(*) FROM support_episodes",
+            FederationCatalogue(nodes=(NodeStatus(node="charity_north", live=True, catalogue=runtime.catalogue),)),
+        )
+
+        def task(query_id: str) -> QueryTask:
+            return QueryTask(
+                query_id=query_id, plan=plan, analyst="demo-analyst", project=PROJECT, loss=PrivacyLoss(epsilon=3.0)
+            )
+
+        runtime.reserve(task("orphan"))  # the coordinator dies before execute or abort
+        assert runtime.budget().lines[0].reserved.epsilon == 3.0
+        monkeypatch.setattr(node_runtime, "RESERVATION_TTL_S", 0.0)
+        runtime.reserve(task("next"))  # any later reservation sweeps the expired one first
+        line = runtime.budget().lines[0]
+        assert line.reserved.epsilon == 3.0 and line.spent.epsilon == 0.0  # only "next" is held now
+        expired = [e for e in runtime.register.entries() if e.kind == "query" and e.fields["query_id"] == "orphan"]
+        assert "expired" in expired[-1].fields["reason"]
+    finally:
+        runtime.close()

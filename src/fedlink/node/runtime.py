@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,8 @@ from fedlink.query.results import EncryptedPartial, Noise, PartialAggregates, sc
 from fedlink.query.tasks import BudgetLineInfo, BudgetReport, PrivacyLoss, QueryTask
 
 log = logging.getLogger("fedlink.node")
+#: A reservation the coordinator neither executes nor aborts within this time is released.
+RESERVATION_TTL_S = 600.0
 
 
 def sensitivity(component: Component, table: TableDecl) -> float:
@@ -57,7 +60,8 @@ class NodeRuntime:
         self.ledger = BudgetLedger(config.ledger_path())
         self.register = Register(config.register_path(), config.name)
         self._linkage: NodeLinkage | None = None
-        self._pending: dict[str, QueryTask] = {}
+        #: Reserved queries awaiting execute or abort, with when they were reserved.
+        self._pending: dict[str, tuple[QueryTask, float]] = {}
         self._lock = threading.Lock()
         self.register.append(
             "startup",
@@ -115,7 +119,18 @@ class NodeRuntime:
         validate_plan(task.plan, table, self.name)
         return table
 
+    def _expire_reservations(self) -> None:
+        """Release reservations whose coordinator never came back to execute or abort them."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [qid for qid, (_, at) in self._pending.items() if now - at > RESERVATION_TTL_S]
+            tasks = [self._pending.pop(qid)[0] for qid in stale]
+        for task in tasks:
+            self.ledger.release(task.query_id)
+            self._log(task, "refused", f"reservation expired after {RESERVATION_TTL_S:.0f} s without execute")
+
     def reserve(self, task: QueryTask) -> None:
+        self._expire_reservations()
         try:
             table = self._check_policy(task)
             approval = self.config.approval(task.project)
@@ -131,14 +146,14 @@ class NodeRuntime:
             self._log(task, "refused", exc.message)
             raise
         with self._lock:
-            self._pending[task.query_id] = task
+            self._pending[task.query_id] = (task, time.monotonic())
 
     def execute(
         self, query_id: str, contexts: Mapping[Scheme, str] | None = None
     ) -> PartialAggregates | EncryptedPartial:
         """Compute, add noise, encrypt for he+dp, commit; the caller sends the answer after this returns."""
         with self._lock:
-            task = self._pending.pop(query_id, None)
+            task = self._pending.pop(query_id, (None, 0.0))[0]
         if task is None:
             raise Fault(f"node '{self.name}' holds no reservation for query {query_id[:8]}; retry the query")
         try:
@@ -187,7 +202,7 @@ class NodeRuntime:
 
     def abort(self, query_id: str) -> None:
         with self._lock:
-            task = self._pending.pop(query_id, None)
+            task = self._pending.pop(query_id, (None, 0.0))[0]
         self.ledger.release(query_id)
         if task is not None:
             self._log(task, "refused", "aborted by the coordinator: another node refused or failed")
