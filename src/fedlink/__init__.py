@@ -50,6 +50,8 @@ _LAZY = {
     "export_register": "fedlink.governance.export",
     "find_registers": "fedlink.governance.register",
     "evaluate_linkage": "fedlink.linkage.evaluate:evaluate_files",
+    "run_benchmarks": "fedlink.bench.runner:run",
+    "write_benchmark_report": "fedlink.bench.report:write_report",
 }
 
 __all__ = [

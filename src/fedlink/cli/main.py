@@ -40,6 +40,8 @@ linkage_app = typer.Typer(help="Tune record linkage locally on files (a data own
 app.add_typer(linkage_app, name="linkage")
 register_app = typer.Typer(help="The transparency registers: verify them, publish them.", no_args_is_help=True)
 app.add_typer(register_app, name="register")
+bench_app = typer.Typer(help="Benchmarks: run the suites, write the report.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -314,6 +316,50 @@ def register_export(
     """Write the public transparency page (static HTML) and its JSON from the registers."""
     html_path, json_path = fedlink.export_register(fedlink.find_registers(paths), out_dir)
     out.print(f"wrote {html_path} and {json_path}")
+
+
+# --- benchmarks -----------------------------------------------------------------------------------
+@bench_app.command("run")
+@handles_errors
+def bench_run(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Default sizes only (about a minute); else FEDLINK_BENCH_LARGE=1.")
+    ] = False,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for the results JSON and log (default benchmarks/results).")
+    ] = None,
+    suite: Annotated[
+        list[str] | None, typer.Option(help="Run only this suite (synth, encode, match, horizontal); repeatable.")
+    ] = None,
+) -> None:
+    """Run the pytest-benchmark suites under benchmarks/ and record the machine with their results."""
+    progress = (lambda message: err.print(f"[dim]bench:[/] {message}", highlight=False)) if err.is_terminal else None
+    result = fedlink.run_benchmarks(out_dir, quick=quick, progress=progress, only=tuple(suite or ()))
+    out.print(
+        f"wrote {result.json_path} ({result.benchmarks} benchmarks, {result.mode} run, {result.seconds:.0f} s); "
+        f"pytest's output: {result.log_path}; next: fedlink bench report",
+        highlight=False,
+    )
+
+
+@bench_app.command("report")
+@handles_errors
+def bench_report(
+    source: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from", help="pytest-benchmark JSON file, or a folder (its newest *.json); default benchmarks/results."
+        ),
+    ] = None,
+    report: Annotated[Path, typer.Option("--out", help="The Markdown report; plots go to plots/ beside it.")] = Path(
+        "benchmarks/REPORT.md"
+    ),
+) -> None:
+    """Write the benchmark report: machine, overhead ratios, medians and spreads, log-log plots."""
+    result = fedlink.write_benchmark_report(source or None, report)
+    out.print(f"wrote {result.path} ({result.benchmarks} benchmarks) and {len(result.plots)} plot(s)", highlight=False)
+    for line in result.headlines:
+        out.print(f"  {line}", highlight=False)
 
 
 @app.command()
