@@ -1,0 +1,231 @@
+"""The benchmark report from a small hand-made pytest-benchmark JSON (no benchmark runs here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import fedlink
+from fedlink.bench.report import write_report
+from fedlink.bench.runner import machine_info, run
+from fedlink.errors import BadInput
+
+pytest.importorskip("matplotlib", reason="the report's plots need matplotlib")
+
+
+def stats(median: float, rounds: int = 5) -> dict[str, Any]:
+    return {
+        "min": median * 0.9,
+        "max": median * 1.2,
+        "mean": median * 1.02,
+        "stddev": median * 0.05,
+        "median": median,
+        "iqr": median * 0.1,
+        "q1": median * 0.95,
+        "q3": median * 1.05,
+        "rounds": rounds,
+        "iterations": 1,
+        "ops": 1 / median,
+    }
+
+
+def bench(fullname: str, median: float, params: dict[str, Any] | None, extra: dict[str, Any], group: str | None = None):
+    return {
+        "group": group,
+        "name": fullname.split("::")[1],
+        "fullname": fullname,
+        "params": params,
+        "param": None,
+        "extra_info": extra,
+        "options": {},
+        "stats": stats(median),
+    }
+
+
+def horizontal(nodes: int, groups: int, path: str, median: float) -> dict[str, Any]:
+    return bench(
+        f"benchmarks/test_bench_horizontal.py::test_horizontal_count[{nodes}n-{groups}g-{path}]",
+        median,
+        {"nodes": nodes, "groups": groups, "path": path},
+        {"pet": path, "aggregate": "COUNT", "nodes": nodes, "groups": groups},
+        group=f"horizontal COUNT {nodes} nodes x {groups} groups",
+    )
+
+
+RESULTS = {
+    "machine_info": {"python_version": "3.11.7", "system": "Linux", "cpu": {"brand_raw": "Test CPU", "count": 2}},
+    "commit_info": {"id": "0123456789abcdef", "dirty": False},
+    "datetime": "2026-01-01T00:00:00",
+    "version": "5.3.1",
+    "fedlink": {
+        "mode": "quick",
+        "seconds": 61.0,
+        "machine": {
+            "cpu": "Test CPU 9000",
+            "cores": 2,
+            "usable_cores": 2,
+            "memory_gib": 23.5,
+            "os": "Linux-6.1-x86_64",
+            "python": "3.11.7",
+            "versions": {"numpy": "2.4.6", "tenseal": "0.3.18", "opendp": "0.16.0", "duckdb": "2.0.1"},
+        },
+        "suites": [
+            {
+                "suite": "test_bench_synth.py",
+                "returncode": 0,
+                "seconds": 3.0,
+                "benchmarks": 2,
+                "skipped": [{"cases": 1, "reason": "1e6 people take ~10 s; set FEDLINK_BENCH_LARGE=1"}],
+            }
+        ],
+    },
+    "benchmarks": [
+        horizontal(2, 10, "he+dp", 0.130),
+        horizontal(2, 10, "dp", 0.026),
+        horizontal(2, 10, "duckdb", 0.001),
+        horizontal(2, 1000, "he+dp", 0.170),
+        horizontal(2, 1000, "dp", 0.050),
+        horizontal(2, 1000, "duckdb", 0.0012),
+        bench("benchmarks/test_bench_synth.py::test_synthesize[1000]", 0.034, {"people": 1000}, {"people": 1000}),
+        bench(
+            "benchmarks/test_bench_synth.py::test_synthesize[10000]",
+            0.090,
+            {"people": 10000},
+            {"people": 10000, "peak_rss_mib": 321.5},
+        ),
+        bench("benchmarks/test_bench_encode.py::test_normalise[1000]", 0.0066, {"records": 1000}, {"records": 1000}),
+        bench(
+            "benchmarks/test_bench_encode.py::test_encode[1000]",
+            0.0198,
+            {"records": 1000},
+            {"records": 1000, "encode_only_records_per_s": 77555},
+        ),
+        bench(
+            "benchmarks/test_bench_encode.py::test_clkhash_peer[1000]",
+            0.0135,
+            {"records": 1000},
+            {"records": 1000, "clkhash_records_per_s": 29812, "fedlink_over_clkhash": 2.58},
+        ),
+        {"name": "broken", "fullname": "benchmarks/x.py::broken", "stats": None},
+    ],
+}
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    path = tmp_path / "results" / "bench-quick.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(RESULTS), encoding="utf-8")
+    return path
+
+
+def test_the_report_states_machine_tables_ratios_and_writes_plots(results: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench" / "REPORT.md"
+    result = write_report(results.parent, out)  # a folder: its newest JSON
+    text = out.read_text(encoding="utf-8")
+
+    assert result.path == out and result.benchmarks == 11
+    assert "**Machine:** Test CPU 9000, 2 cores, 23.5 GiB memory" in text
+    assert "numpy 2.4.6, tenseal 0.3.18, opendp 0.16.0, duckdb 2.0.1" in text
+    # per group: a table with median, IQR, min, max and rounds
+    assert "### horizontal COUNT 2 nodes x 10 groups" in text
+    assert (
+        "| `test_horizontal_count[2n-10g-he+dp]` | nodes=2, groups=10, path=he+dp | 130 | 13.0 | 117 | 156 | 5 |"
+        in text
+    )
+    assert "| `test_synthesize[10000]` | people=10,000 | 90.0 |" in text
+    # ratios of the same run: he+dp / dp = 0.130 / 0.026 = 5.00, dp / DuckDB = 26; PET / plaintext encode = 3.00
+    assert "| COUNT | 2 | 10 | 130 ms | 26.0 ms | 1.00 ms | 5.00× | 26× | 130× |" in text
+    assert "| 1,000 | 6.60 ms | 19.8 ms | 3.00× | 77,555 | 29,812 | 2.58× |" in text
+    assert "costs 3.40× to 5.00× the clear DP path" in text
+    assert "1 entries without statistics were left out" in text
+    assert "quick run (the suites' default sizes)" in text
+    assert "- `test_bench_synth.py`, 1 case: 1e6 people take ~10 s; set FEDLINK_BENCH_LARGE=1" in text
+    # the missing suites are named, not invented
+    assert "PSI" in text and "Flower round trip" in text and "Linked queries" in text and "DP release alone" in text
+    # plots: written, non-empty PNGs, linked from the report
+    names = sorted(p.name for p in result.plots)
+    assert names == ["encoding.png", "horizontal.png", "synthesis.png"]  # no matching benchmarks: no matching plot
+    for plot in result.plots:
+        assert plot.parent == out.parent / "plots"
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 1000
+        assert f"](plots/{plot.name})" in text
+
+
+def test_the_facade_exposes_the_runner_and_the_report_writer() -> None:
+    assert fedlink.write_benchmark_report is write_report
+    assert fedlink.run_benchmarks is run
+
+
+def test_the_runner_records_the_machine() -> None:
+    machine = machine_info()
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["python"].count(".") == 2
+    assert {"numpy", "tenseal", "opendp", "duckdb"} <= set(machine["versions"])
+    assert machine["versions"]["numpy"]
+
+
+def test_a_pytest_benchmark_file_without_the_runner_record_still_names_the_machine(
+    results: Path, tmp_path: Path
+) -> None:
+    bare = {k: v for k, v in RESULTS.items() if k != "fedlink"}
+    results.write_text(json.dumps(bare), encoding="utf-8")
+    text = write_report(results, tmp_path / "REPORT.md").path.read_text(encoding="utf-8")
+    assert "**Machine:** Test CPU, 2 cores; Linux; Python 3.11.7" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such benchmark results file"),
+        ("{not json", "is not valid JSON"),
+        ('{"benchmarks": 3}', "no 'benchmarks' list"),
+        ('{"benchmarks": []}', "holds no benchmark results with statistics"),
+    ],
+)
+def test_bad_or_missing_input_is_bad_input_in_one_line(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(BadInput) as info:
+        write_report(path, tmp_path / "REPORT.md")
+    assert message in info.value.message and "\n" not in info.value.message
+    assert not (tmp_path / "REPORT.md").exists()
+
+
+def test_an_empty_results_folder_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="run `fedlink bench run` first"):
+        write_report(tmp_path, tmp_path / "REPORT.md")
+
+
+def test_the_runner_merges_the_suites_and_fails_when_pytest_fails(tmp_path: Path) -> None:
+    """Two tiny suites in a scratch repository: one passes, one fails; the run writes what it measured,
+    records the machine, and raises Fault (exit code 1) naming the failed suite."""
+    suites = tmp_path / "benchmarks"
+    suites.mkdir()
+    (suites / "test_bench_ok.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.parametrize('people', [10, 20])\n"
+        "def test_sum(benchmark, people):\n"
+        "    benchmark.extra_info['people'] = people\n"
+        "    benchmark.pedantic(sum, args=(range(people),), rounds=2, iterations=1)\n",
+        encoding="utf-8",
+    )
+    (suites / "test_bench_bad.py").write_text(
+        "def test_broken(benchmark):\n    benchmark(lambda: None)\n    assert False, 'broken on purpose'\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "results"
+    with pytest.raises(fedlink.Fault) as info:
+        run(out, quick=True, root=tmp_path)
+    assert "test_bench_bad.py" in info.value.message and "\n" not in info.value.message
+    (written,) = out.glob("bench-*-quick.json")
+    data = json.loads(written.read_text(encoding="utf-8"))
+    assert sorted(b["name"] for b in data["benchmarks"] if "sum" in b["name"]) == ["test_sum[10]", "test_sum[20]"]
+    suites_run = {s["suite"]: s["returncode"] for s in data["fedlink"]["suites"]}
+    assert suites_run["test_bench_ok.py"] == 0 and suites_run["test_bench_bad.py"] != 0
+    assert data["fedlink"]["machine"]["cores"] >= 1 and data["fedlink"]["mode"] == "quick"
+    assert (out / written.name.replace(".json", ".log")).read_text(encoding="utf-8").count("=====") >= 2
+    assert not list(out.glob(".*.json"))  # the per-suite files were merged and removed
