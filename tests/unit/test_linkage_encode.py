@@ -24,12 +24,14 @@ from fedlink.linkage.normalise import (
     NORMALISED_FIELDS,
     formal_first_name,
     normalise,
+    normalise_any_postcode,
     normalise_dob,
     normalise_first_name,
     normalise_last_name,
     normalise_postcode,
+    normalise_text,
 )
-from fedlink.linkage.schema import LinkageSchema, load_schema
+from fedlink.linkage.schema import SHIPPED_SCHEMAS, LinkageSchema, load_schema
 from fedlink.synth import synthesize
 from fedlink.synth.recording import RECORDING_STYLES, format_dates
 
@@ -158,6 +160,35 @@ def test_postcode_parts_and_no_fixed_abode() -> None:
     assert normalise_postcode("EC4M 1JP") == ("EC4M1JP", "EC4M", "EC4M1")
     for unusable in ("NFA", "nfa", "", "N/A", "NE1 4AC", "12345"):  # C is never an inward letter
         assert normalise_postcode(unusable) == ("", "", ""), unusable
+
+
+def test_postcodes_of_any_country_keep_their_letters_and_digits() -> None:
+    assert normalise_any_postcode(" 2612 ") == ("2612", "", "")
+    assert normalise_any_postcode("20500-0003") == ("205000003", "", "")
+    assert normalise_any_postcode("ne1 4ac") == ("NE14AC", "", "")  # not a UK postcode, kept anyway
+    assert normalise_any_postcode("N/A") == ("NA", "", "") and normalise_any_postcode("") == ("", "", "")
+    out = normalise(columns(("a", "b", "c", "d", "2612"), ("a", "b", "c", "d", "NE1 4AB")), postcode="any")
+    assert out["postcode"].tolist() == ["2612", "NE14AB"] and out["postcode_sector"].tolist() == ["", ""]
+    with pytest.raises(BadInput, match="postcode format 'au'"):
+        normalise(columns(("a", "b", "c", "d", "2612")), postcode="au")
+
+
+def test_text_fields_ignore_case_accents_and_punctuation() -> None:
+    assert normalise_text("12-B, Stanley St.") == normalise_text("12b stanley st") == "12bstanleyst"
+    assert normalise_text("Zoë's  Café") == "zoescafe" and normalise_text(" ") == ""
+    raw = {**columns(("a", "b", "c", "d", "e"), ("a", "b", "c", "d", "e")), "suburb": ["Wagga  Wagga", None]}
+    out = normalise(raw, text_fields=["suburb", "first_name"])
+    assert out["suburb"].tolist() == ["waggawagga", ""] and out["first_name"].tolist() == ["a", "a"]
+    with pytest.raises(BadInput, match="missing suburb"):
+        normalise(columns(("a", "b", "c", "d", "e")), text_fields=["suburb"])
+    with pytest.raises(BadInput, match="would replace"):
+        normalise(raw, text_fields=["dob"])
+
+
+@given(st.text(max_size=20))
+def test_text_and_any_postcode_rules_are_idempotent(text: str) -> None:
+    assert normalise_text(normalise_text(text)) == normalise_text(text)
+    assert normalise_any_postcode(normalise_any_postcode(text)[0]) == normalise_any_postcode(text)
 
 
 raw_text = st.one_of(st.none(), st.text(max_size=20))
@@ -379,6 +410,69 @@ def test_invalid_schemas_are_config_errors(tmp_path: Path, change: Callable[[dic
     with pytest.raises(ConfigError, match=message) as error:
         load_schema(path)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(postcode="au"), "postcode must be one of uk, any"),
+        (lambda d: d.update(text_fields=["Address 1"]), "column name"),
+        (lambda d: d.update(text_fields=["dob_year"]), "already a normalised identifier"),
+        (lambda d: d.update(text_fields=["suburb", "suburb"]), "twice"),
+        (lambda d: d["features"].append({**d["features"][0], "name": "state"}), "unknown field state"),
+        (lambda d: d.update(postcode="any"), "postcode_sector, which is always missing with postcode 'any'"),
+        (lambda d: d["clk_config"].update(salt_field="town"), "salt_field names unknown field town"),
+    ],
+)
+def test_invalid_postcode_and_text_field_options_are_config_errors(
+    tmp_path: Path, change: Callable[[dict], object], message: str
+) -> None:
+    document = json.loads((Path(__file__).parents[2] / "src/fedlink/linkage/default_schema.json").read_text())
+    change(document)
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match=message) as error:
+        load_schema(path)
+    assert "\n" not in str(error.value)
+
+
+def test_text_fields_go_into_features_match_keys_blocking_and_salt(tmp_path: Path) -> None:
+    document = json.loads((Path(__file__).parents[2] / "src/fedlink/linkage/default_schema.json").read_text())
+    document.update(postcode="any", text_fields=["suburb"])
+    document["clk_config"]["salt_field"] = "suburb"
+    document["features"] = [
+        *(f for f in document["features"] if f["name"] != "postcode_sector"),
+        {"name": "suburb", "comparison": {"type": "ngram", "n": 2}, "strategy": {"bits_per_token": 8}},
+    ]
+    document["match_keys"].append({"tier": "name_suburb", "fields": ["first", "last", "suburb"]})
+    document["blocking"] = [{"name": "suburb", "fields": ["suburb"]}]
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(document))
+    schema = load_schema(path)
+    assert schema.postcode == "any" and schema.input_columns == (*columns().keys(), "suburb")
+    keys = derive_keys(SECRET, PROJECT, schema)
+    assert "suburb" in keys.bloom and "name_suburb" in keys.match and set(keys.block) == {"suburb"}
+    people = columns(ALICE, ALICE_AT_PNC, BOB, ALICE)
+    people["suburb"] = ["Dapto", "DAPTO ", "Dapto", "Bega"]
+    out = encode(schema.normalise(people), schema, keys)
+    tier = out.match_keys["name_suburb"]
+    assert tier[0] == tier[1] != tier[3] and len(tier[0]) == 16
+    blocks = out.block_keys["suburb"]
+    assert blocks[0] == blocks[1] == blocks[2] != blocks[3]
+    assert np.array_equal(out.blooms[0], out.blooms[1])
+    assert dice(out.blooms[0], out.blooms[3]) < 0.3  # another suburb: another salt, unrelated bits
+    with pytest.raises(BadInput, match="missing suburb"):
+        schema.normalise(columns(ALICE))
+
+
+def test_shipped_febrl_schema_is_consistent() -> None:
+    febrl = load_schema(SHIPPED_SCHEMAS / "febrl.json")
+    assert febrl.postcode == "any" and febrl.salt_field == "state" and febrl.xor_fold
+    known = {*NORMALISED_FIELDS, *febrl.text_fields} - {"postcode_outward", "postcode_sector"}
+    assert {f.name for f in febrl.fields} <= known
+    assert all(set(fields) <= known for _, fields in (*febrl.match_keys, *febrl.blocking))
+    # no tier links on the social security number alone
+    assert all(fields != ("soc_sec_id",) for _, fields in febrl.match_keys)
 
 
 def test_unreadable_schema_is_a_config_error(tmp_path: Path) -> None:

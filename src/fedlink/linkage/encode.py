@@ -62,7 +62,13 @@ Hardening against frequency attacks, and its cost
     (first_formal, last, postcode) exists for them, and the ``name`` and ``postcode`` blocking keys
     still bring them together. Salting also shows the linkage unit which records share a salt value
     (filters with different salts share only chance bits), about what the ``sector_year`` blocking
-    key reveals anyway.
+    key reveals anyway. Where dates of birth are often wrong, year-of-birth salting costs recall:
+    ``schemas/febrl.json`` salts with the state instead (more stable in FEBRL data, but only about
+    eight cohorts, so a much weaker defence; its description gives the measured trade-off).
+
+    Any field a schema names can be the salt, the schema's text fields included (an address line,
+    a town): the fewer and larger its cohorts, the weaker the defence; the more often it differs
+    between two records of one person, the more pairs only a match key can still link.
 
     *XOR folding* (``xor_fold``) builds each filter at twice ``bits`` and XORs the two halves, so
     that no single bit says whether a token is present, which defeats pattern-mining attacks that

@@ -7,7 +7,9 @@ be tuned on data one is allowed to see before it is used on a real project. Each
 it should hold one record per person (an entity takes at most one record of each party).
 
 Inputs are CSV or Parquet files with columns first_name, last_name, dob, sex and postcode (a missing
-column other than first_name, last_name and dob is read as empty), plus any subgroup columns.
+column other than first_name, last_name and dob is read as empty), plus the schema's text fields
+(``text_fields``: e.g. address_1 and suburb with ``schemas/febrl.json``) and any subgroup columns,
+which must be present.
 The truth is a CSV file with columns ``input`` (0-based position of the input), ``row`` (0-based row
 of that input) and ``entity`` (any label); a row absent from the truth is an entity of its own.
 """
@@ -27,7 +29,7 @@ from fedlink.errors import BadInput
 from fedlink.linkage.cluster import cluster
 from fedlink.linkage.encode import derive_keys, encode
 from fedlink.linkage.match import DEFAULT_THRESHOLD
-from fedlink.linkage.normalise import IDENTIFIER_COLUMNS, normalise
+from fedlink.linkage.normalise import IDENTIFIER_COLUMNS
 from fedlink.linkage.quality import pairwise_quality
 from fedlink.linkage.schema import load_schema
 
@@ -44,14 +46,17 @@ def _source(path: Path) -> str:
     return f"read_csv('{literal}', all_varchar = true, header = true)"
 
 
-def _read(path: Path, columns: Sequence[str], con: duckdb.DuckDBPyConnection) -> dict[str, list[Any]]:
-    """The named columns of a file, in file order (None where a value is missing)."""
+def _read(
+    path: Path, columns: Sequence[str], con: duckdb.DuckDBPyConnection, needs: Sequence[str] = IDENTIFIER_COLUMNS
+) -> dict[str, list[Any]]:
+    """The named columns of a file, in file order (None where a value is missing); ``needs`` names
+    the columns of the linkage schema, for the message when one is absent."""
     try:
         relation = con.sql(f"SELECT * FROM {_source(path)}")
         present = set(relation.columns)
         absent = [c for c in columns if c not in present and (c in REQUIRED_COLUMNS or c not in IDENTIFIER_COLUMNS)]
         if absent:
-            raise BadInput(f"{path} has no column {', '.join(absent)}; it needs {', '.join(IDENTIFIER_COLUMNS)}")
+            raise BadInput(f"{path} has no column {', '.join(absent)}; the linkage schema needs {', '.join(needs)}")
         wanted = [c for c in columns if c in present]
         select = ", ".join(f'"{c}"' for c in wanted) if wanted else "1"
         rows = con.sql(f"SELECT {select} FROM {_source(path)}").fetchall()
@@ -108,14 +113,15 @@ def evaluate_files(
         raise BadInput("linkage evaluation needs at least two --input files")
     schema = load_schema(schema_path)
     keys = derive_keys(secret or secrets.token_bytes(32), _PROJECT, schema)
-    columns = (*IDENTIFIER_COLUMNS, *(c for c in subgroup_columns if c not in IDENTIFIER_COLUMNS))
+    needs = schema.input_columns
+    columns = (*needs, *(c for c in subgroup_columns if c not in needs))
     with duckdb.connect(":memory:") as con:
-        tables = [_read(Path(path), columns, con) for path in inputs]
+        tables = [_read(Path(path), columns, con, needs) for path in inputs]
         sizes = [len(table["first_name"]) for table in tables]
         true_entity = _truth(Path(truth), sizes, con)
 
     started = time.perf_counter()
-    parties = [encode(normalise({c: table[c] for c in IDENTIFIER_COLUMNS}), schema, keys) for table in tables]
+    parties = [encode(schema.normalise({c: table[c] for c in needs}), schema, keys) for table in tables]
     encode_seconds = time.perf_counter() - started
     spine = cluster(parties, DEFAULT_THRESHOLD if threshold is None else threshold)
     subgroups = {name: [np.asarray(table[name], dtype=object) for table in tables] for name in subgroup_columns}

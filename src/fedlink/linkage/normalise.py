@@ -32,10 +32,18 @@ Rules (each output is a string, ``""`` where the value is missing or unusable):
 ``sex``
     ``m`` or ``f`` from M/F, Male/Female (any case) or the NHS codes 1/2; anything else is unknown.
 ``postcode``, ``postcode_outward``, ``postcode_sector``
-    Upper case without spaces, kept only if it has the shape of a UK postcode ("NFA", no fixed
-    abode, and other text are missing). The outward code is all but the last three characters
-    (``NE1``) and the sector is the outward code followed by the first inward digit (``NE14``);
-    the two never collide because they differ in length for the same outward code.
+    With ``postcode="uk"`` (the default): upper case without spaces, kept only if it has the shape
+    of a UK postcode ("NFA", no fixed abode, and other text are missing). The outward code is all
+    but the last three characters (``NE1``) and the sector is the outward code followed by the
+    first inward digit (``NE14``); the two never collide because they differ in length for the
+    same outward code. With ``postcode="any"`` (postcodes of other countries: Australian ``2612``,
+    US ``20500-0003``): accents stripped, upper case, only letters and digits kept, in the order
+    given; the outward code and sector are always missing, since their shape is unknown.
+Text fields (``text_fields``)
+    Any other input column a schema names (an address line, a town, a national identifier, a
+    street number): accents stripped, lower case, only letters a-z and digits kept, so "12-b,
+    Stanley St." and "12b stanley st" agree (``12bstanleyst``). The normalised field has the
+    column's name.
 
 Every rule is idempotent: normalising a normalised value leaves it unchanged (dates read back from
 their ISO form, postcodes from their compact form).
@@ -80,6 +88,8 @@ NORMALISED_FIELDS: Final[tuple[str, ...]] = (
     "postcode_sector",
 )
 IDENTIFIER_COLUMNS: Final[tuple[str, ...]] = ("first_name", "last_name", "dob", "sex", "postcode")
+#: How the postcode column is read: as a UK postcode, or as any letters and digits (see the module docstring).
+POSTCODE_FORMATS: Final[tuple[str, ...]] = ("uk", "any")
 
 # Letters that NFKD leaves whole, mapped to the ASCII a clerk would type for them.
 _UNDECOMPOSABLE: Final = str.maketrans(
@@ -104,6 +114,7 @@ _UNDECOMPOSABLE: Final = str.maketrans(
 )
 _DASHES: Final = str.maketrans(dict.fromkeys("‐‑‒–—―", "-"))
 _NOT_LETTER: Final = re.compile(r"[^a-z]+")
+_NOT_ALPHANUMERIC: Final = re.compile(r"[^a-z0-9]+")
 
 
 def _fold(text: str) -> str:
@@ -228,6 +239,16 @@ def normalise_postcode(text: str) -> PostcodeParts:
     return (compact, compact[:-3], compact[:-2])
 
 
+def normalise_any_postcode(text: str) -> PostcodeParts:
+    """(``postcode``, ``""``, ``""``): a postcode of any country as upper-case letters and digits."""
+    return (_NOT_ALPHANUMERIC.sub("", _fold(text)).upper(), "", "")
+
+
+def normalise_text(text: str) -> str:
+    """A text field: lower-case ASCII letters and digits only (see the module docstring)."""
+    return _NOT_ALPHANUMERIC.sub("", _fold(text))
+
+
 def _as_text(value: object) -> str:
     """A raw cell as text: ``""`` for None and NaN, ISO form for dates, ``str`` for anything else."""
     if isinstance(value, str):
@@ -276,18 +297,27 @@ def _by_distinct_value(
     return columns
 
 
-def normalise(columns: Mapping[str, Sequence[str | None]]) -> dict[str, np.ndarray]:
-    """Each of :data:`NORMALISED_FIELDS` as a numpy object array of ``str`` (``""`` where missing).
+def normalise(
+    columns: Mapping[str, Sequence[str | None]], *, postcode: str = "uk", text_fields: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
+    """Each of :data:`NORMALISED_FIELDS`, and each of ``text_fields``, as a numpy object array of
+    ``str`` (``""`` where missing).
 
     ``columns`` holds first_name, last_name, dob, sex and postcode, as written by any department
-    (``None`` or NaN for missing), all of one length.
+    (``None`` or NaN for missing), and every column named in ``text_fields``, all of one length.
+    ``postcode`` is one of :data:`POSTCODE_FORMATS`. A schema passes its own options
+    (:meth:`fedlink.linkage.schema.LinkageSchema.normalise`).
     """
-    absent = [name for name in IDENTIFIER_COLUMNS if name not in columns]
+    if postcode not in POSTCODE_FORMATS:
+        raise BadInput(f"postcode format '{postcode}' is not one of {', '.join(POSTCODE_FORMATS)}")
+    clashes = [name for name in text_fields if name in NORMALISED_FIELDS]
+    if clashes:
+        raise BadInput(f"text field(s) {', '.join(clashes)} would replace a normalised identifier; rename them")
+    needed = (*IDENTIFIER_COLUMNS, *(name for name in text_fields if name not in IDENTIFIER_COLUMNS))
+    absent = [name for name in needed if name not in columns]
     if absent:
-        raise BadInput(
-            f"normalise needs identifier columns {', '.join(IDENTIFIER_COLUMNS)}; missing {', '.join(absent)}"
-        )
-    lengths = {len(columns[name]) for name in IDENTIFIER_COLUMNS}
+        raise BadInput(f"normalise needs columns {', '.join(needed)}; missing {', '.join(absent)}")
+    lengths = {len(columns[name]) for name in needed}
     if len(lengths) > 1:
         raise BadInput(f"identifier columns have different lengths {sorted(lengths)}; pass one row per record")
 
@@ -299,7 +329,11 @@ def normalise(columns: Mapping[str, Sequence[str | None]]) -> dict[str, np.ndarr
     (last,) = _by_distinct_value(columns["last_name"], lambda text: (normalise_last_name(text),), 1)
     dob, year, month, day = _by_distinct_value(columns["dob"], normalise_dob, 4)
     (sex,) = _by_distinct_value(columns["sex"], lambda text: (normalise_sex(text),), 1)
-    postcode, outward, sector = _by_distinct_value(columns["postcode"], normalise_postcode, 3)
+    postcode_rule = normalise_postcode if postcode == "uk" else normalise_any_postcode
+    code, outward, sector = _by_distinct_value(columns["postcode"], postcode_rule, 3)
+    text = {
+        name: _by_distinct_value(columns[name], lambda value: (normalise_text(value),), 1)[0] for name in text_fields
+    }
     return {
         "first": first,
         "last": last,
@@ -309,7 +343,8 @@ def normalise(columns: Mapping[str, Sequence[str | None]]) -> dict[str, np.ndarr
         "dob_month": month,
         "dob_day": day,
         "sex": sex,
-        "postcode": postcode,
+        "postcode": code,
         "postcode_outward": outward,
         "postcode_sector": sector,
+        **text,
     }

@@ -13,22 +13,48 @@ sector, a month of birth). ``strategy.bits_per_token`` is the feature's weight. 
 same ``shared_key`` hash with one key, so a token sets the same bits in either of them. Keys outside
 this format are refused, so that a misspelt option cannot silently change nothing.
 
+Two optional top-level keys adapt the identifiers to data that is not British:
+
+``postcode``
+    ``"uk"`` (the default) reads the postcode column as a UK postcode (anything else is missing);
+    ``"any"`` keeps the letters and digits of any postcode as given (Australian ``2612``), and then
+    ``postcode_outward`` and ``postcode_sector`` are always missing, so the schema may not use them.
+``text_fields``
+    Names of further input columns (``["address_1", "suburb"]``), each normalised as free text
+    (lower case, accents stripped, only letters and digits kept) into a field of the same name that
+    features, match-key tiers, blocking keys and the salt can use like any normalised identifier.
+    Every party must then supply those columns.
+
+Schemas shipped beside the default are in the ``schemas`` folder of this module
+(:data:`SHIPPED_SCHEMAS`), e.g. ``schemas/febrl.json`` for FEBRL-style Australian records.
+
 >>> schema = load_schema()
->>> schema.bits, schema.salt_field, schema.match_keys[0][0]
-(1024, 'dob_year', 'full')
+>>> schema.bits, schema.salt_field, schema.match_keys[0][0], schema.postcode, schema.text_fields
+(1024, 'dob_year', 'full', 'uk', ())
+>>> febrl = load_schema(SHIPPED_SCHEMAS / "febrl.json")
+>>> febrl.postcode, febrl.input_columns[5:]
+('any', ('street_number', 'address_1', 'suburb', 'state', 'soc_sec_id'))
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
 
+import numpy as np
+
 from fedlink.errors import ConfigError
-from fedlink.linkage.normalise import NORMALISED_FIELDS
+from fedlink.linkage.normalise import IDENTIFIER_COLUMNS, NORMALISED_FIELDS, POSTCODE_FORMATS, normalise
 
 DEFAULT_SCHEMA_PATH: Final = Path(__file__).with_name("default_schema.json")
+#: Folder of the other schemas shipped with fedlink (``febrl.json``: FEBRL-style Australian records).
+SHIPPED_SCHEMAS: Final = Path(__file__).with_name("schemas")
+_TEXT_FIELD_NAME: Final = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_UK_ONLY_FIELDS: Final = ("postcode_outward", "postcode_sector")
 SCHEMA_VERSION: Final = 1
 MAX_BITS_PER_TOKEN: Final = 64
 
@@ -73,6 +99,19 @@ class LinkageSchema:
     salt_field: str | None
     #: Build each filter at twice ``bits`` and XOR its halves together into ``bits``.
     xor_fold: bool = False
+    #: How the postcode column is read: "uk" or "any" (see the module docstring).
+    postcode: str = "uk"
+    #: Further input columns normalised as free text into fields of the same name.
+    text_fields: tuple[str, ...] = ()
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The columns every party must supply: the identifier columns, then the text fields."""
+        return (*IDENTIFIER_COLUMNS, *(name for name in self.text_fields if name not in IDENTIFIER_COLUMNS))
+
+    def normalise(self, columns: Mapping[str, Sequence[str | None]]) -> dict[str, np.ndarray]:
+        """:func:`fedlink.linkage.normalise.normalise` of ``columns`` with this schema's options."""
+        return normalise(columns, postcode=self.postcode, text_fields=self.text_fields)
 
 
 def load_schema(path: Path | None = None) -> LinkageSchema:
@@ -115,16 +154,39 @@ def _only(mapping: object, allowed: set[str], where: str) -> None:
         raise _Invalid(f"{where} has unknown key(s) {', '.join(unknown)}")
 
 
-def _field_names(names: object, where: str) -> tuple[str, ...]:
+def _check_field(name: str, known: Sequence[str], where: str) -> None:
+    if name in _UK_ONLY_FIELDS and name not in known:
+        raise _Invalid(f"{where} uses {name}, which is always missing with postcode 'any'")
+    if name not in known:
+        raise _Invalid(
+            f"{where} names unknown field {name}: it is not a normalised field or one of the schema's text_fields; "
+            f"known: {', '.join(known)}"
+        )
+
+
+def _field_names(names: object, where: str, known: Sequence[str]) -> tuple[str, ...]:
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise _Invalid(f"{where} must list one or more normalised field names")
-    unknown = [n for n in names if n not in NORMALISED_FIELDS]
-    if unknown:
-        raise _Invalid(f"{where} names unknown field(s) {', '.join(unknown)}; known: {', '.join(NORMALISED_FIELDS)}")
+    for name in names:
+        _check_field(name, known, where)
     return tuple(names)
 
 
-def _named_groups(entries: object, label: str, section: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+def _text_fields(document: object) -> tuple[str, ...]:
+    names = _get(document, "text_fields", list, "the schema", [])
+    for name in names:
+        if not isinstance(name, str) or not _TEXT_FIELD_NAME.fullmatch(name):
+            raise _Invalid(f"text field {name!r} must be a column name of lower-case letters, digits and _")
+        if name in NORMALISED_FIELDS:
+            raise _Invalid(f"text field {name} is already a normalised identifier")
+    if len(set(names)) != len(names):
+        raise _Invalid("'text_fields' names a column twice")
+    return tuple(names)
+
+
+def _named_groups(
+    entries: object, label: str, section: str, known: Sequence[str]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
     if not isinstance(entries, list) or not entries:
         raise _Invalid(f"'{section}' must be a non-empty list")
     groups = []
@@ -132,18 +194,17 @@ def _named_groups(entries: object, label: str, section: str) -> tuple[tuple[str,
         where = f"{section} entry {number}"
         name = _get(entry, label, str, where)
         _only(entry, {label, "fields"}, f"{section} '{name}'")
-        groups.append((name, _field_names(_get(entry, "fields", list, where), f"{section} '{name}'")))
+        groups.append((name, _field_names(_get(entry, "fields", list, where), f"{section} '{name}'", known)))
     names = [name for name, _ in groups]
     if len(set(names)) != len(names):
         raise _Invalid(f"'{section}' repeats a {label}")
     return tuple(groups)
 
 
-def _feature(entry: object, number: int) -> FieldSpec:
+def _feature(entry: object, number: int, known: Sequence[str]) -> FieldSpec:
     where = f"feature {number}"
     name = _get(entry, "name", str, where)
-    if name not in NORMALISED_FIELDS:
-        raise _Invalid(f"feature '{name}' is not a normalised field; known: {', '.join(NORMALISED_FIELDS)}")
+    _check_field(name, known, f"feature '{name}'")
     _only(entry, {"name", "comparison", "strategy", "missing_value", "shared_key"}, f"feature '{name}'")
     comparison = _get(entry, "comparison", dict, f"feature '{name}'")
     _only(comparison, {"type", "n", "positional"}, f"comparison of '{name}'")
@@ -169,7 +230,19 @@ def _parse(document: object) -> LinkageSchema:
     version = _get(document, "version", int, "the schema")
     if version != SCHEMA_VERSION:
         raise _Invalid(f"version {version} is not supported (this fedlink reads version {SCHEMA_VERSION})")
-    _only(document, {"version", "clk_config", "features", "match_keys", "blocking"}, "the schema")
+    _only(
+        document,
+        {"version", "clk_config", "features", "match_keys", "blocking", "postcode", "text_fields"},
+        "the schema",
+    )
+    postcode = _get(document, "postcode", str, "the schema", "uk")
+    if postcode not in POSTCODE_FORMATS:
+        raise _Invalid(f"postcode must be one of {', '.join(POSTCODE_FORMATS)}, not '{postcode}'")
+    text_fields = _text_fields(document)
+    known = (
+        *(name for name in NORMALISED_FIELDS if postcode == "uk" or name not in _UK_ONLY_FIELDS),
+        *text_fields,
+    )
     config = _get(document, "clk_config", dict, "the schema")
     _only(config, {"bits", "xor_fold", "salt_field"}, "clk_config")
     bits = _get(config, "bits", int, "clk_config", 1024)
@@ -177,12 +250,12 @@ def _parse(document: object) -> LinkageSchema:
         raise _Invalid("clk_config bits must be a positive multiple of 64")
     xor_fold = _get(config, "xor_fold", bool, "clk_config", False)
     salt_field = _get(config, "salt_field", (str, type(None)), "clk_config", None)
-    if salt_field is not None and salt_field not in NORMALISED_FIELDS:
-        raise _Invalid(f"salt_field '{salt_field}' is not a normalised field")
+    if salt_field is not None:
+        _check_field(salt_field, known, "salt_field")
     features = _get(document, "features", list, "the schema")
     if not features:
         raise _Invalid("'features' must list at least one feature")
-    fields = tuple(_feature(entry, number) for number, entry in enumerate(features, 1))
+    fields = tuple(_feature(entry, number, known) for number, entry in enumerate(features, 1))
     if len({f.name for f in fields}) != len(fields):
         raise _Invalid("'features' names a field twice")
     clashes = {f.shared_key for f in fields} & {f.name for f in fields if not f.shared_key}
@@ -194,8 +267,10 @@ def _parse(document: object) -> LinkageSchema:
         version=version,
         bits=bits,
         fields=fields,
-        match_keys=_named_groups(_get(document, "match_keys", list, "the schema"), "tier", "match_keys"),
-        blocking=_named_groups(_get(document, "blocking", list, "the schema"), "name", "blocking"),
+        match_keys=_named_groups(_get(document, "match_keys", list, "the schema"), "tier", "match_keys", known),
+        blocking=_named_groups(_get(document, "blocking", list, "the schema"), "name", "blocking", known),
         salt_field=salt_field,
         xor_fold=xor_fold,
+        postcode=postcode,
+        text_fields=text_fields,
     )
