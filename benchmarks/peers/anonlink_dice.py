@@ -2,9 +2,10 @@
 
 Run with a Python that has anonlink (``python3 -m venv /tmp/peers-venv && /tmp/peers-venv/bin/pip
 install anonlink``); ``benchmarks/test_bench_match.py`` calls it in a subprocess and compares it with
-fedlink's Dice kernel (numba-compiled, NumPy fallback) in the same run. anonlink compares every filter of one list with every filter
-of another (a dense block); filters are random 1024-bit filters with about half their bits set, and
-the threshold (0.9) is above any chance similarity, so every pair is compared and none is returned.
+fedlink's Dice kernel (numba-compiled, NumPy fallback) in the same run. anonlink compares every
+filter of one list with every filter of another (a dense block); filters are random 1024-bit
+filters with about half their bits set, and the threshold (0.9) is above any chance similarity, so
+every pair is compared and none is returned.
 
     python benchmarks/peers/anonlink_dice.py SIZE REPEATS  ->  one JSON line
 """
