@@ -531,3 +531,35 @@ def test_true_pairs_across_departments_are_similar_and_random_pairs_are_not(depa
     # a record missing its year of birth, or with a wrong one, has an unrelated (salted) filter: a few percent
     assert np.mean(true_dice >= 0.7) > 0.93
     assert np.percentile(random_dice, 99) < 0.4 and random_dice.mean() < 0.3
+
+
+def test_match_keys_can_be_hmac_sha256() -> None:
+    """The schema's ``match_key_mac = "hmac-sha256"`` gives truncated HMAC-SHA256 match keys (the
+    default, AES-CMAC, is the same keyed-PRF role, vectorised)."""
+    import dataclasses
+    import hmac as std_hmac
+
+    from fedlink.linkage.encode import BLOCK
+    from fedlink.linkage.normalise import normalise
+    from fedlink.linkage.schema import load_schema
+
+    schema = dataclasses.replace(load_schema(), match_key_mac="hmac-sha256")
+    records = normalise(
+        {
+            "first_name": ["Anna", "anna", None],
+            "last_name": ["Smith", "SMITH", "Jones"],
+            "dob": ["1990-01-02", "02/01/1990", "1980-05-06"],
+            "sex": ["F", "F", "M"],
+            "postcode": ["NE1 4AB", "ne14ab", "M1 1AA"],
+        }
+    )
+    keys = derive_keys(b"k" * 32, "p", schema)
+    encoded = encode(records, schema, keys)
+    tier, names = schema.match_keys[0]
+    message = b"".join(value_blocks([str(records[name][0])])[0].tobytes() for name in names)
+    expected = std_hmac.digest(keys.match[tier], message, "sha256")[:BLOCK]
+    assert encoded.match_keys[tier][0] == expected == encoded.match_keys[tier][1]
+    assert encoded.match_keys[tier][2] == b""  # a missing first name: no key at this tier
+    cmac = encode(records, load_schema(), keys)
+    assert cmac.match_keys[tier][0] != expected  # the default is a different keyed function
+    np.testing.assert_array_equal(cmac.blooms, encoded.blooms)  # Bloom filters do not depend on it

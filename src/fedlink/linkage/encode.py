@@ -90,6 +90,7 @@ Residual risk
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -207,7 +208,8 @@ def _encode_slice(columns: _Columns, schema: LinkageSchema, keys: LinkKeys) -> E
     blooms = _bloom_filters(columns, schema, keys)
     match_keys = {}
     for tier, names in schema.match_keys:
-        digests = columns.keyed(keys.match[tier], names).copy()
+        mac = columns.hmac_keyed if schema.match_key_mac == "hmac-sha256" else columns.keyed
+        digests = mac(keys.match[tier], names).copy()
         digests[columns.any_missing(names)] = 0
         match_keys[tier] = digests.view(f"S{BLOCK}").reshape(columns.count)
     block_keys = {}
@@ -315,6 +317,18 @@ class _Columns:
     def keyed(self, key: bytes, names: Sequence[str]) -> np.ndarray:
         """AES-CMAC under ``key`` of each record's blocks of fields ``names``: (count, 16) uint8."""
         return aes_cmac(key, [self.blocks(name)[self.codes[name]] for name in names])
+
+    def hmac_keyed(self, key: bytes, names: Sequence[str]) -> np.ndarray:
+        """HMAC-SHA256 under ``key``, truncated to 16 bytes, of each record's blocks of fields
+        ``names`` (the same injective message as :meth:`keyed`), once per distinct value tuple."""
+        codes = np.stack([self.codes[name] for name in names], axis=1)
+        combos, inverse = np.unique(codes, axis=0, return_inverse=True)
+        parts = [[row.tobytes() for row in self.blocks(name)] for name in names]
+        tags = b"".join(
+            hmac.digest(key, b"".join([part[c] for part, c in zip(parts, combo, strict=True)]), "sha256")[:BLOCK]
+            for combo in combos.tolist()
+        )
+        return np.frombuffer(tags, dtype=np.uint8).reshape(len(combos), BLOCK)[inverse.reshape(-1)]
 
     def any_missing(self, names: Sequence[str]) -> np.ndarray:
         missing = np.zeros(self.count, dtype=bool)
