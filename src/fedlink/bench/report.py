@@ -576,7 +576,8 @@ def _matching_section(loaded: Loaded, headlines: list[str]) -> list[str]:
         key=lambda b: b.number("records_per_party", "size") or 0,
     )
     threshold = next((b for b in match if isinstance(b.extra.get("f1_by_threshold"), dict)), None)
-    if not (dense or anonlink or registers or threshold):
+    febrl = next((b for b in match if b.function == "test_link_febrl4"), None)
+    if not (dense or anonlink or registers or threshold or febrl):
         return []
     lines = ["### Matching: fedlink's Dice kernel vs anonlink, and linking end to end", ""]
     theirs = anonlink.number("comparisons_per_s") if anonlink else None
@@ -608,7 +609,7 @@ def _matching_section(loaded: Loaded, headlines: list[str]) -> list[str]:
             ratio = ours1 / theirs
             phrase = f"{_x(1 / ratio)} slower than" if ratio < 1 else f"{_x(ratio)} as fast as"
             headlines.append(
-                f"fedlink's Dice kernel (numpy, 1 thread) is {phrase} anonlink's C++ kernel on a dense block."
+                f"fedlink's Dice kernel (numba-compiled, 1 thread) is {phrase} anonlink's C++ kernel on a dense block."
             )
     elif dense:
         lines += ["anonlink was not available in this run (no peers Python), so there is no kernel ratio.", ""]
@@ -652,6 +653,14 @@ def _matching_section(loaded: Loaded, headlines: list[str]) -> list[str]:
             [[t, f"{v:.4f}" + (" (best)" if t == best else "")] for t, v in f1.items() if v is not None],
         )
         lines.append("")
+    if febrl is not None:
+        quality = f"F1 {febrl.number('f1') or 0:.4f} (precision {febrl.number('precision') or 0:.4f}, recall "
+        quality += f"{febrl.number('recall') or 0:.4f})"
+        lines += [
+            f"FEBRL4 (5,000 true pairs, `schemas/febrl.json`): {quality}, {_t(febrl.median)} encode and link.",
+            "",
+        ]
+        headlines.append(f"FEBRL4 links with {quality}.")
     return lines
 
 
