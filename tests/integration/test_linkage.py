@@ -117,4 +117,5 @@ def test_the_spine_matches_the_ground_truth(linked: dict, workdir: Path) -> None
                     correct += other == person
     precision, recall = correct / predicted, correct / true_pairs
     f1 = 2 * precision * recall / (precision + recall)
+    print(f"spine precision {precision:.4f} recall {recall:.4f} F1 {f1:.4f}")
     assert f1 >= 0.98, (precision, recall, f1)
