@@ -37,6 +37,7 @@ _LAZY = {
     "Federation": "fedlink.analyst.client",
     "Result": "fedlink.analyst.result",
     "Catalogue": "fedlink.analyst.result",
+    "format_value": "fedlink.analyst.result",
     "serve_coordinator": "fedlink.services",
     "serve_node": "fedlink.services",
     "synthesize": "fedlink.synth",

@@ -11,7 +11,9 @@ from fedlink.query.results import QueryResult
 from fedlink.query.tasks import BudgetReport
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A released number or key as people read it: thousands separated, two decimals unless whole,
+    "—" for no value."""
     if value is None:
         return "—"
     if isinstance(value, float):
@@ -119,8 +121,8 @@ class Result:
         if cell.value is None:
             return "—"
         if self.raw.noiseless or (cell.lower == cell.upper == cell.value):
-            return _fmt(cell.value)
-        return f"{_fmt(cell.value)} [{_fmt(cell.lower)}, {_fmt(cell.upper)}]"
+            return format_value(cell.value)
+        return f"{format_value(cell.value)} [{format_value(cell.lower)}, {format_value(cell.upper)}]"
 
     def provenance(self) -> str:
         loss = ", ".join(
@@ -137,7 +139,7 @@ class Result:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
         body = []
         for i, row in enumerate(self.raw.rows):
-            keys = "".join(f"<td>{html.escape(_fmt(k))}</td>" for k in row.keys)
+            keys = "".join(f"<td>{html.escape(format_value(k))}</td>" for k in row.keys)
             values = "".join(f"<td>{html.escape(self.cell_text(i, c))}</td>" for c in self.raw.value_columns)
             body.append(f"<tr>{keys}{values}</tr>")
         caption = html.escape(f"{self.sql} — {self.provenance()}")

@@ -16,14 +16,6 @@ from rich.table import Table
 import fedlink
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if value.is_integer() else f"{value:,.2f}"
-    return str(value)
-
-
 def _csv(console: Console, header: list[str], rows: list[list[Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -48,7 +40,9 @@ def result(console: Console, res: fedlink.Result, fmt: str) -> None:
     for column in res.raw.value_columns:
         table.add_column(f"{column} [95% interval]", justify="right")
     for i, row in enumerate(res.raw.rows):
-        table.add_row(*(_cell(k) for k in row.keys), *(res.cell_text(i, c) for c in res.raw.value_columns))
+        table.add_row(
+            *(fedlink.format_value(k) for k in row.keys), *(res.cell_text(i, c) for c in res.raw.value_columns)
+        )
     console.print(table)
 
 
