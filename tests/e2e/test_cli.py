@@ -147,31 +147,14 @@ def test_bad_input_gives_one_line_and_exit_2(
 def test_a_node_down_is_a_fault(running: tuple[LocalFederation, Path, Path]) -> None:
     federation, profile, _ = running
     federation.stop_party("pnc")
+    justice = ("--profile", str(profile), "--project", "justice-attainment", "--epsilon", "1")
     assert_one_line_error(
-        cli(
-            "query",
-            "SELECT disposal, COUNT(*) FROM convictions GROUP BY disposal",
-            "--profile",
-            str(profile),
-            "--project",
-            "justice-attainment",
-            "--epsilon",
-            "1",
-        ),
+        cli("query", "SELECT disposal, COUNT(*) FROM convictions GROUP BY disposal", *justice),
         1,
         "'pnc' holding table 'convictions' is not connected",
     )
     federation.start_node("pnc")
-    again = cli(
-        "query",
-        "SELECT COUNT(*) FROM convictions",
-        "--profile",
-        str(profile),
-        "--project",
-        "justice-attainment",
-        "--epsilon",
-        "1",
-    )
+    again = cli("query", "SELECT COUNT(*) FROM convictions", *justice)
     assert again.returncode == 0, again.stderr
 
 

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -157,13 +157,16 @@ class Coordinator:
             )
         return FederationCatalogue(nodes=statuses)
 
-    def _sessions_for(self, nodes: tuple[str, ...], table: str) -> dict[str, NodeSession]:
+    def _sessions_for(self, nodes: Sequence[str], needed_for: str = "") -> dict[str, NodeSession]:
+        """The live session of every node in ``nodes``, or NodeUnavailable naming those that are down
+        (``needed_for`` says why they are needed, e.g. "holding table 't'")."""
         with self._lock:
             sessions = {name: self._sessions.get(name) for name in nodes}
         down = sorted(name for name, s in sessions.items() if s is None or s.closed.is_set())
         if down:
+            why = f" {needed_for}" if needed_for else ""
             raise NodeUnavailable(
-                f"node {', '.join(repr(d) for d in down)} holding table '{table}' is not connected; start it "
+                f"node {', '.join(repr(d) for d in down)}{why} is not connected; start it "
                 "with `fedlink node serve --config nodes/<node>/node.toml` and retry"
             )
         return {name: s for name, s in sessions.items() if s is not None}
@@ -190,12 +193,7 @@ class Coordinator:
         project = self.projects.get(project_id)
         project.check(analyst, [])
         nodes = sorted({dataset.split(".", 1)[0] for dataset in project.datasets})
-        with self._lock:
-            sessions = {n: self._sessions.get(n) for n in nodes}
-        down = sorted(n for n, s in sessions.items() if s is None or s.closed.is_set())
-        if down:
-            raise NodeUnavailable(f"node {', '.join(repr(d) for d in down)} is not connected; linkage needs every node")
-        live = {n: s for n, s in sessions.items() if s is not None}
+        live = self._sessions_for(nodes)
         # linkage moves whole encodings: allow it far longer than a query
         timeout = max(self.config.coordinator.query_timeout_s, 600.0)
         from fedlink.coordinator.linkage import LinkageUnit  # the matching stack loads only when linking
@@ -259,7 +257,7 @@ class Coordinator:
                 raise BadInput(f"he+dp needs the analyst's public {', '.join(m.upper() for m in missing)} context")
             # loaded once per query; refuses a context that carries a secret key
             contexts = {scheme: load_public_context(scheme, encoded) for scheme, encoded in request.contexts.items()}
-        sessions = self._sessions_for(plan.nodes, plan.table)
+        sessions = self._sessions_for(plan.nodes, f"holding table '{plan.table}'")
         task = QueryTask(
             query_id=new_call_id(),
             plan=plan,

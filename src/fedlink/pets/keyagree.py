@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedlink.errors import AccessDenied, Fault
 from fedlink.model import Frozen
-from fedlink.wire.pki import identity_from_pem
+from fedlink.wire.pki import identity_from_pem, write_private
 
 SECRET_BYTES = 32
 
@@ -80,9 +80,7 @@ class NodeKeyAgreement:
             raw = self._key.private_bytes(
                 serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
             )
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(raw)
+            write_private(path, raw)
 
     def card(self) -> LinkKeyCard:
         raw = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -172,9 +170,8 @@ class NodeKeyAgreement:
         path = self._secret_path(project)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secret)
+        tmp.unlink(missing_ok=True)  # left by an interrupted store
+        write_private(tmp, secret)
         os.replace(tmp, path)
 
     def initiate(self, project: str, cards: list[LinkKeyCard]) -> list[Envelope]:

@@ -54,7 +54,8 @@ def cert_paths(pki_dir: Path, role: Role, name: str) -> tuple[Path, Path]:
     return pki_dir / f"{role}-{name}.crt", pki_dir / f"{role}-{name}.key"
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a new secret file readable by its owner only (mode 0600); refuses to overwrite one."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
@@ -99,7 +100,7 @@ def init_ca(pki_dir: Path, name: str = "fedlink federation CA", days: int = 3650
         )
         .sign(key, hashes.SHA256())
     )
-    _write_private(pki_dir / CA_KEY, _key_pem(key))
+    write_private(pki_dir / CA_KEY, _key_pem(key))
     (pki_dir / CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return pki_dir / CA_CERT
 
@@ -165,7 +166,7 @@ def issue(pki_dir: Path, role: str, name: str, hosts: tuple[str, ...] = (), days
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key))
+    write_private(key_path, _key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return IssuedCertificate(Identity(role, name, serial), cert_path, key_path)
 
