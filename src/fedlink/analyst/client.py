@@ -19,12 +19,15 @@ from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
 from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
 from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, QueryError, Timeout
 from fedlink.linkage.messages import LinkCall, LinkReport
+from fedlink.pets.chain import ChainKeys
 from fedlink.pets.he import AnalystKeys, Scheme
 from fedlink.query.catalogue import FederationCatalogue
-from fedlink.query.results import EncryptedResult, QueryResult, build_result, scheme_of
+from fedlink.query.linked import is_linked, plan_linked
+from fedlink.query.results import EncryptedResult, LinkedEncryptedResult, QueryResult, build_result, scheme_of
 from fedlink.query.sql import parse_sql
 from fedlink.query.tasks import BudgetReport, Pet, PrivacyLoss, QueryRequest
 from fedlink.wire import rpc
+from fedlink.wire.blobs import unpack
 from fedlink.wire.transport import (
     ANALYST,
     Message,
@@ -121,6 +124,8 @@ class Federation:
             raise BadInput(f"invalid privacy loss ({reason}); give one positive --epsilon or --rho") from exc
         if not request.project:
             raise BadInput("every query belongs to a project: pass --project P (or set project in your profile)")
+        if is_linked(sql):
+            return self._linked_query(request.model_copy(update={"pet": pet}))
         keys = None
         if pet == "he+dp":
             # A fresh key pair per query; only the public contexts leave this process.
@@ -134,6 +139,22 @@ class Federation:
                 raise Fault("the coordinator sent an encrypted result for a query that asked for none")
             return Result(decrypt_result(EncryptedResult.model_validate_json(reply.body), keys))
         return Result(QueryResult.model_validate_json(reply.body))
+
+    def _linked_query(self, request: QueryRequest) -> Result:
+        """A LINK query: planned here first (so a bad query costs nothing and the key fits the chain),
+        then run by the encrypted chain; only this process can decrypt the masked cells."""
+        if request.pet != "he+dp":
+            raise BadInput("linked queries always run encrypted (he+dp); drop --pet dp")
+        catalogue = FederationCatalogue.model_validate_json(self._call(rpc.CATALOGUE).body)
+        plan = plan_linked(request.sql, catalogue)
+        keys = ChainKeys(plan.params)
+        reply = self._call(
+            rpc.QUERY, request.model_copy(update={"link_key": keys.public_key()}).model_dump_json().encode()
+        )
+        if reply.kind != rpc.LINKED_RESULT:
+            raise Fault("the coordinator did not answer a linked query with a linked result; upgrade it")
+        header, cells = unpack(reply.body)
+        return Result(decrypt_linked(LinkedEncryptedResult.model_validate_json(header), cells, keys))
 
     def register(self) -> RegisterView:
         """The coordinator's transparency register: every project and query on the public record,
@@ -203,6 +224,34 @@ def decrypt_result(encrypted: EncryptedResult, keys: AnalystKeys) -> QueryResult
         privacy_loss=encrypted.privacy_loss,
         policy=encrypted.policy,
     )
+
+
+def decrypt_linked(encrypted: LinkedEncryptedResult, cells: list[bytes], keys: ChainKeys) -> QueryResult:
+    """Decrypt each masked cell (the sum of its slots is the noisy aggregate) and build the table."""
+    plan = encrypted.plan
+    components = plan.components
+    if len(cells) != len(components) * plan.cells:
+        raise Fault("the linked result has the wrong number of cells; nothing to decrypt")
+    totals = {}
+    for i, component in enumerate(components):
+        blobs = cells[i * plan.cells : (i + 1) * plan.cells]
+        unit = encrypted.units.get(component.key, 1.0)
+        totals[component.key] = np.array([keys.total(blob) for blob in blobs], dtype=float) * unit
+    result = build_result(
+        plan,
+        totals,
+        query_id=encrypted.query_id,
+        project=encrypted.project,
+        pet=encrypted.pet,
+        noise=encrypted.noise,
+        noiseless=encrypted.noiseless,
+        privacy_loss=encrypted.privacy_loss,
+        policy=encrypted.policy,
+    )
+    notes = [*result.notes, "linked: one row per person in the link spine; linkage error is not in the intervals"]
+    if encrypted.linkage is None:
+        notes.append(encrypted.linkage_note or "linkage quality: not released")
+    return result.model_copy(update={"linkage": encrypted.linkage, "notes": tuple(notes)})
 
 
 def _rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> Exception:

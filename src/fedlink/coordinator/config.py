@@ -22,6 +22,9 @@ class CoordinatorSection(Frozen):
     transparency_register: str
     #: Explicit test mode: noiseless queries become possible (where nodes allow it too). Logged.
     test_mode: bool = False
+    #: Epsilon every node spends (on its ``<node>.linkage`` budget line) to release a new spine's
+    #: match rates with DP; 0 releases none.
+    link_quality_epsilon: float = Field(default=0.1, ge=0)
 
 
 class TlsSection(Frozen):

@@ -20,8 +20,20 @@ import numpy as np
 
 from fedlink.errors import Fault, FedlinkError
 from fedlink.linkage.cluster import assign_slots, cluster
-from fedlink.linkage.messages import EnvelopeCall, Envelopes, InitiateCall, LinkCall, LinkReport, SlotsCall
+from fedlink.linkage.messages import (
+    EnvelopeCall,
+    Envelopes,
+    InitiateCall,
+    LinkageQuality,
+    LinkCall,
+    LinkReport,
+    PairMatch,
+    QualityCall,
+    SlotsCall,
+)
 from fedlink.linkage.payload import from_bytes, slots_to_bytes
+from fedlink.model import Frozen
+from fedlink.pets.dp import add_noise, calibrate
 from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.wire import rpc
 from fedlink.wire.transport import Message
@@ -37,17 +49,53 @@ def _first_error(answers: dict[str, Message | FedlinkError]) -> None:
             raise type(answer)(answer.message if name in answer.message else f"node '{name}': {answer.message}")
 
 
+def overlap_counts(entity: list[np.ndarray], order: list[str]) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+    """Exact people per node and entities shared by each node pair (seen by the linkage unit only)."""
+    people = {n: int(entity[i].size) for i, n in enumerate(order)}
+    pairs = {}
+    for i, a in enumerate(order):
+        for j in range(i + 1, len(order)):
+            pairs[(a, order[j])] = int(np.intersect1d(entity[i], entity[j]).size)
+    return people, pairs
+
+
+def release_quality(
+    spine_id: str, people: dict[str, int], pairs: dict[tuple[str, str], int], epsilon: float
+) -> LinkageQuality:
+    """Match rates from counts with OpenDP's discrete Laplace noise: one person changes their node's
+    count and each of its k - 1 pair overlaps by at most one, so the L1 sensitivity is k."""
+    exact = np.array([*people.values(), *pairs.values()], dtype=float)
+    spec = calibrate(float(len(people)), epsilon=epsilon, integer=True)
+    noisy = np.maximum(add_noise(exact, spec), 0.0)
+    noisy_people = dict(zip(people, noisy[: len(people)].tolist(), strict=True))
+    matches = []
+    for (a, b), value in zip(pairs, noisy[len(people) :].tolist(), strict=True):
+        rate_a = min(1.0, value / noisy_people[a]) if noisy_people[a] >= 1 else None
+        rate_b = min(1.0, value / noisy_people[b]) if noisy_people[b] >= 1 else None
+        matches.append(PairMatch(a=a, b=b, rate_a=rate_a, rate_b=rate_b, overlap=value))
+    return LinkageQuality(
+        spine_id=spine_id,
+        epsilon=epsilon,
+        scale=spec.scale,
+        people=noisy_people,
+        pairs=tuple(matches),
+        note=f"DP counts (epsilon {epsilon:g} at every node); rate_a = share of a's people linked to b",
+    )
+
+
 class LinkageUnit:
-    def __init__(self, fan_out: FanOut, spines: Path) -> None:
+    def __init__(self, fan_out: FanOut, spines: Path, quality_epsilon: float = 0.1) -> None:
         self._fan_out = fan_out
         self._spines = spines
+        self._quality_epsilon = quality_epsilon
 
     def run(self, project: str, analyst: str, nodes: list[str], progress: Progress) -> LinkReport:
         if len(nodes) < 2:
             raise Fault(f"project '{project}' spans fewer than two nodes: nothing to link")
         stages: dict[str, float] = {}
         call = LinkCall(project=project, analyst=analyst)
-        steps = 5
+        steps = 6
+        spine_id = secrets.token_hex(16)
         started = time.perf_counter()
 
         progress("agreeing a link secret among the nodes", 0, steps)
@@ -92,13 +140,18 @@ class LinkageUnit:
         arrays = {f"entity:{n}": spine.entity[i] for i, n in enumerate(order)}
         arrays.update({f"slot:{n}": slots[i] for i, n in enumerate(order)})
         np.savez(self._spines / f"{project}.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
+        people, pairs = overlap_counts(spine.entity, order)
+        meta = SpineMeta(project=project, spine_id=spine_id, size=int(spine.entities), nodes=tuple(order))
 
         progress("giving each node the slots of its own people", 4, steps)
         mark = time.perf_counter()
         sent = self._fan_out(
             {
                 n: SlotsCall(
-                    project=project, analyst=analyst, slots=base64.b64encode(slots_to_bytes(slots[i])).decode()
+                    project=project,
+                    analyst=analyst,
+                    slots=base64.b64encode(slots_to_bytes(slots[i])).decode(),
+                    spine_id=spine_id,
                 )
                 .model_dump_json()
                 .encode()
@@ -108,7 +161,55 @@ class LinkageUnit:
         )
         _first_error(sent)
         stages["distribute"] = time.perf_counter() - mark
+
+        progress("releasing match rates with differential privacy", 5, steps)
+        quality, refused = self._quality(call, spine_id, order, people, pairs)
+        meta = meta.model_copy(update={"quality": quality, "quality_refused": refused})
+        (self._spines / f"{project}.json").write_text(meta.model_dump_json(indent=2))
         progress("done", steps, steps)
         stages["total"] = time.perf_counter() - started
         log.info("linked project '%s' across %d nodes in %.1f s", project, len(nodes), stages["total"])
-        return LinkReport(project=project, nodes=tuple(order), stages={k: round(v, 3) for k, v in stages.items()})
+        return LinkReport(
+            project=project,
+            nodes=tuple(order),
+            stages={k: round(v, 3) for k, v in stages.items()},
+            spine_id=spine_id,
+            quality=quality,
+            quality_refused=refused,
+        )
+
+    def _quality(
+        self,
+        call: LinkCall,
+        spine_id: str,
+        order: list[str],
+        people: dict[str, int],
+        pairs: dict[tuple[str, str], int],
+    ) -> tuple[LinkageQuality | None, str | None]:
+        """Every node spends the quality epsilon on its own ledger first; a refusal releases nothing."""
+        if self._quality_epsilon <= 0:
+            return None, "match rates are not released (link_quality_epsilon = 0)"
+        body = QualityCall(project=call.project, analyst=call.analyst, spine_id=spine_id, epsilon=self._quality_epsilon)
+        answers = self._fan_out({n: body.model_dump_json().encode() for n in order}, rpc.LINK_QUALITY)
+        refusals = [a.message for a in answers.values() if isinstance(a, FedlinkError)]
+        if refusals:
+            return None, f"match rates not released: {refusals[0]}"
+        return release_quality(spine_id, people, pairs, self._quality_epsilon), None
+
+
+class SpineMeta(Frozen):
+    """What the coordinator keeps beside a spine's arrays: its id, size, nodes and released quality."""
+
+    project: str
+    spine_id: str
+    size: int
+    nodes: tuple[str, ...]
+    quality: LinkageQuality | None = None
+    quality_refused: str | None = None
+
+
+def load_spine_meta(spines: Path, project: str) -> SpineMeta | None:
+    path = spines / f"{project}.json"
+    if not path.exists():
+        return None
+    return SpineMeta.model_validate_json(path.read_text())

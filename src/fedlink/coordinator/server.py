@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 from pydantic import ValidationError
@@ -28,6 +29,8 @@ from fedlink.linkage.messages import LinkCall, LinkReport
 from fedlink.pets.he import PublicContext, Scheme, add, load_public_context
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
 from fedlink.query.disclosure import DisclosurePolicy
+from fedlink.query.linked import is_linked
+from fedlink.query.plan import AggregatePlan
 from fedlink.query.results import (
     EncryptedPartial,
     EncryptedResult,
@@ -200,7 +203,8 @@ class Coordinator:
 
         unit = LinkageUnit(
             lambda bodies, kind: self._call_each({n: (live[n], b) for n, b in bodies.items()}, kind, timeout),
-            self.config.register_path().parent / "spines",
+            self.spines_path(),
+            self.config.coordinator.link_quality_epsilon,
         )
         try:
             report = unit.run(project.id, analyst, nodes, progress)
@@ -212,6 +216,10 @@ class Coordinator:
             raise
         self.register.append("link", {"project": project.id, "analyst": analyst, "nodes": nodes, "status": "built"})
         return report
+
+    def spines_path(self) -> Path:
+        """Where the linkage unit keeps each project's spine (never sent to anyone)."""
+        return self.config.register_path().parent / "spines"
 
     def _abort(self, sessions: dict[str, NodeSession], query_id: str) -> None:
         body = TaskRef(query_id=query_id).model_dump_json().encode()
@@ -327,6 +335,7 @@ class Coordinator:
     def _add_encrypted(
         self, task: QueryTask, contexts: dict[Scheme, PublicContext], replies: list[Message], policy: DisclosurePolicy
     ) -> EncryptedResult:
+        assert isinstance(task.plan, AggregatePlan)
         partials = [EncryptedPartial.model_validate_json(m.body) for m in replies if m.kind == rpc.ENCRYPTED_PARTIAL]
         noiseless = self._agreed_noiseless(task, [p.noiseless for p in partials], len(replies))
         sums = {
@@ -405,6 +414,11 @@ class Coordinator:
         try:
             if request.kind == rpc.CATALOGUE:
                 reply = Message(request.call_id, rpc.RESULT, self.catalogue().model_dump_json().encode())
+            elif request.kind == rpc.QUERY and is_linked(QueryRequest.model_validate_json(request.body).sql):
+                from fedlink.coordinator.linked import run_linked_query  # the chain's HE stack loads on first use
+
+                body = run_linked_query(self, QueryRequest.model_validate_json(request.body), identity.name)
+                reply = Message(request.call_id, rpc.LINKED_RESULT, body)
             elif request.kind == rpc.QUERY:
                 result = self.run_query(QueryRequest.model_validate_json(request.body), identity.name)
                 kind = rpc.ENCRYPTED_RESULT if isinstance(result, EncryptedResult) else rpc.RESULT

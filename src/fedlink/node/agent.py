@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from fedlink.errors import AccessDenied, ConfigError, Fault, FedlinkError
-from fedlink.linkage.messages import EnvelopeCall, Envelopes, InitiateCall, LinkCall, SlotsCall
+from fedlink.linkage.messages import EnvelopeCall, Envelopes, InitiateCall, LinkCall, QualityCall, SlotsCall
 from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
 from fedlink.node.runtime import NodeRuntime
@@ -27,8 +27,9 @@ from fedlink.node.runtime import NodeRuntime
 if TYPE_CHECKING:
     from fedlink.node.linkage import LinkRequest
 from fedlink.query.results import EncryptedPartial
-from fedlink.query.tasks import ExecuteTask, QueryTask, TaskRef
+from fedlink.query.tasks import ExecuteTask, LinkedStep, QueryTask, TaskRef
 from fedlink.wire import rpc
+from fedlink.wire.blobs import pack, unpack
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.transport import (
     NODE_SESSION,
@@ -79,12 +80,25 @@ def _link_encode(runtime: NodeRuntime, message: Message) -> Message:
 
 def _link_slots(runtime: NodeRuntime, message: Message) -> Message:
     call = SlotsCall.model_validate_json(message.body)
-    runtime.linkage.store_slots(_request(call), base64.b64decode(call.slots))
+    runtime.linkage.store_slots(_request(call), base64.b64decode(call.slots), call.spine_id)
     runtime.register.append("link_spine", {"project": call.project, "analyst": call.analyst})
     return Message(message.call_id, rpc.ACK, b"")
 
 
+def _link_quality(runtime: NodeRuntime, message: Message) -> Message:
+    runtime.spend_on_link_quality(QualityCall.model_validate_json(message.body))
+    return Message(message.call_id, rpc.ACK, b"")
+
+
+def _linked_step(runtime: NodeRuntime, message: Message) -> Message:
+    header, blobs = unpack(message.body)
+    output, out_blobs = runtime.linked_step(LinkedStep.model_validate_json(header), blobs)
+    return Message(message.call_id, rpc.RESULT, pack(output.model_dump_json().encode(), out_blobs))
+
+
 LINK_HANDLERS: dict[str, Callable[[NodeRuntime, Message], Message]] = {
+    rpc.LINK_QUALITY: _link_quality,
+    rpc.LINKED_STEP: _linked_step,
     rpc.LINK_CARD: _link_card,
     rpc.LINK_INITIATE: _link_initiate,
     rpc.LINK_ENVELOPE: _link_envelope,

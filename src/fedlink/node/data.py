@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import duckdb
+import numpy as np
 
 from fedlink.errors import ConfigError, QueryError
 from fedlink.node.config import ColumnDecl, NodeConfig, TableDecl
@@ -30,7 +31,7 @@ _NUMERIC_TYPES = (
 )
 
 
-def _view_name(table: TableDecl) -> str:
+def view_name(table: TableDecl) -> str:
     return f"t_{table.name}"
 
 
@@ -56,10 +57,9 @@ class NodeData:
         reader = "read_csv_auto" if table.source_format == "csv" else "read_parquet"
         literal = str(path).replace("'", "''")
         try:
-            self._connection.execute(f"CREATE VIEW \"{_view_name(table)}\" AS SELECT * FROM {reader}('{literal}')")
+            self._connection.execute(f"CREATE VIEW \"{view_name(table)}\" AS SELECT * FROM {reader}('{literal}')")
             schema = dict(
-                (name, kind)
-                for name, kind, *_ in self._connection.execute(f'DESCRIBE "{_view_name(table)}"').fetchall()
+                (name, kind) for name, kind, *_ in self._connection.execute(f'DESCRIBE "{view_name(table)}"').fetchall()
             )
         except duckdb.Error as exc:
             raise ConfigError(f"cannot read {path} as {table.source_format} ({str(exc).splitlines()[0]})") from exc
@@ -87,7 +87,7 @@ class NodeData:
         tables = []
         with self._lock:
             for table in self.config.tables:
-                view = _view_name(table)
+                view = view_name(table)
                 rows = self._connection.execute(f'SELECT COUNT(*) FROM "{view}"').fetchone()
                 count = int(rows[0]) if rows else 0
                 columns = []
@@ -124,9 +124,18 @@ class NodeData:
         with self._lock:
             cursor = self._connection.cursor()
         try:
-            return run_aggregate(cursor, plan, table, _view_name(table), self.config.name)
+            return run_aggregate(cursor, plan, table, view_name(table), self.config.name)
         finally:
             cursor.close()
+
+    def fetch_arrays(self, sql: str, params: list[object]) -> dict[str, np.ndarray]:
+        """Run one read-only statement of the node's fixed operators; columns as numpy arrays."""
+        with self._lock:
+            result = self._connection.execute(sql, params).fetchnumpy()
+        out: dict[str, np.ndarray] = {}
+        for name, values in result.items():
+            out[name] = np.ma.filled(values.astype(float), np.nan) if np.ma.isMaskedArray(values) else values
+        return out
 
     def close(self) -> None:
         self._connection.close()

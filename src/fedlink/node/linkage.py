@@ -9,6 +9,7 @@ and receives back one slot per person. Identifiers, record ids and the order nev
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ class NodeLinkage:
             con.close()
         return {column: [row[i] for row in rows] for i, column in enumerate(IDENTIFIERS)}
 
-    def store_slots(self, request: LinkRequest, blob: bytes) -> int:
+    def store_slots(self, request: LinkRequest, blob: bytes, spine_id: str = "") -> int:
         slots = slots_from_bytes(blob)
         folder = self._folder(request.project)
         with duckdb.connect(":memory:") as con:
@@ -137,7 +138,15 @@ class NodeLinkage:
         if people is None or int(people[0]) != len(slots):
             raise PolicyRefused(f"node '{self.config.name}' received {len(slots)} slots for a different person list")
         np.save(folder / "slots.npy", slots, allow_pickle=False)
+        (folder / "spine.json").write_text(json.dumps({"spine_id": spine_id}))
         return len(slots)
+
+    def spine_id(self, project: str) -> str | None:
+        """The id of the spine whose slots this node holds for ``project`` (None before any link)."""
+        path = self._folder(project) / "spine.json"
+        if not path.exists() or not (self._folder(project) / "slots.npy").exists():
+            return None
+        return str(json.loads(path.read_text()).get("spine_id") or "") or None
 
     def slots(self, project: str) -> tuple[Path, np.ndarray]:
         """(records.parquet with source_table, record_id, person; slot of each person) of the last link."""

@@ -28,17 +28,22 @@ from fedlink.node.ledger import BudgetLedger, Spend
 
 if TYPE_CHECKING:
     from fedlink.node.linkage import NodeLinkage
+from fedlink.linkage.messages import QualityCall
+from fedlink.node.linked import node_vectors, run_step, validate_linked
 from fedlink.node.operators import validate_plan
 from fedlink.pets.dp import add_noise, calibrate
 from fedlink.pets.he import PublicContext, Scheme, encrypt, load_public_context
 from fedlink.query.catalogue import NodeCatalogue
-from fedlink.query.plan import Component
+from fedlink.query.linked import LinkedPlan
+from fedlink.query.plan import AggregatePlan, Component
 from fedlink.query.results import EncryptedPartial, Noise, PartialAggregates, scheme_of
-from fedlink.query.tasks import BudgetLineInfo, BudgetReport, PrivacyLoss, QueryTask
+from fedlink.query.tasks import BudgetLineInfo, BudgetReport, LinkedOutput, LinkedStep, PrivacyLoss, QueryTask
 
 log = logging.getLogger("fedlink.node")
 #: A reservation the coordinator neither executes nor aborts within this time is released.
 RESERVATION_TTL_S = 600.0
+#: The ledger's dataset for budget spent on releasing linkage quality (match rates).
+LINKAGE_DATASET = "linkage"
 
 
 def sensitivity(component: Component, table: TableDecl) -> float:
@@ -94,20 +99,28 @@ class NodeRuntime:
     def _log(self, task: QueryTask, status: str, reason: str | None) -> None:
         self.register.append("query", task.register_fields([self.name], status, reason))
 
-    def _check_policy(self, task: QueryTask) -> TableDecl:
-        table = self.data.tables.get(task.plan.table)
-        if table is None:
-            raise PolicyRefused(f"node '{self.name}' has no table '{task.plan.table}'")
+    def _check_policy(self, task: QueryTask) -> list[TableDecl]:
+        """The node's tables this query reads, after checking its own policy; raises a refusal otherwise."""
+        plan = task.plan
+        if isinstance(plan, LinkedPlan):
+            tables = validate_linked(plan, self.data.tables, self.name)
+        else:
+            table = self.data.tables.get(plan.table)
+            if table is None:
+                raise PolicyRefused(f"node '{self.name}' has no table '{plan.table}'")
+            validate_plan(plan, table, self.name)
+            tables = [table]
         approval = self.config.approval(task.project)
         if approval is None:
             raise PolicyRefused(
                 f"node '{self.name}' refuses: project '{task.project}' is not approved by this node; its data owner "
                 "must add an [[approvals]] entry to the node's config"
             )
-        if approval.tables is not None and table.name not in approval.tables:
-            raise PolicyRefused(
-                f"node '{self.name}' refuses: project '{task.project}' may not use table '{table.name}'"
-            )
+        for table in tables:
+            if approval.tables is not None and table.name not in approval.tables:
+                raise PolicyRefused(
+                    f"node '{self.name}' refuses: project '{task.project}' may not use table '{table.name}'"
+                )
         if approval.analysts is not None and task.analyst not in approval.analysts:
             raise PolicyRefused(
                 f"node '{self.name}' refuses: analyst '{task.analyst}' is not approved for project '{task.project}'"
@@ -116,8 +129,12 @@ class NodeRuntime:
             raise PolicyRefused(f"node '{self.name}' refuses: it does not allow noiseless test mode")
         if task.loss.is_zero and not task.noiseless:
             raise BadInput("a query must declare its privacy loss: --epsilon E or --rho R")
-        validate_plan(task.plan, table, self.name)
-        return table
+        if isinstance(plan, LinkedPlan) and self.linkage.spine_id(task.project) is None:
+            raise PolicyRefused(
+                f"node '{self.name}' holds no link spine for project '{task.project}'; run `fedlink link --project "
+                f"{task.project}`"
+            )
+        return tables
 
     def _expire_reservations(self) -> None:
         """Release reservations whose coordinator never came back to execute or abort them."""
@@ -132,17 +149,19 @@ class NodeRuntime:
     def reserve(self, task: QueryTask) -> None:
         self._expire_reservations()
         try:
-            table = self._check_policy(task)
+            tables = self._check_policy(task)
             approval = self.config.approval(task.project)
             assert approval is not None
-            self.ledger.reserve(
-                task.query_id,
-                task.project,
-                self._dataset(table.name),
-                Spend(epsilon=task.loss.epsilon, rho=task.loss.rho),
-                Spend(epsilon=approval.epsilon, rho=approval.rho),
-            )
+            for table in tables:
+                self.ledger.reserve(
+                    task.query_id,
+                    task.project,
+                    self._dataset(table.name),
+                    Spend(epsilon=task.loss.epsilon, rho=task.loss.rho),
+                    Spend(epsilon=approval.epsilon, rho=approval.rho),
+                )
         except BadInput as exc:
+            self.ledger.release(task.query_id)
             self._log(task, "refused", exc.message)
             raise
         with self._lock:
@@ -167,7 +186,55 @@ class NodeRuntime:
         self._log(task, "released", None)
         return partial
 
+    def linked_step(self, step: LinkedStep, blobs: list[bytes]) -> tuple[LinkedOutput, list[bytes]]:
+        """This node's step of a linked query's encrypted chain; commits its budget before answering."""
+        with self._lock:
+            task = self._pending.pop(step.query_id, (None, 0.0))[0]
+        if task is None:
+            raise Fault(f"node '{self.name}' holds no reservation for query {step.query_id[:8]}; retry the query")
+        try:
+            plan = task.plan
+            if not isinstance(plan, LinkedPlan):
+                raise BadInput("a linked step arrived for a query that is not linked")
+            held = self.linkage.spine_id(task.project)
+            if held != step.spine_id:
+                raise Fault(
+                    f"node '{self.name}' holds slots of another link spine for '{task.project}'; rebuild it with "
+                    f"`fedlink link --project {task.project}`"
+                )
+            records, slots = self.linkage.slots(task.project)
+            vectors = node_vectors(plan, self.name, self.data, records, slots, step.spine_size)
+            answer = run_step(plan, self.name, step, vectors, blobs, task.loss, task.noiseless)
+            self.ledger.commit(task.query_id)  # before anything leaves the node
+        except BaseException as exc:
+            self.ledger.release(task.query_id)
+            self._log(task, "failed", getattr(exc, "message", type(exc).__name__))
+            raise
+        self._log(task, "released", None)
+        return answer
+
+    def spend_on_link_quality(self, call: QualityCall) -> None:
+        """Reserve and commit the epsilon of releasing a new spine's match rates, on dataset
+        ``<node>.linkage`` under the project's cap; refused when the budget cannot pay it."""
+        approval = self.config.approval(call.project)
+        if approval is None:
+            raise PolicyRefused(f"node '{self.name}' refuses: project '{call.project}' is not approved by this node")
+        query_id = f"link-quality-{call.spine_id}"
+        self.ledger.reserve(
+            query_id,
+            call.project,
+            self._dataset(LINKAGE_DATASET),
+            Spend(epsilon=call.epsilon),
+            Spend(epsilon=approval.epsilon, rho=approval.rho),
+        )
+        self.ledger.commit(query_id)
+        self.register.append(
+            "link_quality",
+            {"project": call.project, "spine_id": call.spine_id, "privacy_loss": {"epsilon": call.epsilon}},
+        )
+
     def _noisy_partial(self, task: QueryTask) -> PartialAggregates:
+        assert isinstance(task.plan, AggregatePlan)
         table = self.data.tables[task.plan.table]
         exact = self.data.aggregate(task.plan)
         if task.noiseless:
@@ -189,6 +256,7 @@ class NodeRuntime:
         return PartialAggregates(node=self.name, vectors=vectors, noise=noise)
 
     def _encrypt(self, task: QueryTask, noisy: PartialAggregates, contexts: Mapping[Scheme, str]) -> EncryptedPartial:
+        assert isinstance(task.plan, AggregatePlan)
         ciphertexts = {}
         loaded: dict[str, PublicContext] = {}
         for component in task.plan.components:
@@ -211,7 +279,8 @@ class NodeRuntime:
         used = {(line.project, line.dataset): line for line in self.ledger.lines()}
         lines = []
         for approval in self.config.approvals:
-            for table in approval.tables or tuple(self.data.tables):
+            linkage = (LINKAGE_DATASET,) if (approval.project, self._dataset(LINKAGE_DATASET)) in used else ()
+            for table in (*(approval.tables or tuple(self.data.tables)), *linkage):
                 dataset = self._dataset(table)
                 line = used.get((approval.project, dataset))
                 lines.append(

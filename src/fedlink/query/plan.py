@@ -123,14 +123,12 @@ class GroupKey(Frozen):
     categories: tuple[Category, ...]
 
 
-class AggregatePlan(Frozen):
-    """A horizontal aggregate over one table declared at one or more nodes."""
+class CellLayout(Frozen):
+    """The aggregates and group-by of a plan, and the dense cell layout they define (shared by
+    horizontal and linked plans)."""
 
-    table: str
-    nodes: tuple[str, ...]
     aggregates: tuple[Aggregate, ...]
     group_by: tuple[GroupKey, ...] = ()
-    where: Predicate | None = None
     sql: str = ""
 
     @property
@@ -169,6 +167,20 @@ class AggregatePlan(Frozen):
     def group_keys(self) -> list[tuple[Category, ...]]:
         """Group-by keys in cell order (row-major over declared categories)."""
         return list(itertools.product(*(g.categories for g in self.group_by)))
+
+
+class AggregatePlan(CellLayout):
+    """A horizontal aggregate over one table declared at one or more nodes."""
+
+    kind: Literal["horizontal"] = "horizontal"
+    table: str
+    nodes: tuple[str, ...]
+    where: Predicate | None = None
+
+    @property
+    def noise_sources(self) -> int:
+        """How many independent noises a released number carries: one per node."""
+        return len(self.nodes)
 
     def columns_used(self) -> set[str]:
         used = {a.column for a in self.aggregates if a.column} | {g.column for g in self.group_by}

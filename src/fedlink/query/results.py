@@ -9,23 +9,16 @@ import numpy as np
 from pydantic import Field
 
 from fedlink.errors import Fault
+from fedlink.linkage.messages import LinkageQuality
 from fedlink.model import Frozen
-from fedlink.pets.dp import NoiseSpec, noise_halfwidth
+from fedlink.pets.dp import noise_halfwidth
 from fedlink.query.catalogue import Category
 from fedlink.query.disclosure import DisclosurePolicy, round_count, round_down, round_up
+from fedlink.query.linked import LinkedPlan
 from fedlink.query.plan import Aggregate, AggregatePlan, Component, histogram_labels
-from fedlink.query.tasks import PrivacyLoss
+from fedlink.query.tasks import Noise, PrivacyLoss
 
 CONFIDENCE = 0.95
-
-
-class Noise(Frozen):
-    mechanism: Literal["laplace", "gaussian"]
-    scale: float
-    integer: bool
-
-    def spec(self) -> NoiseSpec:
-        return NoiseSpec(self.mechanism, self.scale, self.integer)
 
 
 class PartialAggregates(Frozen):
@@ -74,6 +67,23 @@ class EncryptedResult(Frozen):
     ciphertexts: dict[str, list[str]]
 
 
+class LinkedEncryptedResult(Frozen):
+    """What the coordinator returns for a linked query (the header of a binary body whose blobs are
+    the masked cell ciphertexts, component by component in plan order, cell by cell)."""
+
+    query_id: str
+    plan: LinkedPlan
+    project: str
+    pet: str
+    noiseless: bool
+    privacy_loss: dict[str, PrivacyLoss]
+    policy: DisclosurePolicy
+    noise: dict[str, Noise]
+    units: dict[str, float] = Field(default_factory=dict)
+    linkage: LinkageQuality | None = None
+    linkage_note: str | None = None
+
+
 def combine(plan: AggregatePlan, partials: list[PartialAggregates]) -> dict[str, np.ndarray]:
     """Element-wise sums of every node's vectors."""
     totals = {c.key: np.zeros(plan.cells) for c in plan.components}
@@ -116,12 +126,14 @@ class QueryResult(Frozen):
     value_columns: tuple[str, ...]
     rows: tuple[ResultRow, ...]
     notes: tuple[str, ...] = ()
+    #: For a linked query: the DP match rates of the spine it ran over (None: not released).
+    linkage: LinkageQuality | None = None
 
 
 def _interval(values: np.ndarray, noise: Noise | None, nodes: int, level: float) -> tuple[np.ndarray, np.ndarray]:
     if noise is None:
         return values.copy(), values.copy()
-    half = noise_halfwidth(noise.spec(), nodes, level)
+    half = noise_halfwidth(noise.spec(), nodes, level) * noise.unit
     return values - half, values + half
 
 
@@ -130,7 +142,7 @@ def _is_count(agg: Aggregate) -> bool:
 
 
 def estimate(
-    plan: AggregatePlan, totals: dict[str, np.ndarray], noise: dict[str, Noise], nodes: int
+    plan: AggregatePlan | LinkedPlan, totals: dict[str, np.ndarray], noise: dict[str, Noise], nodes: int
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per aggregate: (value, lower, upper) vectors, the interval covering the truth with 95%."""
     out = []
@@ -163,7 +175,7 @@ def estimate(
 
 
 def build_result(
-    plan: AggregatePlan,
+    plan: AggregatePlan | LinkedPlan,
     totals: dict[str, np.ndarray],
     *,
     query_id: str,
@@ -175,7 +187,7 @@ def build_result(
     policy: DisclosurePolicy,
 ) -> QueryResult:
     """Turn summed noisy vectors into the analyst's table, then apply disclosure control."""
-    nodes = len(plan.nodes)
+    nodes = plan.noise_sources
     keys: list[tuple[Category, ...]] = plan.group_keys()
     key_columns = tuple(g.column for g in plan.group_by)
     hist = plan.histogram

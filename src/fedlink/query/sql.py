@@ -50,7 +50,7 @@ _COMPARISONS: dict[type[exp.Expr], str] = {
     exp.GTE: ">=",
 }
 _UNSUPPORTED_CLAUSES = {
-    "joins": "JOIN is not supported; horizontal queries read one table",
+    "joins": "JOIN is not supported; link tables across nodes with FROM a LINK b (see the README)",
     "having": "HAVING is not supported; filter rows with WHERE",
     "order": "ORDER BY is not supported; results come in the declared category order",
     "limit": "LIMIT is not supported; every declared group is always returned",
@@ -65,8 +65,9 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def parse_sql(sql: str) -> exp.Select:
-    """Parse one SELECT statement; anything else is a :class:`QueryError`."""
+def parse_sql(sql: str, allow_joins: bool = False) -> exp.Select:
+    """Parse one SELECT statement; anything else is a :class:`QueryError` (``allow_joins``: the comma
+    joins a LINK query is rewritten to)."""
     if not sql or not sql.strip():
         raise QueryError("empty query; write e.g. SELECT region, COUNT(*) FROM pupils GROUP BY region")
     try:
@@ -80,7 +81,7 @@ def parse_sql(sql: str) -> exp.Select:
     if not isinstance(tree, exp.Select):
         raise QueryError(f"only SELECT queries are allowed, not {tree.key.upper()}; {_AGGREGATE_HELP}")
     for clause, message in _UNSUPPORTED_CLAUSES.items():
-        if tree.args.get(clause):
+        if tree.args.get(clause) and not (allow_joins and clause == "joins"):
             raise QueryError(message)
     if tree.args.get("distinct"):
         raise QueryError(f"DISTINCT would release row values; {_AGGREGATE_HELP}")

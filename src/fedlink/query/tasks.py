@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from fedlink.model import Frozen
+from fedlink.pets.dp import NoiseSpec
 from fedlink.pets.he import Scheme
+from fedlink.query.linked import LinkedPlan
 from fedlink.query.plan import AggregatePlan
 
 #: How a query's aggregates travel: "he+dp" encrypts every node's noisy vector under the analyst's key,
 #: so the coordinator adds ciphertexts and only the analyst ever sees numbers; "dp" sends noisy
 #: vectors in the clear to the coordinator (weaker; recorded as such on the register).
 Pet = Literal["dp", "he+dp"]
+
+
+class Noise(Frozen):
+    mechanism: Literal["laplace", "gaussian"]
+    scale: float
+    integer: bool
+    #: The released number is the noisy integer times ``unit`` (fixed-point sums of linked queries).
+    unit: float = 1.0
+
+    def spec(self) -> NoiseSpec:
+        return NoiseSpec(self.mechanism, self.scale, self.integer)
 
 
 class PrivacyLoss(Frozen):
@@ -32,7 +45,7 @@ class QueryTask(Frozen):
     """Sent to every node in the reserve phase; the execute and abort phases refer to it by id."""
 
     query_id: str
-    plan: AggregatePlan
+    plan: Annotated[AggregatePlan | LinkedPlan, Field(discriminator="kind")]
     analyst: str
     project: str
     purpose: str = ""
@@ -115,9 +128,39 @@ class QueryRequest(Frozen):
     pet: Pet = "he+dp"
     #: Public TenSEAL contexts by scheme ("bfv", "ckks"), base64: never a secret key.
     contexts: dict[Scheme, str] = Field(default_factory=dict)
+    #: For a linked query: the analyst's fresh BFV public key for the chain (base64), never a secret key.
+    link_key: str = ""
 
     @model_validator(mode="after")
     def _one_measure(self) -> QueryRequest:
         if self.loss.epsilon > 0 and self.loss.rho > 0:
             raise ValueError("give --epsilon or --rho, not both")
         return self
+
+
+class LinkedStep(Frozen):
+    """One node's step of a linked query's encrypted chain (the header of a binary body whose blobs
+    are the ciphertexts, component by component, stream by stream, chunk by chunk)."""
+
+    query_id: str
+    role: Literal["first", "union", "middle", "last"]
+    #: The analyst's BFV public key for this query (base64); parameters follow from the plan.
+    public_key: str
+    spine_id: str
+    spine_size: int = Field(ge=1)
+    #: Per component key, how many streams (vectors over all slots) the blobs hold.
+    streams: dict[str, int] = Field(default_factory=dict)
+    chunks: int = 0
+    #: Per SUM component, the fixed-point unit its values were scaled by (value = integer * unit).
+    units: dict[str, float] = Field(default_factory=dict)
+
+
+class LinkedOutput(Frozen):
+    """What a node's step sends back (header; the ciphertexts follow in the same order)."""
+
+    streams: dict[str, int]
+    chunks: int
+    units: dict[str, float] = Field(default_factory=dict)
+    #: Only from the last node: the noise it added to each component's cells.
+    noise: dict[str, Noise] = Field(default_factory=dict)
+    noiseless: bool = False

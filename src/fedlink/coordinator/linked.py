@@ -1,0 +1,139 @@
+"""The coordinator's side of a linked query: reserve at every node of the chain, pass the ciphertexts
+from node to node, mask the last node's cells, and return them to the analyst.
+
+The coordinator sees the plan, the spine's id and size, and ciphertexts under the analyst's key; it
+never holds a noiseless aggregate (the last node adds the noise under encryption) nor any secret key.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Literal
+
+from fedlink.coordinator.linkage import load_spine_meta
+from fedlink.errors import BadInput, Fault, FedlinkError
+from fedlink.pets.chain import ChainEvaluator
+from fedlink.query.disclosure import DisclosurePolicy
+from fedlink.query.linked import plan_linked
+from fedlink.query.results import LinkedEncryptedResult
+from fedlink.query.tasks import LinkedOutput, LinkedStep, QueryRequest, QueryTask
+from fedlink.wire import rpc
+from fedlink.wire.blobs import pack, unpack
+from fedlink.wire.transport import Message, new_call_id
+
+if TYPE_CHECKING:
+    from fedlink.coordinator.server import Coordinator
+
+log = logging.getLogger("fedlink.coordinator")
+#: A chain step over a million people moves and multiplies hundreds of ciphertexts: allow it time.
+STEP_TIMEOUT_S = 600.0
+
+
+def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: str) -> bytes:
+    """Run a LINK query; returns the packed :class:`LinkedEncryptedResult` and its masked cells."""
+    started = time.perf_counter()
+    project = coordinator.projects.get(request.project)
+    if request.noiseless and not coordinator.config.coordinator.test_mode:
+        raise BadInput("noiseless queries need a federation in test mode; declare --epsilon or --rho instead")
+    if request.loss.is_zero and not request.noiseless:
+        raise BadInput("declare the query's privacy loss: --epsilon E (pure DP) or --rho R (zCDP)")
+    if request.pet != "he+dp":
+        raise BadInput("linked queries always run encrypted (he+dp); drop --pet dp")
+    plan = plan_linked(request.sql, coordinator.catalogue())
+    project.check(analyst, plan.datasets())
+    if not request.link_key:
+        raise BadInput("a linked query needs the analyst's public key for the chain; upgrade the analyst client")
+    evaluator = ChainEvaluator(plan.params, request.link_key)
+    meta = load_spine_meta(coordinator.spines_path(), project.id)
+    if meta is None:
+        raise BadInput(f"project '{project.id}' has no link spine yet; run `fedlink link --project {project.id}`")
+    outside = sorted(set(plan.nodes) - set(meta.nodes))
+    if outside:
+        raise BadInput(
+            f"the link spine of '{project.id}' does not cover node(s) {', '.join(outside)}; rebuild it with "
+            f"`fedlink link --project {project.id}`"
+        )
+    sessions = coordinator._sessions_for(plan.nodes, "holding a linked table")
+    task = QueryTask(
+        query_id=new_call_id(),
+        plan=plan,
+        analyst=analyst,
+        project=project.id,
+        purpose=project.purpose,
+        loss=request.loss,
+        noiseless=request.noiseless,
+        pet="he+dp",
+    )
+    reserved = coordinator._fan_out(sessions, rpc.RESERVE, task.model_dump_json().encode())
+    refusals = {n: a for n, a in reserved.items() if isinstance(a, FedlinkError)}
+    if refusals:
+        coordinator._abort({n: sessions[n] for n in reserved if n not in refusals}, task.query_id)
+        first = next(iter(refusals.values()))
+        coordinator._log_query(task, "refused", first.message, None)
+        raise first
+
+    output = LinkedOutput(streams={}, chunks=0)
+    blobs: list[bytes] = []
+    chain = plan.nodes
+    for position, node in enumerate(chain):
+        role = _role(position, len(chain), node in plan.union)
+        step = LinkedStep(
+            query_id=task.query_id,
+            role=role,
+            public_key=request.link_key,
+            spine_id=meta.spine_id,
+            spine_size=meta.size,
+            streams=output.streams,
+            chunks=output.chunks,
+            units=output.units,
+        )
+        body = pack(step.model_dump_json().encode(), blobs)
+        timeout = max(coordinator.config.coordinator.query_timeout_s, STEP_TIMEOUT_S)
+        answer = coordinator._call_each({node: (sessions[node], body)}, rpc.LINKED_STEP, timeout)[node]
+        if isinstance(answer, FedlinkError):
+            coordinator._abort({n: sessions[n] for n in chain[position:]}, task.query_id)
+            reason = f"node '{node}' failed during the linked query ({answer.message}); nothing was released"
+            coordinator._log_query(task, "failed", reason, None)
+            raise Fault(reason)
+        assert isinstance(answer, Message)
+        header, blobs = unpack(answer.body)
+        output = LinkedOutput.model_validate_json(header)
+    if output.noiseless != task.noiseless or sum(output.streams.values()) != len(plan.components) * plan.cells:
+        coordinator._log_query(task, "failed", "the last node answered inconsistently", None)
+        raise Fault("the last node of the chain answered inconsistently; nothing was released")
+    masked = [evaluator.mask(blob) for blob in blobs]
+    policy = DisclosurePolicy.strictest(sessions[n].catalogue.disclosure for n in chain)
+    result = LinkedEncryptedResult(
+        query_id=task.query_id,
+        plan=plan,
+        project=project.id,
+        pet=task.pet_label,
+        noiseless=task.noiseless,
+        privacy_loss={n: request.loss for n in chain},
+        policy=policy,
+        noise=output.noise,
+        units=output.units,
+        linkage=meta.quality,
+        linkage_note=meta.quality_refused,
+    )
+    coordinator._log_query(task, "released", None, None, encrypted_for=analyst)
+    log.info(
+        "linked query %s by '%s' for '%s' over %s (%d cells, %d people in the spine) answered in %.0f ms",
+        task.query_id[:8],
+        analyst,
+        project.id,
+        " -> ".join(chain),
+        plan.cells,
+        meta.size,
+        1000 * (time.perf_counter() - started),
+    )
+    return pack(result.model_dump_json().encode(), masked)
+
+
+def _role(position: int, length: int, in_union: bool) -> Literal["first", "union", "middle", "last"]:
+    if position == 0:
+        return "first"
+    if position == length - 1:
+        return "last"
+    return "union" if in_union else "middle"

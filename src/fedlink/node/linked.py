@@ -1,0 +1,275 @@
+"""A node's part of a linked query: per-slot vectors from its own rows, and its step of the chain.
+
+For each of its tables in the query the node finds, with one DuckDB statement, the people (from the
+record -> person map it kept at linkage time) with at least one row matching that table's conditions,
+their group cell (group-by table) and the mean of their matching values (aggregated columns). It
+places them at their slots of the link spine, so every vector has one entry per linked entity, and
+runs its step of the encrypted chain (:mod:`fedlink.pets.chain`). Nothing but ciphertexts leaves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlglot import exp
+
+from fedlink.errors import Fault, QueryError
+from fedlink.node.config import TableDecl
+from fedlink.node.data import NodeData, view_name
+from fedlink.node.operators import predicate_sql
+from fedlink.pets.chain import ChainEvaluator
+from fedlink.pets.dp import add_noise, calibrate
+from fedlink.query.linked import LinkedPlan, LinkedSource, columns_at
+from fedlink.query.plan import Component
+from fedlink.query.tasks import LinkedOutput, LinkedStep, Noise, PrivacyLoss
+
+#: Fixed-point units tried for linked SUM values, finest first (value = integer * unit).
+_UNITS = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def validate_linked(plan: LinkedPlan, tables: dict[str, TableDecl], node: str) -> list[TableDecl]:
+    """This node's tables of the plan, checked against its own declarations."""
+    mine = []
+    for source in plan.sources_at(node):
+        table = tables.get(source.table)
+        if table is None:
+            raise QueryError(f"node '{node}' refuses: it has no table '{source.table}'")
+        declared = {c.name: c for c in table.columns}
+        for name in sorted(columns_at(plan, source)):
+            column = declared.get(name)
+            if column is None or column.kind == "identifier":
+                raise QueryError(f"node '{node}' refuses: '{name}' is not a queryable column of '{table.name}'")
+        if plan.group_source is not None and plan.sources[plan.group_source] == source:
+            for group in plan.group_by:
+                if declared[group.column].categories != group.categories:
+                    raise QueryError(f"node '{node}' refuses: the categories of '{group.column}' differ")
+        for agg in plan.aggregates:
+            prefix = f"{node}.{table.name}."
+            if agg.column and agg.column.startswith(prefix):
+                column = declared[agg.column.removeprefix(prefix)]
+                if agg.func in ("sum", "avg") and (agg.lower, agg.upper) != column.bounds:
+                    raise QueryError(f"node '{node}' refuses: bounds of '{column.name}' differ from its declaration")
+                if agg.func == "histogram" and agg.bins != column.bins:
+                    raise QueryError(f"node '{node}' refuses: bins of '{column.name}' differ from its declaration")
+        mine.append(table)
+    if not mine:
+        raise QueryError(f"node '{node}' holds none of the linked tables")
+    return mine
+
+
+@dataclass
+class NodeVectors:
+    """This node's per-slot view of the linked people: who matches, their group cell, their values."""
+
+    present: np.ndarray
+    cell: np.ndarray | None = None
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _column(name: str) -> str:
+    return exp.column(name, quoted=True).sql(dialect="duckdb")
+
+
+def node_vectors(
+    plan: LinkedPlan, node: str, data: NodeData, records: Path, slot_of_person: np.ndarray, spine_size: int
+) -> NodeVectors:
+    """Per-slot vectors of this node's people (length ``spine_size``), from its own rows."""
+    if slot_of_person.size and int(slot_of_person.max()) >= spine_size:
+        raise Fault(f"node '{node}' holds slots beyond the spine; rebuild it with `fedlink link`")
+    present = np.ones(spine_size, dtype=np.int64)
+    out = NodeVectors(present=present)
+    for source in plan.sources_at(node):
+        table = data.tables[source.table]
+        is_group = plan.group_source is not None and plan.sources[plan.group_source] == source
+        prefix = f"{node}.{source.table}."
+        value_columns = sorted(
+            {a.column.removeprefix(prefix) for a in plan.aggregates if a.column and a.column.startswith(prefix)}
+        )
+        sql, params = _source_sql(plan, source, table, records, is_group, value_columns)
+        rows = data.fetch_arrays(sql, params)
+        persons = rows["person"].astype(np.int64)
+        slots = slot_of_person[persons]
+        here = np.zeros(spine_size, dtype=np.int64)
+        here[slots] = 1
+        present *= here
+        if is_group:
+            cell = np.full(spine_size, -1, dtype=np.int64)
+            cell[slots] = rows["cell"].astype(np.int64)
+            out.cell = cell
+        for i, column in enumerate(value_columns):
+            values = np.full(spine_size, np.nan)
+            values[slots] = rows[f"v{i}"].astype(float)
+            out.values[prefix + column] = values
+    return out
+
+
+def _source_sql(
+    plan: LinkedPlan, source: LinkedSource, table: TableDecl, records: Path, is_group: bool, values: list[str]
+) -> tuple[str, list[object]]:
+    params: list[object] = [str(records), source.table]
+    filters = [predicate_sql(source.where).sql(dialect="duckdb")] if source.where is not None else []
+    cell = "0"
+    if is_group:
+        stride = 1
+        terms = []
+        for group in reversed(plan.group_by):
+            params.append(list(group.categories))
+            position = f"list_position(${len(params)}, {_column(group.column)})"
+            terms.append(f"({position} - 1) * {stride}")
+            filters.append(f"{position} IS NOT NULL")
+            stride *= len(group.categories)
+        cell = " + ".join(terms)
+    picks = [f"MIN({cell}) AS cell"]
+    prefix = f"{source.nodes[0]}.{source.table}."
+    for i, name in enumerate(values):
+        # SUM and AVG clamp each row to the declared bounds (checked against this node's declaration)
+        bounded = next((a for a in plan.aggregates if a.column == prefix + name and a.lower is not None), None)
+        clamp = _column(name)
+        if bounded is not None:
+            clamp = f"LEAST(GREATEST({clamp}, {bounded.lower!r}), {bounded.upper!r})"
+        picks.append(f"AVG({clamp}) AS v{i}")
+    where = f"WHERE {' AND '.join(filters)}" if filters else ""
+    sql = (
+        f"SELECT r.person AS person, {', '.join(picks)} "
+        f'FROM (SELECT * FROM "{view_name(table)}" {where}) t '
+        "JOIN read_parquet($1) r ON r.source_table = $2 AND r.record_id = CAST(t.record_id AS VARCHAR) "
+        "GROUP BY r.person"
+    )
+    return sql, params
+
+
+def _unit(plan: LinkedPlan, bound: float, spine_size: int) -> float:
+    """The finest fixed-point unit at which a sum over the whole spine cannot wrap around."""
+    room = plan.params.max_total / 4
+    for unit in _UNITS:
+        if spine_size * bound / unit <= room:
+            return unit
+    raise QueryError("a linked SUM over this many people would overflow the encryption; query a smaller cohort")
+
+
+class _Factors:
+    """This node's plaintext factors for one component."""
+
+    def __init__(self, plan: LinkedPlan, node: str, vectors: NodeVectors, comp: Component, unit: float | None) -> None:
+        mine = comp.column is not None and comp.column.startswith(f"{node}.")
+        base = vectors.present.copy()
+        self.bins: list[np.ndarray] | None = None
+        if mine:
+            assert comp.column is not None
+            values = vectors.values[comp.column]
+            known = ~np.isnan(values)
+            if comp.kind == "count":
+                base *= known
+            elif comp.kind == "sum":
+                assert unit is not None
+                base *= np.where(known, np.rint(np.nan_to_num(values) / unit), 0).astype(np.int64)
+            elif comp.kind == "histogram":
+                assert comp.bins is not None
+                edges = np.asarray(comp.bins)
+                index = np.clip(np.searchsorted(edges, np.nan_to_num(values), side="right") - 1, 0, len(edges) - 2)
+                self.bins = [(known & (index == b)).astype(np.int64) for b in range(len(edges) - 1)]
+        self.base = base
+        self.groups: list[np.ndarray] | None = None
+        if plan.group_node == node:
+            assert vectors.cell is not None
+            self.groups = [(vectors.cell == g).astype(np.int64) for g in range(plan.group_cells)]
+
+
+def run_step(
+    plan: LinkedPlan,
+    node: str,
+    step: LinkedStep,
+    vectors: NodeVectors,
+    blobs: list[bytes],
+    loss: PrivacyLoss,
+    noiseless: bool,
+) -> tuple[LinkedOutput, list[bytes]]:
+    """This node's step of the chain: encrypt, OR in, multiply, or (last) finish and add DP noise."""
+    evaluator = ChainEvaluator(plan.params, step.public_key)
+    chunks = evaluator.chunks(step.spine_size)
+    units = dict(step.units)
+    incoming = _split(step, blobs, chunks) if step.role != "first" else {}
+    streams: dict[str, list[list[bytes]]] = {}
+    noise: dict[str, Noise] = {}
+    components = plan.components
+    for comp in components:
+        if comp.kind == "sum" and comp.column and comp.column.startswith(f"{node}."):
+            units[comp.key] = _unit(plan, max(abs(comp.lower or 0), abs(comp.upper or 0)), step.spine_size)
+        factors = _Factors(plan, node, vectors, comp, units.get(comp.key))
+        if step.role == "first":
+            parts = [factors.base * b for b in factors.bins] if factors.bins else [factors.base]
+            streams[comp.key] = [evaluator.encrypt(p) for p in parts]
+        elif step.role == "union":
+            streams[comp.key] = [evaluator.union(s, vectors.present) for s in incoming[comp.key]]
+        elif step.role == "middle":
+            ins = incoming[comp.key]
+            if factors.bins and len(ins) == 1:
+                streams[comp.key] = [evaluator.multiply(ins[0], factors.base * b) for b in factors.bins]
+            else:
+                streams[comp.key] = [evaluator.multiply(s, factors.base) for s in ins]
+        else:
+            spec, draws = _noise(plan, comp, loss, len(components), units.get(comp.key), noiseless)
+            if spec is not None:
+                noise[comp.key] = spec
+            streams[comp.key] = [[c] for c in _finish(plan, evaluator, factors, incoming[comp.key], draws)]
+    out_chunks = 1 if step.role == "last" else chunks
+    output = LinkedOutput(
+        streams={k: len(v) for k, v in streams.items()},
+        chunks=out_chunks,
+        units=units,
+        noise=noise,
+        noiseless=noiseless and step.role == "last",
+    )
+    return output, [blob for key in streams for stream in streams[key] for blob in stream]
+
+
+def _split(step: LinkedStep, blobs: list[bytes], chunks: int) -> dict[str, list[list[bytes]]]:
+    if step.chunks != chunks or sum(step.streams.values()) * chunks != len(blobs):
+        raise Fault("the ciphertexts of a linked step do not match the spine; rebuild it with `fedlink link`")
+    out: dict[str, list[list[bytes]]] = {}
+    at = 0
+    for key, count in step.streams.items():
+        out[key] = []
+        for _ in range(count):
+            out[key].append(blobs[at : at + chunks])
+            at += chunks
+    return out
+
+
+def _noise(
+    plan: LinkedPlan, comp: Component, loss: PrivacyLoss, components: int, unit: float | None, noiseless: bool
+) -> tuple[Noise | None, np.ndarray]:
+    if noiseless:
+        return None, np.zeros(plan.cells, dtype=np.int64)
+    sensitivity = 1.0
+    if comp.kind == "sum":
+        assert unit is not None
+        sensitivity = math.ceil(max(abs(comp.lower or 0), abs(comp.upper or 0)) / unit)
+    spec = calibrate(sensitivity, epsilon=loss.epsilon / components, rho=loss.rho / components, integer=True)
+    draws = np.rint(add_noise(np.zeros(plan.cells), spec)).astype(np.int64)
+    return Noise(mechanism=spec.mechanism, scale=spec.scale, integer=True, unit=unit or 1.0), draws
+
+
+def _finish(
+    plan: LinkedPlan, evaluator: ChainEvaluator, factors: _Factors, ins: list[list[bytes]], draws: np.ndarray
+) -> list[bytes]:
+    """One ciphertext per cell (group-major, then bin), each with its noise."""
+    groups = factors.groups or [np.ones_like(factors.base)]
+    bins = plan.bins
+    cells: list[bytes] = [b""] * plan.cells
+    for b in range(bins):
+        stream = ins[b] if len(ins) > 1 else ins[0]
+        local_bin = factors.bins[b] if factors.bins and len(ins) == 1 else None
+        vectors = []
+        for g in groups:
+            vector = factors.base * g
+            vectors.append(vector * local_bin if local_bin is not None else vector)
+        indices = [g * bins + b for g in range(len(groups))]
+        for index, blob in zip(
+            indices, evaluator.finish(stream, vectors, [int(draws[i]) for i in indices]), strict=True
+        ):
+            cells[index] = blob
+    return cells
