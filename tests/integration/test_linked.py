@@ -10,7 +10,6 @@ import duckdb
 import numpy as np
 import pytest
 
-from fedlink.errors import BadInput, QueryError
 from fedlink.query.linked import plan_linked
 from fedlink.query.reference import reference_totals
 

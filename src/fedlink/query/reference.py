@@ -36,7 +36,8 @@ def reference_totals(
 
     ``tables[(node, table)]`` is the table's file; ``keys[(node, table)]`` names a relation in
     ``connection`` with columns ``record_id`` (VARCHAR) and ``key`` (the person). ``units`` gives the
-    fixed-point unit of each SUM component (as the encrypted result reports it), so sums round alike (without it, sums are exact).
+    fixed-point unit of each SUM component (as the encrypted result reports it), so sums round alike;
+    without it, sums are exact.
     """
     con = connection or duckdb.connect()
     units = units or {}
@@ -88,7 +89,8 @@ def reference_totals(
         j = plan.aggregates.index(hist)
         assert hist.bins is not None
         edges = ", ".join(repr(float(e)) for e in hist.bins[1:-1])
-        bin_index = f"(CASE WHEN a{j} IS NULL THEN NULL ELSE list_count(list_filter([{edges}], lambda e: e <= a{j})) END)"
+        below = f"list_count(list_filter([{edges}], lambda e: e <= a{j}))"
+        bin_index = f"(CASE WHEN a{j} IS NULL THEN NULL ELSE {below} END)"
         cell = f"{cell} * {plan.bins} + {bin_index}"
     sql = (
         f"WITH {', '.join(ctes)} SELECT {cell} AS cell, {', '.join(outputs)} FROM s0 {joins} "
