@@ -75,13 +75,20 @@ def test_only_keyed_encodings_cross_and_no_scores_come_back(linked: dict, workdi
                 assert name in ("blooms", "popcounts") or name.startswith(("key:", "block:"))
                 assert npz[name].dtype.kind in "uiS", f"{name} must be numbers or digests, not text"
     slot_calls = [json.loads(body) for kind, body in messages if kind == "link_slots"]
-    assert len(slot_calls) == len(NODES) and all(set(c) == {"project", "analyst", "slots"} for c in slot_calls)
-    # what comes back from the linkage unit: integer slots to nodes, stage timings to the analyst
+    assert len(slot_calls) == len(NODES) and all(
+        set(c) == {"project", "analyst", "slots", "spine_id"} for c in slot_calls
+    )
+    # what comes back from the linkage unit: integer slots to nodes; stage timings and DP match rates
+    # (no exact count about people) to the analyst
     for call in slot_calls:
         slots = np.load(io.BytesIO(base64.b64decode(call["slots"])), allow_pickle=False)
         assert slots.dtype == np.int64 and slots.ndim == 1
     reports = [json.loads(body) for kind, body in messages if kind == "result" and body.startswith(b'{"project"')]
-    assert len(reports) == 1 and set(reports[0]) == {"project", "nodes", "stages"}
+    assert len(reports) == 1
+    assert set(reports[0]) == {"project", "nodes", "stages", "spine_id", "quality", "quality_refused"}
+    quality = reports[0]["quality"]
+    assert quality["epsilon"] == 0.1 and quality["scale"] == pytest.approx(len(NODES) / 0.1)
+    assert len(quality["pairs"]) == 3
     text_messages = [body for kind, body in messages if body[:2] != b"PK"]
     assert find_leaks(text_messages, identifier_values(workdir)) == []
 

@@ -12,6 +12,8 @@ import pytest
 
 from fedlink.query.linked import plan_linked
 from fedlink.query.reference import reference_totals
+from fedlink.query.results import LinkedEncryptedResult
+from fedlink.query.tasks import LinkedOutput, LinkedStep
 
 from ..conftest import InProcessFederation, connect_analyst, node_config, start_federation
 
@@ -109,3 +111,138 @@ def test_noiseless_linked_totals_equal_a_plaintext_join_on_the_same_spine(
             else:
                 total, count = (totals[c.key][i] for c in agg.components)
                 assert (value is None and count == 0) or value == pytest.approx(total / count, rel=1e-9)
+
+
+def test_linkage_quality_is_released_with_dp_and_paid_for_by_every_node(
+    fed: InProcessFederation, workdir: Path
+) -> None:
+    analyst = connect_analyst(fed.address, workdir)
+    result = analyst.query(QUERIES[0][1], project=DEPRIVATION, noiseless=True)
+    quality = result.linkage
+    assert quality is not None and quality.epsilon == pytest.approx(0.1)
+    assert {frozenset((p.a, p.b)) for p in quality.pairs} == {
+        frozenset(p) for p in (("dfe", "dwp"), ("dfe", "nhs"), ("dwp", "nhs"))
+    }
+    pair = quality.pair("dfe", "nhs")
+    assert pair is not None and pair.rate_a is not None and 0 < pair.rate_a <= 1
+    lines = {(r["node"], r["dataset"]): r for r in analyst.budget().rows() if r["project"] == DEPRIVATION}
+    for node in ("dfe", "dwp", "nhs"):
+        assert lines[(node, f"{node}.linkage")]["epsilon_spent"] == pytest.approx(0.1)
+
+
+def test_a_noisy_linked_query_spends_at_every_node_and_lies_within_its_intervals(
+    fed: InProcessFederation, workdir: Path
+) -> None:
+    analyst = connect_analyst(fed.address, workdir)
+    sql = QUERIES[0][1]
+
+    def spent() -> dict[tuple[str, str], float]:
+        rows = analyst.budget().rows()
+        return {(r["node"], r["dataset"]): r["epsilon_spent"] for r in rows if r["project"] == DEPRIVATION}
+
+    before = spent()
+    noisy = analyst.query(sql, project=DEPRIVATION, epsilon=1.0)
+    after = spent()
+    for dataset in ("dfe.pupils", "dwp.claims", "nhs.diagnoses"):
+        node = dataset.split(".")[0]
+        assert after[(node, dataset)] - before[(node, dataset)] == pytest.approx(1.0)
+    assert noisy.privacy_loss == {n: {"epsilon": 1.0, "rho": 0.0} for n in ("dwp", "nhs", "dfe")}
+    # SDC may suppress small cells; with no noise and no SDC, compare the released ones with the truth
+    _, plan, tables, keys, con = exact(fed, workdir, DEPRIVATION, sql)
+    truth = reference_totals(plan, tables, keys, connection=con)["rows:*"]
+    released = [(r["n"], r["n_lower"], r["n_upper"], truth[i]) for i, r in enumerate(noisy.rows())]
+    # Each released interval covers the truth with 95% (before rounding to 5, which only widens it).
+    # Nine independent cells: five or more misses has probability < 1e-4, so this cannot flake.
+    misses = sum(1 for v, lo, hi, t in released if v is not None and not lo <= t <= hi)
+    assert misses <= 4
+    assert all(v is None or v % 5 == 0 for v, *_ in released), "counts are rounded to 5"
+
+
+def test_nothing_but_ciphertexts_crosses_the_wire(fed: InProcessFederation, workdir: Path, monkeypatch) -> None:
+    from fedlink.analyst import client
+    from fedlink.pets.chain import ChainKeys
+    from fedlink.wire import audit
+    from fedlink.wire.blobs import unpack
+    from fedlink.wire.fedlink_pb2 import Frame
+    from fedlink.wire.transport import Reassembler
+
+    from ..conftest import find_leaks, identifier_values
+
+    made: list[ChainKeys] = []
+
+    class Recorded(ChainKeys):
+        def __init__(self, params) -> None:
+            super().__init__(params)
+            made.append(self)
+
+    monkeypatch.setattr(client, "ChainKeys", Recorded)
+    analyst = connect_analyst(fed.address, workdir)
+    with audit.recording() as captured:
+        analyst.query(QUERIES[4][1], project=HOMELESSNESS, epsilon=0.5)
+    reassembler, bodies = Reassembler(), []
+    for direction, data in captured:
+        if direction == "sent":
+            message = reassembler.feed(Frame.FromString(data))
+            if message is not None:
+                bodies.append((message.kind, message.body))
+    steps = [b for k, b in bodies if k == "linked_step"]
+    assert len(steps) == 4, "north, south, dwp, nhs each ran one step"
+    binary = [b for _, b in bodies if b[:4] == b"FLB1"]
+    assert len(binary) >= 9  # 4 steps out, 4 back, 1 result
+    from fedlink.pets.chain import ChainEvaluator, ChainParams
+
+    evaluator = ChainEvaluator(ChainParams.for_multiplications(3), made[0].public_key())
+    for body in binary:
+        header, blobs = unpack(body)
+        # headers are one of three typed models that carry shapes, noise specs and plans, never vectors
+        assert any(_validates(model, header) for model in (LinkedStep, LinkedOutput, LinkedEncryptedResult))
+        for blob in blobs:
+            evaluator._load(blob)  # every blob is a ciphertext under this query's parameters
+    secret = made[0].secret_key_bytes()
+    wire = b"".join(b for _, b in bodies)
+    assert secret[100:164] not in wire
+    text = [b for _, b in bodies if b[:4] != b"FLB1"]
+    assert find_leaks(text, identifier_values(workdir)) == []
+
+
+def _validates(model, header: bytes) -> bool:
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate_json(header)
+    except ValidationError:
+        return False
+    return True
+
+
+def test_registers_record_the_query_at_every_node_without_values(fed: InProcessFederation, workdir: Path) -> None:
+    import json
+
+    analyst = connect_analyst(fed.address, workdir)
+    result = analyst.query(QUERIES[0][1], project=DEPRIVATION, epsilon=0.5)
+    for node in ("dfe", "dwp", "nhs"):
+        config = node_config(node, fed.address, fed.state)
+        entries = [json.loads(line) for line in config.register_path().read_text().splitlines()]
+        mine = [e for e in entries if e.get("fields", {}).get("query_id") == result.query_id]
+        assert [e["fields"]["status"] for e in mine] == ["released"]
+        assert mine[0]["fields"]["released"] is None and "LINK" in mine[0]["fields"]["query"]
+
+
+def test_linked_queries_refuse_clearly_and_spend_nothing(fed: InProcessFederation, workdir: Path) -> None:
+    from fedlink.errors import BadInput, QueryError
+
+    analyst = connect_analyst(fed.address, workdir)
+    before = analyst.budget().rows()
+    with pytest.raises(BadInput, match="always run encrypted"):
+        analyst.query(QUERIES[0][1], project=DEPRIVATION, epsilon=1.0, pet="dp")
+    with pytest.raises(QueryError, match="exactly one table"):
+        analyst.query(
+            "SELECT COUNT(*) FROM dfe.pupils LINK nhs.diagnoses WHERE dfe.pupils.fsm = 1 OR nhs.diagnoses.severe = 1",
+            project=DEPRIVATION,
+            epsilon=1.0,
+        )
+    from fedlink.errors import PolicyRefused
+
+    with pytest.raises(PolicyRefused, match=r"not registered for dataset pnc\.convictions"):
+        analyst.query("SELECT COUNT(*) FROM dfe.pupils LINK pnc.convictions", project=DEPRIVATION, epsilon=1.0)
+    assert analyst.budget().rows() == before

@@ -6,6 +6,7 @@ import html
 from typing import Any
 
 from fedlink.errors import BadInput
+from fedlink.linkage.messages import LinkageQuality
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue
 from fedlink.query.results import QueryResult
 from fedlink.query.tasks import BudgetReport
@@ -66,6 +67,27 @@ class Result:
     def notes(self) -> tuple[str, ...]:
         return self.raw.notes
 
+    @property
+    def query_id(self) -> str:
+        return self.raw.query_id
+
+    @property
+    def linkage(self) -> LinkageQuality | None:
+        """For a linked query, the DP match rates of the spine it ran over (None otherwise)."""
+        return self.raw.linkage
+
+    def linkage_summary(self) -> str:
+        """Match rates per node pair, as people read them; empty for a query that is not linked."""
+        quality = self.raw.linkage
+        if quality is None:
+            return ""
+        rates = []
+        for pair in quality.pairs:
+            a = "—" if pair.rate_a is None else f"{pair.rate_a:.0%}"
+            b = "—" if pair.rate_b is None else f"{pair.rate_b:.0%}"
+            rates.append(f"{pair.a}->{pair.b} {a}, {pair.b}->{pair.a} {b}")
+        return f"linkage match rates (DP, ε={quality.epsilon:g} per node): " + "; ".join(rates)
+
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for row in self.raw.rows:
@@ -93,6 +115,7 @@ class Result:
             "privacy_loss": self.privacy_loss,
             "disclosure": raw.disclosure.model_dump(),
             "notes": list(raw.notes),
+            "linkage": raw.linkage.model_dump() if raw.linkage else None,
             "columns": self.columns,
             "rows": [
                 {
@@ -129,7 +152,8 @@ class Result:
             f"{n}: " + (f"ε={v['epsilon']:g}" if v["epsilon"] else f"ρ={v['rho']:g}")
             for n, v in self.privacy_loss.items()
         )
-        return f"project {self.raw.project}; {self.raw.pet}; privacy loss per node: {loss}"
+        text = f"project {self.raw.project}; {self.raw.pet}; privacy loss per node: {loss}"
+        return f"{text}; {self.linkage_summary()}" if self.raw.linkage else text
 
     def __repr__(self) -> str:
         shape = f"{len(self.raw.rows)} rows x {self.columns}"

@@ -1,0 +1,170 @@
+"""LINK queries: what the planner accepts becomes the right chain; what it refuses names the problem;
+and the encrypted chain itself multiplies, ORs, sums and masks exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedlink.errors import BadInput, Fault, QueryError
+from fedlink.pets.chain import ChainEvaluator, ChainKeys, ChainParams
+from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
+from fedlink.query.linked import is_linked, plan_linked
+from fedlink.query.plan import Between, BoolOp, Comparison
+
+IDS = (ColumnInfo(name="record_id", kind="identifier"), ColumnInfo(name="first_name", kind="identifier"))
+PUPILS = TableInfo(
+    name="pupils",
+    rows_rounded=100,
+    columns=(
+        *IDS,
+        ColumnInfo(name="region", kind="category", categories=("North", "South", "East")),
+        ColumnInfo(name="fsm", kind="category", categories=(0, 1)),
+        ColumnInfo(name="year", kind="category", categories=(2014, 2015, 2016)),
+        ColumnInfo(name="score", kind="numeric", bounds=(0.0, 90.0), bins=(0.0, 30.0, 60.0, 90.0)),
+    ),
+)
+CLAIMS = TableInfo(
+    name="claims",
+    rows_rounded=100,
+    columns=(
+        *IDS,
+        ColumnInfo(name="region", kind="category", categories=("North", "South", "East")),
+        ColumnInfo(name="flag", kind="category", categories=(0, 1)),
+    ),
+)
+EPISODES = TableInfo(
+    name="episodes",
+    rows_rounded=100,
+    columns=(*IDS, ColumnInfo(name="outcome", kind="category", categories=("housed", "not_housed"))),
+)
+
+
+def _catalogue(*nodes: tuple[str, tuple[TableInfo, ...]]) -> FederationCatalogue:
+    return FederationCatalogue(
+        nodes=tuple(NodeStatus(node=n, live=True, catalogue=NodeCatalogue(node=n, tables=t)) for n, t in nodes)
+    )
+
+
+CAT = _catalogue(("dfe", (PUPILS,)), ("dwp", (CLAIMS,)), ("north", (EPISODES,)), ("south", (EPISODES,)))
+
+
+def test_link_binds_conditions_to_their_tables_and_orders_the_chain() -> None:
+    plan = plan_linked(
+        "SELECT dfe.pupils.region, COUNT(*) AS n FROM dfe.pupils LINK dwp.claims "
+        "WHERE dfe.pupils.fsm = 1 AND claims.flag = 1 AND pupils.year BETWEEN 2014 AND 2015 "
+        "GROUP BY dfe.pupils.region",
+        CAT,
+    )
+    assert [s.table for s in plan.sources] == ["pupils", "claims"]
+    pupils, claims = plan.sources
+    assert isinstance(pupils.where, BoolOp) and pupils.where.args == (
+        Comparison(column="fsm", op="=", value=1),
+        Between(column="year", low=2014, high=2015),
+    )
+    assert claims.where == Comparison(column="flag", op="=", value=1)
+    assert plan.group_node == "dfe" and plan.nodes == ("dwp", "dfe"), "the group-by node runs last"
+    assert plan.cells == 3 and plan.multiplications == 1 and plan.params == ChainParams(8192, 30)
+    assert plan.noise_sources == 1 and plan.datasets() == ["dfe.pupils", "dwp.claims"]
+
+
+def test_a_table_several_nodes_hold_goes_first_as_a_union() -> None:
+    plan = plan_linked("SELECT claims.region, COUNT(*) FROM episodes LINK dwp.claims GROUP BY claims.region", CAT)
+    assert plan.union == ("north", "south") and plan.nodes == ("north", "south", "dwp")
+    assert plan.table == "episodes LINK dwp.claims"
+
+
+def test_value_aggregates_name_their_node_and_table() -> None:
+    plan = plan_linked("SELECT AVG(score) AS s, COUNT(score) FROM pupils LINK claims", CAT)
+    assert [a.column for a in plan.aggregates] == ["dfe.pupils.score", "dfe.pupils.score"]
+    assert [c.key for c in plan.components] == ["rows:*", "sum:dfe.pupils.score", "count:dfe.pupils.score"]
+    hist = plan_linked("SELECT HISTOGRAM(pupils.score) FROM pupils LINK claims", CAT)
+    assert hist.cells == 3 and [c.kind for c in hist.components] == ["histogram"]
+
+
+def test_link_is_found_as_a_keyword_only() -> None:
+    assert is_linked("SELECT COUNT(*) FROM a LINK b")
+    assert is_linked("select count(*) from a link b")
+    assert not is_linked("SELECT COUNT(*) FROM episodes WHERE outcome = 'LINK'")
+    assert not is_linked("SELECT COUNT(*) FROM episodes")
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT COUNT(*) FROM pupils LINK nowhere", "unknown table 'nowhere'"),
+        ("SELECT COUNT(*) FROM pupils JOIN claims ON pupils.region = claims.region", "JOIN ... ON is not supported"),
+        ("SELECT COUNT(*) FROM pupils LINK claims WHERE pupils.fsm = 1 OR claims.flag = 1", "exactly one table"),
+        ("SELECT COUNT(*) FROM pupils LINK claims GROUP BY region", "ambiguous; write pupils.region or claims.region"),
+        ("SELECT pupils.region, COUNT(*) FROM pupils LINK claims", "selected but not grouped"),
+        ("SELECT first_name, COUNT(*) FROM pupils LINK claims GROUP BY first_name", "ambiguous"),
+        ("SELECT pupils.first_name, COUNT(*) FROM pupils LINK claims GROUP BY pupils.first_name", "identifier"),
+        ("SELECT * FROM pupils LINK claims", "SELECT * would release rows"),
+        ("SELECT COUNT(*) FROM pupils LINK pupils", "appears twice"),
+        ("SELECT COUNT(*) FROM pupils", None),
+        ("SELECT outcome, COUNT(*) FROM episodes LINK claims GROUP BY outcome", "several nodes hold"),
+        ("SELECT COUNT(*) FROM claims LINK episodes", "put it first"),
+        (
+            "SELECT pupils.region, COUNT(*) FROM pupils LINK claims GROUP BY pupils.region, claims.flag",
+            "must all come from one table",
+        ),
+        ("SELECT SUM(claims.flag) FROM pupils LINK claims", "SUM needs a numeric column"),
+    ],
+)
+def test_bad_linked_queries_are_refused_with_a_reason(sql: str, message: str | None) -> None:
+    if message is None:
+        with pytest.raises(QueryError, match="at least two tables"):
+            plan_linked(sql, CAT)
+        return
+    with pytest.raises(QueryError, match=message.replace("(", r"\(").replace("*", r"\*")):
+        plan_linked(sql, CAT)
+
+
+def test_a_chain_too_long_for_the_parameters_is_refused() -> None:
+    many = _catalogue(*((f"n{i}", (TableInfo(name=f"t{i}", rows_rounded=100, columns=IDS),)) for i in range(8)))
+    sql = "SELECT COUNT(*) FROM " + " LINK ".join(f"t{i}" for i in range(8))
+    with pytest.raises(BadInput, match="7 encrypted multiplications"):
+        plan_linked(sql, many)
+    assert plan_linked(" LINK ".join(sql.split(" LINK ")[:7]), many).params == ChainParams(16384, 40)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=3),
+    st.lists(st.integers(min_value=-5, max_value=5), min_size=3, max_size=3),
+    st.integers(min_value=0, max_value=2**16),
+)
+def test_the_chain_multiplies_ors_sums_and_masks_exactly(middles: int, noise: list[int], seed: int) -> None:
+    """Decrypted cells equal the plaintext sum of slot-wise products plus the noise, for random vectors
+    spanning several ciphertexts; every masked slot looks random, only the sum carries the value."""
+    params = ChainParams.for_multiplications(middles + 1)
+    keys = ChainKeys(params)
+    evaluator = ChainEvaluator(params, keys.public_key())
+    rng = np.random.default_rng(seed)
+    size = params.slots + 100
+    first, union = rng.integers(0, 2, size), rng.integers(0, 2, size)
+    factors = [rng.integers(0, 4, size) for _ in range(middles - 1)]
+    groups = rng.integers(0, 3, size)
+    chunks = evaluator.encrypt(first)
+    chunks = evaluator.union(chunks, union)
+    product = first * (1 - union) + union
+    for factor in factors:
+        chunks = evaluator.multiply(chunks, factor)
+        product = product * factor
+    cells = [(groups == g).astype(np.int64) for g in range(3)]
+    out = [evaluator.mask(c) for c in evaluator.finish(chunks, cells, noise)]
+    assert [keys.total(c) for c in out] == [int((product * cells[g]).sum()) + noise[g] for g in range(3)]
+
+
+def test_only_the_analysts_key_decrypts_and_a_bad_public_key_is_refused() -> None:
+    params = ChainParams.for_multiplications(1)
+    keys, other = ChainKeys(params), ChainKeys(params)
+    evaluator = ChainEvaluator(params, keys.public_key())
+    cell = evaluator.mask(evaluator.finish(evaluator.encrypt(np.ones(10, dtype=np.int64)), [np.ones(10)], [0])[0])
+    assert keys.total(cell) == 10
+    with pytest.raises(Fault, match="noise budget"):  # under another key the cell is noise
+        other.total(cell)
+    with pytest.raises(BadInput, match="not valid base64"):
+        ChainEvaluator(params, "not a key!")
