@@ -63,6 +63,7 @@ EXPECTED_ATTRIBUTES: dict[str, list[tuple[str, pa.DataType]]] = {
     ],
     "hmps/prisoner_children": [("parent_sentence_year", pa.int16())],
     "pnc/convictions": [("offence_group", pa.string()), ("disposal", pa.string()), ("year", pa.int16())],
+    "pnc/offender_children": [("parent_conviction_year", pa.int16())],
     "charity_north/support_episodes": [
         ("episode_type", pa.string()),
         ("start_year", pa.int16()),
@@ -134,6 +135,7 @@ BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
     ("hmps/sentences", "is_parent"): (0, 1),
     ("hmps/prisoner_children", "parent_sentence_year"): (2000, 2025),
     ("pnc/convictions", "year"): (2000, 2025),
+    ("pnc/offender_children", "parent_conviction_year"): (2000, 2025),
     ("charity_north/support_episodes", "start_year"): (2012, 2025),
     ("charity_north/support_episodes", "duration_days"): (1, 1095),
     ("charity_south/support_episodes", "start_year"): (2012, 2025),

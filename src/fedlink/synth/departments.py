@@ -21,6 +21,7 @@ from fedlink.synth.layout import (
     CLAIMS,
     CONVICTIONS,
     DIAGNOSES,
+    OFFENDER_CHILDREN,
     PRESCRIPTIONS,
     PRISONER_CHILDREN,
     PUPILS,
@@ -114,6 +115,7 @@ ATTRIBUTE_SCHEMAS: Final[dict[TableRef, pa.Schema]] = {
     ),
     PRISONER_CHILDREN: pa.schema([("parent_sentence_year", pa.int16())]),
     CONVICTIONS: pa.schema([("offence_group", pa.string()), ("disposal", pa.string()), ("year", pa.int16())]),
+    OFFENDER_CHILDREN: pa.schema([("parent_conviction_year", pa.int16())]),
     CHARITY_NORTH: _SUPPORT_EPISODES,
     CHARITY_SOUTH: _SUPPORT_EPISODES,
 }
@@ -301,6 +303,15 @@ def prisoner_children(population: Population, outcomes: Outcomes, rng: np.random
     children = np.flatnonzero(outcomes.parent_imprisoned)
     year = outcomes.sentence_year[population.parent[children]]
     return _rows(PRISONER_CHILDREN, children, {"parent_sentence_year": year})
+
+
+def offender_children(population: Population, outcomes: Outcomes, rng: np.random.Generator) -> DepartmentRows:
+    """Children recorded (in pre-sentence reports) as dependants of a parent convicted without custody
+    while they were under 18."""
+    del rng
+    children = np.flatnonzero(outcomes.parent_convicted)
+    year = outcomes.conviction_year[population.parent[children]]
+    return _rows(OFFENDER_CHILDREN, children, {"parent_conviction_year": year})
 
 
 def convictions(

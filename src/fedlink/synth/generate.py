@@ -40,6 +40,7 @@ from fedlink.synth.layout import (
     DIAGNOSES,
     MANIFEST,
     NODES,
+    OFFENDER_CHILDREN,
     PRESCRIPTIONS,
     PRISONER_CHILDREN,
     PUPILS,
@@ -247,7 +248,10 @@ def _registers(node: str, population: Population, outcomes: Outcomes, seed: int)
     if node == "pnc":
         # The same stream as for HMPS, so every sentence there is a custody conviction here.
         custody = departments.sentences(population, outcomes, rng(SENTENCES))
-        return [[departments.convictions(population, outcomes, custody, rng(CONVICTIONS))]]
+        return [
+            [departments.convictions(population, outcomes, custody, rng(CONVICTIONS))],
+            [departments.offender_children(population, outcomes, rng(OFFENDER_CHILDREN))],
+        ]
     charity = CHARITY_NORTH if node == CHARITY_NORTH.node else CHARITY_SOUTH
     return [[departments.support_episodes(charity, population, outcomes, rng(charity))]]
 

@@ -32,6 +32,7 @@ PRESCRIPTIONS: Final = TableRef("nhs", "prescriptions", "NHSP")
 SENTENCES: Final = TableRef("hmps", "sentences", "HMPS")
 PRISONER_CHILDREN: Final = TableRef("hmps", "prisoner_children", "HMPC")
 CONVICTIONS: Final = TableRef("pnc", "convictions", "PNC")
+OFFENDER_CHILDREN: Final = TableRef("pnc", "offender_children", "PNCC")
 CHARITY_NORTH: Final = TableRef("charity_north", "support_episodes", "CHN")
 CHARITY_SOUTH: Final = TableRef("charity_south", "support_episodes", "CHS")
 
@@ -43,6 +44,7 @@ TABLES: Final[tuple[TableRef, ...]] = (
     SENTENCES,
     PRISONER_CHILDREN,
     CONVICTIONS,
+    OFFENDER_CHILDREN,
     CHARITY_NORTH,
     CHARITY_SOUTH,
 )
