@@ -51,6 +51,9 @@ _LAZY = {
     "export_register": "fedlink.governance.export",
     "find_registers": "fedlink.governance.register",
     "evaluate_linkage": "fedlink.linkage.evaluate:evaluate_files",
+    "run_scenario": "fedlink.analyst.scenarios",
+    "SCENARIOS": "fedlink.analyst.scenarios",
+    "DemoTruth": "fedlink.analyst.scenarios",
     "run_benchmarks": "fedlink.bench.runner:run",
     "write_benchmark_report": "fedlink.bench.report:write_report",
 }

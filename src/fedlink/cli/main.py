@@ -402,6 +402,49 @@ def demo(
     err.print("demo: federation stopped")
 
 
+class ScenarioName(StrEnum):
+    deprivation = "deprivation"
+    justice = "justice"
+    homelessness = "homelessness"
+
+
+@app.command()
+@handles_errors
+def scenario(
+    name: Annotated[ScenarioName, typer.Argument(help="deprivation, justice or homelessness.")],
+    epsilon: Annotated[float, typer.Option(help="Privacy loss per query, at each node it reads.")] = 0.25,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for the chart (PNG) and published table (CSV).")
+    ] = Path("scenarios"),
+    people: Annotated[int, typer.Option(help="Synthetic population of the demo federation.")] = 50_000,
+    seed: Annotated[int, typer.Option(help="Random seed of the demo federation.")] = 7,
+    workdir: Annotated[Path, typer.Option(help="Working folder of the demo federation.")] = Path(".fedlink"),
+    profile: Annotated[
+        Path | None, typer.Option(help="Run on this running federation instead of starting the demo one.")
+    ] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Run a research scenario end to end: linked DP queries, a table with intervals, a PNG chart.
+
+    Without --profile it starts the demo federation (PKI, synthetic departments, seven nodes), runs
+    the scenario and stops it, and also shows the error against the synthetic ground truth (demo only).
+    """
+    say = (lambda msg: err.print(f"[dim]scenario:[/] {msg}", highlight=False)) if err.is_terminal else None
+    if profile is not None:
+        fed = fedlink.connect(profile=profile)
+        report = fedlink.run_scenario(fed, name.value, out_dir, epsilon, progress=say)
+        render.scenario(out, report, fmt.value)
+        return
+    setup = fedlink.run_demo(workdir, people, seed, progress=say or (lambda _: None))
+    try:
+        fed = fedlink.connect(profile=setup.profile)
+        truth = fedlink.DemoTruth(setup.workdir)
+        report = fedlink.run_scenario(fed, name.value, out_dir, epsilon, truth=truth, progress=say)
+        render.scenario(out, report, fmt.value)
+    finally:
+        setup.federation.stop()
+
+
 def run() -> None:
     """Console-script entry point."""
     app()

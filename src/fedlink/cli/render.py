@@ -145,13 +145,114 @@ def link_report(console: Console, report: Any, fmt: str) -> None:
     table = Table(
         title=f"link spine built for project {report.project}",
         title_justify="left",
-        caption=f"nodes: {', '.join(report.nodes)}; overlap counts are not released",
+        caption=f"nodes: {', '.join(report.nodes)}; exact overlap counts are seen by the linkage unit only",
     )
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     for stage, seconds in report.stages.items():
         table.add_row(stage, f"{seconds:.2f}")
     console.print(table)
+    match_rates(console, report.quality, report.quality_refused)
+
+
+def match_rates(console: Console, quality: Any, refused: str | None = None) -> None:
+    """A spine's DP match rates per node pair (or why they were not released)."""
+    if quality is None:
+        console.print(refused or "match rates: not released", highlight=False)
+        return
+    table = Table(
+        title="match rates per node pair (differentially private)",
+        title_justify="left",
+        caption=f"{quality.note}; Laplace scale {quality.scale:g} on each count",
+    )
+    for column in ("a", "b", "people at a", "people at b", "linked", "share of a linked", "share of b linked"):
+        table.add_column(column, justify="left" if column in ("a", "b") else "right")
+    for pair in quality.pairs:
+        table.add_row(
+            pair.a,
+            pair.b,
+            fedlink.format_value(round(quality.people[pair.a])),
+            fedlink.format_value(round(quality.people[pair.b])),
+            fedlink.format_value(round(pair.overlap)),
+            "—" if pair.rate_a is None else f"{pair.rate_a:.1%}",
+            "—" if pair.rate_b is None else f"{pair.rate_b:.1%}",
+        )
+    console.print(table)
+
+
+def scenario(console: Console, report: Any, fmt: str) -> None:
+    """A scenario's published table, its linkage quality and, on the demo only, the ground truth."""
+    if fmt == "json":
+        console.print_json(json.dumps(scenario_dict(report), default=str))
+        return
+    if fmt == "csv":
+        _csv(console, report.table.columns, report.table.rows)
+        return
+    meta = report.scenario
+    console.print(f"[bold]{meta.title}[/] (project {meta.project})\n{meta.question}", highlight=False)
+    table = Table(title=f"published table ({report.published})", title_justify="left", caption="\n".join(report.notes))
+    for column in report.table.columns:
+        table.add_column(
+            column, justify="left" if column in ("area", "cohorts", "group", "outcome", "category") else "right"
+        )
+    for row in report.table.rows:
+        table.add_row(*(fedlink.format_value(v) for v in row))
+    console.print(table)
+    linked = next((r for r in report.results.values() if r.linkage is not None), None)
+    if linked is not None:
+        match_rates(console, linked.linkage)
+    spent = ", ".join(f"{n}: ε={e:g}" for n, e in sorted(report.spent().items()))
+    console.print(f"privacy loss spent ({report.epsilon:g} per query at each node it reads): {spent}", highlight=False)
+    if report.linkage_truth:
+        truth = Table(
+            title="DEMO ONLY: linkage error against the synthetic ground truth",
+            title_justify="left",
+            caption="no real deployment can compute this: it needs the true identities",
+        )
+        for column in ("a", "b", "links", "true pairs", "precision", "recall"):
+            truth.add_column(column, justify="left" if column in ("a", "b") else "right")
+        for row in report.linkage_truth:
+            truth.add_row(
+                row["a"],
+                row["b"],
+                str(row["links"]),
+                str(row["true_pairs"]),
+                _fmt_measure(row["precision"]),
+                _fmt_measure(row["recall"]),
+            )
+        console.print(truth)
+    if report.truth:
+        errors = Table(
+            title="DEMO ONLY: released counts against the truth (perfect linkage, no noise)", title_justify="left"
+        )
+        for column in ("query", "cell", "released [95% interval]", "true"):
+            errors.add_column(column, justify="right" if column != "query" else "left")
+        for query in meta.queries:
+            if query.key not in report.truth:
+                continue
+            result = report.results[query.key]
+            column = result.raw.value_columns[0]
+            for i, true in enumerate(report.truth[query.key]):
+                keys = " / ".join(str(k) for k in result.raw.rows[i].keys) or "all"
+                errors.add_row(query.title, keys, result.cell_text(i, column), fedlink.format_value(true))
+        console.print(errors)
+    console.print(f"chart: {report.chart}", highlight=False)
+
+
+def scenario_dict(report: Any) -> dict[str, Any]:
+    return {
+        "scenario": report.scenario.name,
+        "project": report.scenario.project,
+        "columns": report.table.columns,
+        "rows": report.table.rows,
+        "chart": str(report.chart),
+        "published": str(report.published),
+        "spent": report.spent(),
+        "notes": report.notes,
+        "results": {key: result.to_dict() for key, result in report.results.items()},
+        "demo_only_linkage_error": report.linkage_truth,
+        "demo_only_true_counts": report.truth,
+    }
 
 
 def linkage_quality(console: Console, report: dict[str, Any], fmt: str) -> None:
