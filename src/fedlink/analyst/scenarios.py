@@ -49,6 +49,9 @@ class Scenario:
     project: str
     question: str
     queries: tuple[Query, ...]
+    #: Privacy loss per query by default: enough for useful intervals at the demo's sizes, and well
+    #: inside the demo projects' caps (epsilon 10 per dataset) for one run.
+    epsilon: float
 
 
 _REGION = "dfe.pupils.region"
@@ -135,6 +138,7 @@ SCENARIOS: dict[str, Scenario] = {
         "Among children later linked to benefit records, is severe mental illness more common for those on free "
         "school meals whose parent received disability benefit than for those with neither?",
         _deprivation_queries(),
+        0.25,
     ),
     "justice": Scenario(
         "justice",
@@ -143,6 +147,7 @@ SCENARIOS: dict[str, Scenario] = {
         "How do the GCSE results (Attainment 8) of children whose parent was imprisoned compare with children "
         "whose parent was convicted without custody, and with all pupils, over ten years of cohorts?",
         _justice_queries(),
+        1.0,
     ),
     "homelessness": Scenario(
         "homelessness",
@@ -150,6 +155,7 @@ SCENARIOS: dict[str, Scenario] = {
         "homelessness-outcomes",
         "What later health, housing and employment records do the charity's 2012-2017 clients have?",
         _homelessness_queries(),
+        1.0,
     ),
 }
 
@@ -205,15 +211,17 @@ def run_scenario(
     fed: Federation,
     name: str,
     out_dir: Path,
-    epsilon: float = 0.25,
+    epsilon: float | None = None,
     truth: DemoTruth | None = None,
     progress: Progress | None = None,
 ) -> ScenarioReport:
     """Run scenario ``name`` (deprivation, justice or homelessness) on ``fed``, spending ``epsilon`` per
-    query at every node it reads, and write its chart (PNG) and published table (CSV) into ``out_dir``."""
+    query at every node it reads (default: the scenario's own), and write its chart (PNG) and published
+    table (CSV) into ``out_dir``."""
     scenario = SCENARIOS.get(name)
     if scenario is None:
         raise BadInput(f"unknown scenario '{name}'; choose one of {', '.join(SCENARIOS)}")
+    epsilon = scenario.epsilon if epsilon is None else epsilon
     if epsilon <= 0:
         raise BadInput("give a positive --epsilon per query")
     say = progress or (lambda _: None)

@@ -412,7 +412,9 @@ class ScenarioName(StrEnum):
 @handles_errors
 def scenario(
     name: Annotated[ScenarioName, typer.Argument(help="deprivation, justice or homelessness.")],
-    epsilon: Annotated[float, typer.Option(help="Privacy loss per query, at each node it reads.")] = 0.25,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Privacy loss per query at each node it reads (default: the scenario's).")
+    ] = None,
     out_dir: Annotated[
         Path, typer.Option("--out", help="Folder for the chart (PNG) and published table (CSV).")
     ] = Path("scenarios"),

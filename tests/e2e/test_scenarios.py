@@ -1,0 +1,73 @@
+"""`fedlink scenario deprivation|justice|homelessness`, one command each, as a user runs it: it starts
+the demo federation, links, runs the linked DP queries, writes a chart and a table, and stops."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from .test_cli import cli
+
+pytestmark = pytest.mark.slow
+
+
+def run(name: str, tmp_path: Path, people: int = 30_000) -> dict:
+    proc = cli(
+        "scenario", name, "--people", str(people), "--workdir", str(tmp_path / "wd"),
+        "--out", str(tmp_path / "out"), "--format", "json", timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    chart = Path(report["chart"])
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
+    with open(report["published"], newline="") as handle:
+        published = list(csv.reader(handle))
+    assert published[0] == report["columns"] and len(published) == len(report["rows"]) + 1
+    return report
+
+
+def test_deprivation(tmp_path: Path) -> None:
+    report = run("deprivation", tmp_path)
+    rows = {r[0]: dict(zip(report["columns"], r, strict=True)) for r in report["rows"]}
+    assert len(rows) == 10 and "England" in rows
+    england = rows["England"]
+    # the synthetic population is built so that exposure raises severe mental illness (outcomes.py)
+    assert england["unexposed_n"] > england["exposed_n"] > 0
+    assert report["spent"] == {"dfe": 2.0, "dwp": 2.0, "nhs": 1.0}
+    # DEMO ONLY comparisons: linkage error per pair, true counts beside every linked query
+    assert {(r["a"], r["b"]) for r in report["demo_only_linkage_error"]} == {
+        ("dfe", "dwp"), ("dfe", "nhs"), ("dwp", "nhs")
+    }  # fmt: skip
+    assert all(r["precision"] > 0.95 and r["recall"] > 0.95 for r in report["demo_only_linkage_error"])
+    truth = report["demo_only_true_counts"]["unexposed:england:all"][0]
+    released = report["results"]["unexposed:england:all"]["rows"][0]["n"]
+    # DP noise (scale 12 at epsilon 0.25) plus linkage error (recall ~0.98): well within 10% here
+    assert abs(released["value"] - truth) <= 0.1 * truth
+    linkage = report["results"]["unexposed:england:all"]["linkage"]
+    assert linkage["epsilon"] == 0.1 and len(linkage["pairs"]) == 3
+
+
+def test_justice(tmp_path: Path) -> None:
+    report = run("justice", tmp_path)
+    groups = {r[1] for r in report["rows"]}
+    assert groups == {"parent imprisoned", "parent convicted, no custody", "all pupils"}
+    assert {r[0] for r in report["rows"]} == {"2014-2018", "2019-2023"}
+    for row in report["rows"]:
+        cells = dict(zip(report["columns"], row, strict=True))
+        if cells["attainment8"] is not None:
+            assert 0 <= cells["attainment8_lower"] <= cells["attainment8"] <= cells["attainment8_upper"] <= 90
+    assert set(report["spent"]) == {"dfe", "hmps", "pnc"}
+
+
+def test_homelessness_publishes_a_table_the_charity_can_share(tmp_path: Path) -> None:
+    report = run("homelessness", tmp_path, people=60_000)
+    outcomes = {r[0] for r in report["rows"]}
+    assert outcomes == {"health", "housing", "employment"}
+    for row in report["rows"]:
+        cells = dict(zip(report["columns"], row, strict=True))
+        value = cells["clients"]
+        assert (value is None and cells["suppressed"]) or (value % 5 == 0 and value >= 10)
+    assert report["spent"]["charity_north"] == report["spent"]["charity_south"] == 3.0
