@@ -246,3 +246,44 @@ def test_linked_queries_refuse_clearly_and_spend_nothing(fed: InProcessFederatio
     with pytest.raises(PolicyRefused, match=r"not registered for dataset pnc\.convictions"):
         analyst.query("SELECT COUNT(*) FROM dfe.pupils LINK pnc.convictions", project=DEPRIVATION, epsilon=1.0)
     assert analyst.budget().rows() == before
+
+
+def test_with_perfect_identifiers_linked_counts_equal_the_ground_truth(
+    workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No identifier corruption: the spine is the truth, so noiseless linked counts are the true ones."""
+    import shutil
+
+    from fedlink.synth import synthesize
+    from fedlink.synth.config import CorruptionRates, rate_names
+
+    from ..conftest import SEED
+
+    perfect = tmp_path / "perfect"
+    shutil.copytree(workdir / "pki", perfect / "pki")
+    synthesize(3000, SEED, perfect / "data", rates=CorruptionRates(**dict.fromkeys(rate_names(), 0.0)), progress=False)
+    monkeypatch.setenv("FEDLINK_WORKDIR", str(perfect))
+    federation = start_federation(["dfe", "dwp", "nhs"])
+    try:
+        analyst = connect_analyst(federation.address, perfect)
+        analyst.link(DEPRIVATION)
+        con = duckdb.connect()
+        con.execute(f"CREATE VIEW truth AS SELECT * FROM read_parquet('{perfect / 'data/truth/records.parquet'}')")
+        for _, sql in QUERIES[:2]:
+            result = analyst.query(sql, project=DEPRIVATION, noiseless=True)
+            plan = plan_linked(sql, federation.coordinator.catalogue())
+            tables, keys = {}, {}
+            for source in plan.sources:
+                node = source.nodes[0]
+                name = f"truth_{node}_{source.table}"
+                con.execute(
+                    f"CREATE OR REPLACE VIEW {name} AS SELECT record_id, person_id AS key FROM truth "
+                    f"WHERE node = '{node}' AND \"table\" = '{source.table}'"
+                )
+                tables[(node, source.table)] = perfect / "data" / node / f"{source.table}.parquet"
+                keys[(node, source.table)] = name
+            true_counts = reference_totals(plan, tables, keys, connection=con)["rows:*"]
+            assert true_counts.sum() > 0
+            assert [row["n"] for row in result.rows()] == true_counts.tolist()
+    finally:
+        federation.stop()
