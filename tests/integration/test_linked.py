@@ -189,15 +189,15 @@ def test_nothing_but_ciphertexts_crosses_the_wire(fed: InProcessFederation, work
     assert len(steps) == 4, "north, south, dwp, nhs each ran one step"
     binary = [b for _, b in bodies if b[:4] == b"FLB1"]
     assert len(binary) >= 9  # 4 steps out, 4 back, 1 result
-    from fedlink.pets.chain import ChainEvaluator, ChainParams
+    from fedlink.pets.chain import ChainEvaluator
 
-    evaluator = ChainEvaluator(ChainParams.for_multiplications(3), made[0].public_key())
+    evaluator = ChainEvaluator(made[0].params, made[0].public_key())
     for body in binary:
         header, blobs = unpack(body)
         # headers are one of three typed models that carry shapes, noise specs and plans, never vectors
         assert any(_validates(model, header) for model in (LinkedStep, LinkedOutput, LinkedEncryptedResult))
         for blob in blobs:
-            evaluator._load(blob)  # every blob is a ciphertext under this query's parameters
+            evaluator.load(blob)  # every blob is a ciphertext under this query's parameters
     secret = made[0].secret_key_bytes()
     wire = b"".join(b for _, b in bodies)
     assert secret[100:164] not in wire

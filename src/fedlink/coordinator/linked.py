@@ -1,8 +1,9 @@
 """The coordinator's side of a linked query: reserve at every node of the chain, pass the ciphertexts
-from node to node, mask the last node's cells, and return them to the analyst.
+from node to node, check the last node's cells, and return them to the analyst.
 
-The coordinator sees the plan, the spine's id and size, and ciphertexts under the analyst's key; it
-never holds a noiseless aggregate (the last node adds the noise under encryption) nor any secret key.
+The coordinator sees the plan, the spine's id and size, and ciphertexts under the analyst's key, each
+re-randomised by the node that sent it (so it cannot divide one by the next); it never holds a
+noiseless aggregate (the last node adds the noise and the mask under encryption) nor any secret key.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
     if output.noiseless != task.noiseless or sum(output.streams.values()) != len(plan.components) * plan.cells:
         coordinator._log_query(task, "failed", "the last node answered inconsistently", None)
         raise Fault("the last node of the chain answered inconsistently; nothing was released")
-    masked = [evaluator.mask(blob) for blob in blobs]
+    for blob in blobs:
+        evaluator.load(blob)  # the analyst receives only ciphertexts of this query's parameters
     policy = DisclosurePolicy.strictest(sessions[n].catalogue.disclosure for n in chain)
     result = LinkedEncryptedResult(
         query_id=task.query_id,
@@ -128,7 +130,7 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
         meta.size,
         1000 * (time.perf_counter() - started),
     )
-    return pack(result.model_dump_json().encode(), masked)
+    return pack(result.model_dump_json().encode(), blobs)
 
 
 def _role(position: int, length: int, in_union: bool) -> Literal["first", "union", "middle", "last"]:

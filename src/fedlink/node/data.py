@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from fedlink.errors import ConfigError, QueryError
 from fedlink.node.config import ColumnDecl, NodeConfig, TableDecl
@@ -42,6 +45,7 @@ class NodeData:
         self.config = config
         self._connection = duckdb.connect(":memory:")
         self._lock = threading.Lock()
+        self._links: dict[str, tuple[str, str]] = {}  # project -> (spine id, table)
         self.tables = {t.name: t for t in config.tables}
         for table in config.tables:
             self._register(table)
@@ -136,6 +140,27 @@ class NodeData:
         for name, values in result.items():
             out[name] = np.ma.filled(values.astype(float), np.nan) if np.ma.isMaskedArray(values) else values
         return out
+
+    def link_table(self, project: str, spine_id: str, records: Path, slot_of_person: np.ndarray) -> str:
+        """A DuckDB table (source_table, record_id, slot) of a project's link spine, built once per spine
+        from what the node kept at linkage and held in memory, so a linked query joins it directly."""
+        name = "link_" + hashlib.sha256(f"{project}\x00{spine_id}".encode()).hexdigest()[:16]
+        with self._lock:
+            held = self._links.get(project)
+            if held is not None and held[0] == spine_id:
+                return name
+            people = pa.table({"person": np.arange(len(slot_of_person)), "slot": slot_of_person})
+            with self._connection.cursor() as cursor:  # the shared in-memory database, a fresh result state
+                cursor.register("slots_of_people", people)
+                cursor.execute(
+                    f"CREATE OR REPLACE TABLE {name} AS SELECT r.source_table, r.record_id, s.slot "
+                    "FROM read_parquet($1) r JOIN slots_of_people s USING (person)",
+                    [str(records)],
+                )
+                if held is not None:
+                    cursor.execute(f"DROP TABLE IF EXISTS {held[1]}")
+            self._links[project] = (spine_id, name)
+        return name
 
     def close(self) -> None:
         self._connection.close()

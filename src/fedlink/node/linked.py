@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from sqlglot import exp
@@ -73,25 +72,33 @@ def _column(name: str) -> str:
     return exp.column(name, quoted=True).sql(dialect="duckdb")
 
 
-def node_vectors(
-    plan: LinkedPlan, node: str, data: NodeData, records: Path, slot_of_person: np.ndarray, spine_size: int
-) -> NodeVectors:
-    """Per-slot vectors of this node's people (length ``spine_size``), from its own rows."""
-    if slot_of_person.size and int(slot_of_person.max()) >= spine_size:
-        raise Fault(f"node '{node}' holds slots beyond the spine; rebuild it with `fedlink link`")
-    present = np.ones(spine_size, dtype=np.int64)
-    out = NodeVectors(present=present)
+def _value_columns(plan: LinkedPlan, node: str, source: LinkedSource) -> list[str]:
+    prefix = f"{node}.{source.table}."
+    return sorted({a.column.removeprefix(prefix) for a in plan.aggregates if a.column and a.column.startswith(prefix)})
+
+
+def fetch_rows(plan: LinkedPlan, node: str, data: NodeData, link: str) -> list[dict[str, np.ndarray]]:
+    """One DuckDB statement per table of this node in the plan: the slot of every person with a matching
+    row, their group cell and the mean of their values (joined to the spine's table ``link``, see
+    :meth:`NodeData.link_table`). Runs when the query is reserved, so nodes prepare in parallel."""
+    out = []
     for source in plan.sources_at(node):
         table = data.tables[source.table]
         is_group = plan.group_source is not None and plan.sources[plan.group_source] == source
-        prefix = f"{node}.{source.table}."
-        value_columns = sorted(
-            {a.column.removeprefix(prefix) for a in plan.aggregates if a.column and a.column.startswith(prefix)}
-        )
-        sql, params = _source_sql(plan, source, table, records, is_group, value_columns)
-        rows = data.fetch_arrays(sql, params)
-        persons = rows["person"].astype(np.int64)
-        slots = slot_of_person[persons]
+        sql, params = _source_sql(plan, source, table, link, is_group, _value_columns(plan, node, source))
+        out.append(data.fetch_arrays(sql, params))
+    return out
+
+
+def node_vectors(plan: LinkedPlan, node: str, fetched: list[dict[str, np.ndarray]], spine_size: int) -> NodeVectors:
+    """Per-slot vectors of this node's people (length ``spine_size``) from :func:`fetch_rows`."""
+    present = np.ones(spine_size, dtype=np.int64)
+    out = NodeVectors(present=present)
+    for source, rows in zip(plan.sources_at(node), fetched, strict=True):
+        is_group = plan.group_source is not None and plan.sources[plan.group_source] == source
+        slots = rows["slot"].astype(np.int64)
+        if slots.size and int(slots.max()) >= spine_size:
+            raise Fault(f"node '{node}' holds slots beyond the spine; rebuild it with `fedlink link`")
         here = np.zeros(spine_size, dtype=np.int64)
         here[slots] = 1
         present *= here
@@ -99,7 +106,8 @@ def node_vectors(
             cell = np.full(spine_size, -1, dtype=np.int64)
             cell[slots] = rows["cell"].astype(np.int64)
             out.cell = cell
-        for i, column in enumerate(value_columns):
+        prefix = f"{node}.{source.table}."
+        for i, column in enumerate(_value_columns(plan, node, source)):
             values = np.full(spine_size, np.nan)
             values[slots] = rows[f"v{i}"].astype(float)
             out.values[prefix + column] = values
@@ -107,9 +115,9 @@ def node_vectors(
 
 
 def _source_sql(
-    plan: LinkedPlan, source: LinkedSource, table: TableDecl, records: Path, is_group: bool, values: list[str]
+    plan: LinkedPlan, source: LinkedSource, table: TableDecl, link: str, is_group: bool, values: list[str]
 ) -> tuple[str, list[object]]:
-    params: list[object] = [str(records), source.table]
+    params: list[object] = [source.table]
     filters = [predicate_sql(source.where).sql(dialect="duckdb")] if source.where is not None else []
     cell = "0"
     if is_group:
@@ -133,10 +141,10 @@ def _source_sql(
         picks.append(f"AVG({clamp}) AS v{i}")
     where = f"WHERE {' AND '.join(filters)}" if filters else ""
     sql = (
-        f"SELECT r.person AS person, {', '.join(picks)} "
+        f"SELECT r.slot AS slot, {', '.join(picks)} "
         f'FROM (SELECT * FROM "{view_name(table)}" {where}) t '
-        "JOIN read_parquet($1) r ON r.source_table = $2 AND r.record_id = CAST(t.record_id AS VARCHAR) "
-        "GROUP BY r.person"
+        f"JOIN {link} r ON r.source_table = $1 AND r.record_id = CAST(t.record_id AS VARCHAR) "
+        "GROUP BY r.slot"
     )
     return sql, params
 
@@ -151,7 +159,8 @@ def _unit(plan: LinkedPlan, bound: float, spine_size: int) -> float:
 
 
 class _Factors:
-    """This node's plaintext factors for one component."""
+    """This node's plaintext factors for one component: a base vector (presence, value or non-null),
+    local histogram bins, and, at the group-by node, each slot's group cell (-1: none)."""
 
     def __init__(self, plan: LinkedPlan, node: str, vectors: NodeVectors, comp: Component, unit: float | None) -> None:
         mine = comp.column is not None and comp.column.startswith(f"{node}.")
@@ -172,10 +181,10 @@ class _Factors:
                 index = np.clip(np.searchsorted(edges, np.nan_to_num(values), side="right") - 1, 0, len(edges) - 2)
                 self.bins = [(known & (index == b)).astype(np.int64) for b in range(len(edges) - 1)]
         self.base = base
-        self.groups: list[np.ndarray] | None = None
+        self.cell: np.ndarray | None = None
         if plan.group_node == node:
             assert vectors.cell is not None
-            self.groups = [(vectors.cell == g).astype(np.int64) for g in range(plan.group_cells)]
+            self.cell = vectors.cell
 
 
 def run_step(
@@ -257,19 +266,14 @@ def _finish(
     plan: LinkedPlan, evaluator: ChainEvaluator, factors: _Factors, ins: list[list[bytes]], draws: np.ndarray
 ) -> list[bytes]:
     """One ciphertext per cell (group-major, then bin), each with its noise."""
-    groups = factors.groups or [np.ones_like(factors.base)]
+    groups = plan.group_cells if factors.cell is not None else 1
     bins = plan.bins
     cells: list[bytes] = [b""] * plan.cells
     for b in range(bins):
         stream = ins[b] if len(ins) > 1 else ins[0]
-        local_bin = factors.bins[b] if factors.bins and len(ins) == 1 else None
-        vectors = []
-        for g in groups:
-            vector = factors.base * g
-            vectors.append(vector * local_bin if local_bin is not None else vector)
-        indices = [g * bins + b for g in range(len(groups))]
-        for index, blob in zip(
-            indices, evaluator.finish(stream, vectors, [int(draws[i]) for i in indices]), strict=True
-        ):
+        base = factors.base * factors.bins[b] if factors.bins and len(ins) == 1 else factors.base
+        indices = [g * bins + b for g in range(groups)]
+        finished = evaluator.finish(stream, base, factors.cell, groups, [int(draws[i]) for i in indices])
+        for index, blob in zip(indices, finished, strict=True):
             cells[index] = blob
     return cells

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +30,7 @@ from fedlink.node.ledger import BudgetLedger, Spend
 if TYPE_CHECKING:
     from fedlink.node.linkage import NodeLinkage
 from fedlink.linkage.messages import QualityCall
-from fedlink.node.linked import node_vectors, run_step, validate_linked
+from fedlink.node.linked import fetch_rows, node_vectors, run_step, validate_linked
 from fedlink.node.operators import validate_plan
 from fedlink.pets.dp import add_noise, calibrate
 from fedlink.pets.he import PublicContext, Scheme, encrypt, load_public_context
@@ -67,6 +68,9 @@ class NodeRuntime:
         self._linkage: NodeLinkage | None = None
         #: Reserved queries awaiting execute or abort, with when they were reserved.
         self._pending: dict[str, tuple[QueryTask, float]] = {}
+        #: Rows of reserved linked queries, fetched in the background while other nodes work.
+        self._prepared: dict[str, Future[list[dict[str, np.ndarray]]]] = {}
+        self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"prepare-{config.name}")
         self._lock = threading.Lock()
         self.register.append(
             "startup",
@@ -142,6 +146,8 @@ class NodeRuntime:
         with self._lock:
             stale = [qid for qid, (_, at) in self._pending.items() if now - at > RESERVATION_TTL_S]
             tasks = [self._pending.pop(qid)[0] for qid in stale]
+            for qid in stale:
+                self._drop_prepared(qid)
         for task in tasks:
             self.ledger.release(task.query_id)
             self._log(task, "refused", f"reservation expired after {RESERVATION_TTL_S:.0f} s without execute")
@@ -166,6 +172,24 @@ class NodeRuntime:
             raise
         with self._lock:
             self._pending[task.query_id] = (task, time.monotonic())
+            if isinstance(task.plan, LinkedPlan):
+                self._prepared[task.query_id] = self._preparer.submit(self._fetch_linked, task)
+
+    def _fetch_linked(self, task: QueryTask) -> list[dict[str, np.ndarray]]:
+        assert isinstance(task.plan, LinkedPlan)
+        spine_id = self.linkage.spine_id(task.project)
+        if spine_id is None:
+            raise Fault(f"node '{self.name}' lost its link spine for '{task.project}'; run `fedlink link` again")
+        records, slots = self.linkage.slots(task.project)
+        link = self.data.link_table(task.project, spine_id, records, slots)
+        return fetch_rows(task.plan, self.name, self.data, link)
+
+    def _drop_prepared(self, query_id: str) -> Future[list[dict[str, np.ndarray]]] | None:
+        """Forget a query's prefetched rows (call with the lock held); returns them if there were any."""
+        future = self._prepared.pop(query_id, None)
+        if future is not None:
+            future.cancel()
+        return future
 
     def execute(
         self, query_id: str, contexts: Mapping[Scheme, str] | None = None
@@ -190,7 +214,8 @@ class NodeRuntime:
         """This node's step of a linked query's encrypted chain; commits its budget before answering."""
         with self._lock:
             task = self._pending.pop(step.query_id, (None, 0.0))[0]
-        if task is None:
+            prepared = self._prepared.pop(step.query_id, None)
+        if task is None or prepared is None:
             raise Fault(f"node '{self.name}' holds no reservation for query {step.query_id[:8]}; retry the query")
         try:
             plan = task.plan
@@ -202,8 +227,7 @@ class NodeRuntime:
                     f"node '{self.name}' holds slots of another link spine for '{task.project}'; rebuild it with "
                     f"`fedlink link --project {task.project}`"
                 )
-            records, slots = self.linkage.slots(task.project)
-            vectors = node_vectors(plan, self.name, self.data, records, slots, step.spine_size)
+            vectors = node_vectors(plan, self.name, prepared.result(), step.spine_size)
             answer = run_step(plan, self.name, step, vectors, blobs, task.loss, task.noiseless)
             self.ledger.commit(task.query_id)  # before anything leaves the node
         except BaseException as exc:
@@ -271,6 +295,7 @@ class NodeRuntime:
     def abort(self, query_id: str) -> None:
         with self._lock:
             task = self._pending.pop(query_id, (None, 0.0))[0]
+            self._drop_prepared(query_id)
         self.ledger.release(query_id)
         if task is not None:
             self._log(task, "refused", "aborted by the coordinator: another node refused or failed")
@@ -301,5 +326,6 @@ class NodeRuntime:
         return BudgetReport(lines=tuple(lines))
 
     def close(self) -> None:
+        self._preparer.shutdown(wait=True, cancel_futures=True)
         self.ledger.close()
         self.data.close()

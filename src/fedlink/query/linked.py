@@ -103,7 +103,7 @@ class LinkedPlan(CellLayout):
 
     @property
     def params(self) -> ChainParams:
-        return ChainParams.for_multiplications(self.multiplications)
+        return ChainParams.for_chain(self.multiplications, sums=any(c.kind == "sum" for c in self.components))
 
     @property
     def noise_sources(self) -> int:
@@ -286,7 +286,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
         raise QueryError(
             f"the linked query has {plan.cells} cells, more than {MAX_LINKED_CELLS}; group by fewer categories"
         )
-    ChainParams.for_multiplications(plan.multiplications)  # refuses a chain too long for the parameters
+    assert plan.params  # refuses a chain too long for the parameters
     return plan
 
 
