@@ -34,3 +34,5 @@ def test_example_notebook_runs(
     assert any("95%" in h and "homelessness-outcomes" in h for h in html)
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "verified" in printed
+    assert any("linkage match rates" in h and "dwp" in h for h in html), "the linked result shows its linkage quality"
+    assert "linkage match rates (DP" in printed

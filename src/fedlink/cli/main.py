@@ -43,7 +43,8 @@ app.add_typer(register_app, name="register")
 bench_app = typer.Typer(help="Benchmarks: run the suites, write the report.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
-out = Console(soft_wrap=True)
+# Piped or redirected output is read in files and logs: wide tables there rather than truncated headers.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
