@@ -155,6 +155,50 @@ def test_the_report_states_machine_tables_ratios_and_writes_plots(results: Path,
         assert f"](plots/{plot.name})" in text
 
 
+def linked(people: int, path: str, median: float) -> dict[str, Any]:
+    return bench(
+        f"benchmarks/test_bench_linked.py::test_linked_count_group_by[{people}-{path}]",
+        median,
+        {"people": people, "path": path},
+        {"pet": path, "linked": True, "people": people, "nodes": 3, "groups": 9},
+        group=f"linked COUNT GROUP BY, 3 nodes x {people} people",
+    )
+
+
+def primitive(kind: str, size: int, path: str, median: float) -> dict[str, Any]:
+    return bench(
+        f"benchmarks/test_bench_pets.py::test_{kind}[{size}-{path}]",
+        median,
+        {"size": size, "path": path},
+        {"primitive": kind, "path": path, "size": size},
+        group=f"{kind}, {size:,} values",
+    )
+
+
+def test_linked_queries_and_pet_primitives_get_their_ratios_goal_and_plots(tmp_path: Path) -> None:
+    results = dict(RESULTS)
+    results["benchmarks"] = [
+        linked(100_000, "he+dp", 0.6),
+        linked(100_000, "duckdb", 0.02),
+        linked(1_000_000, "he+dp", 3.0),
+        linked(1_000_000, "duckdb", 0.12),
+        primitive("dp_release", 1000, "dp", 0.02),
+        primitive("dp_release", 1000, "plain", 0.0001),
+        primitive("he_chain", 10000, "he", 0.2),
+        primitive("he_chain", 10000, "plain", 0.0002),
+    ]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(results), encoding="utf-8")
+    out = tmp_path / "REPORT.md"
+    result = write_report(path, out)
+    text = out.read_text(encoding="utf-8")
+    assert "| 1,000,000 | 3.00 s | 120 ms | 25× |" in text and "| 100,000 | 600 ms | 20.0 ms | 30× |" in text
+    assert "Linked COUNT GROUP BY over 1,000,000 people: 25× DuckDB (goal 15x: NOT met)." in text
+    assert "| 1,000 | 20.0 ms | 100 µs | 200× |" in text and "| 10,000 | 200 ms | 200 µs | 1,000× |" in text
+    assert "Linked queries (statistics" not in text and "DP release alone" not in text, "both have suites now"
+    assert sorted(p.name for p in result.plots) == ["linked.png", "primitives.png"]
+
+
 def test_the_facade_exposes_the_runner_and_the_report_writer() -> None:
     assert fedlink.write_benchmark_report is write_report
     assert fedlink.run_benchmarks is run

@@ -24,11 +24,17 @@ from fedlink.errors import BadInput, Fault
 #: Required measurements without a suite so far: (what, words that would name its benchmarks).
 PENDING = (
     ("PSI (private set intersection of identifiers across nodes)", ("psi",)),
-    ("Linked queries (statistics over a project's link spine)", ("linked_quer", "linked quer", "spine_quer")),
+    ("Linked queries (statistics over a project's link spine)", ("linked_quer", "linked quer", "linked count")),
     ("DP release alone (noise and intervals, without the federation)", ("dp_release", "dp release")),
     ("Flower round trip (one federated-learning round)", ("flower",)),
 )
-PLOT_NAMES = ("synthesis.png", "encoding.png", "matching.png", "horizontal.png")
+PLOT_NAMES = ("synthesis.png", "encoding.png", "matching.png", "horizontal.png", "primitives.png", "linked.png")
+#: The PET primitives of ``test_bench_pets.py`` (extra_info "primitive"), with what each measures.
+PRIMITIVES = (
+    ("dp_release", "DP release: OpenDP calibration, discrete Laplace on every cell, exact 95% interval", "dp"),
+    ("he_aggregate", "BFV: three vectors encrypted, added as ciphertexts, decrypted", "he"),
+    ("he_chain", "linked chain: encrypt, multiply + re-randomise, 9 group products, mask, decrypt", "he"),
+)
 #: extra_info keys worth showing beside a benchmark's times, with their formats.
 NOTE_KEYS = (
     ("records_per_s", "{:,.0f} records/s"),
@@ -318,7 +324,16 @@ def _suite(loaded: Loaded, suite: str) -> list[Bench]:
 
 
 def _horizontal(b: Bench) -> bool:
-    return b.get("pet", "path") is not None and b.number("nodes") is not None and b.number("groups") is not None
+    return (
+        b.get("pet", "path") is not None
+        and b.number("nodes") is not None
+        and b.number("groups") is not None
+        and not b.get("linked")
+    )
+
+
+def _linked(b: Bench) -> bool:
+    return bool(b.get("linked")) and b.number("people") is not None
 
 
 @dataclass
@@ -395,6 +410,30 @@ def figures(loaded: Loaded) -> list[Figure]:
             ],
         ),
     ]
+    primitives = [b for b in loaded.benchmarks if b.get("primitive")]
+    out.append(
+        Figure(
+            "primitives.png",
+            "PET primitives next to their plaintext paths",
+            [
+                (
+                    "values",
+                    kind,
+                    _collect(
+                        [b for b in primitives if b.get("primitive") == kind], ("size",), lambda b: str(b.get("path"))
+                    ),
+                )
+                for kind, _, _ in PRIMITIVES
+            ],
+        )
+    )
+    out.append(
+        Figure(
+            "linked.png",
+            "Linked COUNT GROUP BY over 3 nodes (encrypted chain vs DuckDB join)",
+            [("people", "linked query", _collect([b for b in loaded.benchmarks if _linked(b)], ("people",), pet))],
+        )
+    )
     for figure in out:
         figure.panels = [(x, t, s) for x, t, s in figure.panels if any(len(one.points) for one in s)]
     return [f for f in out if f.panels]
@@ -761,6 +800,74 @@ def _groups_section(loaded: Loaded) -> list[str]:
     return [*lines, ""]
 
 
+def _primitives_section(loaded: Loaded, headlines: list[str]) -> list[str]:
+    lines: list[str] = []
+    for kind, what, pet in PRIMITIVES:
+        by_size: dict[float, dict[str, Bench]] = defaultdict(dict)
+        for b in loaded.benchmarks:
+            size = b.number("size")
+            if b.get("primitive") == kind and size:
+                by_size[size][str(b.get("path"))] = b
+        if not by_size:
+            continue
+        rows = []
+        for size, paths in sorted(by_size.items()):
+            top, plain = paths.get(pet), paths.get("plain")
+            rows.append(
+                [
+                    _n(size),
+                    _t(top.median if top else None),
+                    _t(plain.median if plain else None),
+                    _x(_ratio(top.median if top else None, plain.median if plain else None)),
+                ]
+            )
+        if not lines:
+            lines = [
+                "### PET primitives on their own (`test_bench_pets.py`)",
+                "",
+                "Each next to its plaintext path in the same run: DP next to releasing the rounded vector "
+                "without noise; BFV and the chain next to NumPy computing the same sums.",
+                "",
+            ]
+        lines += [f"**{kind}**: {what}.", ""]
+        lines += _table(["values", pet, "plain", f"{pet} / plain"], rows, "rrrr")
+        lines.append("")
+        largest = max(by_size)
+        top = by_size[largest].get(pet)
+        if top is not None:
+            headlines.append(f"{kind} over {_n(largest)} values takes {_t(top.median)}.")
+    return lines
+
+
+def _linked_section(loaded: Loaded, headlines: list[str]) -> list[str]:
+    by_people: dict[float, dict[str, Bench]] = defaultdict(dict)
+    for b in loaded.benchmarks:
+        if _linked(b):
+            by_people[b.number("people") or 0][str(b.get("pet", "path"))] = b
+    if not by_people:
+        return []
+    lines = [
+        "### Linked queries: the encrypted chain vs a DuckDB join (`test_bench_linked.py`)",
+        "",
+        "A linked `COUNT(*) ... GROUP BY` (9 groups, a predicate at each of 3 nodes), spine already built, "
+        "through the federation on loopback, next to DuckDB joining the same Parquet files on the link key "
+        "in plaintext. Goal: within 15x DuckDB at 1,000,000 people.",
+        "",
+    ]
+    rows = []
+    for people, paths in sorted(by_people.items()):
+        he, floor = paths.get("he+dp"), paths.get("duckdb")
+        ratio = _ratio(he.median if he else None, floor.median if floor else None)
+        rows.append([_n(people), _t(he.median if he else None), _t(floor.median if floor else None), _x(ratio)])
+        if people >= 1_000_000 and ratio is not None:
+            verdict = "met" if ratio <= 15 else "NOT met"
+            headlines.append(
+                f"Linked COUNT GROUP BY over {_n(people)} people: {_x(ratio)} DuckDB (goal 15x: {verdict})."
+            )
+    lines += _table(["people", "he+dp", "DuckDB", "he+dp / DuckDB"], rows, "rrrr")
+    return [*lines, ""]
+
+
 def _coverage_section(loaded: Loaded) -> list[str]:
     names = " ".join(f"{b.suite} {b.name} {b.group}".lower() for b in loaded.benchmarks)
     missing = [what for what, words in PENDING if not any(w in names for w in words)]
@@ -851,7 +958,8 @@ def write_report(
 
     headlines: list[str] = []
     ratios = _horizontal_section(loaded, headlines) + _encoding_section(loaded, headlines)
-    ratios += _matching_section(loaded, headlines) + _memory_section(loaded)
+    ratios += _matching_section(loaded, headlines) + _linked_section(loaded, headlines)
+    ratios += _primitives_section(loaded, headlines) + _memory_section(loaded)
     for b in sorted(_suite(loaded, "synth"), key=lambda b: b.number("people") or 0)[-1:]:
         people = b.number("people")
         if people:
