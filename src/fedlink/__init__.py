@@ -43,6 +43,7 @@ _LAZY = {
     "synthesize": "fedlink.synth",
     "load_corruption_config": "fedlink.synth",
     "run_demo": "fedlink.demo",
+    "prepare_demo": "fedlink.demo",
     "DEMO_QUERIES": "fedlink.demo:EXAMPLE_QUERIES",
     "pki_init": "fedlink.wire.pki:init_ca",
     "pki_issue": "fedlink.wire.pki:issue",

@@ -59,15 +59,97 @@ def node_names(root: Path) -> list[str]:
     return sorted(p.parent.name for p in (root / "nodes").glob("*/node.toml"))
 
 
-def prepare_pki(workdir: Path, nodes: list[str]) -> Path:
-    """A fresh CA with certificates for the coordinator, every node and the demo analyst."""
+def prepare_pki(
+    workdir: Path, nodes: list[str], coordinator_hosts: tuple[str, ...] = (), node_hosts: dict[str, str] | None = None
+) -> Path:
+    """A fresh CA with certificates for the coordinator (also valid for ``coordinator_hosts``), every
+    node (each also for its host in ``node_hosts``) and the demo analyst."""
     pki_dir = workdir / "pki"
     pki.init_ca(pki_dir, name="fedlink demo federation CA")
-    pki.issue(pki_dir, "coordinator", "coordinator")
+    pki.issue(pki_dir, "coordinator", "coordinator", hosts=tuple(h for h in coordinator_hosts if h != "localhost"))
     for name in nodes:
-        pki.issue(pki_dir, "node", name)
+        host = (node_hosts or {}).get(name)
+        pki.issue(pki_dir, "node", name, hosts=(host,) if host else ())
     pki.issue(pki_dir, "analyst", ANALYST)
     return pki_dir
+
+
+def prepare_demo(
+    workdir: Path,
+    people: int = 20_000,
+    seed: int = 7,
+    coordinator_host: str = "localhost",
+    coordinator_port: int = 7443,
+    progress: Callable[[str], None] = lambda _: None,
+    parties: Path | None = None,
+) -> Path:
+    """PKI, synthetic departments and an analyst profile in ``workdir``, for a federation whose parties
+    run elsewhere (containers, namespaces). Idempotent: a folder this function already prepared with
+    the same population and coordinator is kept as it is (its parties' spines stay valid), anything
+    else it made is replaced, and a folder it did not make is refused. Returns the profile's path.
+
+    With ``parties``, each party also gets a folder ``parties/<party>`` (a volume of its own, say) laid
+    out like ``workdir`` but holding only what that party may hold: the CA certificate, its own
+    certificate and key, and for a node its own tables (never the ground truth or another's key)."""
+    from fedlink.synth import synthesize
+
+    workdir = workdir.resolve()
+    wanted = {"people": people, "seed": seed, "coordinator": f"{coordinator_host}:{coordinator_port}"}
+    record = workdir / "prepared.json"
+    if record.exists() and (workdir / MARKER).exists():
+        try:
+            done = json.loads(record.read_text(encoding="utf-8"))
+        except ValueError:
+            done = None
+        if done == wanted:
+            progress(f"{workdir} already holds this federation's PKI and data; keeping them")
+            if parties is not None:
+                export_parties(workdir, parties)
+            return workdir / "analyst.toml"
+    prepare_workdir(workdir)
+    nodes = node_names(federation_dir())
+    progress(f"PKI: a federation CA and certificates for the coordinator ({coordinator_host}) and {len(nodes)} nodes")
+    prepare_pki(workdir, nodes, coordinator_hosts=(coordinator_host,))
+    progress(f"synthetic population of {people:,} people (seed {seed}) and its departments")
+    synthesize(people, seed, workdir / "data", progress=False)
+    profile = write_profile(workdir, f"{coordinator_host}:{coordinator_port}")
+    record.write_text(json.dumps(wanted), encoding="utf-8")
+    if parties is not None:
+        export_parties(workdir, parties)
+    return profile
+
+
+def export_parties(workdir: Path, parties: Path) -> list[Path]:
+    """Copy each party's share of a prepared ``workdir`` into ``parties/<party>`` (replacing what an
+    earlier export put there): see :func:`prepare_demo`."""
+    shares: dict[str, list[str]] = {
+        "coordinator": ["pki/coordinator-coordinator.crt", "pki/coordinator-coordinator.key", "pki/revoked.txt"],
+        "analyst": [f"pki/analyst-{ANALYST}.crt", f"pki/analyst-{ANALYST}.key", "analyst.toml"],
+    }
+    for node in node_names(federation_dir()):
+        shares[node] = [f"pki/node-{node}.crt", f"pki/node-{node}.key", f"data/{node}"]
+    out = []
+    for party, paths in shares.items():
+        folder = parties / party
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in ("pki", "data", "analyst.toml"):
+            target = folder / stale
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        for relative in ("pki/ca.crt", *paths):
+            source = workdir / relative
+            if not source.exists():
+                continue  # e.g. no revocation list yet
+            target = folder / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target)
+            else:
+                shutil.copy2(source, target)
+        out.append(folder)
+    return out
 
 
 def write_profile(workdir: Path, address: str) -> Path:
@@ -101,6 +183,10 @@ class LocalFederation:
     env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     address: str = ""
+    #: Where the coordinator listens (port 0: any free port).
+    listen: str = "127.0.0.1:0"
+    #: Per party, a command prefix to start it with (e.g. ``ip netns exec <ns>``) and extra environment.
+    launcher: Callable[[str], tuple[list[str], dict[str, str]]] = field(default=lambda _: ([], {}))
 
     @property
     def state(self) -> Path:
@@ -119,16 +205,18 @@ class LocalFederation:
         ready = self.workdir / "run" / f"{name}.ready"
         ready.unlink(missing_ok=True)
         log = logs / f"{name}.log"
+        prefix, party_env = self.launcher(name)
         env = {
             **os.environ,
             "FEDLINK_WORKDIR": str(self.workdir),
             "FEDLINK_STATE": str(self.state),
             **self.env,
             **extra_env,
+            **party_env,
         }
-        with log.open("wb") as handle:
+        with log.open("ab") as handle:  # a restarted party appends to its log
             process = subprocess.Popen(
-                [sys.executable, "-m", "fedlink", *args, "--ready-file", str(ready)],
+                [*prefix, sys.executable, "-m", "fedlink", *args, "--ready-file", str(ready)],
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -142,7 +230,7 @@ class LocalFederation:
         process, ready, log = self._spawn(
             "coordinator",
             ["coordinator", "serve", "--config", str(config)],
-            {"FEDLINK_COORDINATOR_LISTEN": "127.0.0.1:0"},
+            {"FEDLINK_COORDINATOR_LISTEN": self.listen},
         )
         info = _wait_for(ready, process, log, "the coordinator", time.monotonic() + timeout_s)
         self.address = str(info["address"])

@@ -372,8 +372,39 @@ def demo(
     people: Annotated[int, typer.Option(help="Synthetic population size.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     serve: Annotated[bool, typer.Option("--serve", help="Keep the federation running after the examples.")] = False,
+    prepare_only: Annotated[
+        bool,
+        typer.Option(
+            "--prepare-only",
+            help="Only write the PKI, the synthetic data and an analyst profile into --workdir (kept if already "
+            "prepared the same way), for parties that run elsewhere (containers, namespaces); start nothing.",
+        ),
+    ] = False,
+    coordinator_host: Annotated[
+        str, typer.Option(help="With --prepare-only: the coordinator's host name (in its certificate and the profile).")
+    ] = "localhost",
+    coordinator_port: Annotated[int, typer.Option(help="With --prepare-only: the coordinator's port.")] = 7443,
+    parties: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --prepare-only: also give each party a folder PARTIES/<party> with only its own key, "
+            "certificate and tables (one volume per party)."
+        ),
+    ] = None,
 ) -> None:
     """Run the whole demo: PKI, synthetic departments, a local federation, example queries, stop."""
+    if prepare_only:
+        profile = fedlink.prepare_demo(
+            workdir,
+            people,
+            seed,
+            coordinator_host,
+            coordinator_port,
+            progress=lambda m: err.print(f"demo: {m}"),
+            parties=parties,
+        )
+        err.print(f"demo: prepared; analyst profile {profile}")
+        return
     setup = fedlink.run_demo(workdir, people, seed, progress=lambda msg: err.print(f"[dim]demo:[/] {msg}"))
     try:
         fed = fedlink.connect(profile=setup.profile)
@@ -407,12 +438,13 @@ class ScenarioName(StrEnum):
     deprivation = "deprivation"
     justice = "justice"
     homelessness = "homelessness"
+    all = "all"
 
 
 @app.command()
 @handles_errors
 def scenario(
-    name: Annotated[ScenarioName, typer.Argument(help="deprivation, justice or homelessness.")],
+    name: Annotated[ScenarioName, typer.Argument(help="deprivation, justice, homelessness, or all three.")],
     epsilon: Annotated[
         float | None, typer.Option(help="Privacy loss per query at each node it reads (default: the scenario's).")
     ] = None,
@@ -433,17 +465,18 @@ def scenario(
     the scenario and stops it, and also shows the error against the synthetic ground truth (demo only).
     """
     say = (lambda msg: err.print(f"[dim]scenario:[/] {msg}", highlight=False)) if err.is_terminal else None
+    names = [s.value for s in ScenarioName if s is not ScenarioName.all] if name is ScenarioName.all else [name.value]
+
+    def run_all(fed: Any, truth: Any = None) -> None:
+        reports = [fedlink.run_scenario(fed, one, out_dir, epsilon, truth=truth, progress=say) for one in names]
+        render.scenarios(out, reports, fmt.value)
+
     if profile is not None:
-        fed = fedlink.connect(profile=profile)
-        report = fedlink.run_scenario(fed, name.value, out_dir, epsilon, progress=say)
-        render.scenario(out, report, fmt.value)
+        run_all(fedlink.connect(profile=profile))
         return
     setup = fedlink.run_demo(workdir, people, seed, progress=say or (lambda _: None))
     try:
-        fed = fedlink.connect(profile=setup.profile)
-        truth = fedlink.DemoTruth(setup.workdir)
-        report = fedlink.run_scenario(fed, name.value, out_dir, epsilon, truth=truth, progress=say)
-        render.scenario(out, report, fmt.value)
+        run_all(fedlink.connect(profile=setup.profile), fedlink.DemoTruth(setup.workdir))
     finally:
         setup.federation.stop()
 

@@ -239,6 +239,22 @@ def scenario(console: Console, report: Any, fmt: str) -> None:
     console.print(f"chart: {report.chart}", highlight=False)
 
 
+def scenarios(console: Console, reports: list[Any], fmt: str) -> None:
+    """One scenario as :func:`scenario` shows it; several one after another (JSON: a list, CSV: each
+    table after a ``# scenario`` line)."""
+    if len(reports) == 1:
+        scenario(console, reports[0], fmt)
+    elif fmt == "json":
+        console.print_json(json.dumps([scenario_dict(r) for r in reports], default=str))
+    else:
+        for index, report in enumerate(reports):
+            if fmt == "csv":
+                console.print(f"# {report.scenario.name}", highlight=False)
+            elif index:
+                console.print()
+            scenario(console, report, fmt)
+
+
 def scenario_dict(report: Any) -> dict[str, Any]:
     return {
         "scenario": report.scenario.name,

@@ -130,8 +130,14 @@ class NodeAgent:
     def connected(self) -> threading.Event:
         return self._connected
 
-    def serve(self, on_connected: Callable[[], None] | None = None, retry_s: float = 0.5) -> None:
-        """Connect and serve until stopped; reconnect with back-off after a lost connection."""
+    def serve(
+        self,
+        on_connected: Callable[[], None] | None = None,
+        retry_s: float = 0.5,
+        on_disconnected: Callable[[], None] | None = None,
+    ) -> None:
+        """Connect and serve until stopped; reconnect with back-off after a lost connection
+        (``on_connected`` runs at every join, ``on_disconnected`` whenever the connection is lost)."""
         delay = retry_s
         while not self._stop.is_set():
             try:
@@ -152,6 +158,8 @@ class NodeAgent:
                     delay,
                 )
             self._connected.clear()
+            if on_disconnected:
+                on_disconnected()
             if self._stop.wait(delay):
                 break
             delay = min(delay * 2, 10.0)
