@@ -13,6 +13,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from fedlink.query.linked import plan_linked
 from fedlink.wire import audit
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.transport import Reassembler
@@ -76,7 +77,7 @@ def test_only_keyed_encodings_cross_and_no_scores_come_back(linked: dict, workdi
                 assert npz[name].dtype.kind in "uiS", f"{name} must be numbers or digests, not text"
     slot_calls = [json.loads(body) for kind, body in messages if kind == "link_slots"]
     assert len(slot_calls) == len(NODES) and all(
-        set(c) == {"project", "analyst", "slots", "spine_id"} for c in slot_calls
+        set(c) == {"project", "analyst", "mode", "slots", "spine_id"} for c in slot_calls
     )
     # what comes back from the linkage unit: integer slots to nodes; stage timings and DP match rates
     # (no exact count about people) to the analyst
@@ -85,7 +86,8 @@ def test_only_keyed_encodings_cross_and_no_scores_come_back(linked: dict, workdi
         assert slots.dtype == np.int64 and slots.ndim == 1
     reports = [json.loads(body) for kind, body in messages if kind == "result" and body.startswith(b'{"project"')]
     assert len(reports) == 1
-    assert set(reports[0]) == {"project", "nodes", "stages", "spine_id", "quality", "quality_refused"}
+    assert set(reports[0]) == {"project", "nodes", "stages", "mode", "spine_id", "quality", "quality_refused"}
+    assert reports[0]["mode"] == "secret"
     quality = reports[0]["quality"]
     assert quality["epsilon"] == 0.1 and quality["scale"] == pytest.approx(len(NODES) / 0.1)
     assert len(quality["pairs"]) == 3
@@ -126,3 +128,108 @@ def test_the_spine_matches_the_ground_truth(linked: dict, workdir: Path) -> None
     f1 = 2 * precision * recall / (precision + recall)
     print(f"spine precision {precision:.4f} recall {recall:.4f} F1 {f1:.4f}")
     assert f1 >= 0.98, (precision, recall, f1)
+
+
+# ---------------------------------------------------------------------------------------------- PSI mode
+LINKED_SQL = (
+    "SELECT dfe.pupils.region, COUNT(*) AS n FROM dfe.pupils LINK dwp.claims, nhs.diagnoses "
+    "WHERE dfe.pupils.fsm = 1 GROUP BY dfe.pupils.region"
+)
+
+
+@pytest.fixture(scope="module")
+def psi_linked(workdir: Path) -> dict[str, object]:
+    with audit.recording() as captured:
+        fed = start_federation(NODES)
+        try:
+            analyst = connect_analyst(fed.address, workdir)
+            report = analyst.link(PROJECT, mode="psi")
+            messages = _messages(captured)
+            result = analyst.query(LINKED_SQL, project=PROJECT, noiseless=True)
+            plan = plan_linked(LINKED_SQL, fed.coordinator.catalogue())
+        finally:
+            fed.stop()
+    return {"report": report, "messages": messages, "state": fed.state, "fed": fed, "result": result, "plan": plan}
+
+
+def test_psi_mode_builds_a_spine_without_any_shared_secret(psi_linked: dict) -> None:
+    report = psi_linked["report"]
+    assert report.mode == "psi" and report.nodes == tuple(NODES)
+    assert {"hash and blind", "re-blind", "link", "distribute"} <= set(report.stages)
+    kinds = {kind for kind, _ in psi_linked["messages"]}
+    assert {"link_psi_start", "link_psi_blind", "link_slots"} <= kinds
+    assert not kinds & {"link_card", "link_initiate", "link_envelope", "link_encode"}, "no secret is agreed"
+
+
+def _unblinded_points(workdir: Path, state: Path) -> set[bytes]:
+    """Every match key of every node hashed to the curve but *not* blinded: what must never travel."""
+    from fedlink.linkage.encode import match_key_messages
+    from fedlink.linkage.normalise import normalise
+    from fedlink.linkage.schema import load_schema
+    from fedlink.node.linkage import IDENTIFIERS
+    from fedlink.pets import psi
+
+    schema = load_schema()
+    points: set[bytes] = set()
+    hasher = psi._Points()
+    for node in NODES:
+        records = state / node / "linkage" / PROJECT / "records.parquet"
+        tables = duckdb.sql(f"SELECT DISTINCT source_table FROM read_parquet('{records}')").fetchall()
+        union = " UNION ".join(
+            f"SELECT {', '.join(f'CAST({c} AS VARCHAR) AS {c}' for c in IDENTIFIERS)} "
+            f"FROM read_parquet('{workdir / 'data' / node / t}.parquet')"
+            for (t,) in tables
+        )
+        rows = duckdb.sql(union).fetchall()
+        people = {c: [row[i] for row in rows] for i, c in enumerate(IDENTIFIERS)}
+        for tier, (messages, _) in match_key_messages(normalise(people), schema).items():
+            for message in messages:
+                hasher.hash_to_point(psi.domain(PROJECT, tier), message)
+                raw = hasher.ffi.new("unsigned char[65]")
+                size = hasher.ffi.new("size_t *", 65)
+                flag = hasher.lib.SECP256K1_EC_UNCOMPRESSED
+                hasher.lib.secp256k1_ec_pubkey_serialize(hasher.ctx, raw, size, hasher.point, flag)
+                points.add(bytes(hasher.ffi.buffer(raw, 65))[1:])
+    return points
+
+
+def _found(wire: bytes, needles: set[bytes]) -> set[bytes]:
+    """The needles (32 random bytes each) that occur in ``wire`` at any byte offset: candidate offsets by
+    their first 8 bytes (every offset's 8-byte window, vectorised), then checked in full."""
+    data = np.frombuffer(wire, dtype=np.uint8)
+    if len(data) < 32:
+        return set()
+    windows = np.lib.stride_tricks.sliding_window_view(data, 8)[: len(data) - 31].copy().view("<u8").ravel()
+    prefixes = {int.from_bytes(n[:8], "little"): n for n in needles}
+    hits = np.flatnonzero(np.isin(windows, np.fromiter(prefixes, dtype=np.uint64, count=len(prefixes))))
+    return {prefixes[int(windows[i])] for i in hits.tolist() if wire[i : i + 32] == prefixes[int(windows[i])]}
+
+
+def test_the_wire_carries_no_unblinded_key_and_no_identifier(psi_linked: dict, workdir: Path) -> None:
+    messages = psi_linked["messages"]
+    wire = b"".join(body for _, body in messages)
+    points = _unblinded_points(workdir, psi_linked["state"])
+    assert len(points) > 5000
+    # neither a point nor its x-coordinate (the only part a digest depends on), at any byte offset
+    assert _found(wire, {p[:32] for p in points}) == set()
+    sent = next(body for kind, body in messages if kind == "result" and body[:4] == b"FLB1")
+    from fedlink.wire.blobs import unpack
+
+    blinded = unpack(sent)[1][0][:64]
+    assert blinded not in points
+    assert _found(wire, {blinded[:32]}) == {blinded[:32]}, "positive control: the scan finds a point that was sent"
+    text = [body for _, body in messages if body[:4] != b"FLB1"]
+    assert find_leaks(text, identifier_values(workdir)) == []
+
+
+def test_linked_statistics_run_unchanged_on_a_psi_spine(psi_linked: dict) -> None:
+    from fedlink.query.reference import reference_totals
+
+    from .test_linked import spine_keys
+
+    plan = psi_linked["plan"]
+    con = duckdb.connect()
+    tables, keys = spine_keys(psi_linked["fed"], PROJECT, plan, con)
+    totals = reference_totals(plan, tables, keys, connection=con)["rows:*"]
+    released = [row["n"] for row in psi_linked["result"].rows()]
+    assert released == totals.tolist() and sum(released) > 0

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedlink.errors import BadInput, Fault
-from fedlink.pets import chain
+from fedlink.pets import chain, pool
 from fedlink.pets.chain import MAX_MULTIPLICATIONS, ChainEvaluator, ChainKeys, ChainParams
 
 
@@ -149,7 +149,7 @@ def test_the_worker_pool_gives_the_answers_of_one_process(monkeypatch: pytest.Mo
     assert [keys.total(c) for c in out] == [int((first * middle * (groups == g)).sum()) + g + 1 for g in range(4)]
     monkeypatch.setenv("FEDLINK_HE_WORKERS", "many")
     with pytest.raises(BadInput, match="FEDLINK_HE_WORKERS must be a whole number"):
-        chain.workers()
+        pool.workers()
 
 
 def test_only_the_analysts_key_decrypts_and_a_bad_public_key_is_refused() -> None:

@@ -18,7 +18,7 @@ from sqlglot import exp
 from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
 from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
 from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, QueryError, Timeout
-from fedlink.linkage.messages import LinkCall, LinkReport
+from fedlink.linkage.messages import LinkCall, LinkMode, LinkReport
 from fedlink.pets.chain import ChainKeys
 from fedlink.pets.he import AnalystKeys, Scheme
 from fedlink.query.catalogue import FederationCatalogue
@@ -168,13 +168,18 @@ class Federation:
         return RegisterView(json.loads(reply.body))
 
     def link(
-        self, project: str | None = None, on_progress: Callable[[str, int, int], None] | None = None
+        self,
+        project: str | None = None,
+        on_progress: Callable[[str, int, int], None] | None = None,
+        mode: LinkMode = "secret",
     ) -> LinkReport:
         """Build the project's link spine: nodes agree a link secret among themselves, send keyed
         encodings to the coordinator's linkage unit, and each receives the slots of its own people.
         Returns which nodes took part, how long each stage took, and the spine's match rates per node
         pair released with DP (``quality``). ``on_progress(stage, done, total)`` is called as stages
-        complete. Then LINK queries run over the spine, and every result carries its linkage quality:
+        complete. ``mode="psi"`` links on exact match keys through ECDH private set intersection, with
+        no secret shared among the nodes (no fuzzy matching). Then LINK queries run over the spine, and
+        every result carries its linkage quality:
 
         >>> report = fed.link("homelessness-outcomes")
         >>> report.nodes
@@ -189,7 +194,9 @@ class Federation:
         chosen = project or self.project
         if not chosen:
             raise BadInput("linkage belongs to a project: pass --project P (or set project in your profile)")
-        call = LinkCall(project=chosen, analyst="")
+        if mode not in ("secret", "psi"):
+            raise BadInput(f"unknown linkage mode '{mode}'; use 'secret' (the default) or 'psi'")
+        call = LinkCall(project=chosen, analyst="", mode=mode)
         reply = self._call(rpc.LINK, call.model_dump_json().encode(), on_progress)
         return LinkReport.model_validate_json(reply.body)
 

@@ -247,10 +247,22 @@ def budget(
     render.budget(out, _connect(profile, coordinator, cert, key, ca).budget(), fmt.value)
 
 
+class LinkModeOpt(StrEnum):
+    secret = "secret"
+    psi = "psi"
+
+
 @app.command()
 @handles_errors
 def link(
     project: Annotated[str | None, typer.Option(help="The project whose nodes to link.")] = None,
+    mode: Annotated[
+        LinkModeOpt,
+        typer.Option(
+            help="secret: nodes agree a link secret and send keyed match keys and Bloom encodings (exact and "
+            "fuzzy); psi: no shared secret, exact match keys through elliptic-curve Diffie-Hellman PSI."
+        ),
+    ] = LinkModeOpt.secret,
     profile: Profile = None,
     coordinator: Coordinator = None,
     cert: Cert = None,
@@ -258,10 +270,10 @@ def link(
     ca: Ca = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Build a project's link spine: nodes agree a secret, send keyed encodings, receive their slots."""
+    """Build a project's link spine: nodes send keyed encodings (or PSI-blinded keys), receive their slots."""
     fed = _connect(profile, coordinator, cert, key, ca)
     with render.stage_progress(err) as advance:
-        report = fed.link(project, on_progress=advance)
+        report = fed.link(project, on_progress=advance, mode=mode.value)
     render.link_report(out, report, fmt.value)
 
 
@@ -482,5 +494,26 @@ def scenario(
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A mistyped command line (unknown option, bad choice, missing
+    argument) gets the same one-line ``error:`` as any other bad input, and exit code 2."""
+    try:
+        code = app(standalone_mode=False)  # click returns the exit code of a typer.Exit here
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("error: interrupted", highlight=False, markup=False)
+        sys.exit(130)
+    except Exception as exc:
+        # click's usage and parameter errors (typer may vendor click, so they are matched by shape)
+        show, code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if not callable(show) or not isinstance(code, int):
+            raise
+        context = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and context is not None:
+            err.print(context.get_help(), highlight=False, markup=False)
+            sys.exit(code)
+        where = f"`{context.command_path} --help`" if context is not None else "`fedlink --help`"
+        err.print(f"error: {str(show()).rstrip('.')}; see {where}", highlight=False, markup=False)
+        sys.exit(code)

@@ -143,7 +143,8 @@ def link_report(console: Console, report: Any, fmt: str) -> None:
         _csv(console, ["stage", "seconds"], [[k, v] for k, v in report.stages.items()])
         return
     table = Table(
-        title=f"link spine built for project {report.project}",
+        title=f"link spine built for project {report.project}"
+        + (" (PSI: exact match keys, no shared secret)" if report.mode == "psi" else ""),
         title_justify="left",
         caption=f"nodes: {', '.join(report.nodes)}; exact overlap counts are seen by the linkage unit only",
     )

@@ -25,7 +25,7 @@ from fedlink.coordinator.projects import load_projects
 from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable
 from fedlink.governance.register import Register
-from fedlink.linkage.messages import LinkCall, LinkReport
+from fedlink.linkage.messages import LinkCall, LinkMode, LinkReport
 from fedlink.pets.he import PublicContext, Scheme, add, load_public_context
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
 from fedlink.query.disclosure import DisclosurePolicy
@@ -191,8 +191,15 @@ class Coordinator:
                 answers[name] = exc
         return answers
 
-    def run_link(self, project_id: str, analyst: str, progress: Callable[[str, int, int], None]) -> LinkReport:
-        """Build the project's link spine across the nodes that hold its datasets."""
+    def run_link(
+        self,
+        project_id: str,
+        analyst: str,
+        progress: Callable[[str, int, int], None],
+        mode: LinkMode = "secret",
+    ) -> LinkReport:
+        """Build the project's link spine across the nodes that hold its datasets (``mode``: a shared
+        link secret, or ECDH PSI with no shared secret)."""
         project = self.projects.get(project_id)
         project.check(analyst, [])
         nodes = sorted({dataset.split(".", 1)[0] for dataset in project.datasets})
@@ -207,14 +214,23 @@ class Coordinator:
             self.config.coordinator.link_quality_epsilon,
         )
         try:
-            report = unit.run(project.id, analyst, nodes, progress)
+            report = unit.run(project.id, analyst, nodes, progress, mode)
         except FedlinkError as exc:
             self.register.append(
                 "link",
-                {"project": project.id, "analyst": analyst, "nodes": nodes, "status": "failed", "reason": exc.message},
+                {
+                    "project": project.id,
+                    "analyst": analyst,
+                    "nodes": nodes,
+                    "mode": mode,
+                    "status": "failed",
+                    "reason": exc.message,
+                },
             )
             raise
-        self.register.append("link", {"project": project.id, "analyst": analyst, "nodes": nodes, "status": "built"})
+        self.register.append(
+            "link", {"project": project.id, "analyst": analyst, "nodes": nodes, "mode": mode, "status": "built"}
+        )
         return report
 
     def spines_path(self) -> Path:
@@ -389,7 +405,7 @@ class Coordinator:
         def work() -> None:
             try:
                 call = LinkCall.model_validate_json(request.body)
-                report = self.run_link(call.project, analyst, progress)
+                report = self.run_link(call.project, analyst, progress, call.mode)
                 updates.put(Message(request.call_id, rpc.RESULT, report.model_dump_json().encode()))
             except FedlinkError as exc:
                 updates.put(rpc.error_message(request.call_id, exc))

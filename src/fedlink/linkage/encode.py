@@ -196,6 +196,31 @@ def encode(normalised: Mapping[str, np.ndarray], schema: LinkageSchema, keys: Li
     )
 
 
+def match_key_messages(
+    normalised: Mapping[str, np.ndarray], schema: LinkageSchema
+) -> dict[str, tuple[list[bytes], np.ndarray]]:
+    """Per match-key tier, the distinct messages of the records (each the same injective value blocks
+    a keyed match key is computed over) and, per record, the index of its message (-1 where a field
+    of the tier is missing). For the PSI mode, which hashes messages to a group instead of MACing."""
+    names_needed = {name for _, names in schema.match_keys for name in names}
+    absent = sorted(names_needed - set(normalised))
+    if absent:
+        raise BadInput(f"normalised records lack field(s) {', '.join(absent)}; pass the output of normalise()")
+    count = len(normalised[next(iter(names_needed))]) if names_needed else 0
+    columns = _Columns({name: normalised[name] for name in names_needed}, schema, count)
+    out = {}
+    for tier, names in schema.match_keys:
+        codes = np.stack([columns.codes[name] for name in names], axis=1)
+        missing = columns.any_missing(names)
+        combos, inverse = np.unique(codes[~missing], axis=0, return_inverse=True)
+        parts = [[row.tobytes() for row in columns.blocks(name)] for name in names]
+        messages = [b"".join(part[c] for part, c in zip(parts, combo, strict=True)) for combo in combos.tolist()]
+        index = np.full(count, -1, dtype=np.int64)
+        index[~missing] = inverse.reshape(-1)
+        out[tier] = (messages, index)
+    return out
+
+
 def _fields_needed(schema: LinkageSchema) -> set[str]:
     needed = {spec.name for spec in schema.fields}
     needed |= {name for _, names in (*schema.match_keys, *schema.blocking) for name in names}

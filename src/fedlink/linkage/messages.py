@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fedlink.model import Frozen
 from fedlink.pets.keyagree import Envelope, LinkKeyCard
+
+LinkMode = Literal["secret", "psi"]
 
 
 class LinkCall(Frozen):
     project: str
     analyst: str
+    #: "secret": nodes agree a link secret and send keyed match keys and Bloom encodings (exact and
+    #: fuzzy tiers); "psi": no shared secret, exact match-key tiers through ECDH PSI.
+    mode: LinkMode = "secret"
+
+
+class PsiCall(LinkCall):
+    """Coordinator -> node in the PSI mode: start a run (hash and blind this node's match keys with a
+    fresh scalar kept for ``run``), or re-blind other nodes' points (``final``: the last of the ring,
+    answer 16-byte digests). Binary body: this header, then the points."""
+
+    run: str
+    final: bool = False
+
+
+class PsiStarted(Frozen):
+    """Node -> coordinator: the tiers of its blobs (each: distinct blinded points, then, as int64, the
+    index of every person's point or -1 where a field of the tier is missing)."""
+
+    count: int
+    tiers: tuple[str, ...]
 
 
 class InitiateCall(LinkCall):
@@ -69,6 +93,7 @@ class LinkReport(Frozen):
     project: str
     nodes: tuple[str, ...]
     stages: dict[str, float]
+    mode: LinkMode = "secret"
     spine_id: str = ""
     quality: LinkageQuality | None = None
     quality_refused: str | None = None

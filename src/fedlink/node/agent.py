@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING
 import grpc
 
 from fedlink.errors import AccessDenied, ConfigError, Fault, FedlinkError
-from fedlink.linkage.messages import EnvelopeCall, Envelopes, InitiateCall, LinkCall, QualityCall, SlotsCall
+from fedlink.linkage.messages import (
+    EnvelopeCall,
+    Envelopes,
+    InitiateCall,
+    LinkCall,
+    PsiCall,
+    PsiStarted,
+    QualityCall,
+    SlotsCall,
+)
 from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
 from fedlink.node.runtime import NodeRuntime
@@ -78,6 +87,22 @@ def _link_encode(runtime: NodeRuntime, message: Message) -> Message:
     return Message(message.call_id, rpc.RESULT, blob)
 
 
+def _link_psi_start(runtime: NodeRuntime, message: Message) -> Message:
+    call = PsiCall.model_validate_json(message.body)
+    count, tiers = runtime.linkage.psi_start(_request(call), call.run)
+    runtime.register.append("link_encode", {"project": call.project, "analyst": call.analyst, "mode": "psi"})
+    header = PsiStarted(count=count, tiers=tuple(tiers)).model_dump_json().encode()
+    blobs = [part for points, index in tiers.values() for part in (points, index.astype("<i8").tobytes())]
+    return Message(message.call_id, rpc.RESULT, pack(header, blobs))
+
+
+def _link_psi_blind(runtime: NodeRuntime, message: Message) -> Message:
+    header, blobs = unpack(message.body)
+    call = PsiCall.model_validate_json(header)
+    out = runtime.linkage.psi_blind(_request(call), call.run, blobs, call.final)
+    return Message(message.call_id, rpc.RESULT, pack(b"{}", out))
+
+
 def _link_slots(runtime: NodeRuntime, message: Message) -> Message:
     call = SlotsCall.model_validate_json(message.body)
     runtime.linkage.store_slots(_request(call), base64.b64decode(call.slots), call.spine_id)
@@ -104,6 +129,8 @@ LINK_HANDLERS: dict[str, Callable[[NodeRuntime, Message], Message]] = {
     rpc.LINK_ENVELOPE: _link_envelope,
     rpc.LINK_ENCODE: _link_encode,
     rpc.LINK_SLOTS: _link_slots,
+    rpc.LINK_PSI_START: _link_psi_start,
+    rpc.LINK_PSI_BLIND: _link_psi_blind,
 }
 
 

@@ -1,5 +1,6 @@
 """A node's side of record linkage: its key-agreement card, the link secret, keyed encodings of its
-own people, and the slots the linkage unit assigns them.
+own people, and the slots the linkage unit assigns them; or, in the PSI mode (no link secret), its
+match keys hashed to secp256k1 and blinded with a scalar of its own, and other nodes' points re-blinded.
 
 The node turns the identifier columns of the tables a project may use into one list of *people*
 (records with identical identifiers are one person: at most one record per node in an entity), in a
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +23,19 @@ import numpy as np
 import pyarrow as pa
 
 from fedlink.errors import PolicyRefused
-from fedlink.linkage.encode import derive_keys, encode
+from fedlink.linkage.encode import derive_keys, encode, match_key_messages
 from fedlink.linkage.normalise import normalise
 from fedlink.linkage.payload import slots_from_bytes, to_bytes
 from fedlink.linkage.schema import load_schema
 from fedlink.node.config import NodeConfig, TableDecl
 from fedlink.node.data import NodeData
+from fedlink.pets import psi
 from fedlink.pets.keyagree import Envelope, LinkKeyCard, NodeKeyAgreement
 
 log = logging.getLogger("fedlink.node")
 IDENTIFIERS = ("first_name", "last_name", "dob", "sex", "postcode")
+#: A PSI run's scalar is forgotten once the node has its slots, or after this long.
+PSI_RUN_TTL_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,9 @@ class NodeLinkage:
         tls = config.tls_files()
         cert, key, ca = tls.read()
         self.keys = NodeKeyAgreement(config.name, state / "keys", cert, key, ca)
+        #: (project, run) -> (this node's PSI scalar for the run, when it was drawn); memory only.
+        self._scalars: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self._lock = threading.Lock()
 
     def _folder(self, project: str) -> Path:
         return self.state / "linkage" / project
@@ -101,6 +110,44 @@ class NodeLinkage:
         log.info("encoded %d people for project '%s'", encoded.count, request.project)
         return to_bytes(encoded)
 
+    def psi_start(self, request: LinkRequest, run: str) -> tuple[int, dict[str, tuple[bytes, np.ndarray]]]:
+        """PSI mode: per match-key tier, this node's distinct keys hashed to the group and blinded with a
+        fresh scalar (in a secret random order, so a position says nothing about a value), and each
+        person's index into them (-1: a field missing). Equal keys of two people are one point, so
+        other nodes never see how often a value occurs here."""
+        tables = self.linkable_tables(request.project, request.analyst)
+        folder = self._folder(request.project)
+        folder.mkdir(parents=True, exist_ok=True)
+        people = self._people(tables, folder)
+        scalar = psi.new_scalar()
+        with self._lock:
+            now = time.monotonic()
+            for key in [k for k, (_, at) in self._scalars.items() if now - at > PSI_RUN_TTL_S]:
+                del self._scalars[key]
+            self._scalars[(request.project, run)] = (scalar, now)
+        rng = np.random.default_rng(int.from_bytes(secrets.token_bytes(16), "big"))
+        out = {}
+        count = len(people[IDENTIFIERS[0]])
+        for tier, (messages, index) in match_key_messages(normalise(people), load_schema()).items():
+            order = rng.permutation(len(messages))  # position of each distinct key in what is sent
+            shuffled = [messages[i] for i in np.argsort(order)]
+            blinded = psi.hash_and_blind(shuffled, psi.domain(request.project, tier), scalar)
+            out[tier] = (blinded, np.where(index >= 0, order[np.maximum(index, 0)], -1).astype(np.int64))
+        log.info("hashed and blinded the match keys of %d people for project '%s' (PSI)", count, request.project)
+        return count, out
+
+    def psi_blind(self, request: LinkRequest, run: str, blobs: list[bytes], final: bool) -> list[bytes]:
+        """PSI mode: other nodes' points times this node's scalar of ``run`` (digests when ``final``)."""
+        self.linkable_tables(request.project, request.analyst)
+        with self._lock:
+            held = self._scalars.get((request.project, run))
+        if held is None:
+            raise PolicyRefused(
+                f"node '{self.config.name}' holds no PSI run {run[:8]} for '{request.project}'; "
+                "run `fedlink link --mode psi` again"
+            )
+        return [psi.reblind(blob, held[0], final=final) for blob in blobs]
+
     def _people(self, tables: list[TableDecl], folder: Path) -> dict[str, list[str | None]]:
         """Distinct identifier tuples across the tables, shuffled; records -> person saved at the node."""
         con = duckdb.connect(":memory:")
@@ -139,6 +186,9 @@ class NodeLinkage:
             raise PolicyRefused(f"node '{self.config.name}' received {len(slots)} slots for a different person list")
         np.save(folder / "slots.npy", slots, allow_pickle=False)
         (folder / "spine.json").write_text(json.dumps({"spine_id": spine_id}))
+        with self._lock:  # a PSI run of this project is over
+            for key in [k for k in self._scalars if k[0] == request.project]:
+                del self._scalars[key]
         return len(slots)
 
     def spine_id(self, project: str) -> str | None:

@@ -33,25 +33,19 @@ per slot is proportional to their number). Counts use a 26-bit plain modulus, su
 for fixed-point values). Parties derive the parameters from the plan themselves; only the public key
 travels.
 
-Work on a vector is split by chunks (``N`` slots each) across a process pool (:func:`workers`; SEAL's
-binding holds the GIL), so a node uses all its cores on a large spine.
+Work on a vector is split by chunks (``N`` slots each) across a process pool (:mod:`fedlink.pets.pool`;
+SEAL's binding holds the GIL), so a node uses all its cores on a large spine.
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
-import itertools
-import logging
-import multiprocessing
 import os
 import secrets
 import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,12 +56,12 @@ import numpy as np
 from tenseal import sealapi
 
 from fedlink.errors import BadInput, Fault
+from fedlink.pets import pool
 
 MAX_MULTIPLICATIONS = 6
 COUNT_PLAIN_BITS = 26
 SUM_PLAIN_BITS = 30
 _SCRATCH = threading.local()
-log = logging.getLogger("fedlink.chain")
 
 
 @dataclass(frozen=True)
@@ -207,8 +201,8 @@ class ChainEvaluator:
     """What nodes and the coordinator do with ciphertexts of one linked query (they hold no secret key).
 
     The vector methods (:meth:`encrypt`, :meth:`multiply`, :meth:`union`, :meth:`finish`) split their
-    chunks across :func:`workers` processes when there are several; the ``_chunks_*`` methods do the
-    work on a run of chunks, in this process or in a worker.
+    chunks across the worker pool (:mod:`fedlink.pets.pool`) when there are several; the ``_chunks_*``
+    methods do the work on a run of chunks, in this process or in a worker.
     """
 
     def __init__(self, params: ChainParams, public_key: str) -> None:
@@ -270,9 +264,7 @@ class ChainEvaluator:
         return out
 
     def _split(self, count: int) -> list[tuple[int, int]]:
-        parts = max(1, min(workers(), count))
-        edges = np.linspace(0, count, parts + 1).astype(int)
-        return [(int(a), int(b)) for a, b in itertools.pairwise(edges) if b > a]
+        return pool.split(count)
 
     def _slice(self, vector: np.ndarray | None, start: int, stop: int) -> np.ndarray | None:
         if vector is None:
@@ -281,13 +273,9 @@ class ChainEvaluator:
 
     def _spread(self, method: str, jobs: list[tuple[Any, ...]]) -> list[Any]:
         """Run ``method`` on each job's arguments, in the worker pool when there are several jobs."""
-        if len(jobs) > 1:
-            try:
-                futures = [_pool().submit(_run, self.params, self.public_key, method, job) for job in jobs]
-                return [future.result() for future in futures]
-            except (BrokenProcessPool, RuntimeError) as exc:  # e.g. a main module without a __main__ guard
-                _drop_pool(exc)
-        return [getattr(self, method)(*job) for job in jobs]
+        if len(jobs) <= 1:
+            return [getattr(self, method)(*job) for job in jobs]
+        return pool.spread(_run, [(self.params, self.public_key, method, job) for job in jobs])
 
     def _check(self, chunks: Sequence[bytes], length: int) -> None:
         if len(chunks) != self.chunks(length):
@@ -423,41 +411,7 @@ class ChainEvaluator:
         return mask
 
 
-# --- the worker pool ---------------------------------------------------------------------------------
-_POOL: ProcessPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def workers() -> int:
-    """Processes that share a step's chunks: ``FEDLINK_HE_WORKERS``, else every core."""
-    configured = os.environ.get("FEDLINK_HE_WORKERS", "").strip()
-    if configured:
-        try:
-            return max(1, int(configured))
-        except ValueError as exc:
-            raise BadInput(f"FEDLINK_HE_WORKERS must be a whole number, not {configured!r}") from exc
-    return os.cpu_count() or 1
-
-
-def _pool() -> ProcessPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            # spawn, not fork: the node's process runs gRPC threads, which must not be forked
-            _POOL = ProcessPoolExecutor(max_workers=workers(), mp_context=multiprocessing.get_context("spawn"))
-            atexit.register(_POOL.shutdown, wait=False, cancel_futures=True)
-        return _POOL
-
-
-def _drop_pool(reason: BaseException) -> None:
-    global _POOL
-    with _POOL_LOCK:
-        pool, _POOL = _POOL, None
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
-    log.warning("the encryption worker pool failed (%s); this step runs in one process", type(reason).__name__)
-
-
+# --- work in the pool ------------------------------------------------------------------------------
 @lru_cache(maxsize=2)
 def _worker_evaluator(params: ChainParams, public_key: str) -> ChainEvaluator:
     return ChainEvaluator(params, public_key)
