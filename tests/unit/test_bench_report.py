@@ -199,6 +199,51 @@ def test_linked_queries_and_pet_primitives_get_their_ratios_goal_and_plots(tmp_p
     assert sorted(p.name for p in result.plots) == ["linked.png", "primitives.png"]
 
 
+def test_psi_gets_its_group_table_peer_ratio_and_goal(tmp_path: Path) -> None:
+    results = dict(RESULTS)
+    results["benchmarks"] = [
+        bench(
+            "benchmarks/test_bench_psi.py::test_group[a]",
+            0.1,
+            {"group": "a"},
+            {"psi_group": "secp256k1 (fedlink)", "multiplications_per_s": 20000},
+        ),
+        bench(
+            "benchmarks/test_bench_psi.py::test_group[b]",
+            0.2,
+            {"group": "b"},
+            {"psi_group": "P-256", "multiplications_per_s": 10000},
+        ),
+        bench(
+            "benchmarks/test_bench_psi.py::test_two_party_psi[1000000-psi]",
+            150.0,
+            {"items": 1000000, "path": "psi"},
+            {"psi": True, "path": "psi", "items": 1000000},
+        ),
+        bench(
+            "benchmarks/test_bench_psi.py::test_two_party_psi[1000000-plain]",
+            0.5,
+            {"items": 1000000, "path": "plain"},
+            {"psi": True, "path": "plain", "items": 1000000},
+        ),
+        bench(
+            "benchmarks/test_bench_psi.py::test_openmined_psi_peer[1000000]",
+            460.0,
+            {"items": 1000000},
+            {"psi": True, "path": "openmined-psi", "items": 1000000, "peer_seconds": 450.0},
+        ),
+    ]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(results), encoding="utf-8")
+    out = tmp_path / "REPORT.md"
+    write_report(path, out)
+    text = out.read_text(encoding="utf-8")
+    assert text.index("| secp256k1 (fedlink) | 20,000 |") < text.index("| P-256 | 10,000 |")
+    assert "| 1,000,000 | 150 s | 500 ms | 300× | 450 s | 3.00× |" in text
+    assert "Two-party PSI of 1,000,000 x 1,000,000 items: 150 s (goal 60 s: NOT met)." in text
+    assert "PSI (private set intersection" not in text, "PSI has a suite now"
+
+
 def test_the_facade_exposes_the_runner_and_the_report_writer() -> None:
     assert fedlink.write_benchmark_report is write_report
     assert fedlink.run_benchmarks is run

@@ -839,6 +839,62 @@ def _primitives_section(loaded: Loaded, headlines: list[str]) -> list[str]:
     return lines
 
 
+def _psi_section(loaded: Loaded, headlines: list[str]) -> list[str]:
+    groups = [b for b in loaded.benchmarks if b.get("psi_group")]
+    by_items: dict[float, dict[str, Bench]] = defaultdict(dict)
+    for b in loaded.benchmarks:
+        if b.get("psi") and b.number("items"):
+            by_items[b.number("items") or 0][str(b.get("path"))] = b
+    if not groups and not by_items:
+        return []
+    lines = ["### PSI (`test_bench_psi.py`)", ""]
+    if groups:
+        rows = [
+            [str(b.get("psi_group")), _n(b.number("multiplications_per_s"))]
+            for b in sorted(groups, key=lambda b: -(b.number("multiplications_per_s") or 0))
+        ]
+        lines += ["Scalar multiplications per second through each binding, one core:", ""]
+        lines += [*_table(["group and binding", "multiplications/s"], rows, "lr"), ""]
+    if by_items:
+        rows = []
+        for items, paths in sorted(by_items.items()):
+            ours, plain, peer = paths.get("psi"), paths.get("plain"), paths.get("openmined-psi")
+            peer_s = peer.number("peer_seconds") if peer else None
+            rows.append(
+                [
+                    _n(items),
+                    _t(ours.median if ours else None),
+                    _t(plain.median if plain else None),
+                    _x(_ratio(ours.median if ours else None, plain.median if plain else None)),
+                    _t(peer_s),
+                    _x(_ratio(peer_s, ours.median if ours else None)),
+                ]
+            )
+            if ours is not None and items >= 1_000_000:
+                met = "met" if ours.median < 60 else "NOT met"
+                headlines.append(
+                    f"Two-party PSI of {_n(items)} x {_n(items)} items: {_t(ours.median)} (goal 60 s: {met})."
+                )
+        lines += [
+            "Two-party PSI, both parties in one process on this machine's cores, half the items in common; "
+            "openmined-psi's own timing of its protocol, in its own Python:",
+            "",
+        ]
+        lines += _table(
+            [
+                "items per party",
+                "fedlink PSI",
+                "set intersection",
+                "PSI / plain",
+                "openmined-psi",
+                "openmined / fedlink",
+            ],
+            rows,
+            "rrrrrr",
+        )
+    return [*lines, ""]
+
+
 def _linked_section(loaded: Loaded, headlines: list[str]) -> list[str]:
     by_people: dict[float, dict[str, Bench]] = defaultdict(dict)
     for b in loaded.benchmarks:
@@ -959,7 +1015,7 @@ def write_report(
     headlines: list[str] = []
     ratios = _horizontal_section(loaded, headlines) + _encoding_section(loaded, headlines)
     ratios += _matching_section(loaded, headlines) + _linked_section(loaded, headlines)
-    ratios += _primitives_section(loaded, headlines) + _memory_section(loaded)
+    ratios += _psi_section(loaded, headlines) + _primitives_section(loaded, headlines) + _memory_section(loaded)
     for b in sorted(_suite(loaded, "synth"), key=lambda b: b.number("people") or 0)[-1:]:
         people = b.number("people")
         if people:

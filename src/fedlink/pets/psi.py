@@ -9,15 +9,13 @@ without every node's scalar nobody (the coordinator included) can test a guessed
 sees another's values, only points that are uniformly random to it (DDH on secp256k1).
 
 **Group and binding, chosen by measurement** (``benchmarks/test_bench_psi.py::test_group``, one core
-of this project's machine, per scalar multiplication through each Python binding): secp256k1 through
-libsecp256k1 (coincurve's cffi binding) about 70-80 us constant-time (``secp256k1_ecdh``, 50 us for
-its variable-time ``tweak_mul``); X25519 through OpenSSL (``cryptography``) or libsodium (PyNaCl)
-about 60 us, but x-only, with no hash to the curve in C (Elligator 2 in Python costs a modular
-exponentiation per value); P-256 through OpenSSL about 80 us, also without a hash to the curve;
-ristretto255 through libsodium (pysodium) about 96 us, with a sound hash to the group in C but the
-slowest multiplication. PyNaCl exposes no ristretto255. libsecp256k1 has both a constant-time
-multiplication and a hash to the curve in C, and is a maintained, audited library installed from
-PyPI wheels.
+of this project's machine, scalar multiplications per second through each binding): X25519 through
+libsodium (PyNaCl) 25,100; secp256k1 through libsecp256k1 (coincurve's cffi binding) 19,200
+variable-time and 13,800 constant-time; X25519 through OpenSSL 17,100; P-256 through OpenSSL 12,200;
+ristretto255 through libsodium (pysodium) 10,300. The hash to the group decides: about 15 us for
+secp256k1's ElligatorSwift decoding in C, against about 190 us for a random-oracle hash to Curve25519
+through libsodium (two Elligator 2 maps, an addition, a conversion) and none in C for OpenSSL's curves;
+per value and party (hash, blind, re-blind) secp256k1 costs about 160 us, X25519 about 270 us.
 
 **Hash to group**: ``H(m) = ElligatorSwift-decode(SHA-512(DST || m))`` with libsecp256k1's
 ``secp256k1_ellswift_decode`` (BIP 324): it maps *every* 64-byte string to a curve point, in constant
