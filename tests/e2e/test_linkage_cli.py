@@ -28,7 +28,7 @@ def test_link_builds_a_spine_from_the_command_line(workdir: Path, tmp_path: Path
         assert (federation.state / "hmps" / "linkage" / "justice-attainment" / "slots.npy").exists()
         psi = cli("link", "--project", "justice-attainment", "--mode", "psi", "--profile", str(profile))
         assert psi.returncode == 0, psi.stderr
-        assert "PSI: exact match keys, no shared secret" in psi.stdout and "re-blind" in psi.stdout
+        assert "PSI: exact match keys, no shared secret" in psi.stdout and "hash and blind" in psi.stdout
         assert_one_line_error(
             cli("link", "--project", "justice-attainment", "--mode", "sideways", "--profile", str(profile)),
             2,

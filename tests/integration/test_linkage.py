@@ -139,7 +139,10 @@ LINKED_SQL = (
 
 @pytest.fixture(scope="module")
 def psi_linked(workdir: Path) -> dict[str, object]:
-    with audit.recording() as captured:
+    from fedlink.coordinator import linkage
+
+    with audit.recording() as captured, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(linkage, "PSI_BATCH", 400)  # many batches round the ring, so the schedule is exercised
         fed = start_federation(NODES)
         try:
             analyst = connect_analyst(fed.address, workdir)
@@ -155,9 +158,12 @@ def psi_linked(workdir: Path) -> dict[str, object]:
 def test_psi_mode_builds_a_spine_without_any_shared_secret(psi_linked: dict) -> None:
     report = psi_linked["report"]
     assert report.mode == "psi" and report.nodes == tuple(NODES)
-    assert {"hash and blind", "re-blind", "link", "distribute"} <= set(report.stages)
+    assert {"prepare", "hash and blind", "link", "distribute"} <= set(report.stages)
     kinds = {kind for kind, _ in psi_linked["messages"]}
-    assert {"link_psi_start", "link_psi_blind", "link_slots"} <= kinds
+    assert {"link_psi_start", "link_psi_points", "link_psi_blind", "link_slots"} <= kinds
+    batches = sum(kind == "link_psi_points" for kind, _ in psi_linked["messages"])
+    blinds = sum(kind == "link_psi_blind" for kind, _ in psi_linked["messages"])
+    assert batches > 3 * 7 and blinds == 2 * batches, "every batch is re-blinded by the two other nodes"
     assert not kinds & {"link_card", "link_initiate", "link_envelope", "link_encode"}, "no secret is agreed"
 
 
@@ -182,8 +188,8 @@ def _unblinded_points(workdir: Path, state: Path) -> set[bytes]:
         )
         rows = duckdb.sql(union).fetchall()
         people = {c: [row[i] for row in rows] for i, c in enumerate(IDENTIFIERS)}
-        for tier, (messages, _) in match_key_messages(normalise(people), schema).items():
-            for message in messages:
+        for tier, tier_messages in match_key_messages(normalise(people), schema).items():
+            for message in tier_messages.messages():
                 hasher.hash_to_point(psi.domain(PROJECT, tier), message)
                 raw = hasher.ffi.new("unsigned char[65]")
                 size = hasher.ffi.new("size_t *", 65)
@@ -212,7 +218,7 @@ def test_the_wire_carries_no_unblinded_key_and_no_identifier(psi_linked: dict, w
     assert len(points) > 5000
     # neither a point nor its x-coordinate (the only part a digest depends on), at any byte offset
     assert _found(wire, {p[:32] for p in points}) == set()
-    sent = next(body for kind, body in messages if kind == "result" and body[:4] == b"FLB1")
+    sent = next(body for kind, body in messages if kind == "link_psi_blind")
     from fedlink.wire.blobs import unpack
 
     blinded = unpack(sent)[1][0][:64]

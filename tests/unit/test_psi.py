@@ -103,7 +103,8 @@ def normalised_departments(tmp_path_factory: pytest.TempPathFactory) -> list[dic
 
 def test_the_psi_spine_is_the_keyed_exact_tier_spine(normalised_departments: list[dict]) -> None:
     """Same people, same tiers: keyed match keys (the shared-secret mode without its fuzzy tier) and
-    PSI digests link exactly the same records into the same entities."""
+    PSI digests (distinct values shuffled, as a node sends them) link exactly the same records into the
+    same entities."""
     schema = load_schema()
     keys = derive_keys(b"a link secret of 32 bytes.......", "test", schema)
     keyed = []
@@ -113,18 +114,36 @@ def test_the_psi_spine_is_the_keyed_exact_tier_spine(normalised_departments: lis
     messages = [match_key_messages(records, schema) for records in normalised_departments]
     by_psi = [dict[str, np.ndarray]() for _ in messages]
     for tier, _ in schema.match_keys:
-        digests = ring([m[tier][0] for m in messages], psi.domain("test", tier))
-        for p, (_, index) in enumerate(m[tier] for m in messages):
+        shuffled = [m[tier].shuffled(np.random.default_rng(p)) for p, m in enumerate(messages)]
+        digests = ring([s.messages() for s in shuffled], psi.domain("test", tier))
+        for p, tier_messages in enumerate(shuffled):
             table = np.array(digests[p] or [b""], dtype=f"S{psi.DIGEST_BYTES}")
+            index = tier_messages.index
             by_psi[p][tier] = np.where(index >= 0, table[np.maximum(index, 0)], b"")
     spine_psi = cluster(
-        [exact_only(len(m[schema.match_keys[0][0]][1]), k) for m, k in zip(messages, by_psi, strict=True)]
+        [exact_only(len(m[schema.match_keys[0][0]].index), k) for m, k in zip(messages, by_psi, strict=True)]
     )
     spine_keyed = cluster(keyed)
     assert spine_psi.stats.exact_links == spine_keyed.stats.exact_links > 1000
     assert spine_psi.entities == spine_keyed.entities
     for mine, theirs in zip(spine_psi.entity, spine_keyed.entity, strict=True):
         assert np.array_equal(mine, theirs)
+
+
+def test_tier_messages_are_built_in_batches_and_follow_a_shuffle(normalised_departments: list[dict]) -> None:
+    tiers = match_key_messages(normalised_departments[0], load_schema())
+    tier = next(iter(tiers.values()))
+    whole = tier.messages()
+    assert len(whole) == len(tier) == len(set(whole)) > 100, "distinct values, each once"
+    assert tier.messages(10, 20) == whole[10:20]
+    shuffled = tier.shuffled(np.random.default_rng(1))
+    moved = shuffled.messages()
+    assert sorted(moved) == sorted(whole) and moved != whole
+    for record in range(0, len(tier.index), 97):  # every record keeps its value through the shuffle
+        if tier.index[record] >= 0:
+            assert moved[shuffled.index[record]] == whole[tier.index[record]]
+        else:
+            assert shuffled.index[record] == -1
 
 
 def exact_only(count: int, match_keys: dict[str, np.ndarray]) -> EncodedRecords:

@@ -13,7 +13,10 @@ import base64
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +50,7 @@ from fedlink.wire.transport import Message
 log = logging.getLogger("fedlink.coordinator")
 FanOut = Callable[[dict[str, bytes], str], dict[str, Message | FedlinkError]]
 Progress = Callable[[str, int, int], None]
-#: Points per PSI re-blinding call (64 bytes each: 3.2 MB), so memory per message stays bounded.
+#: Distinct keys per PSI batch (64-byte points: 3.2 MB), so memory per message stays bounded.
 PSI_BATCH = 50_000
 
 
@@ -203,69 +206,48 @@ class LinkageUnit:
     def _psi(
         self, call: LinkCall, order: list[str], progress: Progress, stages: dict[str, float]
     ) -> list[EncodedRecords]:
-        """PSI mode: each node hashes and blinds its distinct match keys with a scalar of its own; each
-        node's points then go round the ring, every other node re-blinding them (the last one hashing
-        them to digests), all nodes working at once on different nodes' points; the digests, placed
-        back at each person's index, are exact match keys that no one could compute alone."""
+        """PSI mode: each node prepares its distinct match keys under a fresh scalar of its own; then
+        every batch of a node's keys travels round the ring, hashed and blinded by that node, re-blinded
+        by each other node, the last one hashing it to digests (:class:`_Ring`: all nodes at work at
+        once, on different nodes' batches, with few batches in flight, so memory stays bounded); the
+        digests, placed at each person's position, are exact match keys no one could compute alone."""
         run = secrets.token_hex(16)
-        body = PsiCall(project=call.project, analyst=call.analyst, mode="psi", run=run).model_dump_json().encode()
-        progress(f"hashing and blinding match keys at {len(order)} nodes (PSI)", 0, 6)
+        progress(f"preparing match keys at {len(order)} nodes (PSI)", 0, 6)
         mark = time.perf_counter()
+        body = PsiCall(project=call.project, analyst=call.analyst, mode="psi", run=run).model_dump_json().encode()
         started = self._fan_out({n: body for n in order}, rpc.LINK_PSI_START)
         _first_error(started)
-        counts: dict[str, int] = {}
-        points: dict[tuple[str, str], bytes] = {}
+        heads: dict[str, PsiStarted] = {}
         index: dict[tuple[str, str], np.ndarray] = {}
-        tiers: tuple[str, ...] = ()
         for node in order:
             answer = started[node]
             assert isinstance(answer, Message)
             header, blobs = unpack(answer.body)
-            reply = PsiStarted.model_validate_json(header)
-            if (tiers and reply.tiers != tiers) or len(blobs) != 2 * len(reply.tiers):
+            heads[node] = head = PsiStarted.model_validate_json(header)
+            if list(head.distinct) != list(heads[order[0]].distinct) or len(blobs) != len(head.distinct):
                 raise Fault(f"node '{node}' answered PSI with other match-key tiers; all nodes need one schema")
-            tiers, counts[node] = reply.tiers, reply.count
-            for i, tier in enumerate(tiers):
-                points[(node, tier)] = blobs[2 * i]
-                index[(node, tier)] = np.frombuffer(blobs[2 * i + 1], dtype="<i8")
-                if len(index[(node, tier)]) != reply.count:
-                    raise Fault(f"node '{node}' sent a PSI index of the wrong length; nothing was linked")
-        stages["hash and blind"] = time.perf_counter() - mark
+            for tier, blob in zip(head.distinct, blobs, strict=True):
+                at = np.frombuffer(blob, dtype="<i8")
+                if len(at) != head.count or int(at.max(initial=-1)) >= head.distinct[tier]:
+                    raise Fault(f"node '{node}' sent PSI positions that do not fit its values; nothing was linked")
+                index[(node, tier)] = at
+        stages["prepare"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
-        for step in range(1, len(order)):
-            final = step == len(order) - 1
-            progress(f"re-blinding round {step} of {len(order) - 1} (PSI)", 1, 6)
-            holder = {source: order[(i + step) % len(order)] for i, source in enumerate(order)}
-            queues: dict[str, list[tuple[str, str, int, bytes]]] = {n: [] for n in order}
-            for (source, tier), blob in points.items():
-                for b, start in enumerate(range(0, max(len(blob), 1), PSI_BATCH * psi.POINT_BYTES)):
-                    batch = blob[start : start + PSI_BATCH * psi.POINT_BYTES]
-                    queues[holder[source]].append((source, tier, b, batch))
-            done: dict[tuple[str, str], dict[int, bytes]] = {key: {} for key in points}
-            blind = PsiCall(project=call.project, analyst=call.analyst, mode="psi", run=run, final=final)
-            head = blind.model_dump_json().encode()
-            while any(queues.values()):
-                jobs = {n: q.pop(0) for n, q in queues.items() if q}
-                answers = self._fan_out({n: pack(head, [job[3]]) for n, job in jobs.items()}, rpc.LINK_PSI_BLIND)
-                _first_error(answers)
-                for node, (source, tier, b, _) in jobs.items():
-                    answer = answers[node]
-                    assert isinstance(answer, Message)
-                    done[(source, tier)][b] = unpack(answer.body)[1][0]
-            points = {key: b"".join(parts[b] for b in sorted(parts)) for key, parts in done.items()}
-        stages["re-blind"] = time.perf_counter() - mark
+        ring = _Ring(call, run, order, heads, self._fan_out)
+        digests = ring.run(lambda done, total: progress(f"PSI: {done} of {total} batches round the ring", 1, 6))
+        stages["hash and blind"] = time.perf_counter() - mark
 
         parties = []
         for node in order:
             match_keys = {}
-            for tier in tiers:
-                digests = np.array(psi.digests(points[(node, tier)]) or [b""], dtype=f"S{psi.DIGEST_BYTES}")
+            for tier, distinct in heads[node].distinct.items():
+                table = np.array(digests[(node, tier)] or [b""], dtype=f"S{psi.DIGEST_BYTES}")
+                if len(digests[(node, tier)]) != distinct:
+                    raise Fault(f"the PSI ring returned the wrong number of digests for '{node}'; nothing was linked")
                 at = index[(node, tier)]
-                if len(at) and int(at.max(initial=-1)) >= len(psi.digests(points[(node, tier)])):
-                    raise Fault(f"node '{node}' sent a PSI index beyond its points; nothing was linked")
-                match_keys[tier] = np.where(at >= 0, digests[np.maximum(at, 0)], b"")
-            count = counts[node]
+                match_keys[tier] = np.where(at >= 0, table[np.maximum(at, 0)], b"")
+            count = heads[node].count
             parties.append(
                 EncodedRecords(
                     count=count,
@@ -294,6 +276,84 @@ class LinkageUnit:
         if refusals:
             return None, f"match rates not released: {refusals[0]}"
         return release_quality(spine_id, people, pairs, self._quality_epsilon), None
+
+
+@dataclass
+class _Batch:
+    """``PSI_BATCH`` distinct keys of one node's tier on their way round the ring."""
+
+    source: int
+    tier: str
+    start: int
+    stop: int
+    stage: int = 0  #: 0: to be hashed and blinded by the source; s: to be re-blinded by source + s
+    points: bytes = b""
+
+
+class _Ring:
+    """The PSI ring's schedule: in each round every node works on one batch (of another node's keys,
+    or of its own), batches already under way first, and no more than two per node in flight."""
+
+    def __init__(
+        self, call: LinkCall, run: str, order: list[str], heads: dict[str, PsiStarted], fan_out: FanOut
+    ) -> None:
+        self.call, self.run_id, self.order, self.fan_out = call, run, order, fan_out
+        self.waiting = deque(
+            _Batch(i, tier, start, min(start + PSI_BATCH, distinct))
+            for i, node in enumerate(order)
+            for tier, distinct in heads[node].distinct.items()
+            for start in range(0, distinct, PSI_BATCH)
+        )
+        self.total = len(self.waiting)
+        self.parts: dict[tuple[str, str], dict[int, bytes]] = {
+            (node, tier): {} for node in order for tier in heads[node].distinct
+        }
+
+    def _node(self, batch: _Batch) -> str:
+        return self.order[(batch.source + batch.stage) % len(self.order)]
+
+    def _body(self, batch: _Batch) -> tuple[str, bytes]:
+        base = PsiCall(project=self.call.project, analyst=self.call.analyst, mode="psi", run=self.run_id)
+        if batch.stage == 0:
+            head = base.model_copy(update={"tier": batch.tier, "start": batch.start, "stop": batch.stop})
+            return rpc.LINK_PSI_POINTS, head.model_dump_json().encode()
+        head = base.model_copy(update={"final": batch.stage == len(self.order) - 1})
+        return rpc.LINK_PSI_BLIND, pack(head.model_dump_json().encode(), [batch.points])
+
+    def run(self, progress: Callable[[int, int], None]) -> dict[tuple[str, str], list[bytes]]:
+        moving: list[_Batch] = []
+        done = 0
+        while self.waiting or moving:
+            chosen: dict[str, _Batch] = {}
+            for batch in moving:
+                chosen.setdefault(self._node(batch), batch)
+            while self.waiting and len(moving) < 2 * len(self.order):
+                node = self._node(self.waiting[0])
+                if node in chosen:
+                    break
+                batch = self.waiting.popleft()
+                moving.append(batch)
+                chosen[node] = batch
+            bodies = {n: self._body(b) for n, b in chosen.items()}
+            kinds = {kind for kind, _ in bodies.values()}
+            by_kind = {k: {n: body for n, (kind, body) in bodies.items() if kind == k} for k in kinds}
+            with ThreadPoolExecutor(max_workers=len(by_kind)) as pool:  # both kinds of call at once
+                futures = [pool.submit(self.fan_out, calls, kind) for kind, calls in by_kind.items()]
+                answers = {n: a for future in futures for n, a in future.result().items()}
+            _first_error(answers)
+            for node, batch in chosen.items():
+                answer = answers[node]
+                assert isinstance(answer, Message)
+                batch.points = unpack(answer.body)[1][0]
+                batch.stage += 1
+                if batch.stage == len(self.order):
+                    self.parts[(self.order[batch.source], batch.tier)][batch.start] = batch.points
+                    moving.remove(batch)
+                    done += 1
+            progress(done, self.total)
+        return {
+            key: [d for start in sorted(parts) for d in psi.digests(parts[start])] for key, parts in self.parts.items()
+        }
 
 
 class SpineMeta(Frozen):

@@ -196,12 +196,39 @@ def encode(normalised: Mapping[str, np.ndarray], schema: LinkageSchema, keys: Li
     )
 
 
-def match_key_messages(
-    normalised: Mapping[str, np.ndarray], schema: LinkageSchema
-) -> dict[str, tuple[list[bytes], np.ndarray]]:
-    """Per match-key tier, the distinct messages of the records (each the same injective value blocks
-    a keyed match key is computed over) and, per record, the index of its message (-1 where a field
-    of the tier is missing). For the PSI mode, which hashes messages to a group instead of MACing."""
+@dataclass(frozen=True)
+class TierMessages:
+    """One match-key tier's distinct values, as rows of field codes (messages are built on demand, a
+    batch at a time, so a large register never holds them all), and each record's row (-1: a field
+    of the tier is missing)."""
+
+    combos: np.ndarray  #: (distinct, fields) int32: codes into ``blocks``
+    blocks: tuple[np.ndarray, ...]  #: per field of the tier: (distinct values, 16) uint8
+    index: np.ndarray  #: int64 per record
+
+    def __len__(self) -> int:
+        return len(self.combos)
+
+    def messages(self, start: int = 0, stop: int | None = None) -> list[bytes]:
+        """Messages ``start:stop``: per distinct value, the same injective value blocks a keyed match
+        key is computed over."""
+        rows = self.combos[start:stop]
+        parts = [blocks[rows[:, f]] for f, blocks in enumerate(self.blocks)]
+        joined = np.concatenate(parts, axis=1) if parts else np.zeros((len(rows), 0), np.uint8)
+        return [row.tobytes() for row in joined]
+
+    def shuffled(self, rng: np.random.Generator) -> TierMessages:
+        """The same tier with its distinct values in a random order (records' rows follow them)."""
+        order = rng.permutation(len(self.combos))  # new position of each distinct value
+        combos = np.empty_like(self.combos)
+        combos[order] = self.combos
+        index = np.where(self.index >= 0, order[np.maximum(self.index, 0)], -1) if len(order) else self.index
+        return TierMessages(combos=combos, blocks=self.blocks, index=index.astype(np.int64))
+
+
+def match_key_messages(normalised: Mapping[str, np.ndarray], schema: LinkageSchema) -> dict[str, TierMessages]:
+    """Per match-key tier, the distinct values of the records and each record's row among them: for
+    the PSI mode, which hashes these messages to a group instead of MACing them."""
     names_needed = {name for _, names in schema.match_keys for name in names}
     absent = sorted(names_needed - set(normalised))
     if absent:
@@ -213,11 +240,10 @@ def match_key_messages(
         codes = np.stack([columns.codes[name] for name in names], axis=1)
         missing = columns.any_missing(names)
         combos, inverse = np.unique(codes[~missing], axis=0, return_inverse=True)
-        parts = [[row.tobytes() for row in columns.blocks(name)] for name in names]
-        messages = [b"".join(part[c] for part, c in zip(parts, combo, strict=True)) for combo in combos.tolist()]
         index = np.full(count, -1, dtype=np.int64)
         index[~missing] = inverse.reshape(-1)
-        out[tier] = (messages, index)
+        blocks = tuple(columns.blocks(name) for name in names)
+        out[tier] = TierMessages(combos=combos.astype(np.int32).reshape(-1, len(names)), blocks=blocks, index=index)
     return out
 
 

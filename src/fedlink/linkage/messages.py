@@ -19,20 +19,24 @@ class LinkCall(Frozen):
 
 
 class PsiCall(LinkCall):
-    """Coordinator -> node in the PSI mode: start a run (hash and blind this node's match keys with a
-    fresh scalar kept for ``run``), or re-blind other nodes' points (``final``: the last of the ring,
-    answer 16-byte digests). Binary body: this header, then the points."""
+    """Coordinator -> node in the PSI mode: start a run (a fresh scalar and this node's distinct match
+    keys, kept for ``run``); send the blinded points ``start:stop`` of ``tier``; or re-blind other
+    nodes' points (binary body: this header, then the points; ``final``: the last of the ring,
+    answer 16-byte digests)."""
 
     run: str
+    tier: str = ""
+    start: int = 0
+    stop: int = 0
     final: bool = False
 
 
 class PsiStarted(Frozen):
-    """Node -> coordinator: the tiers of its blobs (each: distinct blinded points, then, as int64, the
-    index of every person's point or -1 where a field of the tier is missing)."""
+    """Node -> coordinator: its number of people and, per tier, its number of distinct values (binary
+    body: then, per tier, as int64, each person's position among them or -1 where a field is missing)."""
 
     count: int
-    tiers: tuple[str, ...]
+    distinct: dict[str, int]
 
 
 class InitiateCall(LinkCall):

@@ -91,9 +91,14 @@ def _link_psi_start(runtime: NodeRuntime, message: Message) -> Message:
     call = PsiCall.model_validate_json(message.body)
     count, tiers = runtime.linkage.psi_start(_request(call), call.run)
     runtime.register.append("link_encode", {"project": call.project, "analyst": call.analyst, "mode": "psi"})
-    header = PsiStarted(count=count, tiers=tuple(tiers)).model_dump_json().encode()
-    blobs = [part for points, index in tiers.values() for part in (points, index.astype("<i8").tobytes())]
-    return Message(message.call_id, rpc.RESULT, pack(header, blobs))
+    header = PsiStarted(count=count, distinct={t: n for t, (n, _) in tiers.items()}).model_dump_json().encode()
+    return Message(message.call_id, rpc.RESULT, pack(header, [i.astype("<i8").tobytes() for _, i in tiers.values()]))
+
+
+def _link_psi_points(runtime: NodeRuntime, message: Message) -> Message:
+    call = PsiCall.model_validate_json(message.body)
+    blob = runtime.linkage.psi_points(_request(call), call.run, call.tier, call.start, call.stop)
+    return Message(message.call_id, rpc.RESULT, pack(b"{}", [blob]))
 
 
 def _link_psi_blind(runtime: NodeRuntime, message: Message) -> Message:
@@ -130,6 +135,7 @@ LINK_HANDLERS: dict[str, Callable[[NodeRuntime, Message], Message]] = {
     rpc.LINK_ENCODE: _link_encode,
     rpc.LINK_SLOTS: _link_slots,
     rpc.LINK_PSI_START: _link_psi_start,
+    rpc.LINK_PSI_POINTS: _link_psi_points,
     rpc.LINK_PSI_BLIND: _link_psi_blind,
 }
 

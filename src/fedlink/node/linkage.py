@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from fedlink.errors import PolicyRefused
-from fedlink.linkage.encode import derive_keys, encode, match_key_messages
+from fedlink.linkage.encode import TierMessages, derive_keys, encode, match_key_messages
 from fedlink.linkage.normalise import normalise
 from fedlink.linkage.payload import slots_from_bytes, to_bytes
 from fedlink.linkage.schema import load_schema
@@ -36,6 +36,13 @@ log = logging.getLogger("fedlink.node")
 IDENTIFIERS = ("first_name", "last_name", "dob", "sex", "postcode")
 #: A PSI run's scalar is forgotten once the node has its slots, or after this long.
 PSI_RUN_TTL_S = 3600.0
+
+
+@dataclass(frozen=True)
+class _PsiRun:
+    scalar: bytes
+    tiers: dict[str, TierMessages]
+    started: float
 
 
 @dataclass(frozen=True)
@@ -52,8 +59,8 @@ class NodeLinkage:
         tls = config.tls_files()
         cert, key, ca = tls.read()
         self.keys = NodeKeyAgreement(config.name, state / "keys", cert, key, ca)
-        #: (project, run) -> (this node's PSI scalar for the run, when it was drawn); memory only.
-        self._scalars: dict[tuple[str, str], tuple[bytes, float]] = {}
+        #: (project, run) -> this node's PSI scalar and prepared values for the run; memory only.
+        self._runs: dict[tuple[str, str], _PsiRun] = {}
         self._lock = threading.Lock()
 
     def _folder(self, project: str) -> Path:
@@ -110,43 +117,55 @@ class NodeLinkage:
         log.info("encoded %d people for project '%s'", encoded.count, request.project)
         return to_bytes(encoded)
 
-    def psi_start(self, request: LinkRequest, run: str) -> tuple[int, dict[str, tuple[bytes, np.ndarray]]]:
-        """PSI mode: per match-key tier, this node's distinct keys hashed to the group and blinded with a
-        fresh scalar (in a secret random order, so a position says nothing about a value), and each
-        person's index into them (-1: a field missing). Equal keys of two people are one point, so
-        other nodes never see how often a value occurs here."""
+    def psi_start(self, request: LinkRequest, run: str) -> tuple[int, dict[str, tuple[int, np.ndarray]]]:
+        """PSI mode: draw this run's scalar and, per match-key tier, put this node's *distinct* values
+        in a secret random order (a position says nothing about a value; equal values of two people are
+        one, so other nodes never see how often a value occurs here). Returns the number of people and,
+        per tier, the number of distinct values and each person's position (-1: a field missing); the
+        blinded points themselves are fetched in batches (:meth:`psi_points`)."""
         tables = self.linkable_tables(request.project, request.analyst)
         folder = self._folder(request.project)
         folder.mkdir(parents=True, exist_ok=True)
         people = self._people(tables, folder)
-        scalar = psi.new_scalar()
+        rng = np.random.default_rng(int.from_bytes(secrets.token_bytes(16), "big"))
+        tiers = {
+            tier: messages.shuffled(rng)
+            for tier, messages in match_key_messages(normalise(people), load_schema()).items()
+        }
         with self._lock:
             now = time.monotonic()
-            for key in [k for k, (_, at) in self._scalars.items() if now - at > PSI_RUN_TTL_S]:
-                del self._scalars[key]
-            self._scalars[(request.project, run)] = (scalar, now)
-        rng = np.random.default_rng(int.from_bytes(secrets.token_bytes(16), "big"))
-        out = {}
-        count = len(people[IDENTIFIERS[0]])
-        for tier, (messages, index) in match_key_messages(normalise(people), load_schema()).items():
-            order = rng.permutation(len(messages))  # position of each distinct key in what is sent
-            shuffled = [messages[i] for i in np.argsort(order)]
-            blinded = psi.hash_and_blind(shuffled, psi.domain(request.project, tier), scalar)
-            out[tier] = (blinded, np.where(index >= 0, order[np.maximum(index, 0)], -1).astype(np.int64))
-        log.info("hashed and blinded the match keys of %d people for project '%s' (PSI)", count, request.project)
-        return count, out
+            for key in [k for k, held in self._runs.items() if now - held.started > PSI_RUN_TTL_S]:
+                del self._runs[key]
+            self._runs[(request.project, run)] = _PsiRun(psi.new_scalar(), tiers, now)
+        log.info(
+            "prepared the match keys of %d people for project '%s' (PSI)", len(people[IDENTIFIERS[0]]), request.project
+        )
+        return len(people[IDENTIFIERS[0]]), {tier: (len(m), m.index) for tier, m in tiers.items()}
 
-    def psi_blind(self, request: LinkRequest, run: str, blobs: list[bytes], final: bool) -> list[bytes]:
-        """PSI mode: other nodes' points times this node's scalar of ``run`` (digests when ``final``)."""
+    def _run(self, request: LinkRequest, run: str) -> _PsiRun:
         self.linkable_tables(request.project, request.analyst)
         with self._lock:
-            held = self._scalars.get((request.project, run))
+            held = self._runs.get((request.project, run))
         if held is None:
             raise PolicyRefused(
                 f"node '{self.config.name}' holds no PSI run {run[:8]} for '{request.project}'; "
                 "run `fedlink link --mode psi` again"
             )
-        return [psi.reblind(blob, held[0], final=final) for blob in blobs]
+        return held
+
+    def psi_points(self, request: LinkRequest, run: str, tier: str, start: int, stop: int) -> bytes:
+        """PSI mode: this node's distinct values ``start:stop`` of ``tier``, hashed to the group and
+        multiplied by this run's scalar."""
+        held = self._run(request, run)
+        messages = held.tiers.get(tier)
+        if messages is None or not 0 <= start <= stop <= len(messages):
+            raise PolicyRefused(f"node '{self.config.name}' has no values {start}:{stop} of tier '{tier}'")
+        return psi.hash_and_blind(messages.messages(start, stop), psi.domain(request.project, tier), held.scalar)
+
+    def psi_blind(self, request: LinkRequest, run: str, blobs: list[bytes], final: bool) -> list[bytes]:
+        """PSI mode: other nodes' points times this node's scalar of ``run`` (digests when ``final``)."""
+        held = self._run(request, run)
+        return [psi.reblind(blob, held.scalar, final=final) for blob in blobs]
 
     def _people(self, tables: list[TableDecl], folder: Path) -> dict[str, list[str | None]]:
         """Distinct identifier tuples across the tables, shuffled; records -> person saved at the node."""
@@ -187,8 +206,8 @@ class NodeLinkage:
         np.save(folder / "slots.npy", slots, allow_pickle=False)
         (folder / "spine.json").write_text(json.dumps({"spine_id": spine_id}))
         with self._lock:  # a PSI run of this project is over
-            for key in [k for k in self._scalars if k[0] == request.project]:
-                del self._scalars[key]
+            for key in [k for k in self._runs if k[0] == request.project]:
+                del self._runs[key]
         return len(slots)
 
     def spine_id(self, project: str) -> str | None:
