@@ -187,8 +187,17 @@ def encode(normalised: Mapping[str, np.ndarray], schema: LinkageSchema, keys: Li
         )
         for start, stop in ((s, min(s + RECORDS_PER_SLICE, count)) for s in range(0, count, RECORDS_PER_SLICE))
     ]
+    return concatenate(parts)
+
+
+def concatenate(parts: Sequence[EncodedRecords]) -> EncodedRecords:
+    """The encodings of consecutive runs of records (at least one) as one."""
+    if not parts:
+        raise BadInput("there are no encodings to join; encode at least one run of records")
+    if len(parts) == 1:
+        return parts[0]
     return EncodedRecords(
-        count=count,
+        count=sum(p.count for p in parts),
         match_keys={tier: np.concatenate([p.match_keys[tier] for p in parts]) for tier in parts[0].match_keys},
         blooms=np.concatenate([p.blooms for p in parts]),
         popcounts=np.concatenate([p.popcounts for p in parts]),
@@ -196,39 +205,12 @@ def encode(normalised: Mapping[str, np.ndarray], schema: LinkageSchema, keys: Li
     )
 
 
-@dataclass(frozen=True)
-class TierMessages:
-    """One match-key tier's distinct values, as rows of field codes (messages are built on demand, a
-    batch at a time, so a large register never holds them all), and each record's row (-1: a field
-    of the tier is missing)."""
-
-    combos: np.ndarray  #: (distinct, fields) int32: codes into ``blocks``
-    blocks: tuple[np.ndarray, ...]  #: per field of the tier: (distinct values, 16) uint8
-    index: np.ndarray  #: int64 per record
-
-    def __len__(self) -> int:
-        return len(self.combos)
-
-    def messages(self, start: int = 0, stop: int | None = None) -> list[bytes]:
-        """Messages ``start:stop``: per distinct value, the same injective value blocks a keyed match
-        key is computed over."""
-        rows = self.combos[start:stop]
-        parts = [blocks[rows[:, f]] for f, blocks in enumerate(self.blocks)]
-        joined = np.concatenate(parts, axis=1) if parts else np.zeros((len(rows), 0), np.uint8)
-        return [row.tobytes() for row in joined]
-
-    def shuffled(self, rng: np.random.Generator) -> TierMessages:
-        """The same tier with its distinct values in a random order (records' rows follow them)."""
-        order = rng.permutation(len(self.combos))  # new position of each distinct value
-        combos = np.empty_like(self.combos)
-        combos[order] = self.combos
-        index = np.where(self.index >= 0, order[np.maximum(self.index, 0)], -1) if len(order) else self.index
-        return TierMessages(combos=combos, blocks=self.blocks, index=index.astype(np.int64))
-
-
-def match_key_messages(normalised: Mapping[str, np.ndarray], schema: LinkageSchema) -> dict[str, TierMessages]:
-    """Per match-key tier, the distinct values of the records and each record's row among them: for
-    the PSI mode, which hashes these messages to a group instead of MACing them."""
+def match_key_rows(
+    normalised: Mapping[str, np.ndarray], schema: LinkageSchema
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per match-key tier, each record's message, (count, 16 x fields) uint8: the same injective value
+    blocks a keyed match key is computed over; and whether a field of the tier is missing. For the PSI
+    mode, which hashes messages to a group instead of MACing them."""
     names_needed = {name for _, names in schema.match_keys for name in names}
     absent = sorted(names_needed - set(normalised))
     if absent:
@@ -237,14 +219,52 @@ def match_key_messages(normalised: Mapping[str, np.ndarray], schema: LinkageSche
     columns = _Columns({name: normalised[name] for name in names_needed}, schema, count)
     out = {}
     for tier, names in schema.match_keys:
-        codes = np.stack([columns.codes[name] for name in names], axis=1)
-        missing = columns.any_missing(names)
-        combos, inverse = np.unique(codes[~missing], axis=0, return_inverse=True)
-        index = np.full(count, -1, dtype=np.int64)
-        index[~missing] = inverse.reshape(-1)
-        blocks = tuple(columns.blocks(name) for name in names)
-        out[tier] = TierMessages(combos=combos.astype(np.int32).reshape(-1, len(names)), blocks=blocks, index=index)
+        parts = [columns.blocks(name)[columns.codes[name]] for name in names]
+        rows = np.concatenate(parts, axis=1) if parts else np.zeros((count, 0), np.uint8)
+        out[tier] = (np.ascontiguousarray(rows), columns.any_missing(names))
     return out
+
+
+@dataclass(frozen=True)
+class TierMessages:
+    """One match-key tier's distinct messages (rows of ``messages``) and each record's row among them
+    (-1: a field of the tier is missing)."""
+
+    rows: np.ndarray  #: (distinct, width) uint8
+    index: np.ndarray  #: int64 per record
+
+    @classmethod
+    def of(cls, batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> TierMessages:
+        """The distinct messages of records given in batches of :func:`match_key_rows` (in record order)."""
+        if not batches:
+            return cls(rows=np.zeros((0, 0), np.uint8), index=np.zeros(0, np.int64))
+        rows = np.concatenate([b[0] for b in batches])
+        missing = np.concatenate([b[1] for b in batches])
+        width = rows.shape[1]
+        present = np.ascontiguousarray(rows[~missing]).view(f"V{width}").reshape(-1) if width else np.zeros(0, "V1")
+        distinct, inverse = np.unique(present, return_inverse=True)
+        index = np.full(len(rows), -1, dtype=np.int64)
+        index[~missing] = inverse.reshape(-1)
+        return cls(rows=distinct.view(np.uint8).reshape(len(distinct), width), index=index)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def messages(self, start: int = 0, stop: int | None = None) -> list[bytes]:
+        return [row.tobytes() for row in self.rows[start:stop]]
+
+    def shuffled(self, rng: np.random.Generator) -> TierMessages:
+        """The same tier with its distinct messages in a random order (records' rows follow them)."""
+        order = rng.permutation(len(self.rows))  # new position of each distinct message
+        rows = np.empty_like(self.rows)
+        rows[order] = self.rows
+        index = np.where(self.index >= 0, order[np.maximum(self.index, 0)], -1) if len(order) else self.index
+        return TierMessages(rows=rows, index=index.astype(np.int64))
+
+
+def match_key_messages(normalised: Mapping[str, np.ndarray], schema: LinkageSchema) -> dict[str, TierMessages]:
+    """Per match-key tier, the distinct messages of the records and each record's row among them."""
+    return {tier: TierMessages.of([parts]) for tier, parts in match_key_rows(normalised, schema).items()}
 
 
 def _fields_needed(schema: LinkageSchema) -> set[str]:

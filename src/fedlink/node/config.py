@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -45,9 +45,53 @@ class ColumnDecl(ColumnDomain):
         return self
 
 
+class PostgresBackend(Frozen):
+    """A PostgreSQL server holding some of this node's tables. Credentials come from a file or an
+    environment variable named here, never from this file (a ``password`` key is refused)."""
+
+    kind: Literal["postgresql"]
+    host: str = "localhost"
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str
+    user: str
+    #: A file holding the password (mode 0600, outside the repository), relative to this config.
+    password_file: str | None = None
+    #: An environment variable holding the password.
+    password_env: str | None = None
+    #: libpq's sslmode (e.g. "verify-full" in production).
+    sslmode: str | None = None
+    connect_timeout_s: int = Field(default=10, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secret(cls, data: object) -> object:
+        if isinstance(data, dict) and ("password" in data or "dsn" in data):
+            raise ValueError(
+                "a PostgreSQL backend takes no inline password or dsn; put the password in a file "
+                "(password_file) or an environment variable (password_env)"
+            )
+        return data
+
+
+class SparkBackend(Frozen):
+    """Apache Spark: ``local[N]`` on the node's machine, or a cluster URL (``spark://host:7077``)."""
+
+    kind: Literal["spark"]
+    master: str = "local[*]"
+    #: Extra Spark settings (e.g. {"spark.executor.memory" = "8g"}).
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+BackendDecl = Annotated[PostgresBackend | SparkBackend, Field(discriminator="kind")]
+
+
 class TableDecl(Frozen):
     name: str
+    #: A CSV or Parquet file (DuckDB reads it in place, the default), or with ``backend``: a relation
+    #: of that backend (``schema.table`` in PostgreSQL; a file or a catalogue table in Spark).
     source: str
+    #: The name of one of the node's [backends.<name>] (default: files read by DuckDB).
+    backend: str | None = None
     format: Literal["parquet", "csv"] | None = None
     description: str = ""
     columns: tuple[ColumnDecl, ...]
@@ -124,6 +168,8 @@ class NodeConfig(Frozen):
     tls: TlsSection
     privacy: PrivacySection
     approvals: tuple[Approval, ...] = ()
+    #: Database backends some tables live in, by name (tables without ``backend`` are files).
+    backends: dict[str, BackendDecl] = Field(default_factory=dict)
     tables: tuple[TableDecl, ...]
     #: The file this was read from: relative paths inside it are relative to its folder.
     source: Path = Path("node.toml")
@@ -133,6 +179,11 @@ class NodeConfig(Frozen):
         names = [t.name for t in self.tables]
         if len(set(names)) != len(names):
             raise ValueError("a table name is declared twice")
+        for decl in self.tables:
+            if decl.backend is not None and decl.backend not in self.backends:
+                raise ValueError(
+                    f"table '{decl.name}' names backend '{decl.backend}', which no [backends.{decl.backend}] declares"
+                )
         for approval in self.approvals:
             for table in approval.tables or ():
                 if table not in names:
@@ -156,6 +207,9 @@ class NodeConfig(Frozen):
 
     def table_path(self, table: TableDecl) -> Path:
         return resolve_path(table.source, self.source)
+
+    def backend_of(self, table: TableDecl) -> PostgresBackend | SparkBackend | None:
+        return self.backends[table.backend] if table.backend is not None else None
 
     def ledger_path(self) -> Path:
         return resolve_path(self.privacy.ledger, self.source)

@@ -10,20 +10,24 @@ and receives back one slot per person. Identifiers, record ids and the order nev
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlglot import exp
 
-from fedlink.errors import PolicyRefused
-from fedlink.linkage.encode import TierMessages, derive_keys, encode, match_key_messages
+from fedlink.errors import Fault, PolicyRefused
+from fedlink.linkage.encode import EncodedRecords, TierMessages, concatenate, derive_keys, encode, match_key_rows
 from fedlink.linkage.normalise import normalise
 from fedlink.linkage.payload import slots_from_bytes, to_bytes
 from fedlink.linkage.schema import load_schema
@@ -34,6 +38,23 @@ from fedlink.pets.keyagree import Envelope, LinkKeyCard, NodeKeyAgreement
 
 log = logging.getLogger("fedlink.node")
 IDENTIFIERS = ("first_name", "last_name", "dob", "sex", "postcode")
+#: People per batch out of a backend through normalisation and encoding (bounds the working memory).
+PEOPLE_PER_BATCH = 200_000
+
+
+def _text(column: str) -> exp.Expr:
+    return exp.Coalesce(this=exp.cast(exp.column(column, quoted=True), "text"), expressions=[exp.Literal.string("")])
+
+
+def _keyed_hash(key: str) -> exp.Expr:
+    """MD5 (hex) of a fresh key and a record's identifiers, separated: a secret, uniform order of people
+    that the same SQL gives in every backend."""
+    parts: list[exp.Expr] = [exp.Literal.string(key)]
+    for column in IDENTIFIERS:
+        parts += [exp.Literal.string("\x1f"), _text(column)]
+    return exp.MD5(this=exp.Concat(expressions=parts))
+
+
 #: A PSI run's scalar is forgotten once the node has its slots, or after this long.
 PSI_RUN_TTL_S = 3600.0
 
@@ -111,9 +132,11 @@ class NodeLinkage:
             )
         folder = self._folder(request.project)
         folder.mkdir(parents=True, exist_ok=True)
-        people = self._people(tables, folder)
         schema = load_schema()
-        encoded = encode(normalise(people), schema, derive_keys(secret, request.project, schema))
+        keys = derive_keys(secret, request.project, schema)
+        parts: list[EncodedRecords] = []
+        self._people(tables, folder, lambda batch: parts.append(encode(normalise(batch), schema, keys)))
+        encoded = concatenate(parts)
         log.info("encoded %d people for project '%s'", encoded.count, request.project)
         return to_bytes(encoded)
 
@@ -126,21 +149,18 @@ class NodeLinkage:
         tables = self.linkable_tables(request.project, request.analyst)
         folder = self._folder(request.project)
         folder.mkdir(parents=True, exist_ok=True)
-        people = self._people(tables, folder)
+        schema = load_schema()
+        batches: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+        count = self._people(tables, folder, lambda batch: batches.append(match_key_rows(normalise(batch), schema)))
         rng = np.random.default_rng(int.from_bytes(secrets.token_bytes(16), "big"))
-        tiers = {
-            tier: messages.shuffled(rng)
-            for tier, messages in match_key_messages(normalise(people), load_schema()).items()
-        }
+        tiers = {tier: TierMessages.of([b[tier] for b in batches]).shuffled(rng) for tier, _ in schema.match_keys}
         with self._lock:
             now = time.monotonic()
             for key in [k for k, held in self._runs.items() if now - held.started > PSI_RUN_TTL_S]:
                 del self._runs[key]
             self._runs[(request.project, run)] = _PsiRun(psi.new_scalar(), tiers, now)
-        log.info(
-            "prepared the match keys of %d people for project '%s' (PSI)", len(people[IDENTIFIERS[0]]), request.project
-        )
-        return len(people[IDENTIFIERS[0]]), {tier: (len(m), m.index) for tier, m in tiers.items()}
+        log.info("prepared the match keys of %d people for project '%s' (PSI)", count, request.project)
+        return count, {tier: (len(m), m.index) for tier, m in tiers.items()}
 
     def _run(self, request: LinkRequest, run: str) -> _PsiRun:
         self.linkable_tables(request.project, request.analyst)
@@ -167,33 +187,78 @@ class NodeLinkage:
         held = self._run(request, run)
         return [psi.reblind(blob, held.scalar, final=final) for blob in blobs]
 
-    def _people(self, tables: list[TableDecl], folder: Path) -> dict[str, list[str | None]]:
-        """Distinct identifier tuples across the tables, shuffled; records -> person saved at the node."""
-        con = duckdb.connect(":memory:")
-        try:
-            columns = ", ".join(f'CAST("{c}" AS VARCHAR) AS {c}' for c in IDENTIFIERS)
-            union = " UNION ALL ".join(
-                f"SELECT '{t.name}' AS source_table, CAST(record_id AS VARCHAR) AS record_id, {columns} "
-                f"FROM {'read_csv_auto' if t.source_format == 'csv' else 'read_parquet'}('{self.config.table_path(t)}')"
-                for t in tables
-            )
-            con.execute(f"CREATE TABLE records AS {union}")
-            keys = ", ".join(IDENTIFIERS)
-            # a random order (from a CSPRNG seed), so an encoding's position says nothing about the person
-            distinct = con.sql(f"SELECT DISTINCT {keys} FROM records").to_arrow_table()
-            rng = np.random.default_rng(int.from_bytes(secrets.token_bytes(16), "big"))
-            ranked = distinct.append_column("person", pa.array(rng.permutation(distinct.num_rows)))
-            con.register("ranked", ranked)
-            con.execute("CREATE TABLE people AS SELECT * FROM ranked")
-            joined = " AND ".join(f"r.{c} IS NOT DISTINCT FROM p.{c}" for c in IDENTIFIERS)
-            con.execute(
-                f"COPY (SELECT r.source_table, r.record_id, p.person FROM records r JOIN people p ON {joined}) "
-                f"TO '{folder / 'records.parquet'}' (FORMAT parquet)"
-            )
-            rows = con.execute(f"SELECT {keys} FROM people ORDER BY person").fetchall()
-        finally:
-            con.close()
-        return {column: [row[i] for row in rows] for i, column in enumerate(IDENTIFIERS)}
+    def _people(
+        self, tables: list[TableDecl], folder: Path, consume: Callable[[dict[str, list[str | None]]], None]
+    ) -> int:
+        """The node's people, streamed out of each table's backend in batches: records with identical
+        identifiers (in any of ``tables``) are one person, and people come in the order of a keyed
+        hash of their identifiers under a fresh random key, so a position says nothing about anyone.
+        ``consume`` gets each batch (identifier column -> values); then records.parquet maps every
+        record (source_table, record_id) to its person. Returns the number of people."""
+        key = secrets.token_hex(16)
+        hashes: list[np.ndarray] = []
+        count = 0
+        streams = [self._distinct(table, key) for table in tables]
+        batch: dict[str, list[str | None]] = {c: [] for c in IDENTIFIERS}
+        digests: list[bytes] = []
+        last = b""
+        for digest, *values in heapq.merge(*streams, key=lambda r: r[0]):
+            if digest <= last:
+                if digest == last:
+                    continue  # the same identifiers in another table: the same person
+                raise Fault(f"node '{self.config.name}': a backend returned people out of order; nothing was linked")
+            last = digest
+            digests.append(digest)
+            for column, value in zip(IDENTIFIERS, values, strict=True):
+                batch[column].append(value)
+            count += 1
+            if len(digests) >= PEOPLE_PER_BATCH:
+                consume(batch)
+                hashes.append(np.array(digests, dtype="S32"))
+                batch, digests = {c: [] for c in IDENTIFIERS}, []
+        if digests or not count:
+            consume(batch)
+            hashes.append(np.array(digests, dtype="S32"))
+        ordered = np.concatenate(hashes) if hashes else np.zeros(0, "S32")
+        schema = pa.schema([("source_table", pa.string()), ("record_id", pa.string()), ("person", pa.int64())])
+        with pq.ParquetWriter(folder / "records.parquet", schema) as writer:
+            for table in tables:
+                query = exp.select(
+                    exp.alias_(exp.cast(exp.column("record_id", quoted=True), "text"), "record_id"),
+                    exp.alias_(_keyed_hash(key), "h"),
+                ).from_(self.data.relation(table))
+                for columns in self.data.stream(table, query):
+                    found = np.asarray(columns["h"], dtype="S32")
+                    person = np.searchsorted(ordered, found)
+                    if len(found) and not np.array_equal(ordered[np.minimum(person, len(ordered) - 1)], found):
+                        raise Fault(
+                            f"node '{self.config.name}': records changed while linking; run `fedlink link` again"
+                        )
+                    writer.write_table(
+                        pa.table(
+                            {
+                                "source_table": pa.array([table.name] * len(found), pa.string()),
+                                "record_id": pa.array(columns["record_id"], pa.string()),
+                                "person": pa.array(person, pa.int64()),
+                            },
+                            schema=schema,
+                        )
+                    )
+        return count
+
+    def _distinct(self, table: TableDecl, key: str) -> Iterator[tuple[bytes, *tuple[str | None, ...]]]:
+        """(keyed hash, identifiers...) of each distinct identifier tuple of ``table``, by hash."""
+        columns = [exp.alias_(_text(c), c) for c in IDENTIFIERS]
+        query = (
+            exp.select(exp.alias_(_keyed_hash(key), "h"), *columns)
+            .from_(self.data.relation(table))
+            .distinct()
+            .order_by(exp.column("h"))
+        )
+        for batch in self.data.stream(table, query):
+            hashes = [str(h).encode() for h in batch["h"]]
+            values = [[None if v is None or v == "" else str(v) for v in batch[c]] for c in IDENTIFIERS]
+            yield from zip(hashes, *values, strict=True)
 
     def store_slots(self, request: LinkRequest, blob: bytes, spine_id: str = "") -> int:
         slots = slots_from_bytes(blob)

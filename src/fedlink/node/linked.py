@@ -17,8 +17,8 @@ from sqlglot import exp
 
 from fedlink.errors import Fault, QueryError
 from fedlink.node.config import TableDecl
-from fedlink.node.data import NodeData, view_name
-from fedlink.node.operators import predicate_sql
+from fedlink.node.data import NodeData
+from fedlink.node.operators import position, predicate_sql
 from fedlink.pets.chain import ChainEvaluator
 from fedlink.pets.dp import add_noise, calibrate
 from fedlink.query.linked import LinkedPlan, LinkedSource, columns_at
@@ -68,25 +68,24 @@ class NodeVectors:
     values: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _column(name: str) -> str:
-    return exp.column(name, quoted=True).sql(dialect="duckdb")
-
-
 def _value_columns(plan: LinkedPlan, node: str, source: LinkedSource) -> list[str]:
     prefix = f"{node}.{source.table}."
     return sorted({a.column.removeprefix(prefix) for a in plan.aggregates if a.column and a.column.startswith(prefix)})
 
 
 def fetch_rows(plan: LinkedPlan, node: str, data: NodeData, link: str) -> list[dict[str, np.ndarray]]:
-    """One DuckDB statement per table of this node in the plan: the slot of every person with a matching
-    row, their group cell and the mean of their values (joined to the spine's table ``link``, see
-    :meth:`NodeData.link_table`). Runs when the query is reserved, so nodes prepare in parallel."""
+    """One statement per table of this node in the plan, in that table's backend: the slot of every
+    person with a matching row, their group cell and the mean of their values (joined to the spine's
+    table ``link``, see :meth:`NodeData.link_table`). Runs when the query is reserved, so nodes
+    prepare in parallel."""
     out = []
     for source in plan.sources_at(node):
         table = data.tables[source.table]
         is_group = plan.group_source is not None and plan.sources[plan.group_source] == source
-        sql, params = _source_sql(plan, source, table, link, is_group, _value_columns(plan, node, source))
-        out.append(data.fetch_arrays(sql, params))
+        select, params = _source_sql(
+            plan, source, table, data.relation(table), link, is_group, _value_columns(plan, node, source)
+        )
+        out.append(data.fetch(table, select, params))
     return out
 
 
@@ -115,38 +114,65 @@ def node_vectors(plan: LinkedPlan, node: str, fetched: list[dict[str, np.ndarray
 
 
 def _source_sql(
-    plan: LinkedPlan, source: LinkedSource, table: TableDecl, link: str, is_group: bool, values: list[str]
-) -> tuple[str, list[object]]:
+    plan: LinkedPlan,
+    source: LinkedSource,
+    table: TableDecl,
+    relation: exp.Expr,
+    link: str,
+    is_group: bool,
+    values: list[str],
+) -> tuple[exp.Select, list[object]]:
+    """Per person (slot) with a row meeting the source's conditions: the group cell and the mean of
+    each value, as one statement for any backend (the link table sits in the same backend)."""
     params: list[object] = [source.table]
-    filters = [predicate_sql(source.where).sql(dialect="duckdb")] if source.where is not None else []
-    cell = "0"
+    filters: list[exp.Expr] = [predicate_sql(source.where)] if source.where is not None else []
+    cell: exp.Expr = exp.Literal.number(0)
     if is_group:
         stride = 1
-        terms = []
+        terms: list[exp.Expr] = []
         for group in reversed(plan.group_by):
             params.append(list(group.categories))
-            position = f"list_position(${len(params)}, {_column(group.column)})"
-            terms.append(f"({position} - 1) * {stride}")
-            filters.append(f"{position} IS NOT NULL")
+            where = position(len(params), group.column)
+            terms.append(
+                exp.Mul(
+                    this=exp.Paren(this=exp.Sub(this=where, expression=exp.Literal.number(1))),
+                    expression=exp.Literal.number(stride),
+                )
+            )
+            filters.append(exp.GT(this=where.copy(), expression=exp.Literal.number(0)))
             stride *= len(group.categories)
-        cell = " + ".join(terms)
-    picks = [f"MIN({cell}) AS cell"]
+        cell = terms[0]
+        for term in terms[1:]:
+            cell = exp.Add(this=cell, expression=term)
+    picks: list[exp.Expr] = [exp.alias_(exp.Min(this=cell), "cell")]
     prefix = f"{source.nodes[0]}.{source.table}."
     for i, name in enumerate(values):
         # SUM and AVG clamp each row to the declared bounds (checked against this node's declaration)
         bounded = next((a for a in plan.aggregates if a.column == prefix + name and a.lower is not None), None)
-        clamp = _column(name)
+        value: exp.Expr = exp.column(name, quoted=True)
         if bounded is not None:
-            clamp = f"LEAST(GREATEST({clamp}, {bounded.lower!r}), {bounded.upper!r})"
-        picks.append(f"AVG({clamp}) AS v{i}")
-    where = f"WHERE {' AND '.join(filters)}" if filters else ""
-    sql = (
-        f"SELECT r.slot AS slot, {', '.join(picks)} "
-        f'FROM (SELECT * FROM "{view_name(table)}" {where}) t '
-        f"JOIN {link} r ON r.source_table = $1 AND r.record_id = CAST(t.record_id AS VARCHAR) "
-        "GROUP BY r.slot"
+            value = exp.Least(
+                this=exp.Greatest(this=value, expressions=[exp.Literal.number(bounded.lower)]),
+                expressions=[exp.Literal.number(bounded.upper)],
+            )
+        picks.append(exp.alias_(exp.Avg(this=value), f"v{i}"))
+    rows = exp.select(exp.Star()).from_(relation.copy())
+    if filters:
+        rows = rows.where(exp.and_(*filters))
+    joined = exp.and_(
+        exp.EQ(this=exp.column("source_table", table="r"), expression=exp.Placeholder(this="1")),
+        exp.EQ(
+            this=exp.column("record_id", table="r"),
+            expression=exp.cast(exp.column("record_id", table="t"), "text"),
+        ),
     )
-    return sql, params
+    select = (
+        exp.select(exp.alias_(exp.column("slot", table="r"), "slot"), *picks)
+        .from_(exp.alias_(exp.Subquery(this=rows), "t"))
+        .join(exp.table_(link, quoted=True, alias="r"), on=joined)
+        .group_by(exp.column("slot", table="r"))
+    )
+    return select, params
 
 
 def _unit(plan: LinkedPlan, bound: float, spine_size: int) -> float:

@@ -1,4 +1,5 @@
-"""The node's fixed aggregate operator, compiled to DuckDB SQL with sqlglot.
+"""The node's fixed aggregate operator, one sqlglot expression that each backend renders in its own
+SQL dialect (DuckDB, PostgreSQL, Spark).
 
 No code is ever shipped to a node: a plan is data, validated here against the node's own
 declarations (the node trusts nothing the coordinator says about bounds, bins or categories), and
@@ -7,9 +8,8 @@ turned into one SQL statement built from sqlglot expressions, never by pasting s
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import duckdb
 import numpy as np
 from sqlglot import exp
 
@@ -28,6 +28,9 @@ from fedlink.query.plan import (
     Predicate,
 )
 from fedlink.query.results import PartialAggregates
+
+if TYPE_CHECKING:
+    from fedlink.node.backends import Backend
 
 _OPS: dict[str, type[exp.Binary]] = {
     "=": exp.EQ,
@@ -109,26 +112,28 @@ def _component_sql(comp: Component) -> exp.Expr:
     return exp.Coalesce(this=exp.Sum(this=clamped), expressions=[_lit(0)])
 
 
-def aggregate_sql(plan: AggregatePlan, table: TableDecl, view: str) -> tuple[str, list[list[Category]]]:
+def position(placeholder: int, column: str) -> exp.Expr:
+    """The 1-based position of ``column``'s value in the list bound to ``$placeholder``: NULL (DuckDB,
+    PostgreSQL) or 0 (Spark) when absent, so ``> 0`` keeps exactly the declared values everywhere."""
+    return exp.ArrayPosition(this=exp.Placeholder(this=str(placeholder)), expression=_col(column))
+
+
+def aggregate_sql(plan: AggregatePlan, table: TableDecl, relation: exp.Expr) -> tuple[exp.Select, list[list[Category]]]:
     """One SELECT giving, per non-empty cell, the cell index and every component's value, and its
-    parameters: each group column's declared categories are bound once as a list (``$1``, ``$2``...),
-    not spelled into the SQL, so 10,000 groups cost no more to compile than 10."""
+    parameters: each group column's declared categories are one list (``$1``, ``$2``...), which
+    DuckDB binds (10,000 groups cost no more to compile than 10) and other backends inline."""
     cell: exp.Expr = _lit(0)
     stride = plan.bins
     filters: list[exp.Expr] = []
     params: list[list[Category]] = []
     for group in reversed(plan.group_by):
         params.append(list(group.categories))
-        position = exp.Anonymous(
-            this="list_position", expressions=[exp.Placeholder(this=str(len(params))), _col(group.column)]
-        )
+        where = position(len(params), group.column)
         cell = exp.Add(
             this=cell,
-            expression=exp.Mul(
-                this=exp.Paren(this=exp.Sub(this=position, expression=_lit(1))), expression=_lit(stride)
-            ),
+            expression=exp.Mul(this=exp.Paren(this=exp.Sub(this=where, expression=_lit(1))), expression=_lit(stride)),
         )
-        filters.append(exp.Not(this=exp.Is(this=position.copy(), expression=exp.Null())))
+        filters.append(exp.GT(this=where.copy(), expression=_lit(0)))
         stride *= len(group.categories)
     hist = next((c for c in plan.components if c.kind == "histogram"), None)
     if hist is not None:
@@ -136,33 +141,34 @@ def aggregate_sql(plan: AggregatePlan, table: TableDecl, view: str) -> tuple[str
         filters.append(exp.Not(this=exp.Is(this=_col(cast(str, hist.column)), expression=exp.Null())))
     if plan.where is not None:
         filters.append(predicate_sql(plan.where))
-    source: exp.Expr = exp.to_identifier(view, quoted=True)
+    source: exp.Expr = relation.copy()
     if table.person_key:
         # Enforce the contribution bound: keep at most max_rows_per_person rows of each person.
-        rank = exp.Window(this=exp.RowNumber(), partition_by=[_col(c) for c in table.person_key])
+        # which rows are kept must not depend on the engine or the run: order by every declared column
+        order = exp.Order(expressions=[exp.Ordered(this=_col(c.name)) for c in table.columns])
+        rank = exp.Window(this=exp.RowNumber(), partition_by=[_col(c) for c in table.person_key], order=order)
         bounded = (
             exp.select(exp.Star())
-            .from_(exp.to_identifier(view, quoted=True))
+            .from_(relation.copy())
             .qualify(exp.LTE(this=rank, expression=_lit(table.max_rows_per_person)))
         )
         source = exp.alias_(exp.Subquery(this=bounded), "bounded")
-    select = exp.select(exp.alias_(cell, "cell"), *(_component_sql(c) for c in plan.components)).from_(source)
+    values = (exp.alias_(_component_sql(c), f"v{i}") for i, c in enumerate(plan.components))
+    select = exp.select(exp.alias_(cell, "cell"), *values).from_(source)
     if filters:
         select = select.where(exp.and_(*filters))
-    return select.group_by(_lit(1)).sql(dialect="duckdb"), params
+    return select.group_by(_lit(1)), params
 
 
-def run_aggregate(
-    connection: duckdb.DuckDBPyConnection, plan: AggregatePlan, table: TableDecl, view: str, node: str
-) -> PartialAggregates:
-    """Validate and run ``plan`` over ``view``; returns dense vectors over every declared cell."""
+def run_aggregate(backend: Backend, plan: AggregatePlan, table: TableDecl, node: str) -> PartialAggregates:
+    """Validate and run ``plan`` over ``table`` in its backend; dense vectors over every declared cell."""
     validate_plan(plan, table, node)
-    sql, params = aggregate_sql(plan, table, view)
-    rows = connection.execute(sql, params).fetchall()
+    select, params = aggregate_sql(plan, table, backend.relation(table))
+    columns = backend.fetch(select, params)
+    names = list(columns)
     vectors = {c.key: np.zeros(plan.cells) for c in plan.components}
-    keys = [c.key for c in plan.components]
-    for row in rows:
-        index = int(row[0])
-        for key, value in zip(keys, row[1:], strict=True):
-            vectors[key][index] = float(value or 0)
+    cells = np.asarray(columns[names[0]], dtype=float).astype(np.int64) if names else np.zeros(0, np.int64)
+    for comp, name in zip(plan.components, names[1:], strict=True):
+        values = np.nan_to_num(np.asarray(columns[name], dtype=float))
+        vectors[comp.key][cells] = values
     return PartialAggregates(node=node, vectors={k: tuple(v.tolist()) for k, v in vectors.items()})

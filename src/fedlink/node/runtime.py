@@ -181,7 +181,8 @@ class NodeRuntime:
         if spine_id is None:
             raise Fault(f"node '{self.name}' lost its link spine for '{task.project}'; run `fedlink link` again")
         records, slots = self.linkage.slots(task.project)
-        link = self.data.link_table(task.project, spine_id, records, slots)
+        tables = [self.data.tables[s.table] for s in task.plan.sources_at(self.name)]
+        link = self.data.link_table(task.project, spine_id, tables, records, slots)
         return fetch_rows(task.plan, self.name, self.data, link)
 
     def _drop_prepared(self, query_id: str) -> Future[list[dict[str, np.ndarray]]] | None:
