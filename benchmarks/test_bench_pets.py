@@ -1,5 +1,5 @@
 """The PET primitives on their own, each next to its plaintext path in the same run, over vectors of
-1e3 to 1e6 values (1e6 only with ``FEDLINK_BENCH_LARGE=1``):
+1e3 to 1e6 values (1e5 and 1e6 only with ``FEDLINK_BENCH_LARGE=1``):
 
 - **DP release** (``dp_release``): OpenDP calibration (its privacy map certifies the loss), OpenDP's
   discrete Laplace sampler on every cell, and the exact 95% interval of the noise, next to releasing
@@ -33,8 +33,8 @@ GROUPS = 9
 
 
 def _sizes() -> list[Any]:
-    large = pytest.mark.skipif(not LARGE, reason="1e6 values: set FEDLINK_BENCH_LARGE=1")
-    return [1_000, 10_000, 100_000, pytest.param(1_000_000, marks=large)]
+    large = pytest.mark.skipif(not LARGE, reason="1e5 and 1e6 values: set FEDLINK_BENCH_LARGE=1")
+    return [1_000, 10_000, pytest.param(100_000, marks=large), pytest.param(1_000_000, marks=large)]
 
 
 def _rounds(size: int) -> int:
