@@ -24,7 +24,7 @@ from ..conftest import node_config
 from ..servers import PostgresServer, spark_unavailable
 
 pytestmark = [pytest.mark.usefixtures("workdir"), pytest.mark.slow]
-TABLES = {"dfe": "pupils", "dwp": "claims"}
+TABLES = {"dfe": ["pupils"], "dwp": ["claims"], "nhs": ["diagnoses", "prescriptions"]}
 QUERIES = [
     "SELECT region, COUNT(*) AS n FROM pupils GROUP BY region",
     "SELECT fsm, COUNT(*) AS n, AVG(attainment8) AS att, SUM(attainment8) AS total FROM pupils GROUP BY fsm",
@@ -43,9 +43,10 @@ def postgres(workdir: Path) -> Iterator[PostgresServer]:
         pytest.skip(reason)
     server = PostgresServer.start()
     try:
-        for node, table in TABLES.items():
+        for node, tables in TABLES.items():
             server.sql(f"CREATE SCHEMA {node}")
-            server.load_parquet(f"{node}.{table}", workdir / "data" / node / f"{table}.parquet")
+            for table in tables:
+                server.load_parquet(f"{node}.{table}", workdir / "data" / node / f"{table}.parquet")
         yield server
     finally:
         server.stop()
@@ -102,7 +103,7 @@ def test_the_same_plan_gives_the_same_aggregates_in_every_backend(nodes: dict, s
         nodes=tuple(NodeStatus(node=n, live=True, catalogue=d.catalogue) for n, d in nodes["files"].items())
     )
     plan = plan_query(sql, catalogue)
-    node = next(n for n, t in TABLES.items() if t == plan.table)
+    node = next(n for n, tables in TABLES.items() if plan.table in tables)
     reference = nodes["files"][node].aggregate(plan)
     assert sum(sum(v) for v in reference.vectors.values()) > 0
     for backend, datas in nodes.items():
@@ -123,7 +124,7 @@ def test_linkage_streams_the_same_people_and_records_from_every_backend(
     monkeypatch.setattr(node_linkage.secrets, "token_hex", lambda n=16: "00" * n)  # the same order everywhere
     seen: dict[str, tuple[list, Any]] = {}
     for backend, datas in nodes.items():
-        data = datas["dwp"]
+        data = datas["nhs"]  # two tables, one backend: their streams are read at once and merged
         linkage = node_linkage.NodeLinkage(data.config, data, tmp_path / backend)
         batches: list[dict] = []
         folder = tmp_path / backend / "records"

@@ -244,6 +244,25 @@ def test_psi_gets_its_group_table_peer_ratio_and_goal(tmp_path: Path) -> None:
     assert "PSI (private set intersection" not in text, "PSI has a suite now"
 
 
+def test_node_backends_get_a_table_of_operation_times_and_peak_memory(tmp_path: Path) -> None:
+    results = dict(RESULTS)
+    extra = {"rows": 100000, "load_seconds": 0.2, "query_seconds": 0.014, "encode_seconds": 1.4}
+    results["benchmarks"] = [
+        bench(
+            "benchmarks/test_bench_backends.py::test_backend[100000-duckdb]",
+            3.3,
+            {"rows": 100000, "backend": "duckdb"},
+            {**extra, "backend": "duckdb", "encode_people": 43160, "encode_peak_rss_mib": 355.8},
+        )
+    ]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(results), encoding="utf-8")
+    out = tmp_path / "REPORT.md"
+    write_report(path, out)
+    text = out.read_text(encoding="utf-8")
+    assert "| 100,000 | duckdb | 200 ms | 14.0 ms | 1.40 s | 43,160 | 356 |" in text
+
+
 def test_the_facade_exposes_the_runner_and_the_report_writer() -> None:
     assert fedlink.write_benchmark_report is write_report
     assert fedlink.run_benchmarks is run

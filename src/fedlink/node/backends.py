@@ -15,6 +15,7 @@ A backend that cannot be reached raises :class:`~fedlink.errors.Fault` naming it
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -219,28 +220,31 @@ class Postgres(Backend):
     @property
     def connection(self) -> Any:
         if self._connection is None or self._connection.closed:
-            import psycopg
-
-            decl = self.decl
-            options: dict[str, Any] = {
-                "host": decl.host,
-                "port": decl.port,
-                "dbname": decl.database,
-                "user": decl.user,
-                "connect_timeout": decl.connect_timeout_s,
-                "autocommit": True,
-                "application_name": "fedlink-node",
-            }
-            password = self._password()
-            if password is not None:
-                options["password"] = password
-            if decl.sslmode:
-                options["sslmode"] = decl.sslmode
-            try:
-                self._connection = psycopg.connect(**options)
-            except psycopg.Error as exc:
-                raise self._fault(exc) from exc
+            self._connection = self._connect()
         return self._connection
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        decl = self.decl
+        options: dict[str, Any] = {
+            "host": decl.host,
+            "port": decl.port,
+            "dbname": decl.database,
+            "user": decl.user,
+            "connect_timeout": decl.connect_timeout_s,
+            "autocommit": True,
+            "application_name": "fedlink-node",
+        }
+        password = self._password()
+        if password is not None:
+            options["password"] = password
+        if decl.sslmode:
+            options["sslmode"] = decl.sslmode
+        try:
+            return psycopg.connect(**options)
+        except psycopg.Error as exc:
+            raise self._fault(exc) from exc
 
     def _run(self, sql: str) -> Any:
         import psycopg
@@ -297,20 +301,23 @@ class Postgres(Backend):
         import psycopg
 
         sql, _ = self.render(select, params)
-        with self.lock:
-            try:
-                with self.connection.transaction(), self.connection.cursor(name="fedlink_stream") as cursor:
-                    cursor.itersize = rows
-                    cursor.execute(sql)
-                    names = [d.name for d in cursor.description or []]
-                    while True:
-                        chunk = cursor.fetchmany(rows)
-                        if not chunk:
-                            break
-                        yield _columns(pa.table({n: pa.array([r[i] for r in chunk]) for i, n in enumerate(names)}))
-            except psycopg.OperationalError as exc:
-                self._reset()
-                raise self._fault(exc) from exc
+        # a connection of its own: several streams may be read at once (a node's tables, merged)
+        try:
+            with (
+                self._connect() as connection,
+                connection.transaction(),
+                connection.cursor(name="fedlink_stream") as cursor,
+            ):
+                cursor.itersize = rows
+                cursor.execute(sql)
+                names = [d.name for d in cursor.description or []]
+                while True:
+                    chunk = cursor.fetchmany(rows)
+                    if not chunk:
+                        break
+                    yield _columns(pa.table({n: pa.array([r[i] for r in chunk]) for i, n in enumerate(names)}))
+        except psycopg.OperationalError as exc:
+            raise self._fault(exc) from exc
 
     def upload(self, name: str, data: pa.Table) -> None:
         types = {pa.int64(): "bigint", pa.int32(): "integer", pa.float64(): "double precision"}
@@ -360,9 +367,12 @@ class Spark(Backend):
                 .config("spark.ui.enabled", "false")
                 .config("spark.sql.session.timeZone", "UTC")
                 .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "50000")
             )
             for key, value in self.decl.conf.items():
                 builder = builder.config(key, value)
+            # Python workers run this interpreter unless the operator chose one (a cluster's own setting)
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             try:
                 self._session = builder.getOrCreate()
             except Exception as exc:
@@ -417,20 +427,30 @@ class Spark(Backend):
                 raise self._fault(exc) from exc
 
     def batches(self, select: exp.Expr, params: Sequence[Any] = (), rows: int = 100_000) -> Iterator[Columns]:
+        """Partition by partition, in order: the executors turn each Arrow batch of the result into an
+        Arrow IPC message (``mapInArrow``), and only those compact messages travel to this process, so
+        several streams can be read at once and none is ever held whole here."""
+        from pyspark.sql.types import BinaryType, StructField, StructType
+
+        def ipc_messages(batches: Iterator[Any]) -> Iterator[Any]:  # runs on the executors (needs pyarrow only)
+            import pyarrow
+
+            for batch in batches:
+                sink = pyarrow.BufferOutputStream()
+                with pyarrow.ipc.new_stream(sink, batch.schema) as writer:
+                    writer.write_batch(batch)
+                yield pyarrow.RecordBatch.from_pydict({"ipc": [sink.getvalue().to_pybytes()]})
+
         with self.lock:
             frame = self._frame(select, params)
-            names = frame.columns
-            chunk: list[Any] = []
-            try:
-                for row in frame.toLocalIterator(prefetchPartitions=True):
-                    chunk.append(row)
-                    if len(chunk) >= rows:
-                        yield _columns(pa.table({n: pa.array([r[i] for r in chunk]) for i, n in enumerate(names)}))
-                        chunk = []
-            except Exception as exc:
-                raise self._fault(exc) from exc
-            if chunk:
-                yield _columns(pa.table({n: pa.array([r[i] for r in chunk]) for i, n in enumerate(names)}))
+        packed = frame.mapInArrow(ipc_messages, StructType([StructField("ipc", BinaryType())]))
+        try:
+            for row in packed.toLocalIterator(prefetchPartitions=True):
+                table = pa.ipc.open_stream(row["ipc"]).read_all()
+                for start in range(0, table.num_rows, rows):
+                    yield _columns(table.slice(start, rows))
+        except Exception as exc:
+            raise self._fault(exc) from exc
 
     def upload(self, name: str, data: pa.Table) -> None:
         with self.lock:

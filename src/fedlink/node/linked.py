@@ -85,7 +85,13 @@ def fetch_rows(plan: LinkedPlan, node: str, data: NodeData, link: str) -> list[d
         select, params = _source_sql(
             plan, source, table, data.relation(table), link, is_group, _value_columns(plan, node, source)
         )
-        out.append(data.fetch(table, select, params))
+        batches = list(data.stream(table, select, params))  # one row per person, in batches of NumPy columns
+        out.append(
+            {
+                name: np.concatenate([np.asarray(b[name]) for b in batches]) if batches else np.zeros(0)
+                for name in select.named_selects
+            }
+        )
     return out
 
 
