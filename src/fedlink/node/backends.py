@@ -190,8 +190,8 @@ class DuckDBFiles(Backend):
 
 
 class Postgres(Backend):
-    """Tables in a PostgreSQL server, over one connection (psycopg 3); large results stream through a
-    server-side cursor; uploads are temporary tables of the node's session."""
+    """Tables in a PostgreSQL server (psycopg 3): statements over one connection, large results through a
+    server-side cursor on a connection of their own, uploads as UNLOGGED tables."""
 
     dialect = "postgres"
 
@@ -320,11 +320,13 @@ class Postgres(Backend):
             raise self._fault(exc) from exc
 
     def upload(self, name: str, data: pa.Table) -> None:
+        """An UNLOGGED table in the node role's default schema (a temporary table would be invisible to
+        the connections that streams open): record ids and slots only, replaced with each new spine."""
         types = {pa.int64(): "bigint", pa.int32(): "integer", pa.float64(): "double precision"}
         columns = ", ".join(f'"{f.name}" {types.get(f.type, "text")}' for f in data.schema)
         with self.lock:
             self._run(f'DROP TABLE IF EXISTS "{name}"')
-            self._run(f'CREATE TEMPORARY TABLE "{name}" ({columns})')
+            self._run(f'CREATE UNLOGGED TABLE "{name}" ({columns})')
             try:
                 with self.connection.cursor() as cursor, cursor.copy(f'COPY "{name}" FROM STDIN') as copy:
                     for batch in data.to_batches(100_000):
