@@ -64,11 +64,8 @@ class Coordinator:
         self.projects = load_projects(config.projects_path())
         self.register = Register(config.register_path(), config.coordinator.name)
         self._register_projects()
-        self._server, self.port = make_server(
-            config.listen,
-            config.tls_files(),
-            {"NodeSession": self._node_session, "Analyst": self._analyst},
-        )
+        self._server: grpc.Server | None = None
+        self.port = 0
 
     def _register_projects(self) -> None:
         """Put every project (and test mode) on the public record, once per version of it."""
@@ -82,6 +79,13 @@ class Coordinator:
             self.register.append("test_mode", {"enabled": True})
 
     def start(self) -> int:
+        """Listen for nodes and analysts (mTLS gRPC). A coordinator whose nodes are attached over
+        another runtime (:meth:`attach`, e.g. Flower's) is used without starting it."""
+        self._server, self.port = make_server(
+            self.config.listen,
+            self.config.tls_files(),
+            {"NodeSession": self._node_session, "Analyst": self._analyst},
+        )
         self._server.start()
         log.info("coordinator listening on port %d with mTLS; %d nodes registered", self.port, len(self.registered))
         return self.port
@@ -91,11 +95,19 @@ class Coordinator:
             sessions = list(self._sessions.values())
         for session in sessions:
             session.close()
-        self._server.stop(grace).wait()
+        if self._server is not None:
+            self._server.stop(grace).wait()
         self._fanout.shutdown(wait=False, cancel_futures=True)
 
     def wait(self) -> None:
-        self._server.wait_for_termination()
+        if self._server is not None:
+            self._server.wait_for_termination()
+
+    def attach(self, session: NodeSession) -> None:
+        """Take a node session made outside this coordinator's own server (another runtime's transport)."""
+        with self._lock:
+            self._sessions[session.name] = session
+            self._catalogues[session.name] = session.catalogue
 
     # --- identities -------------------------------------------------------------------------------
     def _identify(self, context: grpc.ServicerContext, role: str) -> Identity:

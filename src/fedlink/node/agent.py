@@ -140,6 +140,28 @@ LINK_HANDLERS: dict[str, Callable[[NodeRuntime, Message], Message]] = {
 }
 
 
+def answer(runtime: NodeRuntime, message: Message) -> Message:
+    """This node's answer to one coordinator message (any transport: fedlink's stream, Flower's messages)."""
+    if message.kind == rpc.RESERVE:
+        task = QueryTask.model_validate_json(message.body)
+        runtime.reserve(task)
+        log.info("query %s: reserved budget for project '%s' on '%s'", task.query_id[:8], task.project, task.plan.table)
+        return Message(message.call_id, rpc.ACK, b"")
+    if message.kind == rpc.EXECUTE:
+        execute = ExecuteTask.model_validate_json(message.body)
+        partial = runtime.execute(execute.query_id, execute.contexts)
+        kind = rpc.ENCRYPTED_PARTIAL if isinstance(partial, EncryptedPartial) else rpc.PARTIAL
+        return Message(message.call_id, kind, partial.model_dump_json().encode())
+    if message.kind == rpc.ABORT:
+        runtime.abort(TaskRef.model_validate_json(message.body).query_id)
+        return Message(message.call_id, rpc.ACK, b"")
+    if message.kind in LINK_HANDLERS:
+        return LINK_HANDLERS[message.kind](runtime, message)
+    if message.kind == rpc.BUDGET:
+        return Message(message.call_id, rpc.RESULT, runtime.budget().model_dump_json().encode())
+    raise Fault(f"node '{runtime.name}' does not run operator '{message.kind}'")
+
+
 class NodeAgent:
     """Runs one node: loads its data, connects out, serves tasks until :meth:`stop`."""
 
@@ -234,27 +256,7 @@ class NodeAgent:
             channel.close()
 
     def _handle(self, message: Message) -> Message:
-        runtime = self.runtime
-        if message.kind == rpc.RESERVE:
-            task = QueryTask.model_validate_json(message.body)
-            runtime.reserve(task)
-            log.info(
-                "query %s: reserved budget for project '%s' on '%s'", task.query_id[:8], task.project, task.plan.table
-            )
-            return Message(message.call_id, rpc.ACK, b"")
-        if message.kind == rpc.EXECUTE:
-            execute = ExecuteTask.model_validate_json(message.body)
-            partial = runtime.execute(execute.query_id, execute.contexts)
-            kind = rpc.ENCRYPTED_PARTIAL if isinstance(partial, EncryptedPartial) else rpc.PARTIAL
-            return Message(message.call_id, kind, partial.model_dump_json().encode())
-        if message.kind == rpc.ABORT:
-            runtime.abort(TaskRef.model_validate_json(message.body).query_id)
-            return Message(message.call_id, rpc.ACK, b"")
-        if message.kind in LINK_HANDLERS:
-            return LINK_HANDLERS[message.kind](runtime, message)
-        if message.kind == rpc.BUDGET:
-            return Message(message.call_id, rpc.RESULT, runtime.budget().model_dump_json().encode())
-        raise Fault(f"node '{self.config.name}' does not run operator '{message.kind}'")
+        return answer(self.runtime, message)
 
     def _answer(self, message: Message, outbound: queue.Queue[object]) -> None:
         started = time.perf_counter()

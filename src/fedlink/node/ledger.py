@@ -29,6 +29,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +42,8 @@ from weakref import WeakSet
 
 from fedlink.errors import BadInput, BudgetExhausted, Fault
 
+#: The owner of a reservation held for a while regardless of processes: this prefix, then its deadline.
+_HELD = "held-until:"
 #: Slack when comparing sums of floats with a cap, so that e.g. seven spends of 0.1 fit a cap of 0.7.
 TOLERANCE = 1e-12
 #: How long a call waits for another thread or process holding the ledger's write lock.
@@ -131,8 +134,14 @@ class BudgetLedger:
             self.close()
             raise
 
-    def reserve(self, query_id: str, project: str, dataset: str, spend: Spend, cap: Spend) -> None:
+    def reserve(
+        self, query_id: str, project: str, dataset: str, spend: Spend, cap: Spend, hold_s: float | None = None
+    ) -> None:
         """Set ``spend`` aside for ``query_id`` on (``project``, ``dataset``), or refuse if it would pass ``cap``.
+
+        The reservation belongs to this process and is released if the process dies first; with
+        ``hold_s`` it outlives the process for that many seconds instead (for runtimes that answer each
+        message in a fresh process, like Flower's), then a later opener releases it.
 
         Raises :class:`BudgetExhausted` (recording nothing) when committed + reserved + ``spend`` exceeds
         ``cap`` in epsilon or in rho, and :class:`BadInput` for empty names or a (query, dataset) already
@@ -158,10 +167,11 @@ class BudgetLedger:
                     f"budget exhausted for project {project!r} on dataset {dataset!r}: {shortfall}; "
                     "ask the data owner for more or spend less"
                 )
+            owner = self.owner if hold_s is None else f"{_HELD}{time.time() + hold_s:.3f}"
             db.execute(
                 "INSERT INTO reservation (query_id, dataset, project, epsilon, rho, state, owner, reserved_at) "
                 "VALUES (?, ?, ?, ?, ?, 'reserved', ?, ?)",
-                (query_id, dataset, project, float(spend.epsilon), float(spend.rho), self.owner, _now()),
+                (query_id, dataset, project, float(spend.epsilon), float(spend.rho), owner, _now()),
             )
 
     def commit(self, query_id: str) -> None:
@@ -298,7 +308,11 @@ class BudgetLedger:
         ]
         released = 0
         for owner in owners:
-            if not _owner_alive(self._owners, owner):
+            if owner.startswith(_HELD):
+                alive = time.time() < float(owner.removeprefix(_HELD))
+            else:
+                alive = _owner_alive(self._owners, owner)
+            if not alive:
                 released += db.execute(
                     "UPDATE reservation SET state = 'released', settled_at = ? WHERE owner = ? AND state = 'reserved'",
                     (_now(), owner),

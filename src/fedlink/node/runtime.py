@@ -152,7 +152,9 @@ class NodeRuntime:
             self.ledger.release(task.query_id)
             self._log(task, "refused", f"reservation expired after {RESERVATION_TTL_S:.0f} s without execute")
 
-    def reserve(self, task: QueryTask) -> None:
+    def reserve(self, task: QueryTask, hold_s: float | None = None) -> None:
+        """Check this node's policy and reserve the query's loss on its ledger (``hold_s``: keep the
+        reservation that long even if this process ends, for runtimes with a process per message)."""
         self._expire_reservations()
         try:
             tables = self._check_policy(task)
@@ -165,6 +167,7 @@ class NodeRuntime:
                     self._dataset(table.name),
                     Spend(epsilon=task.loss.epsilon, rho=task.loss.rho),
                     Spend(epsilon=approval.epsilon, rho=approval.rho),
+                    hold_s=hold_s,
                 )
         except BadInput as exc:
             self.ledger.release(task.query_id)
@@ -193,11 +196,17 @@ class NodeRuntime:
         return future
 
     def execute(
-        self, query_id: str, contexts: Mapping[Scheme, str] | None = None
+        self, query_id: str, contexts: Mapping[Scheme, str] | None = None, reserved: QueryTask | None = None
     ) -> PartialAggregates | EncryptedPartial:
-        """Compute, add noise, encrypt for he+dp, commit; the caller sends the answer after this returns."""
+        """Compute, add noise, encrypt for he+dp, commit; the caller sends the answer after this returns.
+
+        ``reserved`` is the task as it was reserved, for a process other than the one that reserved it
+        (its policy is checked again, and committing needs the reservation still open on the ledger)."""
         with self._lock:
             task = self._pending.pop(query_id, (None, 0.0))[0]
+        if task is None and reserved is not None and reserved.query_id == query_id:
+            self._check_policy(reserved)
+            task = reserved
         if task is None:
             raise Fault(f"node '{self.name}' holds no reservation for query {query_id[:8]}; retry the query")
         try:

@@ -1,0 +1,128 @@
+"""The analyst's side of fedlink on Flower: :class:`FlowerFederation` makes fresh HE keys for a query,
+hands the request (public contexts only) to ``flwr run`` for fedlink's ServerApp, reads the encrypted
+answer from the run's streamed log and decrypts it here, exactly as :class:`fedlink.Federation` does
+over fedlink's own transport."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fedlink.analyst.client import _schemes_for, decrypt_result
+from fedlink.analyst.result import Result
+from fedlink.errors import BadInput, ConfigError, Fault, Timeout, error_from_code
+from fedlink.pets.he import AnalystKeys
+from fedlink.query.results import EncryptedResult, QueryResult
+from fedlink.query.tasks import PrivacyLoss, QueryRequest
+
+#: Flower's telemetry and update checks off, for every Flower process fedlink starts.
+FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+_MARK = "FEDLINK-RESULT "
+
+
+def bundle_dir() -> Path:
+    """The Flower App folder (``flwr run`` builds it into a FAB)."""
+    return Path(__file__).parent / "bundle"
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class FlowerFederation:
+    """An analyst's connection to fedlink running on a Flower SuperLink.
+
+    ``superlink`` is the SuperLink's Control API address (``host:port``); ``insecure`` only for tests
+    on loopback, otherwise ``root_certificates`` names the CA that signed the SuperLink's certificate.
+    ``projects`` and ``register`` are the coordinator's project registry and transparency register on
+    the SuperLink's machine (the ServerApp reads and appends them there).
+    """
+
+    def __init__(
+        self,
+        superlink: str,
+        *,
+        analyst: str,
+        projects: Path,
+        register: Path,
+        insecure: bool = False,
+        root_certificates: Path | None = None,
+        test_mode: bool = False,
+        timeout_s: float = 600.0,
+        flwr: str | None = None,
+    ) -> None:
+        if not insecure and root_certificates is None:
+            raise BadInput("connect to a SuperLink over TLS (root_certificates=...) or, in tests only, insecure=True")
+        self.superlink, self.analyst = superlink, analyst
+        self.projects, self.register = Path(projects), Path(register)
+        self.insecure, self.root_certificates = insecure, root_certificates
+        self.test_mode, self.timeout_s = test_mode, timeout_s
+        self.flwr = flwr or shutil.which("flwr") or str(Path(sys.executable).parent / "flwr")
+        if not Path(self.flwr).exists():
+            raise ConfigError("the flwr command is not installed: pip install 'fedlink[flower]'")
+
+    def query(
+        self,
+        sql: str,
+        *,
+        project: str,
+        epsilon: float | None = None,
+        rho: float | None = None,
+        noiseless: bool = False,
+    ) -> Result:
+        """An encrypted (he+dp) aggregate query run by fedlink's ServerApp on the Flower federation."""
+        try:
+            loss = PrivacyLoss(epsilon=epsilon or 0.0, rho=rho or 0.0)
+            request = QueryRequest(sql=sql, project=project, loss=loss, noiseless=noiseless, pet="he+dp")
+        except ValidationError as exc:
+            raise BadInput("invalid privacy loss; give one positive epsilon or rho") from exc
+        keys = AnalystKeys(_schemes_for(sql))  # fresh per query; only the public contexts leave
+        request = request.model_copy(update={"contexts": keys.public_contexts()})
+        answer = self.run({"analyst": self.analyst, "query": request.model_dump(mode="json")})
+        if answer.get("kind") == "encrypted":
+            return Result(decrypt_result(EncryptedResult.model_validate(answer["result"]), keys))
+        return Result(QueryResult.model_validate(answer["result"]))
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        """One ``flwr run`` of fedlink's ServerApp with ``request``; its answer, or its error raised."""
+        from fedlink.flower.apps import pack_json, unpack_json
+
+        with tempfile.TemporaryDirectory(prefix="fedlink-flwr-") as folder:
+            home = Path(folder) / "flwr"
+            home.mkdir()
+            connection = [f"address = {_toml_string(self.superlink)}"]
+            if self.insecure:
+                connection.append("insecure = true")
+            else:
+                connection.append(f"root-certificates = {_toml_string(str(self.root_certificates))}")
+            (home / "config.toml").write_text(
+                '[superlink]\ndefault = "fedlink"\n\n[superlink.fedlink]\n' + "\n".join(connection) + "\n"
+            )
+            run_config = Path(folder) / "run.toml"
+            run_config.write_text(
+                f"fedlink-request = {_toml_string(pack_json(request))}\n"
+                f"fedlink-projects = {_toml_string(str(self.projects))}\n"
+                f"fedlink-register = {_toml_string(str(self.register))}\n"
+                f"fedlink-test-mode = {'true' if self.test_mode else 'false'}\n"
+            )
+            env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home)}
+            command = [self.flwr, "run", str(bundle_dir()), "fedlink", "--stream", "--run-config", str(run_config)]
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=self.timeout_s)
+            except subprocess.TimeoutExpired as exc:
+                raise Timeout(f"the Flower run did not finish within {self.timeout_s:g} s; see `flwr log`") from exc
+        lines = [line for line in done.stdout.splitlines() if _MARK in line]
+        if not lines:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise Fault(f"the Flower run gave no fedlink answer ({tail[0][:200]}); check the SuperLink and its nodes")
+        answer = unpack_json(lines[-1].split(_MARK, 1)[1].strip())
+        if not answer.get("ok"):
+            raise error_from_code(str(answer.get("code")), str(answer.get("message")))
+        return answer

@@ -1,0 +1,240 @@
+"""fedlink's node operators as a Flower ``ClientApp`` and its coordinator as a Flower ``ServerApp``.
+
+Every fedlink message becomes one Flower message of type ``query.<operator>`` whose content is the
+same body fedlink's own transport carries (``RecordDict({"fedlink": ConfigRecord({"body": ...})})``),
+and the answer comes back the same way, so nodes run exactly the code they run under
+``fedlink node serve`` (:func:`fedlink.node.agent.answer`) and the ServerApp runs exactly the
+coordinator's planning, policy checks, encrypted aggregation and register
+(:class:`~fedlink.coordinator.server.Coordinator`), over Flower's ``Grid``.
+
+Flower starts a fresh ClientApp process for every message. A reservation must therefore outlive the
+process that made it: ``query.reserve`` holds it on the node's ledger for
+:data:`~fedlink.node.runtime.RESERVATION_TTL_S` and keeps the reserved task in the run's node
+state (``context.state``), where ``query.execute`` finds it again.
+
+Each SuperNode names its node's ``node.toml`` in its node config:
+``flower-supernode ... --node-config "fedlink-node='/srv/fedlink/nodes/dfe/node.toml'"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedlink.coordinator.config import CoordinatorConfig, RegisteredNode
+from fedlink.coordinator.server import Coordinator
+from fedlink.coordinator.sessions import NodeSession
+from fedlink.errors import BadInput, ConfigError, Fault, FedlinkError, Timeout, error_from_code
+from fedlink.node.agent import answer
+from fedlink.node.config import load_node_config
+from fedlink.node.runtime import RESERVATION_TTL_S, NodeRuntime
+from fedlink.query.catalogue import NodeCatalogue
+from fedlink.query.results import EncryptedPartial, EncryptedResult
+from fedlink.query.tasks import ExecuteTask, QueryRequest, QueryTask
+from fedlink.wire import rpc
+from fedlink.wire import transport as wire
+
+log = logging.getLogger("fedlink.flower")
+CATALOGUE = "catalogue"
+#: The ServerApp's answer, one log line that ``flwr run --stream`` carries to the analyst.
+RESULT_MARK = "FEDLINK-RESULT "
+#: The node operators, each a message type ``query.<operator>`` of the ClientApp.
+OPERATORS = (CATALOGUE, rpc.RESERVE, rpc.EXECUTE, rpc.ABORT, rpc.BUDGET)
+
+
+def pack_json(payload: dict[str, Any]) -> str:
+    return base64.b64encode(gzip.compress(json.dumps(payload).encode())).decode()
+
+
+def unpack_json(text: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(gzip.decompress(base64.b64decode(text))))
+    except (ValueError, OSError) as exc:
+        raise BadInput("a fedlink message over Flower is malformed; check both sides run the same fedlink") from exc
+
+
+def _content(kind: str, body: bytes) -> RecordDict:
+    return RecordDict({"fedlink": ConfigRecord({"kind": kind, "body": body})})
+
+
+def _body(message: Message) -> tuple[str, bytes]:
+    record = message.content.config_records.get("fedlink")
+    if record is None:
+        raise Fault("a Flower message without fedlink content arrived; check both sides run the same fedlink")
+    return str(record["kind"]), bytes(record["body"])  # type: ignore[arg-type]
+
+
+# --- the ClientApp --------------------------------------------------------------------------------------
+clientapp = ClientApp()
+
+
+def _runtime(context: Context) -> NodeRuntime:
+    path = context.node_config.get("fedlink-node")
+    if not path:
+        raise ConfigError(
+            "this SuperNode names no fedlink node; start it with --node-config \"fedlink-node='/path/node.toml'\""
+        )
+    return NodeRuntime(load_node_config(Path(str(path))))
+
+
+def _node_answer(kind: str, body: bytes, context: Context) -> tuple[str, bytes]:
+    """One operator at this node, in this (fresh) process; the reservation and the reserved task outlive it."""
+    runtime = _runtime(context)
+    try:
+        if kind == CATALOGUE:
+            return rpc.RESULT, runtime.catalogue.model_dump_json().encode()
+        if kind == rpc.RESERVE:
+            task = QueryTask.model_validate_json(body)
+            runtime.reserve(task, hold_s=RESERVATION_TTL_S)
+            context.state.config_records[f"task:{task.query_id}"] = ConfigRecord({"task": body})
+            return rpc.ACK, b""
+        if kind == rpc.EXECUTE:
+            execute = ExecuteTask.model_validate_json(body)
+            held = context.state.config_records.pop(f"task:{execute.query_id}", None)
+            reserved = QueryTask.model_validate_json(bytes(held["task"])) if held is not None else None  # type: ignore[arg-type]
+            partial = runtime.execute(execute.query_id, execute.contexts, reserved=reserved)
+            kind_out = rpc.ENCRYPTED_PARTIAL if isinstance(partial, EncryptedPartial) else rpc.PARTIAL
+            return kind_out, partial.model_dump_json().encode()
+        reply = answer(runtime, wire.Message(wire.new_call_id(), kind, body))
+        return reply.kind, reply.body
+    finally:
+        runtime.close()
+
+
+def _operator(kind: str) -> Any:
+    def handle(message: Message, context: Context) -> Message:
+        try:
+            _, body = _body(message)
+            reply_kind, reply = _node_answer(kind, body, context)
+        except FedlinkError as exc:
+            error = rpc.error_message("", exc)
+            reply_kind, reply = error.kind, error.body
+        except Exception as exc:  # a bug must not leak data: report its type only
+            log.exception("operator %s failed", kind)
+            error = rpc.error_message("", Fault(f"a fedlink node failed: {type(exc).__name__}"))
+            reply_kind, reply = error.kind, error.body
+        return Message(_content(reply_kind, reply), reply_to=message)
+
+    handle.__name__ = f"fedlink_{kind}"
+    return handle
+
+
+for _kind in OPERATORS:
+    clientapp.query(_kind)(_operator(_kind))
+
+
+# --- the ServerApp --------------------------------------------------------------------------------------
+class FlowerSession(NodeSession):
+    """A node reached through Flower: its catalogue and its SuperNode's id (calls go through
+    :meth:`FlowerCoordinator._call_each`, all nodes in one ``send_and_receive``)."""
+
+    def __init__(self, name: str, catalogue: NodeCatalogue, node_id: int) -> None:
+        super().__init__(name, catalogue)
+        self.node_id = node_id
+
+
+class FlowerCoordinator(Coordinator):
+    """fedlink's coordinator whose node sessions are SuperNodes behind a Flower ``Grid``."""
+
+    def __init__(self, config: CoordinatorConfig, grid: Grid, timeout_s: float) -> None:
+        super().__init__(config)
+        self.grid = grid
+        self.timeout_s = timeout_s
+
+    def join(self) -> list[str]:
+        """Ask every SuperNode for its node's catalogue and attach it; returns the nodes' names."""
+        node_ids = list(self.grid.get_node_ids())
+        if not node_ids:
+            raise Fault("no SuperNode is connected to this SuperLink; start the nodes' SuperNodes first")
+        replies = self._send({node_id: (CATALOGUE, b"") for node_id in node_ids})
+        names = []
+        for node_id, reply in replies.items():
+            if isinstance(reply, FedlinkError):
+                raise reply
+            catalogue = NodeCatalogue.model_validate_json(reply.body)
+            # Flower authenticates SuperNodes (--enable-supernode-auth); the node's name is its catalogue's
+            self.registered.setdefault(catalogue.node, RegisteredNode(name=catalogue.node))
+            self.attach(FlowerSession(catalogue.node, catalogue, node_id))
+            names.append(catalogue.node)
+        return sorted(names)
+
+    def _send(self, calls: dict[int, tuple[str, bytes]]) -> dict[int, wire.Message | FedlinkError]:
+        messages = [
+            Message(_content(kind, body), dst_node_id=node_id, message_type=f"query.{kind}")
+            for node_id, (kind, body) in calls.items()
+        ]
+        out: dict[int, wire.Message | FedlinkError] = {}
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout_s):
+            node_id = reply.metadata.src_node_id
+            if reply.has_error():
+                out[node_id] = Fault(f"Flower could not run a fedlink operator: {reply.error.reason}")
+                continue
+            kind, body = _body(reply)
+            if kind == rpc.ERROR:
+                detail = json.loads(body)
+                out[node_id] = error_from_code(str(detail.get("code")), str(detail.get("message")))
+            else:
+                out[node_id] = wire.Message("", kind, body)
+        for node_id in calls:
+            out.setdefault(node_id, Timeout(f"a SuperNode did not answer within {self.timeout_s:g} s"))
+        return out
+
+    def _call_each(
+        self, calls: dict[str, tuple[NodeSession, bytes]], kind: str, timeout_s: float | None = None
+    ) -> dict[str, wire.Message | FedlinkError]:
+        by_id = {s.node_id: name for name, (s, _) in calls.items() if isinstance(s, FlowerSession)}
+        answers = self._send({s.node_id: (kind, body) for s, body in calls.values() if isinstance(s, FlowerSession)})
+        return {by_id[node_id]: reply for node_id, reply in answers.items()}
+
+
+def coordinator_config(run_config: dict[str, Any]) -> CoordinatorConfig:
+    """The ServerApp's coordinator settings from the run config (projects and register paths on the
+    SuperLink's machine); fedlink's own listener and certificates are not used under Flower."""
+    projects, register = str(run_config.get("fedlink-projects", "")), str(run_config.get("fedlink-register", ""))
+    if not projects or not register:
+        raise ConfigError("the Flower run needs fedlink-projects and fedlink-register in its run config")
+    return CoordinatorConfig.model_validate(
+        {
+            "coordinator": {
+                "name": "flower-serverapp",
+                "listen": "127.0.0.1:0",
+                "projects": str(Path(projects).resolve()),
+                "transparency_register": str(Path(register).resolve()),
+                "test_mode": bool(run_config.get("fedlink-test-mode", False)),
+                "query_timeout_s": 300.0,
+            },
+            "tls": {"cert": "unused-under-flower", "key": "unused-under-flower", "ca": "unused-under-flower"},
+            "nodes": [],
+            "source": str(Path(projects).resolve().parent / "coordinator.toml"),
+        }
+    )
+
+
+serverapp = ServerApp()
+
+
+@serverapp.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the analyst's request (a query) and print its answer as one line for ``flwr run --stream``."""
+    try:
+        request = unpack_json(str(context.run_config.get("fedlink-request", "")))
+        coordinator = FlowerCoordinator(coordinator_config(dict(context.run_config)), grid, timeout_s=300.0)
+        try:
+            coordinator.join()
+            query = QueryRequest.model_validate(request["query"])
+            result = coordinator.run_query(query, str(request.get("analyst", "analyst")))
+        finally:
+            coordinator.stop()
+        kind = "encrypted" if isinstance(result, EncryptedResult) else "clear"
+        payload: dict[str, Any] = {"ok": True, "kind": kind, "result": result.model_dump(mode="json")}
+    except FedlinkError as exc:
+        payload = {"ok": False, "code": exc.code, "message": exc.message}
+    print(RESULT_MARK + pack_json(payload), flush=True)

@@ -1,0 +1,146 @@
+"""fedlink on Flower's deployment runtime: a SuperLink and two SuperNodes (the charity's two branches)
+as processes on loopback (insecure mode: tests only), fedlink's ServerApp and ClientApp run by
+``flwr run``; a horizontal he+dp query gives the same answer as over fedlink's own gRPC transport,
+budgets are spent on the nodes' own ledgers and the query is on the ServerApp's register."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..conftest import ROOT, connect_analyst, start_federation
+
+pytest.importorskip("flwr", reason="Flower is not installed (pip install 'fedlink[flower]')")
+pytestmark = pytest.mark.slow
+NODES = ["charity_north", "charity_south"]
+PROJECT = "homelessness-outcomes"
+SQL = "SELECT region, COUNT(*) AS n, SUM(duration_days) AS days FROM support_episodes GROUP BY region"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _flower_env(home: Path) -> dict[str, str]:
+    from fedlink.flower import FLOWER_ENV
+
+    binaries = str(Path(sys.executable).parent)
+    return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home), "PATH": f"{binaries}:{os.environ.get('PATH', '')}"}
+
+
+@pytest.fixture(scope="module")
+def flower(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
+    root = tmp_path_factory.mktemp("flower")
+    home = root / "flwr"
+    home.mkdir()
+    port = _free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = _flower_env(home)
+    binaries = Path(sys.executable).parent
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str, args: list[str], extra: dict[str, str] | None = None) -> None:
+        log = (root / f"{name}.log").open("wb")
+        processes.append(
+            subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**env, **(extra or {})}, cwd=root)
+        )
+
+    spawn(
+        "superlink",
+        [str(binaries / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+         "--host", "127.0.0.1", "--port", str(port)],
+    )  # fmt: skip
+    state = root / "state"
+    for name in NODES:
+        spawn(
+            name,
+            [str(binaries / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+             "--port", str(_free_port()), "--node-config", f"fedlink-node='{ROOT / 'nodes' / name / 'node.toml'}'"],
+            {"FEDLINK_WORKDIR": str(workdir), "FEDLINK_STATE": str(state)},
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # ready when the SuperLink lists both SuperNodes online
+            listed = subprocess.run(
+                [str(binaries / "flwr"), "supernode", "list", "--format", "json"], capture_output=True, text=True,
+                env=env, timeout=60,
+            )  # fmt: skip
+            if listed.returncode == 0 and listed.stdout.count('"online"') >= len(NODES):
+                break
+            assert time.monotonic() < deadline, f"SuperNodes did not come online: {listed.stdout} {listed.stderr}"
+            assert all(p.poll() is None for p in processes), "a Flower process exited; see its log in " + str(root)
+            time.sleep(1)
+        yield {"port": port, "root": root, "state": state, "env": env}
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_a_query_over_flower_gives_the_answer_of_fedlinks_own_transport(flower: dict, workdir: Path) -> None:
+    from fedlink.flower import FlowerFederation
+
+    register = Path(flower["root"]) / "coordinator" / "register.jsonl"
+    over_flower = FlowerFederation(
+        f"127.0.0.1:{flower['port']}",
+        analyst="demo-analyst",
+        projects=ROOT / "coordinator" / "projects.toml",
+        register=register,
+        insecure=True,
+        test_mode=True,
+    )
+    flower_rows = over_flower.query(SQL, project=PROJECT, noiseless=True).rows()
+    federation = start_federation(NODES)
+    try:
+        grpc_rows = connect_analyst(federation.address, workdir).query(SQL, project=PROJECT, noiseless=True).rows()
+    finally:
+        federation.stop()
+    # counts (BFV) exactly; clamped sums (CKKS) to its approximation, as over fedlink's own transport
+    assert [(r["region"], r["n"]) for r in flower_rows] == [(r["region"], r["n"]) for r in grpc_rows]
+    assert sum(r["n"] for r in grpc_rows) > 20
+    for mine, theirs in zip(flower_rows, grpc_rows, strict=True):
+        assert mine["days"] == pytest.approx(theirs["days"], rel=1e-6, abs=1e-6)
+
+    noisy = over_flower.query(SQL, project=PROJECT, epsilon=0.5)
+    assert noisy.privacy_loss == {n: {"epsilon": 0.5, "rho": 0.0} for n in NODES}
+    for name in NODES:  # each node spent on its own ledger, and logged the release on its own register
+        entries = [
+            json.loads(line) for line in (Path(flower["state"]) / name / "register.jsonl").read_text().splitlines()
+        ]
+        released = [e for e in entries if e["kind"] == "query" and e["fields"]["status"] == "released"]
+        assert len(released) == 2 and released[-1]["fields"]["query_id"] == noisy.query_id
+    logged = [json.loads(line) for line in register.read_text().splitlines()]
+    assert [e["fields"]["status"] for e in logged if e["kind"] == "query"] == ["released", "released"]
+
+
+def test_a_refusal_over_flower_is_the_same_one_line_error_and_spends_nothing(flower: dict) -> None:
+    from fedlink.errors import QueryError
+    from fedlink.flower import FlowerFederation
+
+    over_flower = FlowerFederation(
+        f"127.0.0.1:{flower['port']}",
+        analyst="demo-analyst",
+        projects=ROOT / "coordinator" / "projects.toml",
+        register=Path(flower["root"]) / "coordinator" / "register.jsonl",
+        insecure=True,
+    )
+    with pytest.raises(QueryError, match="identifier"):
+        over_flower.query(
+            "SELECT first_name, COUNT(*) FROM support_episodes GROUP BY first_name", project=PROJECT, epsilon=1
+        )
