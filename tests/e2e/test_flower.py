@@ -144,3 +144,47 @@ def test_a_refusal_over_flower_is_the_same_one_line_error_and_spends_nothing(flo
         over_flower.query(
             "SELECT first_name, COUNT(*) FROM support_episodes GROUP BY first_name", project=PROJECT, epsilon=1
         )
+
+
+def test_a_model_fitted_over_flower_matches_the_pooled_fit_and_registers_its_loss(flower: dict, workdir: Path) -> None:
+    """Newton-Raphson rounds over Flower's Grid on masked statistics: without noise the coefficients
+    equal fedlink's own transport's and a pooled plaintext fit (1e-4); with noise each node commits
+    its rho once and registers it."""
+    import numpy as np
+
+    from fedlink.flower import FlowerFederation
+
+    from ..integration.test_models import FORMULA, irls, pooled
+
+    over_flower = FlowerFederation(
+        f"127.0.0.1:{flower['port']}",
+        analyst="demo-analyst",
+        projects=ROOT / "coordinator" / "projects.toml",
+        register=Path(flower["root"]) / "coordinator" / "register.jsonl",
+        insecure=True,
+        test_mode=True,
+    )
+    fit = over_flower.fit(FORMULA, table="support_episodes", project=PROJECT, noiseless=True, iterations=6)
+    rows = pooled(
+        workdir,
+        "SELECT CASE WHEN outcome = 'housed' THEN 1 ELSE 0 END, CASE WHEN episode_type = 'rough_sleeping' "
+        "THEN 1 ELSE 0 END, duration_days, start_year FROM DATA",
+    )
+    np.testing.assert_allclose(fit.coefficients, irls(rows[:, 1:], rows[:, 0], logistic=True), atol=1e-4, rtol=0)
+    federation = start_federation(NODES)
+    try:
+        client = connect_analyst(federation.address, workdir)
+        over_grpc = client.fit(FORMULA, table="support_episodes", project=PROJECT, noiseless=True, iterations=6)
+    finally:
+        federation.stop()
+    np.testing.assert_allclose(fit.coefficients, over_grpc.coefficients, rtol=1e-9, atol=1e-12)
+    assert fit.std_errors == pytest.approx(over_grpc.std_errors, rel=1e-9)
+
+    noisy = over_flower.fit(FORMULA, table="support_episodes", project=PROJECT, rho=1.5, iterations=1)
+    assert noisy.pet == "secagg+dp" and set(noisy.noise_sd) == set(NODES)
+    for name in NODES:
+        entries = [
+            json.loads(line) for line in (Path(flower["state"]) / name / "register.jsonl").read_text().splitlines()
+        ]
+        mine = [e["fields"] for e in entries if e["kind"] == "query" and e["fields"]["query_id"] == noisy.query_id]
+        assert [(f["status"], f["privacy_loss"]) for f in mine] == [("released", {name: {"epsilon": 0.0, "rho": 1.5}})]

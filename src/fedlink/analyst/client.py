@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 import numpy as np
@@ -23,9 +24,10 @@ from fedlink.pets.chain import ChainKeys
 from fedlink.pets.he import AnalystKeys, Scheme
 from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.linked import is_linked, plan_linked
+from fedlink.query.model import Family
 from fedlink.query.results import EncryptedResult, LinkedEncryptedResult, QueryResult, build_result, scheme_of
 from fedlink.query.sql import parse_sql
-from fedlink.query.tasks import BudgetReport, Pet, PrivacyLoss, QueryRequest
+from fedlink.query.tasks import BudgetReport, ModelRequest, ModelResult, Pet, PrivacyLoss, QueryRequest
 from fedlink.wire import rpc
 from fedlink.wire.blobs import unpack
 from fedlink.wire.transport import (
@@ -200,6 +202,33 @@ class Federation:
         reply = self._call(rpc.LINK, call.model_dump_json().encode(), on_progress)
         return LinkReport.model_validate_json(reply.body)
 
+    def fit(
+        self,
+        formula: str,
+        *,
+        table: str,
+        project: str | None = None,
+        family: Family = "logistic",
+        rho: float | None = None,
+        iterations: int | None = None,
+        noiseless: bool = False,
+    ) -> ModelResult:
+        """Fit a logistic (or, ``family="gaussian"``, linear) regression over ``table`` at every node
+        holding it, by Newton-Raphson on the nodes' summed statistics: each node adds Gaussian noise for
+        ``rho`` (zCDP, split over the iterations) and masks its statistics so that only their sum can be
+        read. Coefficients come back on the columns' own scale, with standard errors:
+
+        >>> fit = fed.fit("outcome = 'housed' ~ episode_type = 'rough_sleeping' + duration_days",
+        ...               table="support_episodes", project="homelessness-outcomes", rho=0.5)
+        >>> fit.labels
+        ('(intercept)', "episode_type = 'rough_sleeping'", 'duration_days')
+        >>> fit.coefficients[1] < 0, fit.privacy_loss["charity_north"].rho
+        (True, 0.5)
+        """
+        request = model_request(formula, table, project or self.project, family, rho, iterations, noiseless)
+        reply = self._call(rpc.MODEL, request.model_dump_json().encode())
+        return ModelResult.model_validate_json(reply.body)
+
     def budget(self) -> Budget:
         """Privacy budget per node, project and dataset, for the projects you are registered on.
 
@@ -209,6 +238,37 @@ class Federation:
         """
         reply = self._call(rpc.BUDGET)
         return Budget(BudgetReport.model_validate_json(reply.body))
+
+
+def model_request(
+    formula: str,
+    table: str,
+    project: str | None,
+    family: str,
+    rho: float | None,
+    iterations: int | None,
+    noiseless: bool,
+) -> ModelRequest:
+    """An analyst's model request, checked here so that a mistake costs no round trip."""
+    if not isinstance(formula, str) or "~" not in formula:
+        raise BadInput("a model formula is a string: response ~ term + term")
+    if family not in ("logistic", "gaussian"):
+        raise BadInput(f"unknown family '{family}'; use logistic or gaussian")
+    if not project:
+        raise BadInput("every model belongs to a project: pass --project P (or set project in your profile)")
+    if rho is not None and rho < 0:
+        raise BadInput("rho must be positive")
+    if iterations is not None and not 1 <= iterations <= 50:
+        raise BadInput("iterations must be between 1 and 50")
+    return ModelRequest(
+        formula=formula,
+        table=table,
+        project=project,
+        family=cast(Family, family),
+        iterations=iterations,
+        loss=PrivacyLoss(rho=rho or 0.0),
+        noiseless=noiseless,
+    )
 
 
 def _schemes_for(sql: str) -> list[Scheme]:

@@ -35,10 +35,7 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
     """Run a LINK query; returns the packed :class:`LinkedEncryptedResult` and its masked cells."""
     started = time.perf_counter()
     project = coordinator.projects.get(request.project)
-    if request.noiseless and not coordinator.config.coordinator.test_mode:
-        raise BadInput("noiseless queries need a federation in test mode; declare --epsilon or --rho instead")
-    if request.loss.is_zero and not request.noiseless:
-        raise BadInput("declare the query's privacy loss: --epsilon E (pure DP) or --rho R (zCDP)")
+    coordinator._check_loss(request.loss, request.noiseless, coordinator.config.coordinator.test_mode)
     if request.pet != "he+dp":
         raise BadInput("linked queries always run encrypted (he+dp); drop --pet dp")
     plan = plan_linked(request.sql, coordinator.catalogue())
@@ -66,13 +63,7 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
         noiseless=request.noiseless,
         pet="he+dp",
     )
-    reserved = coordinator._fan_out(sessions, rpc.RESERVE, task.model_dump_json().encode())
-    refusals = {n: a for n, a in reserved.items() if isinstance(a, FedlinkError)}
-    if refusals:
-        coordinator._abort({n: sessions[n] for n in reserved if n not in refusals}, task.query_id)
-        first = next(iter(refusals.values()))
-        coordinator._log_query(task, "refused", first.message, None)
-        raise first
+    coordinator._reserve(sessions, task)
 
     output = LinkedOutput(streams={}, chunks=0)
     blobs: list[bytes] = []

@@ -41,7 +41,16 @@ from fedlink.query.results import (
     scheme_of,
 )
 from fedlink.query.sql import plan_query
-from fedlink.query.tasks import BudgetLineInfo, BudgetReport, ExecuteTask, QueryRequest, QueryTask, TaskRef
+from fedlink.query.tasks import (
+    BudgetLineInfo,
+    BudgetReport,
+    ExecuteTask,
+    ModelRequest,
+    PrivacyLoss,
+    QueryRequest,
+    QueryTask,
+    TaskRef,
+)
 from fedlink.wire import rpc
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.pki import Identity, revoked_serials
@@ -255,6 +264,23 @@ class Coordinator:
             if isinstance(answer, FedlinkError):
                 log.warning("could not abort query %s at node '%s': %s", query_id[:8], name, answer.message)
 
+    def _reserve(self, sessions: dict[str, NodeSession], task: QueryTask) -> None:
+        """Reserve ``task`` at every node; if any refuses, release the others, log the refusal, raise it."""
+        reserved = self._fan_out(sessions, rpc.RESERVE, task.model_dump_json().encode())
+        refusals = {n: a for n, a in reserved.items() if isinstance(a, FedlinkError)}
+        if refusals:
+            self._abort({n: sessions[n] for n in reserved if n not in refusals}, task.query_id)
+            first = next(iter(refusals.values()))
+            self._log_query(task, "refused", first.message, None)
+            raise first
+
+    @staticmethod
+    def _check_loss(loss: PrivacyLoss, noiseless: bool, test_mode: bool) -> None:
+        if noiseless and not test_mode:
+            raise BadInput("noiseless queries need a federation in test mode; declare --epsilon or --rho instead")
+        if loss.is_zero and not noiseless:
+            raise BadInput("declare the query's privacy loss: --epsilon E (pure DP) or --rho R (zCDP)")
+
     def _log_query(
         self,
         task: QueryTask,
@@ -281,10 +307,7 @@ class Coordinator:
         """
         started = time.perf_counter()
         project = self.projects.get(request.project)
-        if request.noiseless and not self.config.coordinator.test_mode:
-            raise BadInput("noiseless queries need a federation in test mode; declare --epsilon or --rho instead")
-        if request.loss.is_zero and not request.noiseless:
-            raise BadInput("declare the query's privacy loss: --epsilon E (pure DP) or --rho R (zCDP)")
+        self._check_loss(request.loss, request.noiseless, self.config.coordinator.test_mode)
         plan = plan_query(request.sql, self.catalogue())
         project.check(analyst, [f"{n}.{plan.table}" for n in plan.nodes])
         if request.pet == "he+dp":
@@ -304,13 +327,7 @@ class Coordinator:
             noiseless=request.noiseless,
             pet=request.pet,
         )
-        reserved = self._fan_out(sessions, rpc.RESERVE, task.model_dump_json().encode())
-        refusals = {n: a for n, a in reserved.items() if isinstance(a, FedlinkError)}
-        if refusals:
-            self._abort({n: sessions[n] for n in reserved if n not in refusals}, task.query_id)
-            first = next(iter(refusals.values()))
-            self._log_query(task, "refused", first.message, None)
-            raise first
+        self._reserve(sessions, task)
         execute = ExecuteTask(query_id=task.query_id, contexts=request.contexts if task.pet == "he+dp" else {})
         executed = self._fan_out(sessions, rpc.EXECUTE, execute.model_dump_json().encode())
         failures = {n: a for n, a in executed.items() if isinstance(a, FedlinkError)}
@@ -447,6 +464,11 @@ class Coordinator:
 
                 body = run_linked_query(self, QueryRequest.model_validate_json(request.body), identity.name)
                 reply = Message(request.call_id, rpc.LINKED_RESULT, body)
+            elif request.kind == rpc.MODEL:
+                from fedlink.coordinator.models import fit_model
+
+                fitted = fit_model(self, ModelRequest.model_validate_json(request.body), identity.name)
+                reply = Message(request.call_id, rpc.RESULT, fitted.model_dump_json().encode())
             elif request.kind == rpc.QUERY:
                 result = self.run_query(QueryRequest.model_validate_json(request.body), identity.name)
                 kind = rpc.ENCRYPTED_RESULT if isinstance(result, EncryptedResult) else rpc.RESULT

@@ -15,12 +15,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedlink.analyst.client import _schemes_for, decrypt_result
+from fedlink.analyst.client import _schemes_for, decrypt_result, model_request
 from fedlink.analyst.result import Result
 from fedlink.errors import BadInput, ConfigError, Fault, Timeout, error_from_code
 from fedlink.pets.he import AnalystKeys
+from fedlink.query.model import Family
 from fedlink.query.results import EncryptedResult, QueryResult
-from fedlink.query.tasks import PrivacyLoss, QueryRequest
+from fedlink.query.tasks import ModelResult, PrivacyLoss, QueryRequest
 
 #: Flower's telemetry and update checks off, for every Flower process fedlink starts.
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -89,6 +90,26 @@ class FlowerFederation:
         if answer.get("kind") == "encrypted":
             return Result(decrypt_result(EncryptedResult.model_validate(answer["result"]), keys))
         return Result(QueryResult.model_validate(answer["result"]))
+
+    def fit(
+        self,
+        formula: str,
+        *,
+        table: str,
+        project: str,
+        family: Family = "logistic",
+        rho: float | None = None,
+        iterations: int | None = None,
+        noiseless: bool = False,
+    ) -> ModelResult:
+        """A federated logistic or linear regression fitted by fedlink's ServerApp over the SuperNodes
+        (see :meth:`fedlink.Federation.fit`): Newton-Raphson rounds over Flower's Grid on the nodes'
+        noisy statistics under pairwise masks."""
+        request = model_request(formula, table, project, family, rho, iterations, noiseless)
+        answer = self.run({"analyst": self.analyst, "model": request.model_dump(mode="json")})
+        if answer.get("kind") != "model":
+            raise Fault("the Flower run did not answer the model request with a model; check both run one fedlink")
+        return ModelResult.model_validate(answer["result"])
 
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         """One ``flwr run`` of fedlink's ServerApp with ``request``; its answer, or its error raised."""

@@ -28,8 +28,10 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+from pydantic import ValidationError
 
 from fedlink.coordinator.config import CoordinatorConfig, RegisteredNode
+from fedlink.coordinator.models import fit_model
 from fedlink.coordinator.server import Coordinator
 from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import BadInput, ConfigError, Fault, FedlinkError, Timeout, error_from_code
@@ -37,8 +39,8 @@ from fedlink.node.agent import answer
 from fedlink.node.config import load_node_config
 from fedlink.node.runtime import RESERVATION_TTL_S, NodeRuntime
 from fedlink.query.catalogue import NodeCatalogue
-from fedlink.query.results import EncryptedPartial, EncryptedResult
-from fedlink.query.tasks import ExecuteTask, QueryRequest, QueryTask
+from fedlink.query.results import EncryptedPartial, EncryptedResult, QueryResult
+from fedlink.query.tasks import ExecuteTask, ModelRequest, ModelResult, ModelStep, QueryRequest, QueryTask
 from fedlink.wire import rpc
 from fedlink.wire import transport as wire
 
@@ -47,7 +49,7 @@ CATALOGUE = "catalogue"
 #: The ServerApp's answer, one log line that ``flwr run --stream`` carries to the analyst.
 RESULT_MARK = "FEDLINK-RESULT "
 #: The node operators, each a message type ``query.<operator>`` of the ClientApp.
-OPERATORS = (CATALOGUE, rpc.RESERVE, rpc.EXECUTE, rpc.ABORT, rpc.BUDGET)
+OPERATORS = (CATALOGUE, rpc.RESERVE, rpc.EXECUTE, rpc.ABORT, rpc.BUDGET, rpc.LINK_CARD, rpc.MODEL_STEP)
 
 
 def pack_json(payload: dict[str, Any]) -> str:
@@ -103,10 +105,28 @@ def _node_answer(kind: str, body: bytes, context: Context) -> tuple[str, bytes]:
             partial = runtime.execute(execute.query_id, execute.contexts, reserved=reserved)
             kind_out = rpc.ENCRYPTED_PARTIAL if isinstance(partial, EncryptedPartial) else rpc.PARTIAL
             return kind_out, partial.model_dump_json().encode()
+        if kind == rpc.MODEL_STEP:
+            return rpc.RESULT, _model_step(runtime, ModelStep.model_validate_json(body), context)
         reply = answer(runtime, wire.Message(wire.new_call_id(), kind, body))
         return reply.kind, reply.body
     finally:
         runtime.close()
+
+
+def _model_step(runtime: NodeRuntime, step: ModelStep, context: Context) -> bytes:
+    """A model's iteration in this (fresh) process: the reserved task and the iterations answered so
+    far live in the run's node state, so no iteration is answered twice and the budget is committed once."""
+    records = context.state.config_records
+    held = records.get(f"model:{step.query_id}") or records.get(f"task:{step.query_id}")
+    reserved = QueryTask.model_validate_json(bytes(held["task"])) if held is not None else None  # type: ignore[arg-type]
+    answered = [int(i) for i in held.get("done", [])] if held is not None else []  # type: ignore[union-attr]
+    body = runtime.model_step(step, reserved=reserved, answered=answered)
+    if reserved is not None:
+        records.pop(f"task:{step.query_id}", None)
+        records[f"model:{step.query_id}"] = ConfigRecord(
+            {"task": reserved.model_dump_json().encode(), "done": [*answered, step.iteration]}
+        )
+    return body
 
 
 def _operator(kind: str) -> Any:
@@ -229,12 +249,18 @@ def main(grid: Grid, context: Context) -> None:
         coordinator = FlowerCoordinator(coordinator_config(dict(context.run_config)), grid, timeout_s=300.0)
         try:
             coordinator.join()
-            query = QueryRequest.model_validate(request["query"])
-            result = coordinator.run_query(query, str(request.get("analyst", "analyst")))
+            analyst = str(request.get("analyst", "analyst"))
+            result: QueryResult | EncryptedResult | ModelResult
+            if "model" in request:
+                result = fit_model(coordinator, ModelRequest.model_validate(request["model"]), analyst)
+            else:
+                result = coordinator.run_query(QueryRequest.model_validate(request["query"]), analyst)
         finally:
             coordinator.stop()
-        kind = "encrypted" if isinstance(result, EncryptedResult) else "clear"
+        kind = {EncryptedResult: "encrypted", ModelResult: "model"}.get(type(result), "clear")
         payload: dict[str, Any] = {"ok": True, "kind": kind, "result": result.model_dump(mode="json")}
     except FedlinkError as exc:
         payload = {"ok": False, "code": exc.code, "message": exc.message}
+    except ValidationError as exc:
+        payload = {"ok": False, "code": BadInput.code, "message": f"malformed request ({exc.errors()[0]['msg']})"}
     print(RESULT_MARK + pack_json(payload), flush=True)

@@ -36,7 +36,7 @@ from fedlink.node.runtime import NodeRuntime
 if TYPE_CHECKING:
     from fedlink.node.linkage import LinkRequest
 from fedlink.query.results import EncryptedPartial
-from fedlink.query.tasks import ExecuteTask, LinkedStep, QueryTask, TaskRef
+from fedlink.query.tasks import ExecuteTask, LinkedStep, ModelStep, QueryTask, TaskRef
 from fedlink.wire import rpc
 from fedlink.wire.blobs import pack, unpack
 from fedlink.wire.fedlink_pb2 import Frame
@@ -155,6 +155,8 @@ def answer(runtime: NodeRuntime, message: Message) -> Message:
     if message.kind == rpc.ABORT:
         runtime.abort(TaskRef.model_validate_json(message.body).query_id)
         return Message(message.call_id, rpc.ACK, b"")
+    if message.kind == rpc.MODEL_STEP:
+        return Message(message.call_id, rpc.RESULT, runtime.model_step(ModelStep.model_validate_json(message.body)))
     if message.kind in LINK_HANDLERS:
         return LINK_HANDLERS[message.kind](runtime, message)
     if message.kind == rpc.BUDGET:

@@ -8,6 +8,7 @@ turned into one SQL statement built from sqlglot expressions, never by pasting s
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -16,6 +17,7 @@ from sqlglot import exp
 from fedlink.errors import QueryError
 from fedlink.node.config import ColumnDecl, TableDecl
 from fedlink.query.catalogue import Category
+from fedlink.query.model import ModelPlan, accumulate
 from fedlink.query.plan import (
     AggregatePlan,
     Between,
@@ -118,6 +120,21 @@ def position(placeholder: int, column: str) -> exp.Expr:
     return exp.ArrayPosition(this=exp.Placeholder(this=str(placeholder)), expression=_col(column))
 
 
+def bounded(table: TableDecl, relation: exp.Expr) -> exp.Expr:
+    """``relation`` with the contribution bound enforced: at most max_rows_per_person rows of each
+    person. Which rows are kept must not depend on the engine or the run: order by every declared column."""
+    if not table.person_key:
+        return relation.copy()
+    order = exp.Order(expressions=[exp.Ordered(this=_col(c.name)) for c in table.columns])
+    rank = exp.Window(this=exp.RowNumber(), partition_by=[_col(c) for c in table.person_key], order=order)
+    kept = (
+        exp.select(exp.Star())
+        .from_(relation.copy())
+        .qualify(exp.LTE(this=rank, expression=_lit(table.max_rows_per_person)))
+    )
+    return exp.alias_(exp.Subquery(this=kept), "bounded")
+
+
 def aggregate_sql(plan: AggregatePlan, table: TableDecl, relation: exp.Expr) -> tuple[exp.Select, list[list[Category]]]:
     """One SELECT giving, per non-empty cell, the cell index and every component's value, and its
     parameters: each group column's declared categories are one list (``$1``, ``$2``...), which
@@ -141,18 +158,7 @@ def aggregate_sql(plan: AggregatePlan, table: TableDecl, relation: exp.Expr) -> 
         filters.append(exp.Not(this=exp.Is(this=_col(cast(str, hist.column)), expression=exp.Null())))
     if plan.where is not None:
         filters.append(predicate_sql(plan.where))
-    source: exp.Expr = relation.copy()
-    if table.person_key:
-        # Enforce the contribution bound: keep at most max_rows_per_person rows of each person.
-        # which rows are kept must not depend on the engine or the run: order by every declared column
-        order = exp.Order(expressions=[exp.Ordered(this=_col(c.name)) for c in table.columns])
-        rank = exp.Window(this=exp.RowNumber(), partition_by=[_col(c) for c in table.person_key], order=order)
-        bounded = (
-            exp.select(exp.Star())
-            .from_(relation.copy())
-            .qualify(exp.LTE(this=rank, expression=_lit(table.max_rows_per_person)))
-        )
-        source = exp.alias_(exp.Subquery(this=bounded), "bounded")
+    source = bounded(table, relation)
     values = (exp.alias_(_component_sql(c), f"v{i}") for i, c in enumerate(plan.components))
     select = exp.select(exp.alias_(cell, "cell"), *values).from_(source)
     if filters:
@@ -172,3 +178,35 @@ def run_aggregate(backend: Backend, plan: AggregatePlan, table: TableDecl, node:
         values = np.nan_to_num(np.asarray(columns[name], dtype=float))
         vectors[comp.key][cells] = values
     return PartialAggregates(node=node, vectors={k: tuple(v.tolist()) for k, v in vectors.items()})
+
+
+def validate_model(plan: ModelPlan, table: TableDecl, node: str) -> None:
+    """Refuse a model whose terms do not match this node's own declarations."""
+    declared: dict[str, ColumnDecl] = {c.name: c for c in table.columns}
+    for term in (plan.response, *plan.terms):
+        column = declared.get(term.column)
+        if column is None or column.kind == "identifier":
+            raise QueryError(
+                f"node '{node}' refuses: column '{term.column}' is not a queryable column of '{table.name}'"
+            )
+        if term.value is not None:
+            if term.value not in (column.categories or ()):
+                raise QueryError(f"node '{node}' refuses: '{term.value}' is not a declared category of '{term.column}'")
+        elif not term.lower < term.upper or not all(map(math.isfinite, (term.lower, term.upper))):
+            raise QueryError(f"node '{node}' refuses: the bounds of '{term.column}' in the model are not a range")
+
+
+def model_sql(plan: ModelPlan, table: TableDecl, relation: exp.Expr) -> exp.Select:
+    """The design rows of a model (``y``, ``x0`` ...: every value clamped and scaled to [0, 1]) over
+    ``table`` after its contribution bound, skipping rows with a missing value in any column used."""
+    values = [exp.alias_(plan.response.expression(), "y")]
+    values += [exp.alias_(term.expression(), f"x{i}") for i, term in enumerate(plan.terms)]
+    present = [exp.Not(this=exp.Is(this=_col(c), expression=exp.Null())) for c in sorted(plan.columns_used())]
+    return exp.select(*values).from_(bounded(table, relation)).where(exp.and_(*present))
+
+
+def model_statistics(backend: Backend, plan: ModelPlan, table: TableDecl, node: str, beta: np.ndarray) -> np.ndarray:
+    """This node's statistics vector for ``beta`` (see :func:`fedlink.query.model.accumulate`)."""
+    validate_model(plan, table, node)
+    select = model_sql(plan, table, backend.relation(table))
+    return accumulate(plan, backend.batches(select, (), 200_000), beta)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -31,14 +31,26 @@ if TYPE_CHECKING:
     from fedlink.node.linkage import NodeLinkage
 from fedlink.linkage.messages import QualityCall
 from fedlink.node.linked import fetch_rows, node_vectors, run_step, validate_linked
-from fedlink.node.operators import validate_plan
+from fedlink.node.operators import model_statistics, validate_model, validate_plan
+from fedlink.pets import secagg
 from fedlink.pets.dp import add_noise, calibrate
 from fedlink.pets.he import PublicContext, Scheme, encrypt, load_public_context
 from fedlink.query.catalogue import NodeCatalogue
 from fedlink.query.linked import LinkedPlan
+from fedlink.query.model import ModelPlan
 from fedlink.query.plan import AggregatePlan, Component
 from fedlink.query.results import EncryptedPartial, Noise, PartialAggregates, scheme_of
-from fedlink.query.tasks import BudgetLineInfo, BudgetReport, LinkedOutput, LinkedStep, PrivacyLoss, QueryTask
+from fedlink.query.tasks import (
+    BudgetLineInfo,
+    BudgetReport,
+    LinkedOutput,
+    LinkedStep,
+    ModelOutput,
+    ModelStep,
+    PrivacyLoss,
+    QueryTask,
+)
+from fedlink.wire.blobs import pack
 
 log = logging.getLogger("fedlink.node")
 #: A reservation the coordinator neither executes nor aborts within this time is released.
@@ -71,6 +83,8 @@ class NodeRuntime:
         #: Rows of reserved linked queries, fetched in the background while other nodes work.
         self._prepared: dict[str, Future[list[dict[str, np.ndarray]]]] = {}
         self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"prepare-{config.name}")
+        #: Models being fitted here: the task and the iterations already answered.
+        self._models: dict[str, tuple[QueryTask, set[int]]] = {}
         self._lock = threading.Lock()
         self.register.append(
             "startup",
@@ -108,6 +122,18 @@ class NodeRuntime:
         plan = task.plan
         if isinstance(plan, LinkedPlan):
             tables = validate_linked(plan, self.data.tables, self.name)
+        elif isinstance(plan, ModelPlan):
+            table = self.data.tables.get(plan.table)
+            if table is None:
+                raise PolicyRefused(f"node '{self.name}' has no table '{plan.table}'")
+            validate_model(plan, table, self.name)
+            if self.name not in plan.nodes or len(set(plan.nodes)) < 2:
+                raise PolicyRefused(
+                    f"node '{self.name}' refuses: a model's statistics are only released summed with other nodes'"
+                )
+            if task.loss.epsilon > 0:
+                raise BadInput("a model's noise is Gaussian: declare its privacy loss as --rho R (zCDP), not --epsilon")
+            tables = [table]
         else:
             table = self.data.tables.get(plan.table)
             if table is None:
@@ -246,6 +272,74 @@ class NodeRuntime:
             raise
         self._log(task, "released", None)
         return answer
+
+    def model_step(self, step: ModelStep, reserved: QueryTask | None = None, answered: Sequence[int] = ()) -> bytes:
+        """This node's statistics for one Newton-Raphson iteration of a model: computed on its own rows,
+        with Gaussian noise for rho / iterations (unless noiseless), in fixed point under pairwise masks
+        with every other node of the plan, so only the sum over all nodes can be read. The answer is a
+        :class:`ModelOutput` header and the masked vector (:func:`fedlink.wire.blobs.pack`).
+
+        The whole budget is committed at the first iteration (before anything leaves); the node answers
+        each iteration of the plan at most once. ``reserved`` and ``answered``: the task and iterations
+        answered so far, for a process other than the one that reserved it (Flower)."""
+        with self._lock:
+            held = self._models.get(step.query_id)
+            if held is None and step.query_id in self._pending:
+                held = (self._pending.pop(step.query_id)[0], set())
+        if held is None and reserved is not None and reserved.query_id == step.query_id:
+            self._check_policy(reserved)
+            held = (reserved, set(answered))
+        if held is None:
+            raise Fault(f"node '{self.name}' holds no reservation for model {step.query_id[:8]}; fit it again")
+        task, done = held
+        plan = task.plan
+        first = not done
+        try:
+            if not isinstance(plan, ModelPlan):
+                raise BadInput("a model step arrived for a query that is not a model")
+            if step.iteration in done or not 0 <= step.iteration < plan.iterations or len(step.beta) != plan.width:
+                raise PolicyRefused(
+                    f"node '{self.name}' refuses: iteration {step.iteration} of model {step.query_id[:8]} was "
+                    f"answered already or is not one of its {plan.iterations}"
+                )
+            peers = {card.node: card for card in step.cards}
+            if set(peers) != set(plan.nodes) - {self.name} or len(step.cards) != len(peers):
+                raise PolicyRefused(
+                    f"node '{self.name}' refuses: a model step must carry the key card of every other node of "
+                    "the model, once each"
+                )
+            table = self.data.tables[plan.table]
+            beta = np.asarray(step.beta, dtype=float)
+            if not np.all(np.isfinite(beta)):
+                raise BadInput("the model's coefficients are not finite; fit it again with fewer terms")
+            values = model_statistics(self.data.backend(table), plan, table, self.name, beta)
+            output = ModelOutput(noiseless=True)
+            if not task.noiseless:
+                spec = calibrate(
+                    plan.sensitivity(table.max_rows_per_person), rho=task.loss.rho / plan.iterations, integer=False
+                )
+                values = add_noise(values, spec)
+                output = ModelOutput(noise_sd=spec.scale)
+            keys = self.linkage.keys
+            secrets = [(name, keys.pairwise_secret(card, step.query_id)) for name, card in sorted(peers.items())]
+            masked_values = secagg.masked(values, self.name, secrets, f"{step.query_id}:{step.iteration}")
+            body = pack(output.model_dump_json().encode(), [masked_values])
+            if first:
+                self.ledger.commit(task.query_id)  # before anything leaves the node
+        except BaseException as exc:
+            if first:
+                self.ledger.release(task.query_id)
+                self._log(task, "failed", getattr(exc, "message", type(exc).__name__))
+            raise
+        done.add(step.iteration)
+        with self._lock:
+            if isinstance(plan, ModelPlan) and len(done) < plan.iterations:
+                self._models[task.query_id] = (task, done)
+            else:
+                self._models.pop(task.query_id, None)
+        if first:
+            self._log(task, "released", None)
+        return body
 
     def spend_on_link_quality(self, call: QualityCall) -> None:
         """Reserve and commit the epsilon of releasing a new spine's match rates, on dataset

@@ -156,6 +156,14 @@ class NodeKeyAgreement:
         except InvalidTag as exc:
             raise AccessDenied(f"the link-secret envelope from '{envelope.sender}' failed authentication") from exc
 
+    def pairwise_secret(self, card: LinkKeyCard, context: str) -> bytes:
+        """A 32-byte secret this node and the card's node (verified) both derive and no one else can:
+        X25519 of their keys, through HKDF bound to ``context`` and the two names (in sorted order)."""
+        peer = self._verified_key(card)
+        first, second = sorted((self.node, card.node))
+        binding = f"fedlink pairwise v1\x00{context}\x00{first}\x00{second}".encode()
+        return self._aead_key(self._key.exchange(peer), binding)
+
     # --- stored secrets ----------------------------------------------------------------------------
     def _secret_path(self, project: str) -> Path:
         return self.folder / "link-secrets" / f"{project}.key"

@@ -10,13 +10,17 @@ from pydantic import Field, model_validator
 from fedlink.model import Frozen
 from fedlink.pets.dp import NoiseSpec
 from fedlink.pets.he import Scheme
+from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.query.linked import LinkedPlan
+from fedlink.query.model import Family, ModelPlan
 from fedlink.query.plan import AggregatePlan
 
 #: How a query's aggregates travel: "he+dp" encrypts every node's noisy vector under the analyst's key,
 #: so the coordinator adds ciphertexts and only the analyst ever sees numbers; "dp" sends noisy
 #: vectors in the clear to the coordinator (weaker; recorded as such on the register).
 Pet = Literal["dp", "he+dp"]
+#: A task's protection: a query's pet, or "secagg+dp" for a model (noisy statistics under pairwise masks).
+TaskPet = Literal["dp", "he+dp", "secagg+dp"]
 
 
 class Noise(Frozen):
@@ -45,7 +49,7 @@ class QueryTask(Frozen):
     """Sent to every node in the reserve phase; the execute and abort phases refer to it by id."""
 
     query_id: str
-    plan: Annotated[AggregatePlan | LinkedPlan, Field(discriminator="kind")]
+    plan: Annotated[AggregatePlan | LinkedPlan | ModelPlan, Field(discriminator="kind")]
     analyst: str
     project: str
     purpose: str = ""
@@ -53,7 +57,7 @@ class QueryTask(Frozen):
     #: Explicit, logged test mode: no noise. Honoured only if the coordinator runs in test mode AND
     #: the node's own policy allows it.
     noiseless: bool = False
-    pet: Pet = "dp"
+    pet: TaskPet = "dp"
 
     @property
     def pet_label(self) -> str:
@@ -164,3 +168,72 @@ class LinkedOutput(Frozen):
     #: Only from the last node: the noise it added to each component's cells.
     noise: dict[str, Noise] = Field(default_factory=dict)
     noiseless: bool = False
+
+
+class ModelRequest(Frozen):
+    """What an analyst sends to fit a model."""
+
+    formula: str
+    table: str
+    project: str
+    family: Family = "logistic"
+    iterations: int | None = None
+    loss: PrivacyLoss = PrivacyLoss()
+    noiseless: bool = False
+
+
+class ModelStep(Frozen):
+    """One Newton-Raphson iteration at one node: the current coefficients (on the [0, 1] scale) and the
+    signed key cards of every other node of the plan, for the pairwise masks."""
+
+    query_id: str
+    iteration: int = Field(ge=0)
+    beta: tuple[float, ...]
+    cards: tuple[LinkKeyCard, ...]
+
+
+class ModelOutput(Frozen):
+    """What a node's model step sends back (header; its masked statistics follow)."""
+
+    #: Standard deviation of the Gaussian noise the node added to each statistic (0 when noiseless).
+    noise_sd: float = 0.0
+    noiseless: bool = False
+
+
+class ModelResult(Frozen):
+    """A fitted model as released: coefficients on the columns' own scale with standard errors."""
+
+    query_id: str
+    project: str
+    formula: str
+    table: str
+    family: Family
+    labels: tuple[str, ...]
+    coefficients: tuple[float, ...]
+    std_errors: tuple[float, ...]
+    #: Rows used, summed over the nodes (noisy unless noiseless).
+    rows: float
+    iterations: int
+    nodes: tuple[str, ...]
+    pet: str
+    noiseless: bool
+    privacy_loss: dict[str, PrivacyLoss]
+    #: Per node, the standard deviation of the Gaussian noise it added to each statistic, per iteration.
+    noise_sd: dict[str, float] = Field(default_factory=dict)
+
+    def table_rows(self) -> list[dict[str, float | str]]:
+        """One row per coefficient: estimate, standard error, z and a 95% interval (the standard errors
+        are the model's sampling errors; they do not include the DP noise)."""
+        out: list[dict[str, float | str]] = []
+        for label, value, error in zip(self.labels, self.coefficients, self.std_errors, strict=True):
+            out.append(
+                {
+                    "term": label,
+                    "estimate": value,
+                    "std_error": error,
+                    "z": value / error if error > 0 else float("nan"),
+                    "lower": value - 1.959964 * error,
+                    "upper": value + 1.959964 * error,
+                }
+            )
+        return out

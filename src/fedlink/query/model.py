@@ -1,0 +1,303 @@
+"""Federated generalised linear models: a formula over one table held at several nodes (horizontally
+partitioned, like the charity's two branches), fitted by Newton-Raphson on the nodes' summed score
+vectors and information matrices, as DataSHIELD's ``ds.glm`` does.
+
+Formula: ``response ~ term + term ...`` where the response is a numeric column (``gaussian``) or an
+indicator ``column = 'value'`` / a 0-1 category (``logistic``), and each term a numeric column (or a
+category whose categories are numbers, such as years) or an indicator ``column = 'value'``. An
+intercept is always included. Numbers are clamped to their declared bounds and scaled to [0, 1]
+(their sensitivity is public); coefficients are reported on the columns' own scale.
+
+A node's statistics for coefficients ``beta`` (:func:`node_statistics`): ``X'(y - mu)`` and
+``X' W X`` (logistic: ``mu = sigmoid(X beta)``, ``W = mu (1 - mu)``; gaussian: ``X'y`` and ``X'X``),
+over its rows after the table's contribution bound. One person changes them by at most
+:meth:`ModelPlan.sensitivity` in L2 norm, so each release is a Gaussian mechanism (zCDP).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+from sqlglot.tokens import Tokenizer, TokenType
+
+from fedlink.errors import QueryError
+from fedlink.model import Frozen
+from fedlink.query.catalogue import Category, ColumnInfo, FederationCatalogue
+
+Family = Literal["logistic", "gaussian"]
+MAX_TERMS = 20
+#: Under DP noise, the most one coefficient (on the [0, 1] scale) moves in one Newton step.
+MAX_STEP = 5.0
+
+
+class ModelTerm(Frozen):
+    """One column of the design: a clamped, [0, 1]-scaled number, or an indicator of one category."""
+
+    column: str
+    value: Category | None = None  # an indicator of this category
+    lower: float = 0.0
+    upper: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return self.column if self.value is None else f"{self.column} = {self.value!r}"
+
+    def expression(self) -> exp.Expr:
+        """The term as SQL, in [0, 1]."""
+        column = exp.column(self.column, quoted=True)
+        if self.value is not None:
+            literal = exp.Literal.string(self.value) if isinstance(self.value, str) else exp.Literal.number(self.value)
+            return (
+                exp.Case()
+                .when(exp.EQ(this=column, expression=literal), exp.Literal.number(1))
+                .else_(exp.Literal.number(0))
+            )
+        clamped = exp.Least(
+            this=exp.Greatest(this=exp.cast(column, "double"), expressions=[exp.Literal.number(self.lower)]),
+            expressions=[exp.Literal.number(self.upper)],
+        )
+        span = self.upper - self.lower
+        return exp.Div(
+            this=exp.Paren(this=exp.Sub(this=clamped, expression=exp.Literal.number(self.lower))),
+            expression=exp.Literal.number(span),
+        )
+
+
+class ModelPlan(Frozen):
+    """A GLM over ``table`` at ``nodes``: what every node computes and what its release costs."""
+
+    kind: Literal["model"] = "model"
+    table: str
+    nodes: tuple[str, ...]
+    family: Family
+    response: ModelTerm
+    terms: tuple[ModelTerm, ...]
+    iterations: int
+    #: The formula as written (registers show it).
+    sql: str
+
+    @property
+    def width(self) -> int:
+        """Coefficients: the intercept and one per term."""
+        return 1 + len(self.terms)
+
+    @property
+    def statistics(self) -> int:
+        """Length of a node's statistics vector: the score, the upper triangle of the information
+        matrix, the number of rows and the sum of squared responses (for a linear model's residual
+        variance)."""
+        d = self.width
+        return d + d * (d + 1) // 2 + 2
+
+    def columns_used(self) -> set[str]:
+        return {self.response.column} | {t.column for t in self.terms}
+
+    def sensitivity(self, rows_per_person: int) -> float:
+        """L2 change of one node's statistics when one person's rows change (add/remove). Every design
+        entry and response lies in [0, 1], so one row moves each score entry by at most 1 (sqrt(d) in
+        all), each of the d (d + 1) / 2 entries of the information matrix's upper triangle by at most 1
+        (gaussian: x_i x_j) or 1/4 (logistic: x_i x_j mu (1 - mu)), and the row count and the sum of
+        squared responses by at most 1 each; a person moves them by at most ``rows_per_person`` times that."""
+        d = self.width
+        weight = 1.0 if self.family == "gaussian" else 0.25
+        return rows_per_person * math.sqrt(d + weight**2 * d * (d + 1) / 2 + 2)
+
+    def labels(self) -> list[str]:
+        return ["(intercept)", *(t.label for t in self.terms)]
+
+
+def _split_terms(text: str) -> list[str]:
+    """``a + b = 'x + y'`` -> ["a", "b = 'x + y'"]: split at top-level plus signs only."""
+    try:
+        tokens = Tokenizer().tokenize(text)
+    except SqlglotError as exc:
+        raise QueryError(f"cannot read the formula's terms ({exc}); write response ~ term + term") from exc
+    cuts = [t.start for t in tokens if t.token_type == TokenType.PLUS]
+    parts, start = [], 0
+    for cut in cuts:
+        parts.append(text[start:cut])
+        start = cut + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _term(text: str, columns: dict[str, ColumnInfo], role: str) -> ModelTerm:
+    try:
+        node: exp.Expr = exp.maybe_parse(text, dialect="duckdb")
+    except SqlglotError as exc:
+        raise QueryError(f"cannot read the {role} '{text}'; write a column or column = 'value'") from exc
+    if isinstance(node, exp.Paren):
+        node = node.this
+    if isinstance(node, exp.EQ) and isinstance(node.this, exp.Column) and isinstance(node.expression, exp.Literal):
+        info = _column(node.this.name, columns, role)
+        literal = node.expression
+        value: Category = str(literal.this) if literal.is_string else int(literal.this)
+        if info.kind != "category" or value not in (info.categories or ()):
+            raise QueryError(f"'{value}' is not a declared category of '{info.name}'; see `fedlink catalog`")
+        return ModelTerm(column=info.name, value=value)
+    if isinstance(node, exp.Column):
+        info = _column(node.name, columns, role)
+        if info.kind == "numeric" and info.bounds is not None:
+            return ModelTerm(column=info.name, lower=info.bounds[0], upper=info.bounds[1])
+        numbers = [c for c in info.categories or () if isinstance(c, int | float) and not isinstance(c, bool)]
+        if info.kind == "category" and numbers and len(numbers) == len(info.categories or ()) and len(numbers) > 1:
+            return ModelTerm(column=info.name, lower=float(min(numbers)), upper=float(max(numbers)))
+        raise QueryError(
+            f"'{info.name}' is a category of text; use an indicator such as {info.name} = "
+            f"{(info.categories or ('...',))[0]!r}"
+        )
+    raise QueryError(f"the {role} '{text}' must be a column or column = 'value'")
+
+
+def _column(name: str, columns: dict[str, ColumnInfo], role: str) -> ColumnInfo:
+    info = columns.get(name)
+    if info is None:
+        raise QueryError(f"unknown column '{name}' in the model's {role}; run `fedlink catalog` to see the columns")
+    if info.kind == "identifier":
+        raise QueryError(f"column '{name}' is an identifier and can never be used in a model")
+    return info
+
+
+def plan_model(
+    formula: str, table: str, catalogue: FederationCatalogue, family: Family = "logistic", iterations: int | None = None
+) -> ModelPlan:
+    """Bind a formula to ``table`` at every node that declares it (with the same columns)."""
+    if family not in ("logistic", "gaussian"):
+        raise QueryError(f"unknown family '{family}'; use logistic or gaussian")
+    if formula.count("~") != 1:
+        raise QueryError("a model formula is response ~ term + term (one '~')")
+    declared = catalogue.declaring(table)
+    if not declared:
+        raise QueryError(f"unknown table '{table}'; run `fedlink catalog` to see the tables")
+    info = declared[0][1]
+    columns = {c.name: c for c in info.columns}
+    left, right = (part.strip() for part in formula.split("~"))
+    response = _term(left, columns, "response")
+    if family == "logistic" and response.value is None and (response.lower, response.upper) != (0.0, 1.0):
+        raise QueryError(f"a logistic response must be 0/1: write {response.column} = <value>")
+    terms = tuple(_term(t, columns, "term") for t in _split_terms(right))
+    if not terms:
+        raise QueryError("the formula needs at least one term after '~'")
+    if len(terms) > MAX_TERMS:
+        raise QueryError(f"at most {MAX_TERMS} terms in one model")
+    if len({t.label for t in terms}) != len(terms):
+        raise QueryError("a term appears twice in the formula")
+    steps = iterations if iterations is not None else (1 if family == "gaussian" else 8)
+    if not 1 <= steps <= 50:
+        raise QueryError("iterations must be between 1 and 50")
+    return ModelPlan(
+        table=table,
+        nodes=tuple(status.node for status, _ in declared),
+        family=family,
+        response=response,
+        terms=terms,
+        iterations=steps,
+        sql=f"MODEL {family} {' '.join(formula.split())} ON {table}",
+    )
+
+
+def accumulate(plan: ModelPlan, batches: Iterable[dict[str, np.ndarray]], beta: np.ndarray) -> np.ndarray:
+    """A node's statistics vector from batches of rows (columns ``y``, ``x0`` ...): score, the upper
+    triangle of the information matrix, the row count and the sum of squared responses."""
+    d = plan.width
+    score = np.zeros(d)
+    information = np.zeros((d, d))
+    rows = 0
+    squares = 0.0
+    for batch in batches:
+        y = np.asarray(batch["y"], dtype=float)
+        if not len(y):
+            continue
+        x = np.column_stack([np.ones(len(y)), *(np.asarray(batch[f"x{i}"], dtype=float) for i in range(d - 1))])
+        if plan.family == "logistic":
+            mu = 1.0 / (1.0 + np.exp(-np.clip(x @ beta, -35.0, 35.0)))
+            score += x.T @ (y - mu)
+            information += (x * (mu * (1 - mu))[:, None]).T @ x
+        else:
+            score += x.T @ y
+            information += x.T @ x
+        rows += len(y)
+        squares += float(y @ y)
+    upper = information[np.triu_indices(d)]
+    return np.concatenate([score, upper, [rows, squares]])
+
+
+def unpack(plan: ModelPlan, total: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(score, symmetric information matrix, rows, sum of squared responses) from a (summed)
+    statistics vector."""
+    d = plan.width
+    score = total[:d]
+    information = np.zeros((d, d))
+    information[np.triu_indices(d)] = total[d : d + d * (d + 1) // 2]
+    information = information + np.triu(information, 1).T
+    return score, information, float(total[-2]), float(total[-1])
+
+
+def newton_step(
+    plan: ModelPlan, beta: np.ndarray, score: np.ndarray, information: np.ndarray, noise_sd: float = 0.0
+) -> np.ndarray:
+    """The next coefficients from summed statistics.
+
+    ``noise_sd``: the standard deviation of the DP noise on each summed statistic. Noise can make the
+    information matrix indefinite or near-singular, and a Newton step through it explode, so its
+    eigenvalues are floored at twice the noise matrix's typical spectral norm (``2 sd sqrt(d)``, a
+    ridge that outweighs the noise) and each coefficient moves by at most :data:`MAX_STEP` per
+    iteration (on the [0, 1] scale). Without noise the step is exact Newton-Raphson."""
+    floor = 2 * noise_sd * math.sqrt(plan.width)
+    step = inverse(information, floor) @ score
+    if noise_sd > 0:
+        step = np.clip(step, -MAX_STEP, MAX_STEP)
+    return step if plan.family == "gaussian" else beta + step
+
+
+def column_scale(plan: ModelPlan) -> tuple[np.ndarray, np.ndarray]:
+    """``(A, shift)`` with coefficients on the columns' own scale ``A @ beta + shift``: undoes the [0, 1]
+    scaling of numeric terms (and of a numeric gaussian response); covariances map as ``A C A'``."""
+    d = plan.width
+    matrix = np.eye(d)
+    for i, term in enumerate(plan.terms, start=1):
+        if term.value is None:
+            span = term.upper - term.lower
+            matrix[i, i] = 1.0 / span
+            matrix[0, i] = -term.lower / span
+    shift = np.zeros(d)
+    if plan.family == "gaussian" and plan.response.value is None:
+        matrix *= plan.response.upper - plan.response.lower
+        shift[0] = plan.response.lower
+    return matrix, shift
+
+
+def inverse(information: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """The inverse of a symmetric information matrix, its eigenvalues floored at ``floor`` (and at a
+    tiny fraction of the largest, so it is always defined)."""
+    values, vectors = np.linalg.eigh((information + information.T) / 2)
+    floor = max(floor, 1e-9, 1e-9 * float(np.abs(values).max(initial=0.0)))
+    return (vectors / np.maximum(values, floor)) @ vectors.T
+
+
+def summary(
+    plan: ModelPlan,
+    beta: np.ndarray,
+    score: np.ndarray,
+    information: np.ndarray,
+    rows: float,
+    squares: float,
+    noise_sd: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(coefficients, standard errors) on the columns' scale, from the final coefficients and the last
+    summed statistics (for a linear model: its own fit; for a logistic one: the information at the last
+    step's coefficients)."""
+    covariance = inverse(information, 2 * noise_sd * math.sqrt(plan.width))
+    if plan.family == "gaussian":
+        # residual sum of squares from the sufficient statistics: y'y - 2 b'X'y + b'X'X b
+        rss = squares - 2 * float(beta @ score) + float(beta @ information @ beta)
+        covariance = covariance * max(rss, 0.0) / max(rows - plan.width, 1.0)
+    matrix, shift = column_scale(plan)
+    coefficients = matrix @ beta + shift
+    errors = np.sqrt(np.maximum(np.diag(matrix @ covariance @ matrix.T), 0.0))
+    return coefficients, errors
