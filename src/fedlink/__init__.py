@@ -37,6 +37,8 @@ _LAZY = {
     "Federation": "fedlink.analyst.client",
     "Result": "fedlink.analyst.result",
     "Catalogue": "fedlink.analyst.result",
+    "ModelResult": "fedlink.query.tasks",
+    "FlowerFederation": "fedlink.flower",
     "format_value": "fedlink.analyst.result",
     "serve_coordinator": "fedlink.services",
     "serve_node": "fedlink.services",

@@ -144,6 +144,37 @@ def test_bad_input_gives_one_line_and_exit_2(
     assert_one_line_error(cli("catalog", "--profile", str(tmp_path / "none.toml")), 2, "does not exist")
 
 
+def test_model_fit_command(running: tuple[LocalFederation, Path, Path], workdir: Path) -> None:
+    """`fedlink model fit` over the running federation: exact coefficients in test mode, the three
+    formats, and a bad formula as one line with exit code 2."""
+    import numpy as np
+
+    from ..integration.test_models import FORMULA, irls, pooled
+
+    _, profile, _ = running
+    base = ("model", "fit", FORMULA, "--table", "support_episodes", "--project", PROJECT, "--profile", str(profile))
+    as_json = cli(*base, "--noiseless", "--iterations", "6", "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    fit = json.loads(as_json.stdout)
+    rows = pooled(
+        workdir,
+        "SELECT CASE WHEN outcome = 'housed' THEN 1 ELSE 0 END, CASE WHEN episode_type = 'rough_sleeping' "
+        "THEN 1 ELSE 0 END, duration_days, start_year FROM DATA",
+    )
+    np.testing.assert_allclose(fit["coefficients"], irls(rows[:, 1:], rows[:, 0], logistic=True), atol=1e-4, rtol=0)
+    assert [r["term"] for r in fit["table_rows"]][1] == "episode_type = 'rough_sleeping'"
+    as_table = cli(*base, "--rho", "1.5", "--iterations", "2")
+    assert as_table.returncode == 0, as_table.stderr
+    assert "episode_type = 'rough_sleeping'" in as_table.stdout and "charity_north rho=1.5" in as_table.stdout
+    as_csv = cli(*base, "--noiseless", "--iterations", "1", "--format", "csv")
+    assert as_csv.stdout.splitlines()[0] == "term,estimate,std_error,z,lower,upper"
+    bad = cli("model", "fit", "outcome = 'housed' ~ first_name", "--table", "support_episodes", "--project", PROJECT,
+              "--rho", "1", "--profile", str(profile))  # fmt: skip
+    assert_one_line_error(bad, 2, "identifier")
+    flower = cli(*base, "--rho", "1", "--superlink", "127.0.0.1:1")
+    assert_one_line_error(flower, 2, "--projects, --register and --analyst")
+
+
 def test_a_node_down_is_a_fault(running: tuple[LocalFederation, Path, Path]) -> None:
     federation, profile, _ = running
     federation.stop_party("pnc")

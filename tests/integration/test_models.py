@@ -181,3 +181,45 @@ def test_a_node_refuses_a_replayed_or_extra_iteration(charities: InProcessFedera
     spent = {line.dataset: line.committed.rho for line in north.ledger.lines()}
     was = {line.dataset: line.committed.rho for line in before}
     assert spent["charity_north.support_episodes"] == pytest.approx(was.get("charity_north.support_episodes", 0) + 0.2)
+
+
+def test_no_nodes_statistics_cross_the_wire(workdir: Path) -> None:
+    """Wire audit of a fit: each node's statistics (in the fixed point they are sent in) appear in no
+    message, only masked; the positive control finds them in an unmasked vector."""
+    from fedlink.coordinator.models import fit_model
+    from fedlink.node.data import NodeData
+    from fedlink.node.operators import model_statistics
+    from fedlink.pets import secagg
+    from fedlink.query.tasks import ModelRequest
+    from fedlink.wire import audit
+
+    from ..conftest import node_config
+
+    with audit.recording() as captured:
+        fed = start_federation(CHARITIES)
+        try:
+            request = ModelRequest(
+                formula=FORMULA, table="support_episodes", project=PROJECT, iterations=1, noiseless=True
+            )
+            fit = fit_model(fed.coordinator, request, "demo-analyst")
+        finally:
+            fed.stop()
+    plan = plan_model(FORMULA, "support_episodes", fed.coordinator.catalogue(), iterations=1)
+    messages = [data for _, data in captured]
+    secret_words = []
+    for name in CHARITIES:
+        data = NodeData(node_config(name, "127.0.0.1:1"))
+        table = data.tables["support_episodes"]
+        exact = model_statistics(data.backend(table), plan, table, name, np.zeros(plan.width))
+        words = secagg.masked(exact, name, [], "unmasked")  # the node's statistics as they would be sent bare
+        # words of non-integer statistics (an integer's low 24 bits are zero in fixed point)
+        distinctive = [words[i : i + 8] for i in range(0, len(words), 8) if words[i : i + 3] != b"\0\0\0"]
+        assert len(distinctive) >= 4
+        secret_words.append((words, distinctive))
+        data.close()
+    assert fit.noiseless and len(fit.coefficients) == plan.width
+    assert len(messages) > 10
+    for words, distinctive in secret_words:
+        assert not any(words in m for m in messages)
+        assert not any(word in m for m in messages for word in distinctive)
+        assert any(word in b"header" + words for word in distinctive)  # positive control

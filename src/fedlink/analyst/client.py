@@ -216,14 +216,24 @@ class Federation:
         """Fit a logistic (or, ``family="gaussian"``, linear) regression over ``table`` at every node
         holding it, by Newton-Raphson on the nodes' summed statistics: each node adds Gaussian noise for
         ``rho`` (zCDP, split over the iterations) and masks its statistics so that only their sum can be
-        read. Coefficients come back on the columns' own scale, with standard errors:
+        read. Coefficients come back on the columns' own scale, with standard errors (sampling error;
+        the DP noise comes on top: ``noise_sd`` says how much each node added per statistic):
 
         >>> fit = fed.fit("outcome = 'housed' ~ episode_type = 'rough_sleeping' + duration_days",
-        ...               table="support_episodes", project="homelessness-outcomes", rho=0.5)
+        ...               table="support_episodes", project="homelessness-outcomes", rho=1.5, iterations=2)
         >>> fit.labels
         ('(intercept)', "episode_type = 'rough_sleeping'", 'duration_days')
-        >>> fit.coefficients[1] < 0, fit.privacy_loss["charity_north"].rho
-        (True, 0.5)
+        >>> fit.pet, fit.privacy_loss["charity_north"].rho, sorted(fit.noise_sd)
+        ('secagg+dp', 1.5, ['charity_north', 'charity_south'])
+        >>> [row["term"] for row in fit.table_rows()][1], sorted(fit.table_rows()[1])
+        ("episode_type = 'rough_sleeping'", ['estimate', 'lower', 'std_error', 'term', 'upper', 'z'])
+
+        Logistic fits take ``iterations`` Newton steps (default 8; each costs rho / iterations), a
+        gaussian (linear) fit one. Bad formulas are refused before any budget is spent:
+
+        >>> fed.fit("outcome ~ duration_days", table="support_episodes", project="homelessness-outcomes", rho=1)
+        Traceback (most recent call last):
+        fedlink.errors.QueryError: 'outcome' is a category of text; use an indicator such as outcome = 'housed'
         """
         request = model_request(formula, table, project or self.project, family, rho, iterations, noiseless)
         reply = self._call(rpc.MODEL, request.model_dump_json().encode())

@@ -42,6 +42,8 @@ register_app = typer.Typer(help="The transparency registers: verify them, publis
 app.add_typer(register_app, name="register")
 bench_app = typer.Typer(help="Benchmarks: run the suites, write the report.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+model_app = typer.Typer(help="Federated models (logistic and linear regression) over horizontally split tables.")
+app.add_typer(model_app, name="model")
 
 # Piped or redirected output is read in files and logs: wide tables there rather than truncated headers.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -245,6 +247,89 @@ def budget(
 ) -> None:
     """Remaining privacy budget per node, project and dataset (from each node's own ledger)."""
     render.budget(out, _connect(profile, coordinator, cert, key, ca).budget(), fmt.value)
+
+
+class FamilyOpt(StrEnum):
+    logistic = "logistic"
+    gaussian = "gaussian"
+
+
+@model_app.command("fit")
+@handles_errors
+def model_fit(
+    formula: Annotated[
+        str,
+        typer.Argument(
+            help="response ~ term + term, e.g. \"outcome = 'housed' ~ duration_days + episode_type = 'hostel'\"."
+        ),
+    ],
+    table: Annotated[str, typer.Option(help="The table, held at two or more nodes, to fit the model on.")],
+    project: Annotated[str | None, typer.Option(help="The registered project this model is for.")] = None,
+    rho: Annotated[
+        float | None, typer.Option(help="Privacy loss to spend at each node (zCDP), over all iterations.")
+    ] = None,
+    family: Annotated[
+        FamilyOpt, typer.Option(help="logistic (a 0/1 response) or gaussian (linear).")
+    ] = FamilyOpt.logistic,
+    iterations: Annotated[
+        int | None,
+        typer.Option(help="Newton-Raphson iterations (logistic default 8, gaussian 1); each costs rho/iterations."),
+    ] = None,
+    noiseless: Annotated[
+        bool, typer.Option("--noiseless", help="Exact coefficients: only in a federation running in test mode.")
+    ] = False,
+    superlink: Annotated[
+        str | None, typer.Option(help="Fit over Flower: the SuperLink's Control API address (host:port).")
+    ] = None,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="Flower: the CA certificate of the SuperLink's TLS.")
+    ] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Flower: no TLS (tests on loopback only).")] = False,
+    projects: Annotated[
+        Path | None, typer.Option(help="Flower: the coordinator's projects.toml on the SuperLink's machine.")
+    ] = None,
+    register: Annotated[
+        Path | None, typer.Option(help="Flower: the coordinator's transparency register on the SuperLink's machine.")
+    ] = None,
+    analyst: Annotated[str | None, typer.Option(help="Flower: your analyst name in the project registry.")] = None,
+    test_mode: Annotated[bool, typer.Option("--test-mode", help="Flower: run the ServerApp in test mode.")] = False,
+    profile: Profile = None,
+    coordinator: Coordinator = None,
+    cert: Cert = None,
+    key: Key = None,
+    ca: Ca = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Fit a logistic or linear regression over every node holding the table, by Newton-Raphson on the
+    nodes' noisy, masked statistics (over fedlink's transport, or over Flower with --superlink)."""
+    fed: Any
+    if superlink:
+        if projects is None or register is None or not analyst:
+            raise fedlink.BadInput("over Flower, give --projects, --register and --analyst as well as --superlink")
+        fed = fedlink.FlowerFederation(
+            superlink,
+            analyst=analyst,
+            projects=projects,
+            register=register,
+            insecure=insecure,
+            root_certificates=root_certificates,
+            test_mode=test_mode,
+        )
+        if not project:
+            raise fedlink.BadInput("every model belongs to a project: pass --project P")
+    else:
+        fed = _connect(profile, coordinator, cert, key, ca)
+    with render.waiting(err, f"fitting {family.value} model on {table}"):
+        fit = fed.fit(
+            formula,
+            table=table,
+            project=project,
+            family=family.value,
+            rho=rho,
+            iterations=iterations,
+            noiseless=noiseless,
+        )
+    render.model(out, fit, fmt.value)
 
 
 class LinkModeOpt(StrEnum):

@@ -302,3 +302,47 @@ def _fmt_measure(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return "" if value is None else str(value)
+
+
+@contextlib.contextmanager
+def waiting(console: Console, what: str) -> Iterator[None]:
+    """A spinner on stderr while a long call runs (nothing when stderr is not a terminal)."""
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(what + " ..."):
+        yield
+
+
+def model(console: Console, fit: fedlink.ModelResult, fmt: str) -> None:
+    rows = fit.table_rows()
+    if fmt == "json":
+        console.print_json(json.dumps({**fit.model_dump(mode="json"), "table_rows": rows}))
+        return
+    if fmt == "csv":
+        _csv(console, list(rows[0]), [list(r.values()) for r in rows])
+        return
+    noise = (
+        "no noise (TEST MODE)"
+        if fit.noiseless
+        else "noise sd per statistic per iteration: "
+        + ", ".join(f"{n} {sd:.3g}" for n, sd in sorted(fit.noise_sd.items()))
+    )
+    losses = ", ".join(f"{n} rho={loss.rho:g}" for n, loss in sorted(fit.privacy_loss.items()))
+    caption = (
+        f"{fit.family} regression on {fit.table} at {', '.join(fit.nodes)}; {fit.iterations} iteration(s); "
+        f"about {fit.rows:.0f} rows; {fit.pet}\nprivacy loss: {losses}; {noise}\n"
+        "standard errors are sampling errors of the model; the DP noise comes on top"
+    )
+    table = Table(title=fit.formula, caption=caption, title_justify="left", caption_justify="left")
+    for column in ("term", "estimate", "std error", "z", "95% interval"):
+        table.add_column(column, justify="left" if column == "term" else "right")
+    for row in rows:
+        table.add_row(
+            str(row["term"]),
+            f"{row['estimate']:.4g}",
+            f"{row['std_error']:.3g}",
+            f"{row['z']:.2f}",
+            f"[{row['lower']:.4g}, {row['upper']:.4g}]",
+        )
+    console.print(table)
