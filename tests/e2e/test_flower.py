@@ -6,17 +6,13 @@ budgets are spent on the nodes' own ledgers and the query is on the ServerApp's 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ..conftest import ROOT, connect_analyst, start_federation
+from ..flower_deploy import FlowerDeployment
 
 pytest.importorskip("flwr", reason="Flower is not installed (pip install 'fedlink[flower]')")
 pytestmark = pytest.mark.slow
@@ -25,72 +21,10 @@ PROJECT = "homelessness-outcomes"
 SQL = "SELECT region, COUNT(*) AS n, SUM(duration_days) AS days FROM support_episodes GROUP BY region"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _flower_env(home: Path) -> dict[str, str]:
-    from fedlink.flower import FLOWER_ENV
-
-    binaries = str(Path(sys.executable).parent)
-    return {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home), "PATH": f"{binaries}:{os.environ.get('PATH', '')}"}
-
-
 @pytest.fixture(scope="module")
 def flower(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    root = tmp_path_factory.mktemp("flower")
-    home = root / "flwr"
-    home.mkdir()
-    port = _free_port()
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-    )
-    env = _flower_env(home)
-    binaries = Path(sys.executable).parent
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def spawn(name: str, args: list[str], extra: dict[str, str] | None = None) -> None:
-        log = (root / f"{name}.log").open("wb")
-        processes.append(
-            subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**env, **(extra or {})}, cwd=root)
-        )
-
-    spawn(
-        "superlink",
-        [str(binaries / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
-         "--host", "127.0.0.1", "--port", str(port)],
-    )  # fmt: skip
-    state = root / "state"
-    for name in NODES:
-        spawn(
-            name,
-            [str(binaries / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-             "--port", str(_free_port()), "--node-config", f"fedlink-node='{ROOT / 'nodes' / name / 'node.toml'}'"],
-            {"FEDLINK_WORKDIR": str(workdir), "FEDLINK_STATE": str(state)},
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # ready when the SuperLink lists both SuperNodes online
-            listed = subprocess.run(
-                [str(binaries / "flwr"), "supernode", "list", "--format", "json"], capture_output=True, text=True,
-                env=env, timeout=60,
-            )  # fmt: skip
-            if listed.returncode == 0 and listed.stdout.count('"online"') >= len(NODES):
-                break
-            assert time.monotonic() < deadline, f"SuperNodes did not come online: {listed.stdout} {listed.stderr}"
-            assert all(p.poll() is None for p in processes), "a Flower process exited; see its log in " + str(root)
-            time.sleep(1)
-        yield {"port": port, "root": root, "state": state, "env": env}
-    finally:
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    with FlowerDeployment(tmp_path_factory.mktemp("flower"), workdir, NODES, configs=ROOT) as deployment:
+        yield {"port": deployment.port, "root": deployment.root, "state": deployment.state, "env": deployment.env}
 
 
 def test_a_query_over_flower_gives_the_answer_of_fedlinks_own_transport(flower: dict, workdir: Path) -> None:

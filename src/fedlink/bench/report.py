@@ -26,7 +26,7 @@ PENDING = (
     ("PSI (private set intersection of identifiers across nodes)", ("psi",)),
     ("Linked queries (statistics over a project's link spine)", ("linked_quer", "linked quer", "linked count")),
     ("DP release alone (noise and intervals, without the federation)", ("dp_release", "dp release")),
-    ("Flower round trip (one federated-learning round)", ("flower",)),
+    ("Flower deployment round trip (a query over Flower next to fedlink's gRPC)", ("flower",)),
 )
 PLOT_NAMES = ("synthesis.png", "encoding.png", "matching.png", "horizontal.png", "primitives.png", "linked.png")
 #: The PET primitives of ``test_bench_pets.py`` (extra_info "primitive"), with what each measures.
@@ -960,6 +960,40 @@ def _linked_section(loaded: Loaded, headlines: list[str]) -> list[str]:
     return [*lines, ""]
 
 
+def _transport_section(loaded: Loaded, headlines: list[str]) -> list[str]:
+    paths = {str(b.get("transport")): b for b in loaded.benchmarks if b.get("transport")}
+    if not paths:
+        return []
+    lines = [
+        "### Transport: a query over Flower vs fedlink's gRPC (`test_bench_flower.py`)",
+        "",
+        "The same he+dp `COUNT`/`SUM ... GROUP BY region` over the charity's two branches, end to end from the "
+        "analyst: over fedlink's mTLS gRPC (coordinator and nodes as processes on loopback) and over Flower's "
+        "deployment runtime (SuperLink and SuperNodes as processes, `flwr run`, a ServerApp process per run and "
+        "a ClientApp process per message). A query is three Grid rounds (catalogue, reserve, execute), and "
+        "Flower polls every 3 s on both sides of each round.",
+        "",
+    ]
+    rows = []
+    for name in ("grpc", "flower"):
+        b = paths.get(name)
+        if b is None:
+            continue
+        low, high = b.stats.get("min"), b.stats.get("max")
+        spread = f"{_t(low)} - {_t(high)}" if low is not None and high is not None else "-"
+        rows.append([name, _t(b.median), spread, _n(b.stats.get("rounds"))])
+    lines += _table(["transport", "median", "min - max", "rounds"], rows, "lrrr")
+    grpc, flower = paths.get("grpc"), paths.get("flower")
+    ratio = _ratio(flower.median if flower else None, grpc.median if grpc else None)
+    if ratio is not None and grpc is not None and flower is not None:
+        lines += ["", f"Flower / gRPC: {_x(ratio)}."]
+        headlines.append(
+            f"A query over Flower's deployment runtime takes {_t(flower.median)}, over fedlink's gRPC "
+            f"{_t(grpc.median)} ({_x(ratio)})."
+        )
+    return [*lines, ""]
+
+
 def _coverage_section(loaded: Loaded) -> list[str]:
     names = " ".join(f"{b.suite} {b.name} {b.group}".lower() for b in loaded.benchmarks)
     missing = [what for what, words in PENDING if not any(w in names for w in words)]
@@ -1052,7 +1086,8 @@ def write_report(
     ratios = _horizontal_section(loaded, headlines) + _encoding_section(loaded, headlines)
     ratios += _matching_section(loaded, headlines) + _linked_section(loaded, headlines)
     ratios += _psi_section(loaded, headlines) + _primitives_section(loaded, headlines)
-    ratios += _backends_section(loaded, headlines) + _memory_section(loaded)
+    ratios += _backends_section(loaded, headlines) + _transport_section(loaded, headlines)
+    ratios += _memory_section(loaded)
     for b in sorted(_suite(loaded, "synth"), key=lambda b: b.number("people") or 0)[-1:]:
         people = b.number("people")
         if people:

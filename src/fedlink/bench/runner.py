@@ -11,7 +11,7 @@ the machine (CPU model, cores, memory, Python and the versions of numpy, tenseal
 the mode, and per suite its status, duration and skip reasons; pytest's output goes to a ``.log``
 file beside it.
 
-Quick mode runs the suites' default sizes (``FEDLINK_BENCH_LARGE`` unset): about a minute on two
+Quick mode runs the suites' default sizes (``FEDLINK_BENCH_LARGE`` unset): a few minutes on two
 cores. Full mode sets ``FEDLINK_BENCH_LARGE=1`` (1e6 people and records, 1e8 kernel pairs, 20-node
 federations and 10,000 groups): tens of minutes and several GB of memory.
 """
@@ -38,8 +38,8 @@ from fedlink.errors import BadInput, Fault
 
 #: The packages whose versions describe a run (PET libraries and the data engine).
 VERSIONED = ("fedlink", "numpy", "tenseal", "opendp", "duckdb", "pyarrow", "pytest-benchmark")
-#: Extra pytest arguments per suite in quick mode. Every suite's default sizes take seconds to about
-#: 30 s on two cores (the whole default run about a minute), so no suite is narrowed with ``-k``.
+#: Extra pytest arguments per suite in quick mode. Every suite's default sizes take seconds to about a
+#: minute on two cores, so no suite is narrowed with ``-k``.
 QUICK_SELECTION: dict[str, tuple[str, ...]] = {}
 _SKIPPED = re.compile(r"^SKIPPED \[(\d+)\] (?:[^\s:]+:\d+: )?(.+)$")
 

@@ -421,13 +421,13 @@ def register_export(
 @handles_errors
 def bench_run(
     quick: Annotated[
-        bool, typer.Option("--quick", help="Default sizes only (about a minute); else FEDLINK_BENCH_LARGE=1.")
+        bool, typer.Option("--quick", help="Default sizes only (a few minutes); else FEDLINK_BENCH_LARGE=1.")
     ] = False,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder for the results JSON and log (default benchmarks/results).")
     ] = None,
     suite: Annotated[
-        list[str] | None, typer.Option(help="Run only this suite (synth, encode, match, horizontal); repeatable.")
+        list[str] | None, typer.Option(help="Only this suite (test_bench_<suite>.py: psi, flower...); repeatable.")
     ] = None,
 ) -> None:
     """Run the pytest-benchmark suites under benchmarks/ and record the machine with their results."""
