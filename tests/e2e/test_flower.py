@@ -13,12 +13,21 @@ import pytest
 
 from ..conftest import ROOT, connect_analyst, start_federation
 from ..flower_deploy import FlowerDeployment
+from .test_cli import assert_one_line_error, cli
 
 pytest.importorskip("flwr", reason="Flower is not installed (pip install 'fedlink[flower]')")
 pytestmark = pytest.mark.slow
 NODES = ["charity_north", "charity_south"]
 PROJECT = "homelessness-outcomes"
 SQL = "SELECT region, COUNT(*) AS n, SUM(duration_days) AS days FROM support_episodes GROUP BY region"
+
+
+def _flower_options(flower: dict) -> list[str]:
+    return [
+        "--superlink", f"127.0.0.1:{flower['port']}", "--insecure", "--analyst", "demo-analyst",
+        "--projects", str(ROOT / "coordinator" / "projects.toml"),
+        "--register", str(Path(flower["root"]) / "coordinator" / "register.jsonl"),
+    ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -51,33 +60,49 @@ def test_a_query_over_flower_gives_the_answer_of_fedlinks_own_transport(flower: 
     for mine, theirs in zip(flower_rows, grpc_rows, strict=True):
         assert mine["days"] == pytest.approx(theirs["days"], rel=1e-6, abs=1e-6)
 
-    noisy = over_flower.query(SQL, project=PROJECT, epsilon=0.5)
-    assert noisy.privacy_loss == {n: {"epsilon": 0.5, "rho": 0.0} for n in NODES}
+    # the CLI over Flower: the same query with noise, as JSON
+    done = cli("query", SQL, "--project", PROJECT, "--epsilon", "0.5", "--format", "json", *_flower_options(flower))
+    assert done.returncode == 0, done.stderr
+    noisy = json.loads(done.stdout)
+    assert noisy["pet"] == "he+dp" and not noisy["noiseless"]
+    assert noisy["privacy_loss"] == {n: {"epsilon": 0.5, "rho": 0.0} for n in NODES}
+    assert [r["region"] for r in noisy["rows"]] == [r["region"] for r in grpc_rows]
     for name in NODES:  # each node spent on its own ledger, and logged the release on its own register
         entries = [
             json.loads(line) for line in (Path(flower["state"]) / name / "register.jsonl").read_text().splitlines()
         ]
         released = [e for e in entries if e["kind"] == "query" and e["fields"]["status"] == "released"]
-        assert len(released) == 2 and released[-1]["fields"]["query_id"] == noisy.query_id
+        assert len(released) == 2 and released[-1]["fields"]["query_id"] == noisy["query_id"]
     logged = [json.loads(line) for line in register.read_text().splitlines()]
     assert [e["fields"]["status"] for e in logged if e["kind"] == "query"] == ["released", "released"]
 
 
 def test_a_refusal_over_flower_is_the_same_one_line_error_and_spends_nothing(flower: dict) -> None:
-    from fedlink.errors import QueryError
-    from fedlink.flower import FlowerFederation
+    before = _spent(flower)
+    done = cli(
+        "query", "SELECT first_name, COUNT(*) FROM support_episodes GROUP BY first_name", "--project", PROJECT,
+        "--epsilon", "1", *_flower_options(flower),
+    )  # fmt: skip
+    assert_one_line_error(done, 2, "identifier")
+    assert _spent(flower) == before
+    before = _spent(flower)
+    bad_pet = cli("query", SQL, "--project", PROJECT, "--pet", "dp", "--epsilon", "1", *_flower_options(flower))
+    assert_one_line_error(bad_pet, 2, "--pet he+dp")
+    assert _spent(flower) == before
 
-    over_flower = FlowerFederation(
-        f"127.0.0.1:{flower['port']}",
-        analyst="demo-analyst",
-        projects=ROOT / "coordinator" / "projects.toml",
-        register=Path(flower["root"]) / "coordinator" / "register.jsonl",
-        insecure=True,
-    )
-    with pytest.raises(QueryError, match="identifier"):
-        over_flower.query(
-            "SELECT first_name, COUNT(*) FROM support_episodes GROUP BY first_name", project=PROJECT, epsilon=1
-        )
+
+def _spent(flower: dict) -> dict[str, tuple[float, float]]:
+    """(epsilon, rho) committed or reserved per node and dataset, from the nodes' own ledgers."""
+    from fedlink.node.ledger import BudgetLedger
+
+    spent = {}
+    for path in sorted(Path(flower["state"]).glob("*/ledger.sqlite")):
+        for line in BudgetLedger(path).lines():
+            spent[f"{path.parent.name}/{line.dataset}"] = (
+                line.committed.epsilon + line.reserved.epsilon,
+                line.committed.rho + line.reserved.rho,
+            )
+    return spent
 
 
 def test_a_model_fitted_over_flower_matches_the_pooled_fit_and_registers_its_loss(flower: dict, workdir: Path) -> None:

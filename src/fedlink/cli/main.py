@@ -188,6 +188,56 @@ def _connect(
     return fedlink.connect(coordinator, cert=cert, key=key, ca=ca, profile=profile)
 
 
+# Over Flower: fedlink's ServerApp runs on the SuperLink's machine with the coordinator's project registry
+# and register there; the analyst names themselves (Flower authenticates the SuperLink, not the analyst).
+Superlink = Annotated[
+    str | None, typer.Option(help="Run over Flower: the SuperLink's Control API address (host:port).")
+]
+RootCertificates = Annotated[Path | None, typer.Option(help="Flower: the CA certificate of the SuperLink's TLS.")]
+Insecure = Annotated[bool, typer.Option("--insecure", help="Flower: no TLS (tests on loopback only).")]
+Projects = Annotated[
+    Path | None, typer.Option(help="Flower: the coordinator's projects.toml on the SuperLink's machine.")
+]
+Register = Annotated[
+    Path | None, typer.Option(help="Flower: the coordinator's transparency register on the SuperLink's machine.")
+]
+AnalystName = Annotated[str | None, typer.Option(help="Flower: your analyst name in the project registry.")]
+TestMode = Annotated[bool, typer.Option("--test-mode", help="Flower: run the ServerApp in test mode.")]
+
+
+def _federation(
+    profile: Path | None,
+    coordinator: str | None,
+    cert: Path | None,
+    key: Path | None,
+    ca: Path | None,
+    project: str | None,
+    superlink: str | None,
+    root_certificates: Path | None,
+    insecure: bool,
+    projects: Path | None,
+    register: Path | None,
+    analyst: str | None,
+    test_mode: bool,
+) -> Any:
+    """fedlink's own transport, or with ``superlink`` fedlink's ServerApp on a Flower SuperLink."""
+    if not superlink:
+        return _connect(profile, coordinator, cert, key, ca)
+    if projects is None or register is None or not analyst:
+        raise fedlink.BadInput("over Flower, give --projects, --register and --analyst as well as --superlink")
+    if not project:
+        raise fedlink.BadInput("over Flower, name the project: pass --project P")
+    return fedlink.FlowerFederation(
+        superlink,
+        analyst=analyst,
+        projects=projects,
+        register=register,
+        insecure=insecure,
+        root_certificates=root_certificates,
+        test_mode=test_mode,
+    )
+
+
 @app.command()
 @handles_errors
 def catalog(
@@ -228,10 +278,26 @@ def query(
     key: Key = None,
     ca: Ca = None,
     fmt: FormatOpt = Format.table,
+    superlink: Superlink = None,
+    root_certificates: RootCertificates = None,
+    insecure: Insecure = False,
+    projects: Projects = None,
+    register: Register = None,
+    analyst: AnalystName = None,
+    test_mode: TestMode = False,
 ) -> None:
-    """Run an aggregate query over every node that holds the table; every number has a 95% interval."""
-    fed = _connect(profile, coordinator, cert, key, ca)
-    res = fed.query(sql, project=project, epsilon=epsilon, rho=rho, noiseless=noiseless, pet=pet)
+    """Run an aggregate query over every node that holds the table; every number has a 95% interval
+    (over fedlink's transport, or over Flower with --superlink)."""
+    fed = _federation(
+        profile, coordinator, cert, key, ca, project, superlink, root_certificates, insecure, projects, register,
+        analyst, test_mode,
+    )  # fmt: skip
+    if superlink:
+        if pet != "he+dp":
+            raise fedlink.BadInput("over Flower, queries run encrypted: drop --pet or pass --pet he+dp")
+        res = fed.query(sql, project=project, epsilon=epsilon, rho=rho, noiseless=noiseless)
+    else:
+        res = fed.query(sql, project=project, epsilon=epsilon, rho=rho, noiseless=noiseless, pet=pet)
     render.result(out, res, fmt.value)
 
 
@@ -278,21 +344,13 @@ def model_fit(
     noiseless: Annotated[
         bool, typer.Option("--noiseless", help="Exact coefficients: only in a federation running in test mode.")
     ] = False,
-    superlink: Annotated[
-        str | None, typer.Option(help="Fit over Flower: the SuperLink's Control API address (host:port).")
-    ] = None,
-    root_certificates: Annotated[
-        Path | None, typer.Option(help="Flower: the CA certificate of the SuperLink's TLS.")
-    ] = None,
-    insecure: Annotated[bool, typer.Option("--insecure", help="Flower: no TLS (tests on loopback only).")] = False,
-    projects: Annotated[
-        Path | None, typer.Option(help="Flower: the coordinator's projects.toml on the SuperLink's machine.")
-    ] = None,
-    register: Annotated[
-        Path | None, typer.Option(help="Flower: the coordinator's transparency register on the SuperLink's machine.")
-    ] = None,
-    analyst: Annotated[str | None, typer.Option(help="Flower: your analyst name in the project registry.")] = None,
-    test_mode: Annotated[bool, typer.Option("--test-mode", help="Flower: run the ServerApp in test mode.")] = False,
+    superlink: Superlink = None,
+    root_certificates: RootCertificates = None,
+    insecure: Insecure = False,
+    projects: Projects = None,
+    register: Register = None,
+    analyst: AnalystName = None,
+    test_mode: TestMode = False,
     profile: Profile = None,
     coordinator: Coordinator = None,
     cert: Cert = None,
@@ -302,23 +360,10 @@ def model_fit(
 ) -> None:
     """Fit a logistic or linear regression over every node holding the table, by Newton-Raphson on the
     nodes' noisy, masked statistics (over fedlink's transport, or over Flower with --superlink)."""
-    fed: Any
-    if superlink:
-        if projects is None or register is None or not analyst:
-            raise fedlink.BadInput("over Flower, give --projects, --register and --analyst as well as --superlink")
-        fed = fedlink.FlowerFederation(
-            superlink,
-            analyst=analyst,
-            projects=projects,
-            register=register,
-            insecure=insecure,
-            root_certificates=root_certificates,
-            test_mode=test_mode,
-        )
-        if not project:
-            raise fedlink.BadInput("every model belongs to a project: pass --project P")
-    else:
-        fed = _connect(profile, coordinator, cert, key, ca)
+    fed = _federation(
+        profile, coordinator, cert, key, ca, project, superlink, root_certificates, insecure, projects, register,
+        analyst, test_mode,
+    )  # fmt: skip
     with render.waiting(err, f"fitting {family.value} model on {table}"):
         fit = fed.fit(
             formula,
