@@ -288,6 +288,21 @@ def test_the_flower_transport_gets_its_latency_next_to_grpc_and_a_headline(tmp_p
     assert "Flower deployment round trip" not in text, "the transport has a suite now"
 
 
+def test_a_case_in_several_files_is_taken_from_the_last(results: Path, tmp_path: Path) -> None:
+    """A quick run combined with a later run of one suite: the later median, each case counted once."""
+    later = dict(RESULTS)
+    later["benchmarks"] = [horizontal(2, 10, "he+dp", 0.390), horizontal(6, 10, "he+dp", 0.5)]
+    second = tmp_path / "bench-later.json"
+    second.write_text(json.dumps(later), encoding="utf-8")
+    out = tmp_path / "REPORT.md"
+    combined = write_report([results, second], out)
+    alone = write_report(results, tmp_path / "alone.md")
+    assert combined.benchmarks == alone.benchmarks + 1
+    text = out.read_text(encoding="utf-8")
+    assert "390 ms" in text and "130 ms" not in text
+    assert "130 ms" in (tmp_path / "alone.md").read_text(encoding="utf-8")
+
+
 def test_the_facade_exposes_the_runner_and_the_report_writer() -> None:
     assert fedlink.write_benchmark_report is write_report
     assert fedlink.run_benchmarks is run

@@ -153,11 +153,14 @@ def _bench(raw: Any) -> Bench | None:
 
 
 def load(sources: Sequence[Path]) -> Loaded:
-    """Read pytest-benchmark JSON files (a folder means its newest ``*.json``) into one run."""
+    """Read pytest-benchmark JSON files (a folder means its newest ``*.json``) into one run. A benchmark
+    measured in several files (a quick run, then a full run of one suite) is taken from the last file
+    that holds it, so a report can combine runs without counting a case twice."""
     if not sources:
         raise BadInput("no benchmark results given: pass --from FILE_OR_DIR")
     paths = [_resolve(Path(s)) for s in sources]
     loaded = Loaded(paths, [], None, {}, {}, {})
+    latest: dict[tuple[str, str], Bench] = {}
     for path in paths:
         data = _read(path)
         for raw in data["benchmarks"]:
@@ -165,7 +168,8 @@ def load(sources: Sequence[Path]) -> Loaded:
             if bench is None:
                 loaded.dropped += 1
             else:
-                loaded.benchmarks.append(bench)
+                latest.pop((bench.suite, bench.name), None)  # re-inserted last: the newest file's order
+                latest[(bench.suite, bench.name)] = bench
         meta = _dict(data.get("fedlink"))
         if loaded.machine is None and isinstance(meta.get("machine"), dict):
             loaded.machine = meta["machine"]
@@ -176,6 +180,7 @@ def load(sources: Sequence[Path]) -> Loaded:
         if not loaded.commit and isinstance(data.get("commit_info"), dict):
             loaded.commit = data["commit_info"]
         loaded.run.setdefault("datetime", data.get("datetime"))
+    loaded.benchmarks = list(latest.values())
     if not loaded.benchmarks:
         raise BadInput(
             f"{', '.join(str(p) for p in paths)} holds no benchmark results with statistics "

@@ -491,7 +491,9 @@ def bench_report(
     source: Annotated[
         list[Path] | None,
         typer.Option(
-            "--from", help="pytest-benchmark JSON file, or a folder (its newest *.json); default benchmarks/results."
+            "--from",
+            help="pytest-benchmark JSON file, or a folder (its newest *.json); default benchmarks/results. "
+            "Repeatable: a case in several files is taken from the last.",
         ),
     ] = None,
     report: Annotated[Path, typer.Option("--out", help="The Markdown report; plots go to plots/ beside it.")] = Path(
