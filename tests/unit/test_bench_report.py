@@ -292,6 +292,8 @@ def test_a_case_in_several_files_is_taken_from_the_last(results: Path, tmp_path:
     """A quick run combined with a later run of one suite: the later median, each case counted once."""
     later = dict(RESULTS)
     later["benchmarks"] = [horizontal(2, 10, "he+dp", 0.390), horizontal(6, 10, "he+dp", 0.5)]
+    synth = {"suite": "test_bench_synth.py", "returncode": 0, "seconds": 9.0, "benchmarks": 3, "skipped": []}
+    later["fedlink"] = {**RESULTS["fedlink"], "mode": "full", "suites": [synth]}
     second = tmp_path / "bench-later.json"
     second.write_text(json.dumps(later), encoding="utf-8")
     out = tmp_path / "REPORT.md"
@@ -300,6 +302,8 @@ def test_a_case_in_several_files_is_taken_from_the_last(results: Path, tmp_path:
     assert combined.benchmarks == alone.benchmarks + 1
     text = out.read_text(encoding="utf-8")
     assert "390 ms" in text and "130 ms" not in text
+    # the later run's record of a suite replaces the earlier one's: its skips are gone, its mode said
+    assert "`test_bench_synth.py` 3 in 9 s (full run)" in text and "1e6 people take ~10 s" not in text
     assert "130 ms" in (tmp_path / "alone.md").read_text(encoding="utf-8")
 
 

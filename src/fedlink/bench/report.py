@@ -174,7 +174,12 @@ def load(sources: Sequence[Path]) -> Loaded:
         if loaded.machine is None and isinstance(meta.get("machine"), dict):
             loaded.machine = meta["machine"]
         if not loaded.run and meta:
-            loaded.run = meta
+            loaded.run = dict(meta)
+        elif meta:  # a later run's suites replace the earlier runs' records of the same suites
+            merged = {_dict(x).get("suite"): _dict(x) for x in loaded.run.get("suites", [])}
+            for suite in meta.get("suites", []):
+                merged[_dict(suite).get("suite")] = {**_dict(suite), "mode": meta.get("mode")}
+            loaded.run["suites"] = list(merged.values())
         if not loaded.pytest_machine and isinstance(data.get("machine_info"), dict):
             loaded.pytest_machine = data["machine_info"]
         if not loaded.commit and isinstance(data.get("commit_info"), dict):
@@ -1041,6 +1046,7 @@ def _run_lines(loaded: Loaded, out: Path) -> list[str]:
     if suites:
         parts = [
             f"`{s.get('suite')}` {s.get('benchmarks', 0)} in {float(s.get('seconds') or 0):.0f} s"
+            + (f" ({s['mode']} run)" if s.get("mode") and s.get("mode") != run.get("mode") else "")
             + ("" if s.get("returncode") == 0 else f" (FAILED, pytest exit {s.get('returncode')})")
             for s in suites
         ]
