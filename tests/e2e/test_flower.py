@@ -105,6 +105,19 @@ def _spent(flower: dict) -> dict[str, tuple[float, float]]:
     return spent
 
 
+def test_insecure_mode_is_for_loopback_only() -> None:
+    """A SuperLink anywhere but loopback needs TLS; no Flower process is started for the refusal."""
+    from fedlink.errors import BadInput
+    from fedlink.flower import FlowerFederation
+
+    common = {"analyst": "demo-analyst", "projects": Path("p.toml"), "register": Path("r.jsonl")}
+    with pytest.raises(BadInput, match=r"only for tests on loopback, not 10\.0\.0\.7"):
+        FlowerFederation("10.0.0.7:9093", insecure=True, **common)  # type: ignore[arg-type]
+    with pytest.raises(BadInput, match="over TLS"):
+        FlowerFederation("10.0.0.7:9093", **common)  # type: ignore[arg-type]
+    assert FlowerFederation("[::1]:9093", insecure=True, **common).insecure  # type: ignore[arg-type]
+
+
 def test_a_model_fitted_over_flower_matches_the_pooled_fit_and_registers_its_loss(flower: dict, workdir: Path) -> None:
     """Newton-Raphson rounds over Flower's Grid on masked statistics: without noise the coefficients
     equal fedlink's own transport's and a pooled plaintext fit (1e-4); with noise each node commits

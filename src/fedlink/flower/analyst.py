@@ -26,6 +26,7 @@ from fedlink.query.tasks import ModelResult, PrivacyLoss, QueryRequest
 #: Flower's telemetry and update checks off, for every Flower process fedlink starts.
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 _MARK = "FEDLINK-RESULT "
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def bundle_dir() -> Path:
@@ -61,6 +62,12 @@ class FlowerFederation:
     ) -> None:
         if not insecure and root_certificates is None:
             raise BadInput("connect to a SuperLink over TLS (root_certificates=...) or, in tests only, insecure=True")
+        host = superlink.rsplit(":", 1)[0].strip("[]")
+        if insecure and host not in _LOOPBACK:
+            raise BadInput(
+                f"insecure (no TLS) is only for tests on loopback, not {host}; give the SuperLink's CA as "
+                "root_certificates (--root-certificates)"
+            )
         self.superlink, self.analyst = superlink, analyst
         self.projects, self.register = Path(projects), Path(register)
         self.insecure, self.root_certificates = insecure, root_certificates
