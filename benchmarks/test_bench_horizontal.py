@@ -9,8 +9,9 @@ process), so on a small machine the nodes share its cores: the times are end to 
 sees them, with every party's CPU work on the same cores. Every query spends epsilon = 1 against caps
 so large that no budget runs out.
 
-By default: 2 and 6 nodes x 10 and 1,000 groups, SUM (CKKS) at 6 nodes x 1,000 groups, and the goal
-(he+dp COUNT GROUP BY over 6 nodes answering in under 0.5 s). ``FEDLINK_BENCH_LARGE=1`` adds 20 nodes
+By default: 2 and 6 nodes x 10 and 1,000 groups, SUM (CKKS) at 6 nodes x 1,000 groups, the goal
+(he+dp COUNT GROUP BY over 6 nodes answering in under 0.5 s), and the size axis: 2 nodes x 10 groups
+with 1e3, 1e4 and 1e5 rows per node (1e6 with ``FEDLINK_BENCH_LARGE=1``). ``FEDLINK_BENCH_LARGE=1`` adds 20 nodes
 and 100 and 10,000 groups; ``FEDLINK_BENCH_ROWS`` sets the rows per node (default 2,000)::
 
     pytest benchmarks/test_bench_horizontal.py --benchmark-only
@@ -35,6 +36,8 @@ LARGE = os.environ.get("FEDLINK_BENCH_LARGE") == "1"
 ROWS = int(os.environ.get("FEDLINK_BENCH_ROWS", "2000"))
 NODES = (2, 6, 20)
 GROUPS = (10, 100, 1_000, 10_000)
+#: Rows per node on the size axis (2 nodes x 10 groups); 1e6 with FEDLINK_BENCH_LARGE=1.
+ROW_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 DEFAULT_SHAPES = {(2, 10), (2, 1_000), (6, 10), (6, 1_000)}
 PATHS = ("he+dp", "dp", "duckdb")
 AGGREGATES = {"COUNT": "COUNT(*)", "SUM": "SUM(value)"}
@@ -90,10 +93,20 @@ def _check_he_exact(federation: BenchFederation, floor: PlaintextFloor, aggregat
             assert row[column] == pytest.approx(want, rel=1e-6), row  # CKKS: about 1e-12 relative error
 
 
-def _measure(benchmark: Any, federation: BenchFederation, floor: PlaintextFloor, aggregate: str, path: str) -> None:
-    """Benchmark one path of one shape; record its median for the ratio; check what came back."""
+def _measure(
+    benchmark: Any,
+    federation: BenchFederation,
+    floor: PlaintextFloor,
+    aggregate: str,
+    path: str,
+    rows: int | None = None,
+) -> None:
+    """Benchmark one path of one shape; record its median for the ratio; check what came back. With
+    ``rows``, the case is one point of the rows-per-node axis (its own group and report table)."""
     nodes, groups = federation.nodes, federation.groups
     benchmark.group = f"horizontal {aggregate} {nodes} nodes x {groups} groups"  # pairs the paths in the report
+    if rows is not None:
+        benchmark.group = f"horizontal {aggregate} by rows: {rows:,} rows per node, {nodes} nodes x {groups} groups"
     benchmark.extra_info.update(
         {
             "pet": path,
@@ -102,10 +115,12 @@ def _measure(benchmark: Any, federation: BenchFederation, floor: PlaintextFloor,
             "groups": groups,
             "cells": groups,
             "ciphertexts_per_node": math.ceil(groups / SLOTS) if path == "he+dp" else 0,
-            "rows_per_node": ROWS,
+            "rows_per_node": rows or ROWS,
             "machine": MACHINE,
         }
     )
+    if rows is not None:
+        benchmark.extra_info.update({"rows_axis": True, "rows": rows * nodes})
     select = AGGREGATES[aggregate]
     if path == "duckdb":
         floor_rows = benchmark.pedantic(floor.query, args=(select,), rounds=20, iterations=1, warmup_rounds=2)
@@ -118,7 +133,7 @@ def _measure(benchmark: Any, federation: BenchFederation, floor: PlaintextFloor,
         )
         assert len(answer.rows()) == groups  # every declared group comes back, empty ones included
     stats = getattr(benchmark, "stats", None)
-    if stats is not None and getattr(stats, "stats", None) is not None:  # absent under --benchmark-disable
+    if rows is None and stats is not None and getattr(stats, "stats", None) is not None:  # absent: --benchmark-disable
         REPORT.record(aggregate, nodes, groups, path, float(stats.stats.median), benchmark.extra_info)
     if path == "he+dp":
         _check_he_exact(federation, floor, aggregate)
@@ -129,6 +144,42 @@ def test_horizontal_count(benchmark: Any, pool: FederationPool, nodes: int, grou
     federation = pool.get(nodes, groups)
     with PlaintextFloor(federation.files) as floor:
         _measure(benchmark, federation, floor, "COUNT", path)
+
+
+def _rows_cases() -> Iterator[Any]:
+    large = pytest.mark.skipif(not LARGE, reason="1e6 rows per node: FEDLINK_BENCH_LARGE=1")
+    for rows in ROW_SIZES:
+        for path in PATHS:
+            yield pytest.param(rows, path, id=f"{rows}rows-{path}", marks=large if rows >= 1_000_000 else ())
+
+
+@pytest.fixture(scope="module")
+def row_pools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, FederationPool]]:
+    pools: dict[int, FederationPool] = {}
+    yield pools
+    for federations in pools.values():
+        federations.close()
+
+
+@pytest.mark.parametrize(("rows", "path"), list(_rows_cases()))
+def test_horizontal_count_by_rows(
+    benchmark: Any,
+    pool: FederationPool,
+    row_pools: dict[int, FederationPool],
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: int,
+    path: str,
+) -> None:
+    """The size axis: he+dp COUNT GROUP BY at 2 nodes x 10 groups with 1e3 to 1e6 rows per node (the
+    nodes' DuckDB scan grows with rows; the ciphertexts do not), next to dp and DuckDB."""
+    pool.close()  # one live federation at a time
+    for other in [r for r in row_pools if r != rows]:
+        row_pools[other].close()
+    if rows not in row_pools:
+        row_pools[rows] = FederationPool(tmp_path_factory.mktemp(f"bench-rows-{rows}"), rows)
+    federation = row_pools[rows].get(2, 10)
+    with PlaintextFloor(federation.files) as floor:
+        _measure(benchmark, federation, floor, "COUNT", path, rows=rows)
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -10,7 +10,7 @@ linkage state (record -> person, person -> slot) and the coordinator's spine rec
 Parquet files also carry the slot as a hidden identifier column ``link_key``, which only the
 plaintext floor uses (a trusted third party would join on it).
 
-Default sizes: 1e4 and 1e5 people; ``FEDLINK_BENCH_LARGE=1`` adds 1e6 (the goal: within 15x DuckDB)::
+Default sizes: 1e3, 1e4 and 1e5 people; ``FEDLINK_BENCH_LARGE=1`` adds 1e6 (the goal: within 15x DuckDB)::
 
     pytest benchmarks/test_bench_linked.py --benchmark-only
     FEDLINK_BENCH_LARGE=1 pytest benchmarks/test_bench_linked.py --benchmark-only -k 1000000
@@ -42,7 +42,7 @@ from fedlink.node.agent import NodeAgent
 from fedlink.node.config import NodeConfig
 
 LARGE = os.environ.get("FEDLINK_BENCH_LARGE") == "1"
-SIZES = (10_000, 100_000, 1_000_000)
+SIZES = (1_000, 10_000, 100_000, 1_000_000)
 PROJECT = "bench-linked"
 REGIONS = [f"region-{i}" for i in range(9)]
 #: (node, table, share of people with flag = 1)

@@ -307,6 +307,29 @@ def test_a_case_in_several_files_is_taken_from_the_last(results: Path, tmp_path:
     assert "130 ms" in (tmp_path / "alone.md").read_text(encoding="utf-8")
 
 
+def test_the_rows_axis_gets_its_own_table_apart_from_the_shapes(tmp_path: Path) -> None:
+    results = dict(RESULTS)
+    results["benchmarks"] = [
+        bench(
+            f"benchmarks/test_bench_horizontal.py::test_horizontal_count_by_rows[{rows}rows-{path}]",
+            median,
+            {"rows": rows, "path": path},
+            {"pet": path, "aggregate": "COUNT", "nodes": 2, "groups": 10, "rows_axis": True, "rows_per_node": rows},
+        )
+        for rows, path, median in ((1000, "he+dp", 0.2), (1000, "dp", 0.05), (1000, "duckdb", 0.002),
+                                   (100000, "he+dp", 0.3), (100000, "dp", 0.1), (100000, "duckdb", 0.01))
+    ]  # fmt: skip
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(results), encoding="utf-8")
+    out = tmp_path / "REPORT.md"
+    result = write_report(path, out)
+    text = out.read_text(encoding="utf-8")
+    assert "| 100,000 | 300 ms | 100 ms | 10.0 ms | 3.00× | 30× |" in text
+    assert "| 1,000 | 200 ms | 50.0 ms | 2.00 ms | 4.00× | 100× |" in text
+    assert "he+dp COUNT GROUP BY over 2 nodes with 100,000 rows each: 300 ms." in result.headlines
+    assert "Encrypted aggregation costs" not in text, "the rows axis is not a shape of the he+dp / dp table"
+
+
 def test_the_facade_exposes_the_runner_and_the_report_writer() -> None:
     assert fedlink.write_benchmark_report is write_report
     assert fedlink.run_benchmarks is run

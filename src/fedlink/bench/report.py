@@ -339,6 +339,7 @@ def _horizontal(b: Bench) -> bool:
         and b.number("nodes") is not None
         and b.number("groups") is not None
         and not b.get("linked")
+        and not b.get("rows_axis")
     )
 
 
@@ -941,6 +942,41 @@ def _backends_section(loaded: Loaded, headlines: list[str]) -> list[str]:
     return [*lines, ""]
 
 
+def _rows_section(loaded: Loaded, headlines: list[str]) -> list[str]:
+    by_rows: dict[float, dict[str, Bench]] = defaultdict(dict)
+    for b in loaded.benchmarks:
+        if b.get("rows_axis") and b.number("rows_per_node"):
+            by_rows[b.number("rows_per_node") or 0][str(b.get("pet", "path"))] = b
+    if not by_rows:
+        return []
+    lines = [
+        "### Horizontal COUNT by rows per node (`test_bench_horizontal.py`)",
+        "",
+        "he+dp `COUNT(*) GROUP BY` over 2 nodes x 10 groups as the nodes' tables grow, next to the clear DP "
+        "path and DuckDB reading both files: the ciphertexts stay the same size, only the nodes' scans grow.",
+        "",
+    ]
+    rows = []
+    for size, paths in sorted(by_rows.items()):
+        he, dp, floor = paths.get("he+dp"), paths.get("dp"), paths.get("duckdb")
+        rows.append(
+            [
+                _n(size),
+                _t(he.median if he else None),
+                _t(dp.median if dp else None),
+                _t(floor.median if floor else None),
+                _x(_ratio(he.median if he else None, dp.median if dp else None)),
+                _x(_ratio(he.median if he else None, floor.median if floor else None)),
+            ]
+        )
+    largest = max(by_rows)
+    he = by_rows[largest].get("he+dp")
+    if he is not None:
+        headlines.append(f"he+dp COUNT GROUP BY over 2 nodes with {_n(largest)} rows each: {_t(he.median)}.")
+    lines += _table(["rows per node", "he+dp", "dp", "DuckDB", "he+dp / dp", "he+dp / DuckDB"], rows, "rrrrrr")
+    return [*lines, ""]
+
+
 def _linked_section(loaded: Loaded, headlines: list[str]) -> list[str]:
     by_people: dict[float, dict[str, Bench]] = defaultdict(dict)
     for b in loaded.benchmarks:
@@ -1094,7 +1130,8 @@ def write_report(
             (plots_dir / name).unlink(missing_ok=True)
 
     headlines: list[str] = []
-    ratios = _horizontal_section(loaded, headlines) + _encoding_section(loaded, headlines)
+    ratios = _horizontal_section(loaded, headlines) + _rows_section(loaded, headlines)
+    ratios += _encoding_section(loaded, headlines)
     ratios += _matching_section(loaded, headlines) + _linked_section(loaded, headlines)
     ratios += _psi_section(loaded, headlines) + _primitives_section(loaded, headlines)
     ratios += _backends_section(loaded, headlines) + _transport_section(loaded, headlines)
