@@ -5,18 +5,13 @@ node's ``node.toml`` through ``--node-config``. ``flwr`` finds the SuperLink thr
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from .servers import free_port
 
 
 @dataclass

@@ -23,7 +23,7 @@ def _bindir() -> Path | None:
     return Path(found).parent if found else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -55,7 +55,7 @@ class PostgresServer:
         bindir = _bindir()
         assert bindir is not None
         folder = Path(tempfile.mkdtemp(prefix="fedlink-pg-"))
-        server = cls(folder=folder, port=_free_port(), password=secrets.token_hex(12), bindir=bindir)
+        server = cls(folder=folder, port=free_port(), password=secrets.token_hex(12), bindir=bindir)
         server.password_file = folder / "password"
         server.password_file.write_text(server.password)
         server.password_file.chmod(0o600)

@@ -85,7 +85,6 @@ def test_a_refusal_over_flower_is_the_same_one_line_error_and_spends_nothing(flo
     )  # fmt: skip
     assert_one_line_error(done, 2, "identifier")
     assert _spent(flower) == before
-    before = _spent(flower)
     bad_pet = cli("query", SQL, "--project", PROJECT, "--pet", "dp", "--epsilon", "1", *_flower_options(flower))
     assert_one_line_error(bad_pet, 2, "--pet he+dp")
     assert _spent(flower) == before

@@ -1025,8 +1025,7 @@ def _transport_section(loaded: Loaded, headlines: list[str]) -> list[str]:
         b = paths.get(name)
         if b is None:
             continue
-        low, high = b.stats.get("min"), b.stats.get("max")
-        spread = f"{_t(low)} - {_t(high)}" if low is not None and high is not None else "-"
+        spread = f"{_t(b.stats['min'])} - {_t(b.stats['max'])}"  # _bench keeps only stats with both
         rows.append([name, _t(b.median), spread, _n(b.stats.get("rounds"))])
     lines += _table(["transport", "median", "min - max", "rounds"], rows, "lrrr")
     grpc, flower = paths.get("grpc"), paths.get("flower")

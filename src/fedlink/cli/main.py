@@ -292,12 +292,7 @@ def query(
         profile, coordinator, cert, key, ca, project, superlink, root_certificates, insecure, projects, register,
         analyst, test_mode,
     )  # fmt: skip
-    if superlink:
-        if pet != "he+dp":
-            raise fedlink.BadInput("over Flower, queries run encrypted: drop --pet or pass --pet he+dp")
-        res = fed.query(sql, project=project, epsilon=epsilon, rho=rho, noiseless=noiseless)
-    else:
-        res = fed.query(sql, project=project, epsilon=epsilon, rho=rho, noiseless=noiseless, pet=pet)
+    res = fed.query(sql, project=project, epsilon=epsilon, rho=rho, noiseless=noiseless, pet=pet)
     render.result(out, res, fmt.value)
 
 

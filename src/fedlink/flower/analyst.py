@@ -84,8 +84,12 @@ class FlowerFederation:
         epsilon: float | None = None,
         rho: float | None = None,
         noiseless: bool = False,
+        pet: str = "he+dp",
     ) -> Result:
-        """An encrypted (he+dp) aggregate query run by fedlink's ServerApp on the Flower federation."""
+        """An encrypted (he+dp) aggregate query run by fedlink's ServerApp on the Flower federation; ``pet``
+        is accepted for the same call shape as :meth:`fedlink.Federation.query`, and only he+dp runs."""
+        if pet != "he+dp":
+            raise BadInput("over Flower, queries run encrypted: drop --pet or pass --pet he+dp")
         try:
             loss = PrivacyLoss(epsilon=epsilon or 0.0, rho=rho or 0.0)
             request = QueryRequest(sql=sql, project=project, loss=loss, noiseless=noiseless, pet="he+dp")
