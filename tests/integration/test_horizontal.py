@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -246,20 +247,27 @@ def test_node_down_then_rejoining(workdir: Path) -> None:
 
 
 class StalledData(NodeData):
-    """A node whose data access never finishes in time (a stand-in for a hung database)."""
+    """A node whose data access does not finish until the test lets it (a stand-in for a hung database)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.release = threading.Event()
 
     def aggregate(self, plan: AggregatePlan) -> PartialAggregates:
-        threading.Event().wait(3)
+        self.release.wait(30)
         return super().aggregate(plan)
 
 
 def test_a_node_that_does_not_answer_times_out_and_nothing_is_released(workdir: Path) -> None:
-    fed = start_federation(["charity_north"], timeout_s=0.5)
+    # 3 s: the healthy node answers in about 0.1 s, so even a loaded CI machine cannot time it out too
+    fed = start_federation(["charity_north"], timeout_s=3.0)
+    stalled = StalledData(node_config("charity_south", fed.address, fed.state))
     try:
-        fed.start_node("charity_south", data=StalledData(node_config("charity_south", fed.address, fed.state)))
-        with pytest.raises(Fault, match=r"node 'charity_south' failed during the query .*did not answer within 0\.5 s"):
+        fed.start_node("charity_south", data=stalled)
+        with pytest.raises(Fault, match=r"node 'charity_south' failed during the query .*did not answer within 3 s"):
             Exact(fed, workdir).query("SELECT COUNT(*) FROM support_episodes")
         entries = fed.coordinator.register.entries()
         assert entries[-1].fields["status"] == "failed" and entries[-1].fields["released"] is None
     finally:
+        stalled.release.set()
         fed.stop()

