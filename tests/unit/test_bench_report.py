@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import fedlink
-from fedlink.bench.report import write_report
+from fedlink.bench.report import ReportResult, write_report
 from fedlink.bench.runner import machine_info, run
 from fedlink.errors import BadInput
 
@@ -122,6 +122,15 @@ def results(tmp_path: Path) -> Path:
     return path
 
 
+def report_of(tmp_path: Path, benchmarks: list[dict[str, Any]]) -> tuple[ReportResult, str]:
+    """The report written from one results file holding ``benchmarks``: what write_report returns, and its text."""
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({**RESULTS, "benchmarks": benchmarks}), encoding="utf-8")
+    out = tmp_path / "REPORT.md"
+    result = write_report(path, out)
+    return result, out.read_text(encoding="utf-8")
+
+
 def test_the_report_states_machine_tables_ratios_and_writes_plots(results: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench" / "REPORT.md"
     result = write_report(results.parent, out)  # a folder: its newest JSON
@@ -177,8 +186,7 @@ def primitive(kind: str, size: int, path: str, median: float) -> dict[str, Any]:
 
 
 def test_linked_queries_and_pet_primitives_get_their_ratios_goal_and_plots(tmp_path: Path) -> None:
-    results = dict(RESULTS)
-    results["benchmarks"] = [
+    benchmarks = [
         linked(100_000, "he+dp", 0.6),
         linked(100_000, "duckdb", 0.02),
         linked(1_000_000, "he+dp", 3.0),
@@ -188,11 +196,7 @@ def test_linked_queries_and_pet_primitives_get_their_ratios_goal_and_plots(tmp_p
         primitive("he_chain", 10000, "he", 0.2),
         primitive("he_chain", 10000, "plain", 0.0002),
     ]
-    path = tmp_path / "bench.json"
-    path.write_text(json.dumps(results), encoding="utf-8")
-    out = tmp_path / "REPORT.md"
-    result = write_report(path, out)
-    text = out.read_text(encoding="utf-8")
+    result, text = report_of(tmp_path, benchmarks)
     assert "| 1,000,000 | 3.00 s | 120 ms | 25× |" in text and "| 100,000 | 600 ms | 20.0 ms | 30× |" in text
     assert "Linked COUNT GROUP BY over 1,000,000 people: 25× DuckDB (goal 15x: NOT met)." in text
     assert "| 1,000 | 20.0 ms | 100 µs | 200× |" in text and "| 10,000 | 200 ms | 200 µs | 1,000× |" in text
@@ -201,8 +205,7 @@ def test_linked_queries_and_pet_primitives_get_their_ratios_goal_and_plots(tmp_p
 
 
 def test_psi_gets_its_group_table_peer_ratio_and_goal(tmp_path: Path) -> None:
-    results = dict(RESULTS)
-    results["benchmarks"] = [
+    benchmarks = [
         bench(
             "benchmarks/test_bench_psi.py::test_group[a]",
             0.1,
@@ -234,11 +237,7 @@ def test_psi_gets_its_group_table_peer_ratio_and_goal(tmp_path: Path) -> None:
             {"psi": True, "path": "openmined-psi", "items": 1000000, "peer_seconds": 450.0},
         ),
     ]
-    path = tmp_path / "bench.json"
-    path.write_text(json.dumps(results), encoding="utf-8")
-    out = tmp_path / "REPORT.md"
-    write_report(path, out)
-    text = out.read_text(encoding="utf-8")
+    _, text = report_of(tmp_path, benchmarks)
     assert text.index("| secp256k1 (fedlink) | 20,000 |") < text.index("| P-256 | 10,000 |")
     assert "| 1,000,000 | 150 s | 500 ms | 300× | 450 s | 3.00× |" in text
     assert "Two-party PSI of 1,000,000 x 1,000,000 items: 150 s (goal 60 s: NOT met)." in text
@@ -246,9 +245,8 @@ def test_psi_gets_its_group_table_peer_ratio_and_goal(tmp_path: Path) -> None:
 
 
 def test_node_backends_get_a_table_of_operation_times_and_peak_memory(tmp_path: Path) -> None:
-    results = dict(RESULTS)
     extra = {"rows": 100000, "load_seconds": 0.2, "query_seconds": 0.014, "encode_seconds": 1.4}
-    results["benchmarks"] = [
+    benchmarks = [
         bench(
             "benchmarks/test_bench_backends.py::test_backend[100000-duckdb]",
             3.3,
@@ -256,17 +254,12 @@ def test_node_backends_get_a_table_of_operation_times_and_peak_memory(tmp_path: 
             {**extra, "backend": "duckdb", "encode_people": 43160, "encode_peak_rss_mib": 355.8},
         )
     ]
-    path = tmp_path / "bench.json"
-    path.write_text(json.dumps(results), encoding="utf-8")
-    out = tmp_path / "REPORT.md"
-    write_report(path, out)
-    text = out.read_text(encoding="utf-8")
+    _, text = report_of(tmp_path, benchmarks)
     assert "| 100,000 | duckdb | 200 ms | 14.0 ms | 1.40 s | 43,160 | 356 |" in text
 
 
 def test_the_flower_transport_gets_its_latency_next_to_grpc_and_a_headline(tmp_path: Path) -> None:
-    results = dict(RESULTS)
-    results["benchmarks"] = [
+    benchmarks = [
         bench(
             f"benchmarks/test_bench_flower.py::test_query_latency[{name}]",
             median,
@@ -276,11 +269,7 @@ def test_the_flower_transport_gets_its_latency_next_to_grpc_and_a_headline(tmp_p
         )
         for name, median in (("grpc", 0.3), ("flower", 27.0))
     ]
-    path = tmp_path / "bench.json"
-    path.write_text(json.dumps(results), encoding="utf-8")
-    out = tmp_path / "REPORT.md"
-    write_report(path, out)
-    text = out.read_text(encoding="utf-8")
+    _, text = report_of(tmp_path, benchmarks)
     assert "| grpc | 300 ms | 270 ms - 360 ms | 5 |" in text
     assert "| flower | 27.0 s | 24.3 s - 32.4 s | 5 |" in text
     assert "Flower / gRPC: 90×." in text
@@ -308,8 +297,7 @@ def test_a_case_in_several_files_is_taken_from_the_last(results: Path, tmp_path:
 
 
 def test_the_rows_axis_gets_its_own_table_apart_from_the_shapes(tmp_path: Path) -> None:
-    results = dict(RESULTS)
-    results["benchmarks"] = [
+    benchmarks = [
         bench(
             f"benchmarks/test_bench_horizontal.py::test_horizontal_count_by_rows[{rows}rows-{path}]",
             median,
@@ -319,11 +307,7 @@ def test_the_rows_axis_gets_its_own_table_apart_from_the_shapes(tmp_path: Path) 
         for rows, path, median in ((1000, "he+dp", 0.2), (1000, "dp", 0.05), (1000, "duckdb", 0.002),
                                    (100000, "he+dp", 0.3), (100000, "dp", 0.1), (100000, "duckdb", 0.01))
     ]  # fmt: skip
-    path = tmp_path / "bench.json"
-    path.write_text(json.dumps(results), encoding="utf-8")
-    out = tmp_path / "REPORT.md"
-    result = write_report(path, out)
-    text = out.read_text(encoding="utf-8")
+    result, text = report_of(tmp_path, benchmarks)
     assert "| 100,000 | 300 ms | 100 ms | 10.0 ms | 3.00× | 30× |" in text
     assert "| 1,000 | 200 ms | 50.0 ms | 2.00 ms | 4.00× | 100× |" in text
     assert "he+dp COUNT GROUP BY over 2 nodes with 100,000 rows each: 300 ms." in result.headlines
