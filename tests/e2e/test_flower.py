@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from ..conftest import ROOT, connect_analyst, start_federation
 from ..flower_deploy import FlowerDeployment
 from .test_cli import assert_one_line_error, cli
+
+if TYPE_CHECKING:
+    from fedlink.flower import FlowerFederation
 
 pytest.importorskip("flwr", reason="Flower is not installed (pip install 'fedlink[flower]')")
 pytestmark = pytest.mark.slow
@@ -22,12 +26,30 @@ PROJECT = "homelessness-outcomes"
 SQL = "SELECT region, COUNT(*) AS n, SUM(duration_days) AS days FROM support_episodes GROUP BY region"
 
 
+def _register(flower: dict) -> Path:
+    """The coordinator's transparency register on the SuperLink's side of the test deployment."""
+    return Path(flower["root"]) / "coordinator" / "register.jsonl"
+
+
 def _flower_options(flower: dict) -> list[str]:
     return [
         "--superlink", f"127.0.0.1:{flower['port']}", "--insecure", "--analyst", "demo-analyst",
-        "--projects", str(ROOT / "coordinator" / "projects.toml"),
-        "--register", str(Path(flower["root"]) / "coordinator" / "register.jsonl"),
+        "--projects", str(ROOT / "coordinator" / "projects.toml"), "--register", str(_register(flower)),
     ]  # fmt: skip
+
+
+def _over_flower(flower: dict) -> FlowerFederation:
+    """The analyst's FlowerFederation on the deployment that _flower_options names, in test mode."""
+    from fedlink.flower import FlowerFederation
+
+    return FlowerFederation(
+        f"127.0.0.1:{flower['port']}",
+        analyst="demo-analyst",
+        projects=ROOT / "coordinator" / "projects.toml",
+        register=_register(flower),
+        insecure=True,
+        test_mode=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +59,8 @@ def flower(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def test_a_query_over_flower_gives_the_answer_of_fedlinks_own_transport(flower: dict, workdir: Path) -> None:
-    from fedlink.flower import FlowerFederation
-
-    register = Path(flower["root"]) / "coordinator" / "register.jsonl"
-    over_flower = FlowerFederation(
-        f"127.0.0.1:{flower['port']}",
-        analyst="demo-analyst",
-        projects=ROOT / "coordinator" / "projects.toml",
-        register=register,
-        insecure=True,
-        test_mode=True,
-    )
+    register = _register(flower)
+    over_flower = _over_flower(flower)
     flower_rows = over_flower.query(SQL, project=PROJECT, noiseless=True).rows()
     federation = start_federation(NODES)
     try:
@@ -96,11 +109,12 @@ def _spent(flower: dict) -> dict[str, tuple[float, float]]:
 
     spent = {}
     for path in sorted(Path(flower["state"]).glob("*/ledger.sqlite")):
-        for line in BudgetLedger(path).lines():
-            spent[f"{path.parent.name}/{line.dataset}"] = (
-                line.committed.epsilon + line.reserved.epsilon,
-                line.committed.rho + line.reserved.rho,
-            )
+        with BudgetLedger(path) as ledger:
+            for line in ledger.lines():
+                spent[f"{path.parent.name}/{line.dataset}"] = (
+                    line.committed.epsilon + line.reserved.epsilon,
+                    line.committed.rho + line.reserved.rho,
+                )
     return spent
 
 
@@ -123,18 +137,9 @@ def test_a_model_fitted_over_flower_matches_the_pooled_fit_and_registers_its_los
     its rho once and registers it."""
     import numpy as np
 
-    from fedlink.flower import FlowerFederation
-
     from ..integration.test_models import FORMULA, irls, pooled
 
-    over_flower = FlowerFederation(
-        f"127.0.0.1:{flower['port']}",
-        analyst="demo-analyst",
-        projects=ROOT / "coordinator" / "projects.toml",
-        register=Path(flower["root"]) / "coordinator" / "register.jsonl",
-        insecure=True,
-        test_mode=True,
-    )
+    over_flower = _over_flower(flower)
     fit = over_flower.fit(FORMULA, table="support_episodes", project=PROJECT, noiseless=True, iterations=6)
     rows = pooled(
         workdir,
