@@ -104,9 +104,12 @@ def _measure(
     """Benchmark one path of one shape; record its median for the ratio; check what came back. With
     ``rows``, the case is one point of the rows-per-node axis (its own group and report table)."""
     nodes, groups = federation.nodes, federation.groups
-    benchmark.group = f"horizontal {aggregate} {nodes} nodes x {groups} groups"  # pairs the paths in the report
-    if rows is not None:
-        benchmark.group = f"horizontal {aggregate} by rows: {rows:,} rows per node, {nodes} nodes x {groups} groups"
+    shape = (
+        f"{nodes} nodes x {groups} groups"
+        if rows is None
+        else f"by rows: {rows:,} rows per node, {nodes} nodes x {groups} groups"
+    )
+    benchmark.group = f"horizontal {aggregate} {shape}"  # pairs the paths in the report
     benchmark.extra_info.update(
         {
             "pet": path,
