@@ -98,8 +98,8 @@ def test_query_formats_agree_with_plaintext(running: tuple[LocalFederation, Path
     assert as_table.returncode == 0 and "rough_sleeping" in as_table.stdout and "95% interval" in as_table.stdout
     assert "charity_north: ε=1" in as_table.stdout
     budget = json.loads(cli("budget", "--profile", str(profile), "--format", "json").stdout)["lines"]
-    spent = {(b["node"], b["project"]): b["epsilon_spent"] for b in budget}
-    assert spent[("charity_south", PROJECT)] == pytest.approx(3.0)
+    spent = {(b["node"], b["project"]): b["rho_spent"] for b in budget}
+    assert spent[("charity_south", PROJECT)] == pytest.approx(1.5)  # three queries at epsilon 1
 
 
 def test_bad_input_gives_one_line_and_exit_2(

@@ -384,8 +384,8 @@ def test_a_scenario_across_network_namespaces_and_a_node_restarted_mid_way(
         after_budget = json.loads(analyst("budget", "--format", "json").stdout)
 
         def spent(report: dict[str, Any], dataset: str) -> float:
-            return sum(r["epsilon_spent"] for r in report["lines"] if r["dataset"] == dataset)
+            return sum(r["rho_spent"] for r in report["lines"] if r["dataset"] == dataset)
 
-        assert spent(after_budget, "nhs.diagnoses") == pytest.approx(spent(before_budget, "nhs.diagnoses") + 0.5)
+        assert spent(after_budget, "nhs.diagnoses") == pytest.approx(spent(before_budget, "nhs.diagnoses") + 0.125)
     finally:
         federation.stop()

@@ -104,17 +104,14 @@ def test_a_refusal_over_flower_is_the_same_one_line_error_and_spends_nothing(flo
 
 
 def _spent(flower: dict) -> dict[str, tuple[float, float]]:
-    """(epsilon, rho) committed or reserved per node and dataset, from the nodes' own ledgers."""
+    """(committed, reserved) rho per node and dataset, from the nodes' own ledgers."""
     from fedlink.node.ledger import BudgetLedger
 
     spent = {}
     for path in sorted(Path(flower["state"]).glob("*/ledger.sqlite")):
         with BudgetLedger(path) as ledger:
             for line in ledger.lines():
-                spent[f"{path.parent.name}/{line.dataset}"] = (
-                    line.committed.epsilon + line.reserved.epsilon,
-                    line.committed.rho + line.reserved.rho,
-                )
+                spent[f"{path.parent.name}/{line.dataset}"] = (line.committed, line.reserved)
     return spent
 
 

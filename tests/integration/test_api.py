@@ -60,7 +60,7 @@ def test_results_convert_to_frames_and_dicts(federation: InProcessFederation, wo
     html = res._repr_html_()
     assert html.count("<tr>") == 10 and "95%" in html and "ε=2" in html
     budget = fed.budget().to_pandas()
-    assert {"node", "project", "dataset", "epsilon_remaining"} <= set(budget.columns)
+    assert {"node", "project", "dataset", "rho_remaining", "max_epsilon"} <= set(budget.columns)
     queries = fed.register().to_pandas()
     assert queries.iloc[-1]["query"] == res.sql and queries.iloc[-1]["epsilon"] == 4.0
 

@@ -201,7 +201,7 @@ def test_a_backend_that_is_down_is_one_line_and_costs_no_budget(workdir: Path, t
     message = caught.value.message
     assert f"PostgreSQL backend 'db' at 127.0.0.1:{server.port}" in message and "\n" not in message
     lines = [line for line in runtime.ledger.lines() if line.dataset == "dfe.pupils"]
-    assert all(line.committed.epsilon == 0 and line.reserved.epsilon == 0 for line in lines)
+    assert all(line.committed == 0 and line.reserved == 0 for line in lines)
     runtime.close()
     with pytest.raises(Fault, match=f"PostgreSQL backend 'db' at 127.0.0.1:{server.port}"):
         NodeData(config)  # a node cannot start on a backend that is down, and says which

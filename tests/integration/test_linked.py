@@ -127,7 +127,7 @@ def test_linkage_quality_is_released_with_dp_and_paid_for_by_every_node(
     assert pair is not None and pair.rate_a is not None and 0 < pair.rate_a <= 1
     lines = {(r["node"], r["dataset"]): r for r in analyst.budget().rows() if r["project"] == DEPRIVATION}
     for node in ("dfe", "dwp", "nhs"):
-        assert lines[(node, f"{node}.linkage")]["epsilon_spent"] == pytest.approx(0.1)
+        assert lines[(node, f"{node}.linkage")]["rho_spent"] == pytest.approx(0.1**2 / 2)  # epsilon 0.1
 
 
 def test_a_noisy_linked_query_spends_at_every_node_and_lies_within_its_intervals(
@@ -138,14 +138,14 @@ def test_a_noisy_linked_query_spends_at_every_node_and_lies_within_its_intervals
 
     def spent() -> dict[tuple[str, str], float]:
         rows = analyst.budget().rows()
-        return {(r["node"], r["dataset"]): r["epsilon_spent"] for r in rows if r["project"] == DEPRIVATION}
+        return {(r["node"], r["dataset"]): r["rho_spent"] for r in rows if r["project"] == DEPRIVATION}
 
     before = spent()
     noisy = analyst.query(sql, project=DEPRIVATION, epsilon=1.0)
     after = spent()
     for dataset in ("dfe.pupils", "dwp.claims", "nhs.diagnoses"):
         node = dataset.split(".")[0]
-        assert after[(node, dataset)] - before[(node, dataset)] == pytest.approx(1.0)
+        assert after[(node, dataset)] - before[(node, dataset)] == pytest.approx(0.5)  # epsilon 1
     assert noisy.privacy_loss == {n: {"epsilon": 1.0, "rho": 0.0} for n in ("dwp", "nhs", "dfe")}
     # SDC may suppress small cells; with no noise and no SDC, compare the released ones with the truth
     _, plan, tables, keys, con = exact(fed, workdir, DEPRIVATION, sql)

@@ -178,8 +178,8 @@ def test_a_node_refuses_a_replayed_or_extra_iteration(charities: InProcessFedera
         north.model_step(step(1))
     statuses = [e.fields["status"] for e in north.register.entries() if e.kind == "query" and "replay" in str(e.fields)]
     assert statuses == ["failed", "released"]
-    spent = {line.dataset: line.committed.rho for line in north.ledger.lines()}
-    was = {line.dataset: line.committed.rho for line in before}
+    spent = {line.dataset: line.committed for line in north.ledger.lines()}
+    was = {line.dataset: line.committed for line in before}
     assert spent["charity_north.support_episodes"] == pytest.approx(was.get("charity_north.support_episodes", 0) + 0.2)
 
 

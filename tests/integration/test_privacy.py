@@ -95,7 +95,7 @@ def test_noiseless_needs_test_mode_at_the_coordinator_and_at_every_node(workdir:
         with pytest.raises(PolicyRefused, match="node 'charity_south' refuses: it does not allow noiseless test mode"):
             connect_analyst(fed.address, workdir).query(SQL, project=PROJECT, noiseless=True)
         budget = {(r["node"], r["dataset"]): r for r in connect_analyst(fed.address, workdir).budget().rows()}
-        assert budget[("charity_north", "charity_north.support_episodes")]["epsilon_spent"] == 0  # aborted, released
+        assert budget[("charity_north", "charity_north.support_episodes")]["rho_spent"] == 0  # aborted, released
     finally:
         fed.stop()
 
@@ -114,14 +114,14 @@ def test_the_node_is_the_final_authority(workdir: Path) -> None:
         with pytest.raises(PolicyRefused, match="node 'charity_south' refuses: project 'homelessness-outcomes' is not"):
             client.query(SQL, project=PROJECT, epsilon=1.0)
         lines = {r["node"]: r for r in client.budget().rows()}
-        assert lines["charity_north"]["epsilon_spent"] == 0, "the other node's reservation was released"
+        assert lines["charity_north"]["rho_spent"] == 0, "the other node's reservation was released"
         node_log = fed.agents["charity_south"].runtime.register.entries()
         assert node_log[-1].fields["status"] == "refused" and "not approved" in node_log[-1].fields["reason"]
     finally:
         fed.stop()
     fed = start_federation(["charity_north"])
     try:
-        _with_approval(fed, "charity_south", Approval(project=PROJECT, epsilon=5.0, analysts=("someone-else",)))
+        _with_approval(fed, "charity_south", Approval(project=PROJECT, rho=5.0, analysts=("someone-else",)))
         with pytest.raises(PolicyRefused, match="analyst 'demo-analyst' is not approved"):
             connect_analyst(fed.address, workdir).query(SQL, project=PROJECT, epsilon=1.0)
     finally:
@@ -131,13 +131,13 @@ def test_the_node_is_the_final_authority(workdir: Path) -> None:
 def test_budget_exhaustion_and_concurrent_queries_never_overspend(workdir: Path) -> None:
     fed = start_federation(["charity_north"])
     try:
-        _with_approval(fed, "charity_south", Approval(project=PROJECT, epsilon=1.0))
+        _with_approval(fed, "charity_south", Approval(project=PROJECT, rho=1.0))
         client = connect_analyst(fed.address, workdir)
-        client.query(SQL, project=PROJECT, epsilon=0.5)  # 0.5 of charity_south's 1.0 left
+        client.query(SQL, project=PROJECT, epsilon=1.0)  # charged rho 0.5: 0.5 of charity_south's 1.0 left
 
         def attempt(_: int) -> str:
             try:
-                client.query("SELECT COUNT(*) FROM support_episodes", project=PROJECT, epsilon=0.1)
+                client.query("SELECT COUNT(*) FROM support_episodes", project=PROJECT, rho=0.1)
                 return "ok"
             except BudgetExhausted as exc:
                 return exc.message
@@ -150,10 +150,15 @@ def test_budget_exhaustion_and_concurrent_queries_never_overspend(workdir: Path)
             "budget exhausted for project 'homelessness-outcomes' on dataset 'charity_south.support_episodes'"
             in refusal
         )
+        # One currency: the exhausted budget is not there to be spent again under the other measure.
+        for loss in ({"epsilon": 0.05}, {"rho": 0.01}):
+            with pytest.raises(BudgetExhausted, match="rho 0 left"):
+                client.query("SELECT COUNT(*) FROM support_episodes", project=PROJECT, **loss)
         lines = {r["node"]: r for r in client.budget().rows()}
-        assert lines["charity_south"]["epsilon_spent"] == pytest.approx(1.0)
-        assert lines["charity_south"]["epsilon_remaining"] == pytest.approx(0.0)
-        assert lines["charity_north"]["epsilon_spent"] == pytest.approx(1.0)  # refused queries cost it nothing
+        assert lines["charity_south"]["rho_spent"] == pytest.approx(1.0)
+        assert lines["charity_south"]["rho_remaining"] == pytest.approx(0.0)
+        assert lines["charity_south"]["max_epsilon"] == pytest.approx(0.0)
+        assert lines["charity_north"]["rho_spent"] == pytest.approx(1.0)  # refused queries cost it nothing
     finally:
         fed.stop()
 
@@ -177,7 +182,7 @@ def test_a_crash_between_reserve_and_commit_releases_the_budget_on_restart(workd
         FederationCatalogue(nodes=(NodeStatus(node="charity_north", live=True, catalogue=runtime.catalogue),)),
     )
     runtime.close()
-    task = QueryTask(query_id="q1", plan=plan, analyst="demo-analyst", project=PROJECT, loss=PrivacyLoss(epsilon=4.0))
+    task = QueryTask(query_id="q1", plan=plan, analyst="demo-analyst", project=PROJECT, loss=PrivacyLoss(epsilon=2.0))
     crashed = subprocess.run(
         [sys.executable, "-c", CRASHING_NODE, config.model_dump_json(), task.model_dump_json()], capture_output=True
     )
@@ -186,7 +191,7 @@ def test_a_crash_between_reserve_and_commit_releases_the_budget_on_restart(workd
     try:
         assert restarted.ledger.recovered == 1
         line = restarted.budget().lines[0]
-        assert line.reserved.epsilon == 0 and line.spent.epsilon == 0 and line.remaining.epsilon == 10.0
+        assert line.reserved == 0 and line.spent == 0 and line.remaining == 5.0
         assert restarted.register.entries()[-1].kind == "recovery"
     finally:
         restarted.close()
@@ -246,11 +251,11 @@ def test_a_reservation_never_executed_is_released_after_its_ttl(
             )
 
         runtime.reserve(task("orphan"))  # the coordinator dies before execute or abort
-        assert runtime.budget().lines[0].reserved.epsilon == 3.0
+        assert runtime.budget().lines[0].reserved == 4.5  # epsilon 3 is rho 4.5
         monkeypatch.setattr(node_runtime, "RESERVATION_TTL_S", 0.0)
         runtime.reserve(task("next"))  # any later reservation sweeps the expired one first
         line = runtime.budget().lines[0]
-        assert line.reserved.epsilon == 3.0 and line.spent.epsilon == 0.0  # only "next" is held now
+        assert line.reserved == 4.5 and line.spent == 0.0  # only "next" is held now
         expired = [e for e in runtime.register.entries() if e.kind == "query" and e.fields["query_id"] == "orphan"]
         assert "expired" in expired[-1].fields["reason"]
     finally:

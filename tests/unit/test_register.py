@@ -64,7 +64,7 @@ def build_federation_registers(root: Path) -> list[tuple[str, Path]]:
         ("q-5", "SELECT AVG(age_at_diagnosis) FROM diagnoses", {"nhs": 0.5}, "failed"),
     ]
     for query_id, sql, epsilons, status in queries:
-        loss = {node: {"epsilon": eps, "rho": eps * eps / 2} for node, eps in epsilons.items()}
+        loss = {node: {"epsilon": eps, "rho": 0.0} for node, eps in epsilons.items()}
         released = None
         if status == "released":
             released = {"columns": ["group", "count"], "rows": [["North", 1235], ["<b>South</b>", None]]}
@@ -365,8 +365,9 @@ def test_export_writes_page_and_json(tmp_path: Path) -> None:
     assert "&lt;b&gt;South&lt;/b&gt;" in html and "<b>South" not in html
     assert "<title>Federation &lt;register&gt;</title>" in html
     assert PURPOSE in html and "p-early-support" in html and "dfe.pupils" in html
-    # Only released queries spend: dfe 0.5 + 1.0 (q-3 was refused), dwp 0.25 + 0.5, nhs 0.75 (q-5 failed).
-    assert "dfe: 1.5 in 2 queries; dwp: 0.75 in 2 queries; nhs: 0.75 in 1 queries" in html
+    # Only released queries spend, charged in rho = epsilon^2 / 2: dfe 0.125 + 0.5 (q-3 was refused),
+    # dwp 0.03125 + 0.125, nhs 0.28125 (q-5 failed).
+    assert "dfe: 0.625 in 2 queries; dwp: 0.15625 in 2 queries; nhs: 0.28125 in 1 queries" in html
     assert html.count("<polyline") == 3
     assert "agrees" in html and "differs" not in html
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html

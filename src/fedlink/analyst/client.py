@@ -240,11 +240,15 @@ class Federation:
         return ModelResult.model_validate_json(reply.body)
 
     def budget(self) -> Budget:
-        """Privacy budget per node, project and dataset, for the projects you are registered on.
+        """Privacy budget per node, project and dataset, for the projects you are registered on, in one
+        currency, zCDP's rho (a query declared as epsilon-DP is charged rho = epsilon^2 / 2), reservations
+        included:
 
         >>> line = next(r for r in fed.budget().rows() if r["dataset"] == "charity_south.support_episodes")
-        >>> line["epsilon_cap"], line["epsilon_spent"] + line["epsilon_remaining"] == line["epsilon_cap"]
-        (10.0, True)
+        >>> line["rho_cap"], line["rho_spent"] + line["rho_reserved"] + line["rho_remaining"] == line["rho_cap"]
+        (5.0, True)
+        >>> round(line["max_epsilon"] ** 2 / 2, 9) == round(line["rho_remaining"], 9)
+        True
         """
         reply = self._call(rpc.BUDGET)
         return Budget(BudgetReport.model_validate_json(reply.body))

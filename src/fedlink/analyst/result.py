@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 from fedlink.errors import BadInput
@@ -210,17 +211,22 @@ class Budget:
         self.raw = raw
 
     def rows(self) -> list[dict[str, Any]]:
+        """One row per node, project and dataset, in rho (zCDP), reservations included: ``rho_remaining``
+        is what the project can still spend there (the tighter of its cap and the dataset's cap across
+        all projects), ``max_epsilon`` the largest epsilon one more pure-DP query could declare
+        (``sqrt(2 rho_remaining)``)."""
         return [
             {
                 "node": line.node,
                 "project": line.project,
                 "dataset": line.dataset,
-                "epsilon_cap": line.cap.epsilon,
-                "epsilon_spent": line.spent.epsilon,
-                "epsilon_remaining": line.remaining.epsilon,
-                "rho_cap": line.cap.rho,
-                "rho_spent": line.spent.rho,
-                "rho_remaining": line.remaining.rho,
+                "rho_cap": line.cap,
+                "rho_spent": line.spent,
+                "rho_reserved": line.reserved,
+                "rho_remaining": line.remaining,
+                "max_epsilon": math.sqrt(2 * line.remaining),
+                "dataset_rho_cap": line.dataset_cap,
+                "dataset_rho_spent": line.dataset_spent,
                 "queries": line.queries,
             }
             for line in self.raw.lines

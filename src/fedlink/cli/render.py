@@ -55,23 +55,33 @@ def budget(console: Console, report: fedlink.Budget, fmt: str) -> None:
         "node",
         "project",
         "dataset",
-        "epsilon_cap",
-        "epsilon_spent",
-        "epsilon_remaining",
         "rho_cap",
         "rho_spent",
+        "rho_reserved",
         "rho_remaining",
+        "max_epsilon",
+        "dataset_rho_cap",
+        "dataset_rho_spent",
         "queries",
     ]
     if fmt == "csv":
         _csv(console, header, [[r[h] for h in header] for r in rows])
         return
-    table = Table(title="privacy budget (each node's own ledger)", title_justify="left")
+    table = Table(
+        title="privacy budget in rho (zCDP), each node's own ledger; an epsilon-DP query costs rho = epsilon²/2",
+        title_justify="left",
+    )
     for name in header:
         table.add_column(name, justify="left" if name in ("node", "project", "dataset") else "right")
     for r in rows:
-        table.add_row(*(f"{r[h]:g}" if isinstance(r[h], float) else str(r[h]) for h in header))
+        table.add_row(*(_budget_cell(r[h]) for h in header))
     console.print(table)
+
+
+def _budget_cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:

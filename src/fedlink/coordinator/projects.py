@@ -23,8 +23,19 @@ class Project(BaseModel):
     purpose: str
     analysts: tuple[str, ...]
     datasets: tuple[str, ...]
-    epsilon: float = Field(default=0.0, ge=0)
-    rho: float = Field(default=0.0, ge=0)
+    #: The budget the project asks of each dataset, in rho (zCDP): the ledgers' one currency. Each node
+    #: grants its own cap in its approval; this is the request on the public record.
+    rho: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_currency(cls, data: object) -> object:
+        if isinstance(data, dict) and "epsilon" in data:
+            raise ValueError(
+                f"project {data.get('id', '?')!r} asks for an epsilon budget; budgets have one currency, rho "
+                "(zCDP): write rho = R instead (an epsilon-DP query costs rho = epsilon^2 / 2)"
+            )
+        return data
 
     def check(self, analyst: str, datasets: list[str]) -> None:
         if analyst not in self.analysts:

@@ -297,6 +297,11 @@ class _Spend:
     epsilon: float
     rho: float
 
+    @property
+    def charge(self) -> float:
+        """What the ledgers charge for it, in rho (zCDP): rho + epsilon^2 / 2."""
+        return self.rho + self.epsilon * self.epsilon / 2
+
 
 def _spending(parties: list[_Party]) -> tuple[dict[str, list[_Spend]], dict[str, list[_Spend]]]:
     """Per node, released queries' privacy loss as the node's own register records it, and as the others do.
@@ -350,40 +355,50 @@ def _privacy_loss(parties: list[_Party]) -> str:
         shown = series[node]
         epsilon = sum(s.epsilon for s in shown)
         rho = sum(s.rho for s in shown)
+        charge = sum(s.charge for s in shown)
         source = "its own register" if mine else "other parties' records"
         if mine and theirs:
-            other_eps = sum(s.epsilon for s in theirs)
-            agree = math.isclose(other_eps, epsilon, rel_tol=1e-9, abs_tol=1e-12)
-            check = f"{_num(other_eps)} " + (
+            other = sum(s.charge for s in theirs)
+            agree = math.isclose(other, charge, rel_tol=1e-9, abs_tol=1e-12)
+            check = f"{_num(other)} " + (
                 '<span class="ok">agrees</span>' if agree else '<span class="bad">differs</span>'
             )
         else:
             check = "—"
         rows.append(
-            f"<tr><th scope=row>{_e(node)}</th><td class=num>{len(shown)}</td><td class=num>{_num(epsilon)}</td>"
-            f"<td class=num>{_num(rho)}</td><td>{source}</td><td>{check}</td></tr>"
+            f"<tr><th scope=row>{_e(node)}</th><td class=num>{len(shown)}</td><td class=num>{_num(charge)}</td>"
+            f"<td class=num>{_num(epsilon)}</td><td class=num>{_num(rho)}</td><td>{source}</td><td>{check}</td></tr>"
         )
     table = _table(
         "Total privacy loss per node, from released queries",
-        ["Node", "Queries", "Epsilon (ε)", "Rho (ρ, zCDP)", "Source", "Other parties' record of ε"],
+        [
+            "Node",
+            "Queries",
+            "Charged (ρ, zCDP)",
+            "Declared as ε",
+            "Declared as ρ",
+            "Source",
+            "Other parties' record of the charge",
+        ],
         rows,
     )
     note = (
-        "<p>Cumulative epsilon per node over time, counting released queries only (budget reserved for a query "
-        "that is refused or fails is returned). Each node's own register is used where it is published here.</p>"
+        "<p>Cumulative privacy loss per node over time in zCDP's ρ, the ledgers' one currency (a query declared "
+        "as ε-DP is charged ρ = ε²/2), counting released queries only (budget reserved for a query that is "
+        "refused or fails is returned). Each node's own register is used where it is published here.</p>"
     )
     return note + _chart(series) + table
 
 
 def _chart(series: Mapping[str, list[_Spend]]) -> str:
-    """A step chart of cumulative epsilon per node, as inline SVG."""
+    """A step chart of cumulative privacy loss (rho charged) per node, as inline SVG."""
     width, height = 960, 360
     left, right, top, bottom = 70, 200, 20, 56
     plot_w, plot_h = width - left - right, height - top - bottom
     times = [s.time for spends in series.values() for s in spends]
     start, end = (min(times), max(times)) if times else (datetime.now(UTC), datetime.now(UTC))
     span = max((end - start).total_seconds(), 1.0)
-    totals = {node: sum(s.epsilon for s in spends) for node, spends in series.items()}
+    totals = {node: sum(s.charge for s in spends) for node, spends in series.items()}
     top_value = _nice_ceiling(max(totals.values(), default=0.0))
 
     def x(moment: datetime) -> float:
@@ -396,7 +411,7 @@ def _chart(series: Mapping[str, list[_Spend]]) -> str:
         f'<svg class="chart" role="img" aria-labelledby="chart-title chart-desc" viewBox="0 0 {width} {height}" '
         f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" '
         'font-size="12">',
-        '<title id="chart-title">Cumulative privacy loss (epsilon) per node over time</title>',
+        '<title id="chart-title">Cumulative privacy loss (rho, zCDP) per node over time</title>',
         '<desc id="chart-desc">'
         + _e(
             "; ".join(f"{node}: {_num(total)} in {len(series[node])} queries" for node, total in totals.items())
@@ -420,18 +435,18 @@ def _chart(series: Mapping[str, list[_Spend]]) -> str:
         f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="#333"/>'
         f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#333"/>'
         f'<text x="{left + plot_w / 2}" y="{height - 10}" text-anchor="middle">time (UTC)</text>'
-        f'<text transform="translate(16 {top + plot_h / 2}) rotate(-90)" text-anchor="middle">cumulative ε</text>'
+        f'<text transform="translate(16 {top + plot_h / 2}) rotate(-90)" text-anchor="middle">cumulative ρ</text>'
     )
     for i, (node, spends) in enumerate(series.items()):
         colour, dash = _COLOURS[i % len(_COLOURS)], _DASHES[i % len(_DASHES)]
         total, points, marks = 0.0, [f"{x(start):.1f},{y(0):.1f}"], []
         for spend in spends:
             points.append(f"{x(spend.time):.1f},{y(total):.1f}")
-            total += spend.epsilon
+            total += spend.charge
             points.append(f"{x(spend.time):.1f},{y(total):.1f}")
             marks.append(
                 f'<circle cx="{x(spend.time):.1f}" cy="{y(total):.1f}" r="3" fill="{colour}">'
-                f"<title>{_e(f'{node}: {spend.query_id} spent ε {_num(spend.epsilon)}, total {_num(total)}')}</title>"
+                f"<title>{_e(f'{node}: {spend.query_id} spent ρ {_num(spend.charge)}, total {_num(total)}')}</title>"
                 "</circle>"
             )
         points.append(f"{x(end) if span > 1.0 else left + plot_w:.1f},{y(total):.1f}")

@@ -146,13 +146,24 @@ class Approval(Frozen):
     """This node's approval of a project: the node, not the coordinator, is the final authority."""
 
     project: str
-    #: Caps on this project's total privacy loss at each of this node's tables.
-    epsilon: float = Field(default=0.0, ge=0)
-    rho: float = Field(default=0.0, ge=0)
+    #: The cap on this project's total privacy loss at each of this node's tables, in zCDP's rho: the one
+    #: currency of the ledger (an epsilon-DP query is charged epsilon^2 / 2; see :mod:`fedlink.node.ledger`).
+    rho: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     #: Tables the project may use (default: all of this node's tables).
     tables: tuple[str, ...] | None = None
     #: Analysts allowed (default: whoever the project registers).
     analysts: tuple[str, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_currency(cls, data: object) -> object:
+        if isinstance(data, dict) and "epsilon" in data:
+            raise ValueError(
+                f"approval of project {data.get('project', '?')!r} caps epsilon; budgets have one currency, rho "
+                "(zCDP): write rho = R instead (an epsilon-DP query costs rho = epsilon^2 / 2, so a cap meant for "
+                "ten queries at epsilon 1 is rho = 5)"
+            )
+        return data
 
 
 class PrivacySection(Frozen):
@@ -161,6 +172,10 @@ class PrivacySection(Frozen):
     #: Allow noiseless answers when the coordinator runs in test mode (never in production).
     allow_test_mode: bool = False
     disclosure: DisclosurePolicy = DisclosurePolicy()
+    #: Optional caps (rho) on a dataset's total privacy loss across all projects, by table name (and
+    #: ``linkage`` for the budget spent releasing linkage quality): loss adds up across projects that
+    #: use one dataset, and this bounds the sum, whatever each project's approval allows.
+    dataset_caps: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
 
 
 class NodeConfig(Frozen):
@@ -188,6 +203,11 @@ class NodeConfig(Frozen):
             for table in approval.tables or ():
                 if table not in names:
                     raise ValueError(f"approval of project '{approval.project}' names unknown table '{table}'")
+        for table in self.privacy.dataset_caps:
+            if table not in names and table != "linkage":
+                raise ValueError(
+                    f"privacy.dataset_caps names '{table}', which is neither a declared table nor 'linkage'"
+                )
         return self
 
     @property

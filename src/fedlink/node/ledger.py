@@ -2,22 +2,35 @@
 
 Each node keeps its own ledger, one SQLite file, with one row per (query, dataset). A row is
 ``reserved`` while the query runs, ``committed`` once the node is about to let a noisy answer leave, and
-``released`` if the query failed. Every reservation checks committed + reserved + asked against the cap
+``released`` if the query failed. Every reservation checks committed + reserved + asked against the caps
 inside one ``BEGIN IMMEDIATE`` transaction, so threads of one node and several processes sharing the
-file can never overspend::
+file can never overspend.
+
+**One currency.** Pure-DP and zCDP spend against one cap, kept in zCDP's rho: a query declared as
+``epsilon``-DP is charged ``rho = epsilon**2 / 2`` (an epsilon-DP mechanism is (epsilon^2/2)-zCDP, Bun and
+Steinke 2016, Proposition 1.4), a zCDP query its ``rho``. zCDP composes by adding rho, so mixing the two
+measures can never give an attacker two budgets for one dataset; rho converts to (epsilon, delta)-DP
+for any delta as ``rho + 2 sqrt(rho ln(1/delta))``. Each row keeps the loss as declared; the charge is
+derived from it. A reservation must fit under the project's cap on that dataset and, when the node's
+operator sets one, under the dataset's cap across all projects::
 
     >>> import tempfile
     >>> from pathlib import Path
     >>> with BudgetLedger(Path(tempfile.mkdtemp()) / "budget.sqlite") as ledger:
-    ...     ledger.reserve("q1", "p", "dfe.pupils", Spend(epsilon=0.25), cap=Spend(epsilon=1.0))
+    ...     ledger.reserve("q1", "p", "dfe.pupils", Spend(epsilon=1.0), cap=2.0)
     ...     ledger.commit("q1")
-    ...     ledger.remaining("p", "dfe.pupils", cap=Spend(epsilon=1.0))
-    Spend(epsilon=0.75, rho=0.0)
+    ...     ledger.reserve("q2", "p", "dfe.pupils", Spend(rho=0.5), cap=2.0)
+    ...     ledger.remaining("p", "dfe.pupils", cap=2.0)
+    1.0
 
 The node commits *before* any noisy output leaves it, so a reservation still open when its process
 died means nothing left the node: reopening the ledger releases it. To tell a dead process from a live
 one that shares the file, each open ledger holds an exclusive ``flock`` on its own file in
 ``<ledger>.owners/``; the kernel drops that lock when the process dies, however it dies.
+
+A query of a two-phase protocol is ``prepare``d once the node holds its answer: the reservation then
+outlives the process (a restarted node still holds it) until the coordinator's decision commits or
+releases it.
 
 Only ids, project, dataset, privacy loss, state and UTC times are stored, never data values.
 """
@@ -44,6 +57,10 @@ from fedlink.errors import BadInput, BudgetExhausted, Fault
 
 #: The owner of a reservation held for a while regardless of processes: this prefix, then its deadline.
 _HELD = "held-until:"
+#: The owner of a prepared reservation: held until the coordinator's decision, whatever happens to processes.
+_PREPARED = "prepared"
+#: What one row charges to a cap, in rho (zCDP): its rho plus its epsilon converted as epsilon^2 / 2.
+_CHARGE = "(rho + epsilon * epsilon / 2.0)"
 #: Slack when comparing sums of floats with a cap, so that e.g. seven spends of 0.1 fit a cap of 0.7.
 TOLERANCE = 1e-12
 #: How long a call waits for another thread or process holding the ledger's write lock.
@@ -80,15 +97,30 @@ class Spend:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise BadInput(f"{name} must be a finite number >= 0, not {value!r}; give a non-negative privacy loss")
 
+    @property
+    def charge(self) -> float:
+        """What this loss costs against a cap, in rho (zCDP): ``rho + epsilon**2 / 2``."""
+        return self.rho + self.epsilon * self.epsilon / 2.0
+
+    def describe(self) -> str:
+        """The loss as declared and, for epsilon, what it is charged: "epsilon 1 (rho 0.5)"."""
+        parts = []
+        if self.epsilon:
+            parts.append(f"epsilon {self.epsilon:.6g}")
+        if self.rho or not self.epsilon:
+            parts.append(f"rho {self.rho:.6g}")
+        text = " and ".join(parts)
+        return f"{text} (rho {self.charge:.6g} in all)" if self.epsilon else text
+
 
 @dataclass(frozen=True)
 class BudgetLine:
-    """What one (project, dataset) has spent: committed and still-reserved loss, and committed queries."""
+    """What one (project, dataset) has spent, in rho: committed and still-reserved charges, and committed queries."""
 
     project: str
     dataset: str
-    committed: Spend
-    reserved: Spend
+    committed: float
+    reserved: float
     queries: int
 
 
@@ -135,21 +167,33 @@ class BudgetLedger:
             raise
 
     def reserve(
-        self, query_id: str, project: str, dataset: str, spend: Spend, cap: Spend, hold_s: float | None = None
+        self,
+        query_id: str,
+        project: str,
+        dataset: str,
+        spend: Spend,
+        cap: float,
+        hold_s: float | None = None,
+        dataset_cap: float | None = None,
     ) -> None:
-        """Set ``spend`` aside for ``query_id`` on (``project``, ``dataset``), or refuse if it would pass ``cap``.
+        """Set ``spend`` aside for ``query_id`` on (``project``, ``dataset``), or refuse if it would pass
+        ``cap`` (the project's cap on the dataset, in rho) or ``dataset_cap`` (the dataset's cap across
+        all projects, in rho; None: no such cap).
 
         The reservation belongs to this process and is released if the process dies first; with
         ``hold_s`` it outlives the process for that many seconds instead (for runtimes that answer each
         message in a fresh process, like Flower's), then a later opener releases it.
 
-        Raises :class:`BudgetExhausted` (recording nothing) when committed + reserved + ``spend`` exceeds
-        ``cap`` in epsilon or in rho, and :class:`BadInput` for empty names or a (query, dataset) already
+        Raises :class:`BudgetExhausted` (recording nothing) when committed + reserved + ``spend`` would
+        exceed a cap, and :class:`BadInput` for empty names, a negative cap or a (query, dataset) already
         reserved. A query may reserve several datasets, one call each.
         """
         for name, value in (("query id", query_id), ("project", project), ("dataset", dataset)):
             if not isinstance(value, str) or not value:
                 raise BadInput(f"the {name} must be a non-empty string, not {value!r}")
+        for limit in (cap, dataset_cap):
+            if limit is not None and (not math.isfinite(limit) or limit < 0):
+                raise BadInput(f"a budget cap must be a finite rho >= 0, not {limit!r}; fix the node's config")
         with self._write() as db:
             taken = db.execute(
                 "SELECT state FROM reservation WHERE query_id = ? AND dataset = ?", (query_id, dataset)
@@ -159,14 +203,11 @@ class BudgetLedger:
                     f"query {query_id!r} has already reserved budget on dataset {dataset!r} ({taken[0]}); "
                     "give each query a fresh id"
                 )
-            shortfall = _shortfall(_used(db, project, dataset), spend, cap)
+            shortfall = _shortfall(db, project, dataset, spend, cap, dataset_cap)
             if shortfall and self._release_dead_owners(db):
-                shortfall = _shortfall(_used(db, project, dataset), spend, cap)
+                shortfall = _shortfall(db, project, dataset, spend, cap, dataset_cap)
             if shortfall:
-                raise BudgetExhausted(
-                    f"budget exhausted for project {project!r} on dataset {dataset!r}: {shortfall}; "
-                    "ask the data owner for more or spend less"
-                )
+                raise BudgetExhausted(f"{shortfall}; ask the data owner for more or spend less")
             owner = self.owner if hold_s is None else f"{_HELD}{time.time() + hold_s:.3f}"
             db.execute(
                 "INSERT INTO reservation (query_id, dataset, project, epsilon, rho, state, owner, reserved_at) "
@@ -194,6 +235,49 @@ class BudgetLedger:
                 (_now(), query_id),
             )
 
+    def prepare(self, query_id: str) -> None:
+        """Mark every open reservation of ``query_id`` prepared: the node holds the query's answer and the
+        reservation now waits for the coordinator's decision (:meth:`commit` or :meth:`release`), even
+        across a crash of this process. Raises :class:`Fault` if the query holds no open reservation."""
+        with self._write() as db:
+            states = {row[0] for row in db.execute("SELECT state FROM reservation WHERE query_id = ?", (query_id,))}
+            if "reserved" not in states or "released" in states:
+                raise Fault(
+                    f"cannot prepare query {query_id[:8]!r}: it holds no open reservation here (released after a "
+                    "failure, an abort or a restart); run the query again"
+                )
+            db.execute(
+                "UPDATE reservation SET owner = ? WHERE query_id = ? AND state = 'reserved'", (_PREPARED, query_id)
+            )
+
+    def prepared(self) -> list[str]:
+        """The ids of queries prepared here and still awaiting the coordinator's decision, oldest first."""
+        with self._errors():
+            rows = (
+                self._connection()
+                .execute(
+                    "SELECT query_id FROM reservation WHERE state = 'reserved' AND owner = ? "
+                    "GROUP BY query_id ORDER BY MIN(reserved_at)",
+                    (_PREPARED,),
+                )
+                .fetchall()
+            )
+        return [row[0] for row in rows]
+
+    def state(self, query_id: str) -> str | None:
+        """``reserved``, ``prepared``, ``committed`` or ``released`` (None: never reserved here)."""
+        with self._errors():
+            rows = (
+                self._connection()
+                .execute("SELECT state, owner FROM reservation WHERE query_id = ?", (query_id,))
+                .fetchall()
+            )
+        states = {"prepared" if (state, owner) == ("reserved", _PREPARED) else state for state, owner in rows}
+        for state in ("committed", "released", "prepared", "reserved"):
+            if state in states:
+                return state
+        return None
+
     def release(self, query_id: str) -> None:
         """Give back every open reservation of ``query_id``; committed budget stays spent. Idempotent."""
         with self._write() as db:
@@ -202,11 +286,15 @@ class BudgetLedger:
                 (_now(), query_id),
             )
 
-    def remaining(self, project: str, dataset: str, cap: Spend) -> Spend:
-        """What can still be reserved on (``project``, ``dataset``) under ``cap`` (never below zero)."""
+    def remaining(self, project: str, dataset: str, cap: float, dataset_cap: float | None = None) -> float:
+        """The rho that can still be reserved on (``project``, ``dataset``) under ``cap`` and, if given,
+        the dataset's cap across all projects (never below zero)."""
         with self._errors():
-            used = _used(self._connection(), project, dataset)
-        return Spend(max(0.0, cap.epsilon - used.epsilon), max(0.0, cap.rho - used.rho))
+            db = self._connection()
+            left = cap - _used(db, dataset, project)
+            if dataset_cap is not None:
+                left = min(left, dataset_cap - _used(db, dataset))
+        return max(0.0, left)
 
     def lines(self) -> list[BudgetLine]:
         """One line per (project, dataset) that has any reservation, sorted by project then dataset."""
@@ -215,16 +303,14 @@ class BudgetLedger:
                 self._connection()
                 .execute(
                     "SELECT project, dataset, "
-                    "TOTAL(CASE WHEN state = 'committed' THEN epsilon END), "
-                    "TOTAL(CASE WHEN state = 'committed' THEN rho END), "
-                    "TOTAL(CASE WHEN state = 'reserved' THEN epsilon END), "
-                    "TOTAL(CASE WHEN state = 'reserved' THEN rho END), "
+                    f"TOTAL(CASE WHEN state = 'committed' THEN {_CHARGE} END), "
+                    f"TOTAL(CASE WHEN state = 'reserved' THEN {_CHARGE} END), "
                     "SUM(state = 'committed') "
                     "FROM reservation GROUP BY project, dataset ORDER BY project, dataset"
                 )
                 .fetchall()
             )
-        return [BudgetLine(p, d, Spend(ce, cr), Spend(re, rr), int(n)) for p, d, ce, cr, re, rr, n in rows]
+        return [BudgetLine(p, d, committed, reserved, int(n)) for p, d, committed, reserved, n in rows]
 
     def close(self) -> None:
         """Close every connection and give up this object's owner lock; call it once no thread uses it. Idempotent.
@@ -308,6 +394,8 @@ class BudgetLedger:
         ]
         released = 0
         for owner in owners:
+            if owner == _PREPARED:
+                continue  # waits for the coordinator's decision, whoever holds the ledger
             if owner.startswith(_HELD):
                 alive = time.time() < float(owner.removeprefix(_HELD))
             else:
@@ -320,27 +408,35 @@ class BudgetLedger:
         return released
 
 
-def _used(db: sqlite3.Connection, project: str, dataset: str) -> Spend:
-    """Committed plus reserved loss on one (project, dataset)."""
-    epsilon, rho = db.execute(
-        "SELECT TOTAL(epsilon), TOTAL(rho) FROM reservation "
-        "WHERE project = ? AND dataset = ? AND state IN ('reserved', 'committed')",
-        (project, dataset),
+def _used(db: sqlite3.Connection, dataset: str, project: str | None = None) -> float:
+    """Committed plus reserved charge (rho) on a dataset, for one project or (None) across all projects."""
+    scope, args = ("AND project = ?", (dataset, project)) if project is not None else ("", (dataset,))
+    (used,) = db.execute(
+        f"SELECT TOTAL({_CHARGE}) FROM reservation WHERE dataset = ? {scope} AND state IN ('reserved', 'committed')",
+        args,
     ).fetchone()
-    return Spend(epsilon, rho)
+    return float(used)
 
 
-def _shortfall(used: Spend, spend: Spend, cap: Spend) -> str:
-    """Empty if ``spend`` fits; otherwise what is left and what was asked, for each component that does not."""
-    parts = [
-        f"{max(0.0, limit - spent):.6g} {name} left, {asked:.6g} asked"
-        for name, spent, asked, limit in (
-            ("epsilon", used.epsilon, spend.epsilon, cap.epsilon),
-            ("rho", used.rho, spend.rho, cap.rho),
+def _shortfall(
+    db: sqlite3.Connection, project: str, dataset: str, spend: Spend, cap: float, dataset_cap: float | None
+) -> str:
+    """Empty if ``spend`` fits under both caps; otherwise which cap it passes, what is left and what was asked."""
+    asked = spend.describe()
+    left = cap - _used(db, dataset, project)
+    if spend.charge > left + TOLERANCE:
+        return (
+            f"budget exhausted for project {project!r} on dataset {dataset!r}: rho {max(0.0, left):.6g} left, "
+            f"{asked} asked"
         )
-        if spent + asked > limit + TOLERANCE
-    ]
-    return " and ".join(parts)
+    if dataset_cap is not None:
+        left = dataset_cap - _used(db, dataset)
+        if spend.charge > left + TOLERANCE:
+            return (
+                f"budget exhausted on dataset {dataset!r} across all projects (the node's cap for the dataset): "
+                f"rho {max(0.0, left):.6g} left, {asked} asked"
+            )
+    return ""
 
 
 def _now() -> str:

@@ -47,7 +47,6 @@ from fedlink.query.tasks import (
     LinkedStep,
     ModelOutput,
     ModelStep,
-    PrivacyLoss,
     QueryTask,
 )
 from fedlink.wire.blobs import pack
@@ -192,8 +191,9 @@ class NodeRuntime:
                     task.project,
                     self._dataset(table.name),
                     Spend(epsilon=task.loss.epsilon, rho=task.loss.rho),
-                    Spend(epsilon=approval.epsilon, rho=approval.rho),
+                    approval.rho,
                     hold_s=hold_s,
+                    dataset_cap=self.config.privacy.dataset_caps.get(table.name),
                 )
         except BadInput as exc:
             self.ledger.release(task.query_id)
@@ -353,7 +353,8 @@ class NodeRuntime:
             call.project,
             self._dataset(LINKAGE_DATASET),
             Spend(epsilon=call.epsilon),
-            Spend(epsilon=approval.epsilon, rho=approval.rho),
+            approval.rho,
+            dataset_cap=self.config.privacy.dataset_caps.get(LINKAGE_DATASET),
         )
         self.ledger.commit(query_id)
         self.register.append(
@@ -405,29 +406,36 @@ class NodeRuntime:
             self._log(task, "refused", "aborted by the coordinator: another node refused or failed")
 
     def budget(self) -> BudgetReport:
-        used = {(line.project, line.dataset): line for line in self.ledger.lines()}
-        lines = []
+        """Every approved project's line per dataset, in rho, with the dataset's totals across projects."""
+        lines = self.ledger.lines()
+        used = {(line.project, line.dataset): line for line in lines}
+        totals: dict[str, tuple[float, float]] = {}
+        for line in lines:
+            spent, reserved = totals.get(line.dataset, (0.0, 0.0))
+            totals[line.dataset] = (spent + line.committed, reserved + line.reserved)
+        caps = self.config.privacy.dataset_caps
+        out = []
         for approval in self.config.approvals:
             linkage = (LINKAGE_DATASET,) if (approval.project, self._dataset(LINKAGE_DATASET)) in used else ()
             for table in (*(approval.tables or tuple(self.data.tables)), *linkage):
                 dataset = self._dataset(table)
-                line = used.get((approval.project, dataset))
-                lines.append(
+                mine = used.get((approval.project, dataset))
+                all_spent, all_reserved = totals.get(dataset, (0.0, 0.0))
+                out.append(
                     BudgetLineInfo(
                         node=self.name,
                         project=approval.project,
                         dataset=dataset,
-                        cap=PrivacyLoss(epsilon=approval.epsilon, rho=approval.rho),
-                        spent=PrivacyLoss(epsilon=line.committed.epsilon, rho=line.committed.rho)
-                        if line
-                        else PrivacyLoss(),
-                        reserved=PrivacyLoss(epsilon=line.reserved.epsilon, rho=line.reserved.rho)
-                        if line
-                        else PrivacyLoss(),
-                        queries=line.queries if line else 0,
+                        cap=approval.rho,
+                        spent=mine.committed if mine else 0.0,
+                        reserved=mine.reserved if mine else 0.0,
+                        queries=mine.queries if mine else 0,
+                        dataset_cap=caps.get(table),
+                        dataset_spent=all_spent,
+                        dataset_reserved=all_reserved,
                     )
                 )
-        return BudgetReport(lines=tuple(lines))
+        return BudgetReport(lines=tuple(out))
 
     def close(self) -> None:
         self._preparer.shutdown(wait=True, cancel_futures=True)

@@ -58,6 +58,9 @@ class QueryTask(Frozen):
     #: the node's own policy allows it.
     noiseless: bool = False
     pet: TaskPet = "dp"
+    #: When the coordinator gives up on the query (UTC, seconds since the epoch; 0: no deadline). A node
+    #: never prepares an answer after it: a node that stalled and resumes late refuses the task instead.
+    deadline: float = 0.0
 
     @property
     def pet_label(self) -> str:
@@ -92,6 +95,18 @@ class TaskRef(Frozen):
     query_id: str
 
 
+class PendingAnswer(Frozen):
+    """An answer a node holds for a query awaiting the coordinator: ``prepared`` (its budget is reserved,
+    waiting for the decision) or ``committed`` (spent; the answer may not have reached the coordinator)."""
+
+    query_id: str
+    state: Literal["prepared", "committed"]
+
+
+class PendingReport(Frozen):
+    answers: tuple[PendingAnswer, ...] = ()
+
+
 class ExecuteTask(Frozen):
     """The execute phase: for he+dp, the analyst's public HE contexts (base64, by scheme)."""
 
@@ -100,22 +115,30 @@ class ExecuteTask(Frozen):
 
 
 class BudgetLineInfo(Frozen):
-    """One node's budget for one project and dataset, as shown by `fedlink budget`."""
+    """One node's budget for one project and dataset, as shown by `fedlink budget`: everything in rho
+    (zCDP), the ledger's one currency (an epsilon-DP query is charged epsilon^2 / 2)."""
 
     node: str
     project: str
     dataset: str
-    cap: PrivacyLoss
-    spent: PrivacyLoss
-    reserved: PrivacyLoss
+    #: The project's cap on this dataset, what it has committed, and what it holds reserved now.
+    cap: float
+    spent: float
+    reserved: float
     queries: int
+    #: The node's cap on the dataset across all projects (None: no such cap), and what all projects
+    #: together have committed and reserved on it.
+    dataset_cap: float | None = None
+    dataset_spent: float = 0.0
+    dataset_reserved: float = 0.0
 
     @property
-    def remaining(self) -> PrivacyLoss:
-        return PrivacyLoss(
-            epsilon=max(0.0, self.cap.epsilon - self.spent.epsilon - self.reserved.epsilon),
-            rho=max(0.0, self.cap.rho - self.spent.rho - self.reserved.rho),
-        )
+    def remaining(self) -> float:
+        """What this project can still spend here: the tighter of its own cap and the dataset's."""
+        left = self.cap - self.spent - self.reserved
+        if self.dataset_cap is not None:
+            left = min(left, self.dataset_cap - self.dataset_spent - self.dataset_reserved)
+        return max(0.0, left)
 
 
 class BudgetReport(Frozen):
