@@ -77,6 +77,17 @@ class Timeout(Fault):
     code = "timeout"
 
 
+class ResultPending(Fault):
+    """A query's budget is committed but a node has not yet delivered its answer: the result is kept
+    and completes when the node is back; collect it with ``fedlink result get ID`` (exit code 1)."""
+
+    code = "result_pending"
+
+    def __init__(self, message: str, query_id: str = "") -> None:
+        super().__init__(message)
+        self.query_id = query_id
+
+
 _BY_CODE: dict[str, type[FedlinkError]] = {
     cls.code: cls
     for cls in (
@@ -90,6 +101,7 @@ _BY_CODE: dict[str, type[FedlinkError]] = {
         Fault,
         NodeUnavailable,
         Timeout,
+        ResultPending,
     )
 }
 

@@ -15,7 +15,8 @@ import tenseal as ts
 
 import fedlink
 from fedlink.pets import he
-from fedlink.wire import audit
+from fedlink.query.results import EncryptedPartial
+from fedlink.wire import audit, rpc
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.transport import Reassembler
 
@@ -206,7 +207,10 @@ def test_every_ciphertext_a_node_sends_decrypts_under_the_analysts_key(workdir: 
             pet="he+dp",
         )
         runtime.reserve(task)
-        partial = runtime.execute("he-1", keys.public_contexts())
+        runtime.execute("he-1", keys.public_contexts())  # prepared: the answer waits in the outbox
+        kind, body = runtime.commit("he-1")  # what the node sends once the coordinator decides
+        assert kind == rpc.ENCRYPTED_PARTIAL
+        partial = EncryptedPartial.model_validate_json(body)
         exact = runtime.data.aggregate(plan)
         for key, chunks in partial.ciphertexts.items():
             scheme = "ckks" if key.startswith("sum") else "bfv"

@@ -252,10 +252,14 @@ class StalledData(NodeData):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.release = threading.Event()
+        self.done = threading.Event()
 
     def aggregate(self, plan: AggregatePlan) -> PartialAggregates:
         self.release.wait(30)
-        return super().aggregate(plan)
+        try:
+            return super().aggregate(plan)
+        finally:
+            self.done.set()
 
 
 def test_a_node_that_does_not_answer_times_out_and_nothing_is_released(workdir: Path) -> None:
@@ -270,4 +274,5 @@ def test_a_node_that_does_not_answer_times_out_and_nothing_is_released(workdir: 
         assert entries[-1].fields["status"] == "failed" and entries[-1].fields["released"] is None
     finally:
         stalled.release.set()
+        stalled.done.wait(30)  # the late aggregate finishes before its database is closed
         fed.stop()

@@ -161,6 +161,7 @@ def test_a_noisy_linked_query_spends_at_every_node_and_lies_within_its_intervals
 def test_nothing_but_ciphertexts_crosses_the_wire(fed: InProcessFederation, workdir: Path, monkeypatch) -> None:
     from fedlink.analyst import client
     from fedlink.pets.chain import ChainKeys
+    from fedlink.pets.sealed import open_sealed
     from fedlink.wire import audit
     from fedlink.wire.blobs import unpack
     from fedlink.wire.fedlink_pb2 import Frame
@@ -171,14 +172,14 @@ def test_nothing_but_ciphertexts_crosses_the_wire(fed: InProcessFederation, work
     made: list[ChainKeys] = []
 
     class Recorded(ChainKeys):
-        def __init__(self, params) -> None:
-            super().__init__(params)
+        def __init__(self, params, secret=None) -> None:
+            super().__init__(params, secret)
             made.append(self)
 
     monkeypatch.setattr(client, "ChainKeys", Recorded)
     analyst = connect_analyst(fed.address, workdir)
     with audit.recording() as captured:
-        analyst.query(QUERIES[4][1], project=HOMELESSNESS, epsilon=0.5)
+        result = analyst.query(QUERIES[4][1], project=HOMELESSNESS, epsilon=0.5)
     reassembler, bodies = Reassembler(), []
     for direction, data in captured:
         if direction == "sent":
@@ -188,7 +189,11 @@ def test_nothing_but_ciphertexts_crosses_the_wire(fed: InProcessFederation, work
     steps = [b for k, b in bodies if k == "linked_step"]
     assert len(steps) == 4, "north, south, dwp, nhs each ran one step"
     binary = [b for _, b in bodies if b[:4] == b"FLB1"]
-    assert len(binary) >= 9  # 4 steps out, 4 back, 1 result
+    assert len(binary) == 8  # 4 steps out, 3 middle answers back, the last node's cells at its commit
+    sealed = [b for k, b in bodies if k == "linked_result"]
+    assert len(sealed) == 1 and sealed[0][:4] == b"FLS1"  # the analyst's copy is sealed to its result key
+    stored = analyst.keystore.load(result.query_id)
+    binary.append(open_sealed(stored.result_key, stored.query_id, sealed[0]))
     from fedlink.pets.chain import ChainEvaluator
 
     evaluator = ChainEvaluator(made[0].params, made[0].public_key())
@@ -224,8 +229,8 @@ def test_registers_record_the_query_at_every_node_without_values(fed: InProcessF
         config = node_config(node, fed.address, fed.state)
         entries = [json.loads(line) for line in config.register_path().read_text().splitlines()]
         mine = [e for e in entries if e.get("fields", {}).get("query_id") == result.query_id]
-        assert [e["fields"]["status"] for e in mine] == ["released"]
-        assert mine[0]["fields"]["released"] is None and "LINK" in mine[0]["fields"]["query"]
+        assert [e["fields"]["status"] for e in mine] == ["prepared", "released"]  # the two phases of its commit
+        assert all(e["fields"]["released"] is None and "LINK" in e["fields"]["query"] for e in mine)
 
 
 def test_linked_queries_refuse_clearly_and_spend_nothing(fed: InProcessFederation, workdir: Path) -> None:

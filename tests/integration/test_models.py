@@ -118,8 +118,9 @@ def test_with_noise_each_node_spends_rho_once_and_the_register_says_so(
         assert after[f"{name}.support_episodes"] == pytest.approx(spent[f"{name}.support_episodes"] + 1.5)
         entries = [json.loads(line) for line in (charities.state / name / "register.jsonl").read_text().splitlines()]
         mine = [e for e in entries if e["kind"] == "query" and e["fields"]["query_id"] == fit.query_id]
-        assert [e["fields"]["status"] for e in mine] == ["released"]  # once, not once per iteration
-        assert mine[0]["fields"]["privacy_loss"] == {name: {"epsilon": 0.0, "rho": 1.5}}
+        # the two phases of its commit, once each, not once per iteration
+        assert [e["fields"]["status"] for e in mine] == ["prepared", "released"]
+        assert all(e["fields"]["privacy_loss"] == {name: {"epsilon": 0.0, "rho": 1.5}} for e in mine)
         assert mine[0]["fields"]["query"].startswith("MODEL logistic outcome = 'housed' ~")
     public = client.register().entries("query")
     released = next(e for e in public if e["fields"]["query_id"] == fit.query_id)["fields"]
@@ -167,7 +168,9 @@ def test_a_node_refuses_a_replayed_or_extra_iteration(charities: InProcessFedera
     assert north.ledger.lines() == before
     task = task.model_copy(update={"query_id": "replay-test-2"})
     north.reserve(task)
-    header, blobs = unpack_blobs(north.model_step(step(0)))
+    assert north.model_step(step(0)) is None  # the first statistics wait in the outbox for the commit
+    _, body = north.commit(task.query_id)
+    header, blobs = unpack_blobs(body)
     assert ModelOutput.model_validate_json(header).noise_sd > 0 and len(blobs[0]) == 8 * plan.statistics
     with pytest.raises(PolicyRefused, match="answered already"):
         north.model_step(step(0))
@@ -177,7 +180,7 @@ def test_a_node_refuses_a_replayed_or_extra_iteration(charities: InProcessFedera
     with pytest.raises(Fault, match="holds no reservation"):
         north.model_step(step(1))
     statuses = [e.fields["status"] for e in north.register.entries() if e.kind == "query" and "replay" in str(e.fields)]
-    assert statuses == ["failed", "released"]
+    assert statuses == ["failed", "prepared", "released"]
     spent = {line.dataset: line.committed for line in north.ledger.lines()}
     was = {line.dataset: line.committed for line in before}
     assert spent["charity_north.support_episodes"] == pytest.approx(was.get("charity_north.support_episodes", 0) + 0.2)
@@ -190,7 +193,7 @@ def test_no_nodes_statistics_cross_the_wire(workdir: Path) -> None:
     from fedlink.node.data import NodeData
     from fedlink.node.operators import model_statistics
     from fedlink.pets import secagg
-    from fedlink.query.tasks import ModelRequest
+    from fedlink.query.tasks import ModelRequest, ModelResult
     from fedlink.wire import audit
 
     from ..conftest import node_config
@@ -201,7 +204,8 @@ def test_no_nodes_statistics_cross_the_wire(workdir: Path) -> None:
             request = ModelRequest(
                 formula=FORMULA, table="support_episodes", project=PROJECT, iterations=1, noiseless=True
             )
-            fit = fit_model(fed.coordinator, request, "demo-analyst")
+            _, body = fit_model(fed.coordinator, request, "demo-analyst")  # unsealed: no result key given
+            fit = ModelResult.model_validate_json(body)
         finally:
             fed.stop()
     plan = plan_model(FORMULA, "support_episodes", fed.coordinator.catalogue(), iterations=1)

@@ -6,6 +6,7 @@ The ``fedlink`` CLI is a thin layer over this module.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +17,21 @@ import numpy as np
 from pydantic import ValidationError
 from sqlglot import exp
 
+from fedlink.analyst.keystore import KeyStore, QueryKeys
 from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
 from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
 from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, QueryError, Timeout
 from fedlink.linkage.messages import LinkCall, LinkMode, LinkReport
 from fedlink.pets.chain import ChainKeys
 from fedlink.pets.he import AnalystKeys, Scheme
+from fedlink.pets.sealed import new_key as new_result_key
+from fedlink.pets.sealed import open_sealed
 from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.linked import is_linked, plan_linked
 from fedlink.query.model import Family
 from fedlink.query.results import EncryptedResult, LinkedEncryptedResult, QueryResult, build_result, scheme_of
 from fedlink.query.sql import parse_sql
-from fedlink.query.tasks import BudgetReport, ModelRequest, ModelResult, Pet, PrivacyLoss, QueryRequest
+from fedlink.query.tasks import BudgetReport, ModelRequest, ModelResult, Pet, PrivacyLoss, QueryRequest, TaskRef
 from fedlink.wire import rpc
 from fedlink.wire.blobs import unpack
 from fedlink.wire.transport import (
@@ -44,13 +48,24 @@ from fedlink.wire.transport import (
 
 @dataclass(frozen=True)
 class Federation:
-    """A connection to a federation's coordinator as one analyst (identified by certificate)."""
+    """A connection to a federation's coordinator as one analyst (identified by certificate).
+
+    Every query's own keys are written to ``results_dir`` before the query leaves (default: a
+    ``results`` folder beside the analyst's private key, or ``$FEDLINK_RESULTS``), so that its result,
+    which the coordinator keeps sealed to the analyst once any budget is committed, can be collected
+    later with :meth:`result` whatever happens to the call."""
 
     address: str
     tls: TlsFiles
     server_name: str | None = None
     project: str | None = None
     timeout_s: float = 120.0
+    results_dir: Path | None = None
+
+    @property
+    def keystore(self) -> KeyStore:
+        default = os.environ.get("FEDLINK_RESULTS") or self.tls.key.parent / "results"
+        return KeyStore(self.results_dir or Path(default))
 
     def _call(
         self, kind: str, body: bytes = b"", on_progress: Callable[[str, int, int], None] | None = None
@@ -126,37 +141,56 @@ class Federation:
             raise BadInput(f"invalid privacy loss ({reason}); give one positive --epsilon or --rho") from exc
         if not request.project:
             raise BadInput("every query belongs to a project: pass --project P (or set project in your profile)")
+        result_key, public_result_key = new_result_key()
+        request = request.model_copy(update={"pet": pet, "query_id": new_call_id(), "result_key": public_result_key})
         if is_linked(sql):
-            return self._linked_query(request.model_copy(update={"pet": pet}))
-        keys = None
+            return self._linked_query(request, result_key)
+        he = None
         if pet == "he+dp":
             # A fresh key pair per query; only the public contexts leave this process.
-            keys = AnalystKeys(_schemes_for(sql))
-            request = request.model_copy(update={"pet": pet, "contexts": keys.public_contexts()})
-        else:
-            request = request.model_copy(update={"pet": pet})
+            he = AnalystKeys(_schemes_for(sql))
+            request = request.model_copy(update={"contexts": he.public_contexts()})
+        stored = QueryKeys(
+            request.query_id, "query", self.address, result_key, he=he.secret_contexts() if he is not None else {}
+        )
+        self.keystore.save(stored)
         reply = self._call(rpc.QUERY, request.model_dump_json().encode())
-        if reply.kind == rpc.ENCRYPTED_RESULT:
-            if keys is None:
-                raise Fault("the coordinator sent an encrypted result for a query that asked for none")
-            return Result(decrypt_result(EncryptedResult.model_validate_json(reply.body), keys))
-        return Result(QueryResult.model_validate_json(reply.body))
+        opened = _open(stored, reply, he=he)
+        if not isinstance(opened, Result):
+            raise Fault("the coordinator answered a query with a model; upgrade it")
+        return opened
 
-    def _linked_query(self, request: QueryRequest) -> Result:
+    def _linked_query(self, request: QueryRequest, result_key: bytes) -> Result:
         """A LINK query: planned here first (so a bad query costs nothing and the key fits the chain),
         then run by the encrypted chain; only this process can decrypt the masked cells."""
         if request.pet != "he+dp":
             raise BadInput("linked queries always run encrypted (he+dp); drop --pet dp")
         catalogue = FederationCatalogue.model_validate_json(self._call(rpc.CATALOGUE).body)
         plan = plan_linked(request.sql, catalogue)
-        keys = ChainKeys(plan.params)
+        chain = ChainKeys(plan.params)
+        stored = QueryKeys(request.query_id, "linked", self.address, result_key, chain=chain.secret_key_bytes())
+        self.keystore.save(stored)
         reply = self._call(
-            rpc.QUERY, request.model_copy(update={"link_key": keys.public_key()}).model_dump_json().encode()
+            rpc.QUERY, request.model_copy(update={"link_key": chain.public_key()}).model_dump_json().encode()
         )
-        if reply.kind != rpc.LINKED_RESULT:
+        opened = _open(stored, reply, chain=chain)
+        if not isinstance(opened, Result):
             raise Fault("the coordinator did not answer a linked query with a linked result; upgrade it")
-        header, cells = unpack(reply.body)
-        return Result(decrypt_linked(LinkedEncryptedResult.model_validate_json(header), cells, keys))
+        return opened
+
+    def result(self, query_id: str) -> Result | ModelResult:
+        """The result of a query or model you ran earlier, by its id: kept by the coordinator, sealed to
+        you, from the moment any node committed budget for it (a call that failed after that says the
+        result is pending, with its id). Completes it first if a node owed its answer and is back.
+        Raises :class:`ResultPending` while a node still owes its answer, and a one-line error for a
+        query that failed (then nothing was spent). ``fedlink result list`` shows the ids kept here."""
+        stored = self.keystore.load(query_id)
+        reply = self._call(rpc.RESULT_GET, TaskRef(query_id=query_id).model_dump_json().encode())
+        return _open(stored, reply)
+
+    def results(self) -> list[dict[str, str]]:
+        """The queries whose keys this client keeps (id, kind, coordinator, when), oldest first."""
+        return self.keystore.queries()
 
     def register(self) -> RegisterView:
         """The coordinator's transparency register: every project and query on the public record,
@@ -236,8 +270,14 @@ class Federation:
         fedlink.errors.QueryError: 'outcome' is a category of text; use an indicator such as outcome = 'housed'
         """
         request = model_request(formula, table, project or self.project, family, rho, iterations, noiseless)
-        reply = self._call(rpc.MODEL, request.model_dump_json().encode())
-        return ModelResult.model_validate_json(reply.body)
+        result_key, public_result_key = new_result_key()
+        request = request.model_copy(update={"query_id": new_call_id(), "result_key": public_result_key})
+        stored = QueryKeys(request.query_id, "model", self.address, result_key)
+        self.keystore.save(stored)
+        opened = _open(stored, self._call(rpc.MODEL, request.model_dump_json().encode()))
+        if not isinstance(opened, ModelResult):
+            raise Fault("the coordinator answered a model with a query result; upgrade it")
+        return opened
 
     def budget(self) -> Budget:
         """Privacy budget per node, project and dataset, for the projects you are registered on, in one
@@ -283,6 +323,30 @@ def model_request(
         loss=PrivacyLoss(rho=rho or 0.0),
         noiseless=noiseless,
     )
+
+
+def _open(
+    stored: QueryKeys, reply: Message, he: AnalystKeys | None = None, chain: ChainKeys | None = None
+) -> Result | ModelResult:
+    """Unseal a stored or returned result with this query's keys and decrypt it (``he``/``chain``: the
+    keys still in memory, else restored from ``stored``)."""
+    body = open_sealed(stored.result_key, stored.query_id, reply.body)
+    if reply.kind == rpc.ENCRYPTED_RESULT:
+        keys = he or AnalystKeys([], restored=stored.he)
+        return Result(decrypt_result(EncryptedResult.model_validate_json(body), keys))
+    if reply.kind == rpc.LINKED_RESULT:
+        header, cells = unpack(body)
+        encrypted = LinkedEncryptedResult.model_validate_json(header)
+        if chain is None:
+            if stored.chain is None:
+                raise Fault(f"no chain key was kept for query {stored.query_id[:8]}; its result cannot be opened")
+            chain = ChainKeys(encrypted.plan.params, stored.chain)
+        return Result(decrypt_linked(encrypted, cells, chain))
+    if reply.kind == rpc.RESULT and stored.kind == "model":
+        return ModelResult.model_validate_json(body)
+    if reply.kind == rpc.RESULT:
+        return Result(QueryResult.model_validate_json(body))
+    raise Fault(f"the coordinator answered with '{reply.kind}', not a result; upgrade it")
 
 
 def _schemes_for(sql: str) -> list[Scheme]:
@@ -371,8 +435,10 @@ def connect(
     project: str | None = None,
     server_name: str | None = None,
     timeout_s: float | None = None,
+    results_dir: str | Path | None = None,
 ) -> Federation:
     """Connect to a federation, either with explicit certificate files or with an analyst profile.
+    ``results_dir``: where each query's keys are kept (see :class:`Federation`).
 
     >>> fed = fedlink.connect(address, cert=pki / "analyst-demo-analyst.crt",
     ...                       key=pki / "analyst-demo-analyst.key", ca=pki / "ca.crt")
@@ -394,6 +460,7 @@ def connect(
                 server_name=server_name or loaded.coordinator_name,
                 project=project or loaded.project,
                 timeout_s=timeout_s or loaded.timeout_s,
+                results_dir=Path(results_dir) if results_dir else None,
             )
         )
     missing = [name for name, value in (("cert", cert), ("key", key), ("ca", ca)) if value is None]
@@ -403,7 +470,11 @@ def connect(
             "`fedlink pki issue --role analyst --name NAME` and the federation CA"
         )
     tls = TlsFiles(Path(str(cert)), Path(str(key)), Path(str(ca)))
-    return _checked(Federation(coordinator, tls, server_name, project, timeout_s or 120.0))
+    return _checked(
+        Federation(
+            coordinator, tls, server_name, project, timeout_s or 120.0, Path(results_dir) if results_dir else None
+        )
+    )
 
 
 def _checked(federation: Federation) -> Federation:

@@ -44,6 +44,10 @@ bench_app = typer.Typer(help="Benchmarks: run the suites, write the report.", no
 app.add_typer(bench_app, name="bench")
 model_app = typer.Typer(help="Federated models (logistic and linear regression) over horizontally split tables.")
 app.add_typer(model_app, name="model")
+result_app = typer.Typer(
+    help="Results the coordinator keeps for you (sealed to your key) once budget is committed.", no_args_is_help=True
+)
+app.add_typer(result_app, name="result")
 
 # Piped or redirected output is read in files and logs: wide tables there rather than truncated headers.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -370,6 +374,39 @@ def model_fit(
             noiseless=noiseless,
         )
     render.model(out, fit, fmt.value)
+
+
+@result_app.command("get")
+@handles_errors
+def result_get(
+    query_id: Annotated[str, typer.Argument(help="The query's id (printed when a result is pending; `result list`).")],
+    profile: Profile = None,
+    coordinator: Coordinator = None,
+    cert: Cert = None,
+    key: Key = None,
+    ca: Ca = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Collect the result of a query or model you ran (completing it if a node that owed its answer is back)."""
+    res = _connect(profile, coordinator, cert, key, ca).result(query_id)
+    if isinstance(res, fedlink.ModelResult):
+        render.model(out, res, fmt.value)
+    else:
+        render.result(out, res, fmt.value)
+
+
+@result_app.command("list")
+@handles_errors
+def result_list(
+    profile: Profile = None,
+    coordinator: Coordinator = None,
+    cert: Cert = None,
+    key: Key = None,
+    ca: Ca = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """The queries whose keys this client keeps, so whose results `fedlink result get` can open."""
+    render.stored_results(out, _connect(profile, coordinator, cert, key, ca).results(), fmt.value)
 
 
 class LinkModeOpt(StrEnum):

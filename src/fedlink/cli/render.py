@@ -356,3 +356,22 @@ def model(console: Console, fit: fedlink.ModelResult, fmt: str) -> None:
             f"[{row['lower']:.4g}, {row['upper']:.4g}]",
         )
     console.print(table)
+    for note in fit.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+
+
+def stored_results(console: Console, queries: list[dict[str, str]], fmt: str) -> None:
+    """The queries whose keys this client keeps (so whose results it can collect)."""
+    if fmt == "json":
+        console.print_json(json.dumps({"queries": queries}))
+        return
+    header = ["query_id", "kind", "coordinator", "created"]
+    if fmt == "csv":
+        _csv(console, header, [[q[h] for h in header] for q in queries])
+        return
+    table = Table(title="queries whose results this client can collect", title_justify="left")
+    for name in header:
+        table.add_column(name)
+    for q in queries:
+        table.add_row(*(q[h] for h in header))
+    console.print(table)

@@ -8,20 +8,22 @@ noiseless aggregate (the last node adds the noise and the mask under encryption)
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Literal
 
+from fedlink.coordinator.journal import Finished, JournalEntry
 from fedlink.coordinator.linkage import load_spine_meta
 from fedlink.errors import BadInput, Fault, FedlinkError
+from fedlink.linkage.messages import LinkageQuality
 from fedlink.pets.chain import ChainEvaluator
 from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.linked import plan_linked
+from fedlink.query.linked import LinkedPlan, plan_linked
 from fedlink.query.results import LinkedEncryptedResult
 from fedlink.query.tasks import LinkedOutput, LinkedStep, QueryRequest, QueryTask
 from fedlink.wire import rpc
 from fedlink.wire.blobs import pack, unpack
-from fedlink.wire.transport import Message, new_call_id
 
 if TYPE_CHECKING:
     from fedlink.coordinator.server import Coordinator
@@ -31,8 +33,14 @@ log = logging.getLogger("fedlink.coordinator")
 STEP_TIMEOUT_S = 600.0
 
 
-def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: str) -> bytes:
-    """Run a LINK query; returns the packed :class:`LinkedEncryptedResult` and its masked cells."""
+def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: str) -> tuple[str, bytes]:
+    """Run a LINK query; returns the reply kind and the packed :class:`LinkedEncryptedResult` with its
+    masked cells (sealed to the analyst when the request carried a result key).
+
+    Two-phase, like every query (:mod:`fedlink.coordinator.server`): each node of the chain reserves,
+    then runs its step and prepares; the middle nodes' ciphertexts travel on at once, the last node's
+    noisy cells wait in its outbox; once all have prepared the coordinator decides and every node
+    commits, the last one sending its cells."""
     started = time.perf_counter()
     project = coordinator.projects.get(request.project)
     coordinator._check_loss(request.loss, request.noiseless, coordinator.config.coordinator.test_mode)
@@ -42,7 +50,7 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
     project.check(analyst, plan.datasets())
     if not request.link_key:
         raise BadInput("a linked query needs the analyst's public key for the chain; upgrade the analyst client")
-    evaluator = ChainEvaluator(plan.params, request.link_key)
+    ChainEvaluator(plan.params, request.link_key)  # refuses a key that does not fit the plan, before reserving
     meta = load_spine_meta(coordinator.spines_path(), project.id)
     if meta is None:
         raise BadInput(f"project '{project.id}' has no link spine yet; run `fedlink link --project {project.id}`")
@@ -53,8 +61,10 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
             f"`fedlink link --project {project.id}`"
         )
     sessions = coordinator._sessions_for(plan.nodes, "holding a linked table")
-    task = QueryTask(
-        query_id=new_call_id(),
+    chain = plan.nodes
+    step_timeout = max(coordinator.config.coordinator.query_timeout_s, STEP_TIMEOUT_S)
+    task = coordinator.new_task(
+        request,
         plan=plan,
         analyst=analyst,
         project=project.id,
@@ -62,12 +72,20 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
         loss=request.loss,
         noiseless=request.noiseless,
         pet="he+dp",
+        extra_s=step_timeout * len(chain),
     )
+    policy = DisclosurePolicy.strictest(sessions[n].catalogue.disclosure for n in chain)
+    extra = {
+        "policy": policy.model_dump(),
+        "link_key": request.link_key,
+        "linkage": None if meta.quality is None else meta.quality.model_dump(mode="json"),
+        "linkage_note": meta.quality_refused,
+    }
+    coordinator.begin(task, "linked", extra, request.result_key)
     coordinator._reserve(sessions, task)
 
     output = LinkedOutput(streams={}, chunks=0)
     blobs: list[bytes] = []
-    chain = plan.nodes
     for position, node in enumerate(chain):
         role = _role(position, len(chain), node in plan.union)
         step = LinkedStep(
@@ -81,36 +99,15 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
             units=output.units,
         )
         body = pack(step.model_dump_json().encode(), blobs)
-        timeout = max(coordinator.config.coordinator.query_timeout_s, STEP_TIMEOUT_S)
-        answer = coordinator._call_each({node: (sessions[node], body)}, rpc.LINKED_STEP, timeout)[node]
+        answer = coordinator._call_each({node: (sessions[node], body)}, rpc.LINKED_STEP, step_timeout)[node]
         if isinstance(answer, FedlinkError):
-            coordinator._abort({n: sessions[n] for n in chain[position:]}, task.query_id)
-            reason = f"node '{node}' failed during the linked query ({answer.message}); nothing was released"
-            coordinator._log_query(task, "failed", reason, None)
-            raise Fault(reason)
-        assert isinstance(answer, Message)
-        header, blobs = unpack(answer.body)
-        output = LinkedOutput.model_validate_json(header)
-    if output.noiseless != task.noiseless or sum(output.streams.values()) != len(plan.components) * plan.cells:
-        coordinator._log_query(task, "failed", "the last node answered inconsistently", None)
-        raise Fault("the last node of the chain answered inconsistently; nothing was released")
-    for blob in blobs:
-        evaluator.load(blob)  # the analyst receives only ciphertexts of this query's parameters
-    policy = DisclosurePolicy.strictest(sessions[n].catalogue.disclosure for n in chain)
-    result = LinkedEncryptedResult(
-        query_id=task.query_id,
-        plan=plan,
-        project=project.id,
-        pet=task.pet_label,
-        noiseless=task.noiseless,
-        privacy_loss={n: request.loss for n in chain},
-        policy=policy,
-        noise=output.noise,
-        units=output.units,
-        linkage=meta.quality,
-        linkage_note=meta.quality_refused,
-    )
-    coordinator._log_query(task, "released", None, None, encrypted_for=analyst)
+            reason = f"node '{node}' failed during the linked query ({answer.message}); nothing was spent"
+            raise coordinator.fail(sessions, task, reason)
+        if role != "last":
+            header, blobs = unpack(answer.body)
+            output = LinkedOutput.model_validate_json(header)
+    coordinator.decide(task)
+    reply = coordinator.deliver(task.query_id)
     log.info(
         "linked query %s by '%s' for '%s' over %s (%d cells, %d people in the spine) answered in %.0f ms",
         task.query_id[:8],
@@ -121,7 +118,41 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
         meta.size,
         1000 * (time.perf_counter() - started),
     )
-    return pack(result.model_dump_json().encode(), blobs)
+    return reply
+
+
+def finish_linked(coordinator: Coordinator, entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) -> Finished:
+    """The analyst's linked result from the last node's committed cells (the other nodes' commits carry
+    nothing): checked to be ciphertexts of this query's parameters, packed with their header."""
+    task = QueryTask.model_validate_json(entry.task)
+    plan = task.plan
+    assert isinstance(plan, LinkedPlan)
+    extra = json.loads(entry.extra)
+    kind, body = answers[plan.nodes[-1]]
+    if kind != rpc.RESULT:
+        raise Fault("the last node of the chain committed without its cells; nothing was released")
+    header, blobs = unpack(body)
+    output = LinkedOutput.model_validate_json(header)
+    if output.noiseless != task.noiseless or sum(output.streams.values()) != len(plan.components) * plan.cells:
+        raise Fault("the last node of the chain answered inconsistently; nothing was released")
+    evaluator = ChainEvaluator(plan.params, extra["link_key"])
+    for blob in blobs:
+        evaluator.load(blob)  # the analyst receives only ciphertexts of this query's parameters
+    quality = extra.get("linkage")
+    result = LinkedEncryptedResult(
+        query_id=task.query_id,
+        plan=plan,
+        project=task.project,
+        pet=task.pet_label,
+        noiseless=task.noiseless,
+        privacy_loss={n: task.loss for n in plan.nodes},
+        policy=DisclosurePolicy.model_validate(extra["policy"]),
+        noise=output.noise,
+        units=output.units,
+        linkage=None if quality is None else LinkageQuality.model_validate(quality),
+        linkage_note=extra.get("linkage_note"),
+    )
+    return Finished(rpc.LINKED_RESULT, pack(result.model_dump_json().encode(), blobs), None, task.analyst)
 
 
 def _role(position: int, length: int, in_union: bool) -> Literal["first", "union", "middle", "last"]:

@@ -11,6 +11,7 @@ rho it committed (rho / iterations per round, composed).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -19,15 +20,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from pydantic import ValidationError
 
+from fedlink.coordinator.journal import Finished, JournalEntry
 from fedlink.errors import BadInput, Fault, FedlinkError
 from fedlink.pets import secagg
 from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.model import newton_step, plan_model, summary, unpack
+from fedlink.query.model import ModelPlan, newton_step, plan_model, summary, unpack
 from fedlink.query.tasks import ModelOutput, ModelRequest, ModelResult, ModelStep, QueryTask
 from fedlink.wire import rpc
 from fedlink.wire.blobs import unpack as unpack_blobs
-from fedlink.wire.transport import Message, new_call_id
+from fedlink.wire.transport import Message
 
 if TYPE_CHECKING:
     from fedlink.coordinator.server import Coordinator
@@ -35,8 +37,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedlink.coordinator")
 
 
-def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> ModelResult:
-    """Fit ``request``'s model over every node holding its table; returns the released coefficients."""
+def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> tuple[str, bytes]:
+    """Fit ``request``'s model over every node holding its table; returns the reply kind and the
+    released :class:`ModelResult` (sealed to the analyst when the request carried a result key).
+
+    The first iteration is the query's two-phase commit: every node prepares its first statistics,
+    the coordinator decides, every node commits its whole budget and sends them. Later iterations
+    answer at once. A node failing after the commit stops the fit there: the estimate so far is
+    released (its budget was spent), with a note saying so."""
     started = time.perf_counter()
     project = coordinator.projects.get(request.project)
     coordinator._check_loss(request.loss, request.noiseless, coordinator.config.coordinator.test_mode)
@@ -50,8 +58,9 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
         )
     project.check(analyst, [f"{n}.{plan.table}" for n in plan.nodes])
     sessions = coordinator._sessions_for(plan.nodes, f"holding table '{plan.table}'")
-    task = QueryTask(
-        query_id=new_call_id(),
+    timeout = coordinator.config.coordinator.query_timeout_s
+    task = coordinator.new_task(
+        request,
         plan=plan,
         analyst=analyst,
         project=project.id,
@@ -59,88 +68,69 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
         loss=request.loss,
         noiseless=request.noiseless,
         pet="secagg+dp",
+        extra_s=timeout * plan.iterations,
     )
+    policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
+    coordinator.begin(task, "model", {"policy": policy.model_dump(), "formula": request.formula}, request.result_key)
     coordinator._reserve(sessions, task)
-
-    def fail(reason: str, committed: bool) -> Fault:
-        if not committed:
-            coordinator._abort(sessions, task.query_id)
-        coordinator._log_query(task, "failed", reason, None)
-        return Fault(reason)
 
     cards = coordinator._fan_out(sessions, rpc.LINK_CARD, b"")
     broken = {n: a for n, a in cards.items() if isinstance(a, FedlinkError)}
     if broken:
         name, error = next(iter(broken.items()))
-        raise fail(f"node '{name}' sent no key card ({error.message}); nothing was released", committed=False)
+        raise coordinator.fail(sessions, task, f"node '{name}' sent no key card ({error.message}); nothing was spent")
     signed = [LinkKeyCard.model_validate_json(a.body) for a in cards.values() if isinstance(a, Message)]
-    beta = np.zeros(plan.width)
-    total = np.zeros(plan.statistics)
-    outputs: dict[str, ModelOutput] = {}
-    noise_sd = 0.0
-    for iteration in range(plan.iterations):
+
+    def step(iteration: int, beta: np.ndarray) -> dict[str, Message | FedlinkError]:
         calls = {}
         for name, session in sessions.items():
-            step = ModelStep(
+            body = ModelStep(
                 query_id=task.query_id,
                 iteration=iteration,
                 beta=tuple(beta.tolist()),
                 cards=tuple(c for c in signed if c.node != name),
             )
-            calls[name] = (session, step.model_dump_json().encode())
-        answers = coordinator._call_each(calls, rpc.MODEL_STEP)
-        failures = {n: a for n, a in answers.items() if isinstance(a, FedlinkError)}
-        if failures:
-            name, error = next(iter(failures.items()))
-            reason = f"node '{name}' failed at iteration {iteration + 1} ({error.message}); nothing was released"
-            raise fail(reason, committed=iteration > 0)
+            calls[name] = (session, body.model_dump_json().encode())
+        return coordinator._call_each(calls, rpc.MODEL_STEP)
+
+    beta = np.zeros(plan.width)
+    prepared = step(0, beta)
+    failures = {n: a for n, a in prepared.items() if isinstance(a, FedlinkError)}
+    if failures:
+        name, error = next(iter(failures.items()))
+        reason = f"node '{name}' failed at iteration 1 ({error.message}); nothing was spent"
+        raise coordinator.fail(sessions, task, reason)
+    coordinator.decide(task)
+    answers = coordinator.collect(task.query_id)
+    if set(answers) != set(plan.nodes):
+        return coordinator.deliver(task.query_id)  # a node owes its first statistics: the result is pending
+    entry = coordinator.journal.get(task.query_id)
+    assert entry is not None
+    total, noise = _summed(plan, task, {n: body for n, (_, body) in answers.items()})
+    beta = newton_step(plan, beta, *unpack(plan, total)[:2], _sd(noise))
+    notes: list[str] = []
+    completed = plan.iterations
+    for iteration in range(1, plan.iterations):
+        replies = step(iteration, beta)
+        failed = {n: a for n, a in replies.items() if isinstance(a, FedlinkError)}
+        if failed:
+            name, error = next(iter(failed.items()))
+            notes.append(
+                f"stopped after {iteration} of {plan.iterations} iterations: node '{name}' failed ({error.message}); "
+                "the budget was spent at the start, so the fit so far is released"
+            )
+            completed = iteration
+            break
         try:
-            parts = {n: unpack_blobs(a.body) for n, a in answers.items() if isinstance(a, Message)}
-            outputs = {n: ModelOutput.model_validate_json(header) for n, (header, _) in parts.items()}
-            mixed = any(o.noiseless != task.noiseless for o in outputs.values())
-            if mixed or any(len(blobs) != 1 for _, blobs in parts.values()):
-                raise Fault("nodes answered a model step inconsistently (test mode or format); nothing was released")
-            total = secagg.unmasked_sum([blobs[0] for _, blobs in parts.values()], plan.statistics)
-        except (ValueError, ValidationError) as exc:
-            raise fail("a node's model step was malformed; nothing was released", committed=True) from exc
+            total, noise = _summed(plan, task, {n: a.body for n, a in replies.items() if isinstance(a, Message)})
         except Fault as exc:
-            raise fail(exc.message, committed=True) from exc
-        score, information, rows, _ = unpack(plan, total)
-        noise_sd = math.sqrt(sum(o.noise_sd**2 for o in outputs.values()))
-        beta = newton_step(plan, beta, score, information, noise_sd)
-        log.info("model %s: iteration %d of %d (rows ~%.0f)", task.query_id[:8], iteration + 1, plan.iterations, rows)
-    score, information, rows, squares = unpack(plan, total)
-    policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
-    if rows - plan.width < policy.min_cohort:
-        reason = (
-            f"the model rests on too few rows (about {max(rows, 0):.0f} for {plan.width} coefficients; the nodes "
-            f"require {policy.min_cohort} beyond them); nothing was released"
-        )
-        coordinator._log_query(task, "refused", reason, None)
-        raise BadInput(reason)
-    coefficients, errors = summary(plan, beta, score, information, rows, squares, noise_sd)
-    result = ModelResult(
-        query_id=task.query_id,
-        project=project.id,
-        formula=request.formula,
-        table=plan.table,
-        family=plan.family,
-        labels=tuple(plan.labels()),
-        coefficients=tuple(coefficients.tolist()),
-        std_errors=tuple(errors.tolist()),
-        rows=round(rows),
-        iterations=plan.iterations,
-        nodes=plan.nodes,
-        pet=task.pet_label,
-        noiseless=task.noiseless,
-        privacy_loss={n: task.loss for n in plan.nodes},
-        noise_sd={n: o.noise_sd for n, o in sorted(outputs.items())},
-    )
-    released = {
-        "columns": ["term", "estimate", "std_error"],
-        "rows": [[t, c, e] for t, c, e in zip(result.labels, result.coefficients, result.std_errors, strict=True)],
-    }
-    coordinator.register.append("query", task.register_fields(plan.nodes, "released", None, released))
+            notes.append(f"stopped after {iteration} of {plan.iterations} iterations: {exc.message}")
+            completed = iteration
+            break
+        beta = newton_step(plan, beta, *unpack(plan, total)[:2], _sd(noise))
+        log.info("model %s: iteration %d of %d", task.query_id[:8], iteration + 1, plan.iterations)
+    finished = _finished(plan, task, policy, beta, total, noise, notes, iterations=completed)
+    reply = coordinator.release(entry, finished)
     log.info(
         "model %s (%s, %d iterations) by analyst '%s' for project '%s' over '%s' at %d nodes fitted in %.0f ms",
         task.query_id[:8],
@@ -152,4 +142,85 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
         len(plan.nodes),
         1000 * (time.perf_counter() - started),
     )
-    return result
+    return reply
+
+
+def _summed(plan: ModelPlan, task: QueryTask, bodies: dict[str, bytes]) -> tuple[np.ndarray, dict[str, float]]:
+    """The sum of the nodes' masked statistics of one iteration (only the sum can be read), and the
+    standard deviation of each node's noise; a malformed or inconsistent answer is a :class:`Fault`."""
+    try:
+        parts = {n: unpack_blobs(body) for n, body in bodies.items()}
+        outputs = {n: ModelOutput.model_validate_json(header) for n, (header, _) in parts.items()}
+        mixed = any(o.noiseless != task.noiseless for o in outputs.values())
+        if mixed or any(len(blobs) != 1 for _, blobs in parts.values()) or set(parts) != set(plan.nodes):
+            raise Fault("nodes answered a model step inconsistently (test mode or format)")
+        total = secagg.unmasked_sum([blobs[0] for _, blobs in parts.values()], plan.statistics)
+    except (ValueError, ValidationError) as exc:
+        raise Fault("a node's model step was malformed") from exc
+    return total, {n: o.noise_sd for n, o in sorted(outputs.items())}
+
+
+def _finished(
+    plan: ModelPlan,
+    task: QueryTask,
+    policy: DisclosurePolicy,
+    beta: np.ndarray,
+    total: np.ndarray,
+    noise: dict[str, float],
+    notes: list[str],
+    iterations: int,
+) -> Finished:
+    """The released model (or, with too few rows for disclosure control, the refusal that is released
+    instead), from the last coefficients and the last summed statistics."""
+    score, information, rows, squares = unpack(plan, total)
+    if rows - plan.width < policy.min_cohort:
+        refusal = BadInput(
+            f"the model rests on too few rows for its {plan.width} coefficients (the nodes require "
+            f"{policy.min_cohort} rows beyond them); nothing was released"
+        )
+        return Finished(rpc.ERROR, rpc.error_message("", refusal).body, None, None)
+    coefficients, errors = summary(plan, beta, score, information, rows, squares, _sd(noise))
+    result = ModelResult(
+        query_id=task.query_id,
+        project=task.project,
+        formula=plan.sql,
+        table=plan.table,
+        family=plan.family,
+        labels=tuple(plan.labels()),
+        coefficients=tuple(coefficients.tolist()),
+        std_errors=tuple(errors.tolist()),
+        rows=round(rows),
+        iterations=iterations,
+        nodes=plan.nodes,
+        pet=task.pet_label,
+        noiseless=task.noiseless,
+        privacy_loss={n: task.loss for n in plan.nodes},
+        noise_sd=noise,
+        notes=tuple(notes),
+    )
+    released = {
+        "columns": ["term", "estimate", "std_error"],
+        "rows": [[t, c, e] for t, c, e in zip(result.labels, result.coefficients, result.std_errors, strict=True)],
+    }
+    return Finished(rpc.RESULT, result.model_dump_json().encode(), released, None)
+
+
+def finish_model(entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) -> Finished:
+    """A fit whose first statistics arrived only after the call ended (a node crashed or stalled at the
+    commit): the one Newton step they allow is released, since the whole budget was spent."""
+    task = QueryTask.model_validate_json(entry.task)
+    plan = task.plan
+    assert isinstance(plan, ModelPlan)
+    policy = DisclosurePolicy.model_validate(json.loads(entry.extra)["policy"])
+    total, noise = _summed(plan, task, {n: body for n, (_, body) in answers.items()})
+    beta = newton_step(plan, np.zeros(plan.width), *unpack(plan, total)[:2], _sd(noise))
+    note = (
+        f"stopped after 1 of {plan.iterations} iterations: a node delivered its first statistics only after the "
+        "fit's call had ended; the budget was spent at the start, so that step is released"
+    )
+    return _finished(plan, task, policy, beta, total, noise, [note] if plan.iterations > 1 else [], 1)
+
+
+def _sd(noise: dict[str, float]) -> float:
+    """The standard deviation of the noise on each summed statistic: the nodes' noises add up."""
+    return math.sqrt(sum(sd**2 for sd in noise.values()))

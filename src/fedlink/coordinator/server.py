@@ -1,9 +1,18 @@
 """The coordinator: accepts nodes' outbound sessions and analysts' calls, plans and routes queries.
 
-It holds the node and project registries, the live sessions and its transparency register; it never
-holds raw data or noiseless aggregates: nodes add DP noise before anything reaches it. A query runs in
-two phases (reserve at every node, then execute at every node) so that one node's refusal costs no
-other node any budget, and a node failing mid-query means nothing is released.
+It holds the node and project registries, the live sessions, its transparency register and its query
+journal (:mod:`fedlink.coordinator.journal`); it never holds raw data or noiseless aggregates: nodes
+add DP noise before anything reaches it.
+
+A query runs as a two-phase commit, so that nothing paid for is ever lost: **reserve** at every node
+(one node's refusal costs no other node anything), **prepare** at every node (each computes its noisy
+answer, keeps it and marks its reservation prepared; every task carries a deadline after which no node
+prepares it), then the coordinator **decides** (journaled before any node hears of it) and asks every
+node to **commit**: each records the use, commits its budget and only then sends its answer. A failure
+before the decision aborts the query everywhere and nothing is spent. After it, every node's answer is
+kept as it arrives, the result is stored sealed to the analyst, and a node that crashed or stalled at
+the commit delivers its (same) answer when it is back, on reconnection or when the analyst collects
+the result with ``fedlink result get ID``; the analyst is told the result is pending, not lost.
 """
 
 from __future__ import annotations
@@ -13,20 +22,24 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 from pydantic import ValidationError
 
 from fedlink.coordinator.config import CoordinatorConfig
+from fedlink.coordinator.journal import Finished, JournalEntry, QueryJournal
 from fedlink.coordinator.projects import load_projects
 from fedlink.coordinator.sessions import NodeSession
-from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable
+from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable, ResultPending
+from fedlink.faults import failpoint
 from fedlink.governance.register import Register
 from fedlink.linkage.messages import LinkCall, LinkMode, LinkReport
 from fedlink.pets.he import PublicContext, Scheme, add, load_public_context
+from fedlink.pets.sealed import seal
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
 from fedlink.query.disclosure import DisclosurePolicy
 from fedlink.query.linked import is_linked
@@ -46,6 +59,7 @@ from fedlink.query.tasks import (
     BudgetReport,
     ExecuteTask,
     ModelRequest,
+    PendingReport,
     PrivacyLoss,
     QueryRequest,
     QueryTask,
@@ -57,6 +71,14 @@ from fedlink.wire.pki import Identity, revoked_serials
 from fedlink.wire.transport import Message, frames, make_server, messages, new_call_id, peer_identity
 
 log = logging.getLogger("fedlink.coordinator")
+
+
+def released_table(result: QueryResult) -> dict[str, Any]:
+    """A released table as the register records it."""
+    return {
+        "columns": [*result.key_columns, *result.value_columns],
+        "rows": [[*r.keys, *(c.value for c in r.cells)] for r in result.rows],
+    }
 
 
 class Coordinator:
@@ -72,9 +94,22 @@ class Coordinator:
         self._revoked_path = config.revoked_path()
         self.projects = load_projects(config.projects_path())
         self.register = Register(config.register_path(), config.coordinator.name)
+        self.journal = QueryJournal(config.register_path().parent / "queries.sqlite")
+        self._pending_logged: set[str] = set()
+        self._delivering: dict[str, threading.Lock] = {}
         self._register_projects()
+        self._recover()
         self._server: grpc.Server | None = None
         self.port = 0
+
+    def _recover(self) -> None:
+        """A query the coordinator left running (it stopped before deciding) failed: nothing was spent
+        (nodes release a prepared reservation when told; an open one when they restart)."""
+        for entry in self.journal.in_state("running"):
+            reason = "the coordinator stopped before every node had prepared; nothing was spent"
+            if self.journal.fail(entry.query_id, reason):
+                task = QueryTask.model_validate_json(entry.task)
+                self.register.append("query", task.register_fields(entry.nodes, "failed", reason))
 
     def _register_projects(self) -> None:
         """Put every project (and test mode) on the public record, once per version of it."""
@@ -168,6 +203,8 @@ class Coordinator:
         threading.Thread(target=session.read_replies, args=(inbound,), daemon=True, name=f"from-{session.name}").start()
         log.info("node '%s' connected with %d tables", session.name, len(catalogue.tables))
         session.send(Message(hello.call_id, rpc.WELCOME, b""))
+        settle = threading.Thread(target=self._settle_pending, args=(session,), daemon=True, name="pending")
+        settle.start()
         yield from session.outbound_frames()
         log.info("node '%s' disconnected", session.name)
 
@@ -254,6 +291,162 @@ class Coordinator:
         )
         return report
 
+    def _settle_pending(self, session: NodeSession) -> None:
+        """A node (re)joined: settle the answers it holds. Decided queries complete with its answer
+        (it sends the same one again); queries never decided are aborted (its reservation is released)."""
+        try:
+            reply = session.call(rpc.PENDING, b"", self.config.coordinator.query_timeout_s)
+            held = PendingReport.model_validate_json(reply.body).answers
+        except (FedlinkError, ValidationError) as exc:
+            log.warning("could not ask node '%s' for its pending answers: %s", session.name, exc)
+            return
+        for answer in held:
+            entry = self.journal.get(answer.query_id)
+            try:
+                if entry is None or entry.state == "failed":
+                    session.call(rpc.ABORT, TaskRef(query_id=answer.query_id).model_dump_json().encode(), 30.0)
+                elif entry.state == "committing":
+                    self.deliver(answer.query_id)
+                elif entry.state == "released":
+                    session.call(rpc.SETTLE, TaskRef(query_id=answer.query_id).model_dump_json().encode(), 30.0)
+            except ResultPending:
+                continue
+            except FedlinkError as exc:
+                log.warning("could not settle query %s with node '%s': %s", answer.query_id[:8], session.name, exc)
+
+    # --- the two-phase commit -------------------------------------------------------------------------
+    def begin(self, task: QueryTask, kind: str, extra: Mapping[str, Any], recipient: str) -> None:
+        """Journal a new query (before anything reaches a node); refuses a reused query id."""
+        self.journal.begin(
+            task.query_id,
+            analyst=task.analyst,
+            project=task.project,
+            kind=kind,
+            nodes=tuple(task.plan.nodes),
+            task=task.model_dump_json(),
+            extra=json.dumps(extra).encode(),
+            recipient=recipient,
+        )
+
+    def new_task(self, request: QueryRequest | ModelRequest, **fields: object) -> QueryTask:
+        """The task of a request, with its id (the analyst's, or a fresh one) and its deadline."""
+        timeout = self.config.coordinator.query_timeout_s
+        return QueryTask(
+            query_id=request.query_id or new_call_id(),
+            deadline=time.time() + timeout + fields.pop("extra_s", 0.0),  # type: ignore[operator]
+            **fields,  # type: ignore[arg-type]
+        )
+
+    def fail(self, sessions: dict[str, NodeSession], task: QueryTask, reason: str) -> Fault:
+        """End a query before its decision: abort it at ``sessions`` (they release, prepared or not),
+        journal and register the failure; returns the error to raise."""
+        self._abort(sessions, task.query_id)
+        self.journal.fail(task.query_id, reason)
+        self._log_query(task, "failed", reason, None)
+        return Fault(reason)
+
+    def decide(self, task: QueryTask) -> None:
+        """Every node has prepared: commit. Journaled before any node is told, so it survives a crash."""
+        self.journal.decide(task.query_id)
+        failpoint("coordinator.decided")
+
+    def collect(self, query_id: str) -> dict[str, tuple[str, bytes]]:
+        """Ask every live node of a decided query that has not delivered yet to commit, and keep what it
+        sends; returns every answer in so far."""
+        entry = self.journal.get(query_id)
+        if entry is None:
+            raise BadInput(f"no query {query_id[:8]} at this coordinator; check the id")
+        answers = self.journal.answers(query_id)
+        waiting = [n for n in entry.nodes if n not in answers]
+        with self._lock:
+            live = {n: s for n in waiting if (s := self._sessions.get(n)) is not None and not s.closed.is_set()}
+        body = TaskRef(query_id=query_id).model_dump_json().encode()
+        for name, answer in self._call_each({n: (s, body) for n, s in live.items()}, rpc.COMMIT).items():
+            if isinstance(answer, Message):
+                self.journal.add_answer(query_id, name, answer.kind, answer.body)
+            else:
+                log.warning("node '%s' did not deliver query %s: %s", name, query_id[:8], answer.message)
+        return self.journal.answers(query_id)
+
+    def deliver(self, query_id: str) -> tuple[str, bytes]:
+        """The result of a decided query: collected from the nodes, finished, sealed to the analyst and
+        stored (once); raises :class:`ResultPending` while a node still owes its answer."""
+        with self._lock:
+            guard = self._delivering.setdefault(query_id, threading.Lock())
+        with guard:  # the analyst and a reconnecting node may both complete a query: only one does
+            return self._deliver(query_id)
+
+    def _deliver(self, query_id: str) -> tuple[str, bytes]:
+        entry = self.journal.get(query_id)
+        if entry is None:
+            raise BadInput(f"no query {query_id[:8]} at this coordinator; check the id")
+        if entry.state == "released":
+            assert entry.reply is not None and entry.result is not None
+            return entry.reply, entry.result
+        if entry.state == "failed":
+            raise Fault(f"query {query_id[:8]} failed ({entry.reason}); nothing was released and nothing was spent")
+        if entry.state == "running":
+            raise ResultPending(f"query {query_id[:8]} is still running; ask again in a moment", query_id)
+        answers = self.collect(query_id)
+        waiting = [n for n in entry.nodes if n not in answers]
+        task = QueryTask.model_validate_json(entry.task)
+        if waiting:
+            reason = (
+                f"the budget is committed but node(s) {', '.join(waiting)} have not delivered their answers; the "
+                f"result is kept and completes when they are back: collect it with `fedlink result get {query_id}`"
+            )
+            if query_id not in self._pending_logged:
+                self._pending_logged.add(query_id)
+                self._log_query(task, "pending", reason, None)
+            raise ResultPending(f"query {query_id}: {reason}", query_id)
+        return self.release(entry, self._finisher(entry.kind)(entry, answers))
+
+    def release(self, entry: JournalEntry, finished: Finished) -> tuple[str, bytes]:
+        """Store a decided query's finished result sealed to its analyst, record it on the register, tell
+        the nodes to drop their kept answers, and return the reply. A result withheld by disclosure control
+        (``finished.reply`` is an error) is stored and recorded the same way, as "suppressed"."""
+        task = QueryTask.model_validate_json(entry.task)
+        refused = finished.reply == rpc.ERROR  # withheld by disclosure control: a message, no data, not sealed
+        sealed = finished.body
+        if entry.recipient and not refused:
+            sealed = seal(entry.recipient, entry.query_id, finished.body)
+        self.journal.release(entry.query_id, finished.reply, sealed)
+        self._pending_logged.discard(entry.query_id)
+        with self._lock:
+            self._delivering.pop(entry.query_id, None)
+        status, reason = "released", None
+        if refused:
+            status, reason = "suppressed", str(json.loads(finished.body).get("message", ""))
+        self.register.append(
+            "query",
+            task.register_fields(task.plan.nodes, status, reason, finished.released, finished.encrypted_for),
+        )
+        with self._lock:
+            live = {n: s for n in entry.nodes if (s := self._sessions.get(n)) is not None and not s.closed.is_set()}
+        self._fan_out(live, rpc.SETTLE, TaskRef(query_id=entry.query_id).model_dump_json().encode())
+        return finished.reply, sealed
+
+    def _finisher(self, kind: str) -> Callable[[JournalEntry, dict[str, tuple[str, bytes]]], Finished]:
+        """What builds a query's result from its nodes' answers, by kind (their stacks load on first use)."""
+        if kind == "linked":
+            from fedlink.coordinator.linked import finish_linked
+
+            return lambda entry, answers: finish_linked(self, entry, answers)
+        if kind == "model":
+            from fedlink.coordinator.models import finish_model
+
+            return lambda entry, answers: finish_model(entry, answers)
+        return self._finish_horizontal
+
+    def result_for(self, query_id: str, analyst: str) -> tuple[str, bytes]:
+        """A stored result, for the analyst who ran the query only (completing it if a node is back)."""
+        entry = self.journal.get(query_id)
+        if entry is None:
+            raise BadInput(f"no query {query_id[:8]} at this coordinator; check the id (`fedlink result list`)")
+        if entry.analyst != analyst:
+            raise AccessDenied(f"query {query_id[:8]} belongs to another analyst; only its analyst may collect it")
+        return self.deliver(query_id)
+
     def spines_path(self) -> Path:
         """Where the linkage unit keeps each project's spine (never sent to anyone)."""
         return self.config.register_path().parent / "spines"
@@ -269,10 +462,12 @@ class Coordinator:
         reserved = self._fan_out(sessions, rpc.RESERVE, task.model_dump_json().encode())
         refusals = {n: a for n, a in reserved.items() if isinstance(a, FedlinkError)}
         if refusals:
-            self._abort({n: sessions[n] for n in reserved if n not in refusals}, task.query_id)
+            self._abort(sessions, task.query_id)  # every node: one that timed out may have reserved late
             first = next(iter(refusals.values()))
+            self.journal.fail(task.query_id, first.message)
             self._log_query(task, "refused", first.message, None)
             raise first
+        failpoint("coordinator.reserved")
 
     @staticmethod
     def _check_loss(loss: PrivacyLoss, noiseless: bool, test_mode: bool) -> None:
@@ -289,17 +484,13 @@ class Coordinator:
         result: QueryResult | None,
         encrypted_for: str | None = None,
     ) -> None:
-        released = None
-        if result is not None:
-            released = {
-                "columns": [*result.key_columns, *result.value_columns],
-                "rows": [[*r.keys, *(c.value for c in r.cells)] for r in result.rows],
-            }
+        released = released_table(result) if result is not None else None
         fields = task.register_fields(task.plan.nodes, status, reason, released, encrypted_for)
         self.register.append("query", fields)
 
-    def run_query(self, request: QueryRequest, analyst: str = "analyst") -> QueryResult | EncryptedResult:
-        """Plan, reserve at every node, execute, combine, and release.
+    def run_query(self, request: QueryRequest, analyst: str = "analyst") -> tuple[str, bytes]:
+        """Plan, reserve at every node, prepare, decide, commit, combine, store and release; returns the
+        reply kind and body (sealed to the analyst when the request carried a result key).
 
         For ``dp`` the coordinator adds the nodes' noisy vectors, applies disclosure control and returns
         the table. For ``he+dp`` it only ever holds ciphertexts: it adds them and returns the sums to the
@@ -314,11 +505,12 @@ class Coordinator:
             missing = sorted({scheme_of(c) for c in plan.components} - set(request.contexts))
             if missing:
                 raise BadInput(f"he+dp needs the analyst's public {', '.join(m.upper() for m in missing)} context")
-            # loaded once per query; refuses a context that carries a secret key
-            contexts = {scheme: load_public_context(scheme, encoded) for scheme, encoded in request.contexts.items()}
+            # loaded once here to refuse a context that carries a secret key before anything is reserved
+            for scheme, encoded in request.contexts.items():
+                load_public_context(scheme, encoded)
         sessions = self._sessions_for(plan.nodes, f"holding table '{plan.table}'")
-        task = QueryTask(
-            query_id=new_call_id(),
+        task = self.new_task(
+            request,
             plan=plan,
             analyst=analyst,
             project=project.id,
@@ -327,37 +519,19 @@ class Coordinator:
             noiseless=request.noiseless,
             pet=request.pet,
         )
+        policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
+        contexts = dict(request.contexts) if task.pet == "he+dp" else {}
+        self.begin(task, "horizontal", {"policy": policy.model_dump(), "contexts": contexts}, request.result_key)
         self._reserve(sessions, task)
-        execute = ExecuteTask(query_id=task.query_id, contexts=request.contexts if task.pet == "he+dp" else {})
+        execute = ExecuteTask(query_id=task.query_id, contexts=contexts)
         executed = self._fan_out(sessions, rpc.EXECUTE, execute.model_dump_json().encode())
         failures = {n: a for n, a in executed.items() if isinstance(a, FedlinkError)}
         if failures:
-            self._abort({n: sessions[n] for n in failures}, task.query_id)
             name, error = next(iter(failures.items()))
-            reason = f"node '{name}' failed during the query ({error.message}); nothing was released"
-            self._log_query(task, "failed", reason, None)
-            raise Fault(reason)
-        replies = [a for a in executed.values() if isinstance(a, Message)]
-        policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
-        result: QueryResult | EncryptedResult
-        if task.pet == "he+dp":
-            result = self._add_encrypted(task, contexts, replies, policy)
-            self._log_query(task, "released", None, None, encrypted_for=analyst)
-        else:
-            partials = [PartialAggregates.model_validate_json(m.body) for m in replies if m.kind == rpc.PARTIAL]
-            noiseless = self._agreed_noiseless(task, [p.noiseless for p in partials], len(replies))
-            result = build_result(
-                plan,
-                combine(plan, partials),
-                query_id=task.query_id,
-                project=project.id,
-                pet=task.pet_label,
-                noise={} if noiseless else dict(partials[0].noise),
-                noiseless=noiseless,
-                privacy_loss={n: request.loss for n in plan.nodes},
-                policy=policy,
-            )
-            self._log_query(task, "released", None, result)
+            reason = f"node '{name}' failed during the query ({error.message}); nothing was spent"
+            raise self.fail(sessions, task, reason)
+        self.decide(task)
+        reply = self.deliver(task.query_id)
         log.info(
             "query %s (%s) by analyst '%s' for project '%s' over '%s' at %d nodes (%d cells) answered in %.0f ms",
             task.query_id[:8],
@@ -369,7 +543,32 @@ class Coordinator:
             plan.cells,
             1000 * (time.perf_counter() - started),
         )
-        return result
+        return reply
+
+    def _finish_horizontal(self, entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) -> Finished:
+        task = QueryTask.model_validate_json(entry.task)
+        assert isinstance(task.plan, AggregatePlan)
+        extra = json.loads(entry.extra)
+        policy = DisclosurePolicy.model_validate(extra["policy"])
+        replies = [Message("", *answers[n]) for n in entry.nodes]
+        if task.pet == "he+dp":
+            contexts = {scheme: load_public_context(scheme, encoded) for scheme, encoded in extra["contexts"].items()}
+            encrypted = self._add_encrypted(task, contexts, replies, policy)
+            return Finished(rpc.ENCRYPTED_RESULT, encrypted.model_dump_json().encode(), None, task.analyst)
+        partials = [PartialAggregates.model_validate_json(m.body) for m in replies if m.kind == rpc.PARTIAL]
+        noiseless = self._agreed_noiseless(task, [p.noiseless for p in partials], len(replies))
+        result = build_result(
+            task.plan,
+            combine(task.plan, partials),
+            query_id=task.query_id,
+            project=task.project,
+            pet=task.pet_label,
+            noise={} if noiseless else dict(partials[0].noise),
+            noiseless=noiseless,
+            privacy_loss={n: task.loss for n in task.plan.nodes},
+            policy=policy,
+        )
+        return Finished(rpc.RESULT, result.model_dump_json().encode(), released_table(result), None)
 
     @staticmethod
     def _agreed_noiseless(task: QueryTask, flags: list[bool], replies: int) -> bool:
@@ -462,17 +661,19 @@ class Coordinator:
             elif request.kind == rpc.QUERY and is_linked(QueryRequest.model_validate_json(request.body).sql):
                 from fedlink.coordinator.linked import run_linked_query  # the chain's HE stack loads on first use
 
-                body = run_linked_query(self, QueryRequest.model_validate_json(request.body), identity.name)
-                reply = Message(request.call_id, rpc.LINKED_RESULT, body)
+                kind, body = run_linked_query(self, QueryRequest.model_validate_json(request.body), identity.name)
+                reply = Message(request.call_id, kind, body)
             elif request.kind == rpc.MODEL:
                 from fedlink.coordinator.models import fit_model
 
-                fitted = fit_model(self, ModelRequest.model_validate_json(request.body), identity.name)
-                reply = Message(request.call_id, rpc.RESULT, fitted.model_dump_json().encode())
+                kind, body = fit_model(self, ModelRequest.model_validate_json(request.body), identity.name)
+                reply = Message(request.call_id, kind, body)
             elif request.kind == rpc.QUERY:
-                result = self.run_query(QueryRequest.model_validate_json(request.body), identity.name)
-                kind = rpc.ENCRYPTED_RESULT if isinstance(result, EncryptedResult) else rpc.RESULT
-                reply = Message(request.call_id, kind, result.model_dump_json().encode())
+                kind, body = self.run_query(QueryRequest.model_validate_json(request.body), identity.name)
+                reply = Message(request.call_id, kind, body)
+            elif request.kind == rpc.RESULT_GET:
+                kind, body = self.result_for(TaskRef.model_validate_json(request.body).query_id, identity.name)
+                reply = Message(request.call_id, kind, body)
             elif request.kind == rpc.BUDGET:
                 reply = Message(request.call_id, rpc.RESULT, self.budget(identity.name).model_dump_json().encode())
             elif request.kind == rpc.REGISTER:

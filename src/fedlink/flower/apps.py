@@ -39,8 +39,7 @@ from fedlink.node.agent import answer
 from fedlink.node.config import load_node_config
 from fedlink.node.runtime import RESERVATION_TTL_S, NodeRuntime
 from fedlink.query.catalogue import NodeCatalogue
-from fedlink.query.results import EncryptedPartial, EncryptedResult, QueryResult
-from fedlink.query.tasks import ExecuteTask, ModelRequest, ModelResult, ModelStep, QueryRequest, QueryTask
+from fedlink.query.tasks import ExecuteTask, ModelRequest, ModelStep, QueryRequest, QueryTask
 from fedlink.wire import rpc
 from fedlink.wire import transport as wire
 
@@ -49,7 +48,17 @@ CATALOGUE = "catalogue"
 #: The ServerApp's answer, one log line that ``flwr run --stream`` carries to the analyst.
 RESULT_MARK = "FEDLINK-RESULT "
 #: The node operators, each a message type ``query.<operator>`` of the ClientApp.
-OPERATORS = (CATALOGUE, rpc.RESERVE, rpc.EXECUTE, rpc.ABORT, rpc.BUDGET, rpc.LINK_CARD, rpc.MODEL_STEP)
+OPERATORS = (
+    CATALOGUE,
+    rpc.RESERVE,
+    rpc.EXECUTE,
+    rpc.COMMIT,
+    rpc.SETTLE,
+    rpc.ABORT,
+    rpc.BUDGET,
+    rpc.LINK_CARD,
+    rpc.MODEL_STEP,
+)
 
 
 def pack_json(payload: dict[str, Any]) -> str:
@@ -102,18 +111,18 @@ def _node_answer(kind: str, body: bytes, context: Context) -> tuple[str, bytes]:
             execute = ExecuteTask.model_validate_json(body)
             held = context.state.config_records.pop(f"task:{execute.query_id}", None)
             reserved = QueryTask.model_validate_json(bytes(held["task"])) if held is not None else None  # type: ignore[arg-type]
-            partial = runtime.execute(execute.query_id, execute.contexts, reserved=reserved)
-            kind_out = rpc.ENCRYPTED_PARTIAL if isinstance(partial, EncryptedPartial) else rpc.PARTIAL
-            return kind_out, partial.model_dump_json().encode()
+            runtime.execute(execute.query_id, execute.contexts, reserved=reserved)  # prepared on disk
+            return rpc.ACK, b""
         if kind == rpc.MODEL_STEP:
-            return rpc.RESULT, _model_step(runtime, ModelStep.model_validate_json(body), context)
+            stats = _model_step(runtime, ModelStep.model_validate_json(body), context)
+            return (rpc.ACK, b"") if stats is None else (rpc.RESULT, stats)
         reply = answer(runtime, wire.Message(wire.new_call_id(), kind, body))
         return reply.kind, reply.body
     finally:
         runtime.close()
 
 
-def _model_step(runtime: NodeRuntime, step: ModelStep, context: Context) -> bytes:
+def _model_step(runtime: NodeRuntime, step: ModelStep, context: Context) -> bytes | None:
     """A model's iteration in this (fresh) process: the reserved task and the iterations answered so
     far live in the run's node state, so no iteration is answered twice and the budget is committed once."""
     records = context.state.config_records
@@ -250,15 +259,15 @@ def main(grid: Grid, context: Context) -> None:
         try:
             coordinator.join()
             analyst = str(request.get("analyst", "analyst"))
-            result: QueryResult | EncryptedResult | ModelResult
             if "model" in request:
-                result = fit_model(coordinator, ModelRequest.model_validate(request["model"]), analyst)
+                reply, body = fit_model(coordinator, ModelRequest.model_validate(request["model"]), analyst)
+                kind = "model"
             else:
-                result = coordinator.run_query(QueryRequest.model_validate(request["query"]), analyst)
+                reply, body = coordinator.run_query(QueryRequest.model_validate(request["query"]), analyst)
+                kind = "encrypted" if reply == rpc.ENCRYPTED_RESULT else "clear"
         finally:
             coordinator.stop()
-        kind = {EncryptedResult: "encrypted", ModelResult: "model"}.get(type(result), "clear")
-        payload: dict[str, Any] = {"ok": True, "kind": kind, "result": result.model_dump(mode="json")}
+        payload: dict[str, Any] = {"ok": True, "kind": kind, "result": json.loads(body)}
     except FedlinkError as exc:
         payload = {"ok": False, "code": exc.code, "message": exc.message}
     except ValidationError as exc:

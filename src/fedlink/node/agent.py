@@ -35,7 +35,6 @@ from fedlink.node.runtime import NodeRuntime
 
 if TYPE_CHECKING:
     from fedlink.node.linkage import LinkRequest
-from fedlink.query.results import EncryptedPartial
 from fedlink.query.tasks import ExecuteTask, LinkedStep, ModelStep, QueryTask, TaskRef
 from fedlink.wire import rpc
 from fedlink.wire.blobs import pack, unpack
@@ -122,7 +121,10 @@ def _link_quality(runtime: NodeRuntime, message: Message) -> Message:
 
 def _linked_step(runtime: NodeRuntime, message: Message) -> Message:
     header, blobs = unpack(message.body)
-    output, out_blobs = runtime.linked_step(LinkedStep.model_validate_json(header), blobs)
+    answer = runtime.linked_step(LinkedStep.model_validate_json(header), blobs)
+    if answer is None:  # the last node: its cells wait for the commit
+        return Message(message.call_id, rpc.ACK, b"")
+    output, out_blobs = answer
     return Message(message.call_id, rpc.RESULT, pack(output.model_dump_json().encode(), out_blobs))
 
 
@@ -149,14 +151,22 @@ def answer(runtime: NodeRuntime, message: Message) -> Message:
         return Message(message.call_id, rpc.ACK, b"")
     if message.kind == rpc.EXECUTE:
         execute = ExecuteTask.model_validate_json(message.body)
-        partial = runtime.execute(execute.query_id, execute.contexts)
-        kind = rpc.ENCRYPTED_PARTIAL if isinstance(partial, EncryptedPartial) else rpc.PARTIAL
-        return Message(message.call_id, kind, partial.model_dump_json().encode())
+        runtime.execute(execute.query_id, execute.contexts)
+        return Message(message.call_id, rpc.ACK, b"")
+    if message.kind == rpc.COMMIT:
+        kind, body = runtime.commit(TaskRef.model_validate_json(message.body).query_id)
+        return Message(message.call_id, kind, body)
+    if message.kind == rpc.SETTLE:
+        runtime.settle(TaskRef.model_validate_json(message.body).query_id)
+        return Message(message.call_id, rpc.ACK, b"")
+    if message.kind == rpc.PENDING:
+        return Message(message.call_id, rpc.RESULT, runtime.pending().model_dump_json().encode())
     if message.kind == rpc.ABORT:
         runtime.abort(TaskRef.model_validate_json(message.body).query_id)
         return Message(message.call_id, rpc.ACK, b"")
     if message.kind == rpc.MODEL_STEP:
-        return Message(message.call_id, rpc.RESULT, runtime.model_step(ModelStep.model_validate_json(message.body)))
+        stats = runtime.model_step(ModelStep.model_validate_json(message.body))
+        return Message(message.call_id, rpc.ACK, b"") if stats is None else Message(message.call_id, rpc.RESULT, stats)
     if message.kind in LINK_HANDLERS:
         return LINK_HANDLERS[message.kind](runtime, message)
     if message.kind == rpc.BUDGET:
@@ -215,6 +225,7 @@ class NodeAgent:
                     delay,
                 )
             self._connected.clear()
+            self.runtime.abandon_open()
             if on_disconnected:
                 on_disconnected()
             if self._stop.wait(delay):

@@ -1,13 +1,22 @@
 """A node's privacy-aware query runtime: policy checks, budget reservation, noise, register.
 
-A query reaches a node in two phases. **Reserve**: the node checks the query against its own policy
+A query reaches a node in phases. **Reserve**: the node checks the query against its own policy
 (project approved, table and analyst allowed, test mode allowed) and reserves the declared privacy
-loss in its persistent ledger; a refusal here costs nothing anywhere. **Execute**: the node computes
-its partial aggregate, adds calibrated noise itself (so DP never depends on the coordinator's
-honesty), commits the reservation *before* anything leaves, logs the use in its own register, and
-only then answers. An **abort** (another node refused, or failed) releases the reservation. A crash
-between reserve and commit leaves an uncommitted reservation, which the ledger releases on restart:
-nothing left the node, so nothing was spent.
+loss in its persistent ledger; a refusal here costs nothing anywhere. **Execute** (prepare): before
+the task's deadline only, the node computes its partial aggregate, adds calibrated noise itself (so
+DP never depends on the coordinator's honesty), encrypts it for he+dp, records "prepared" on its own
+register, keeps the answer in its outbox (:mod:`fedlink.node.outbox`) and marks the reservation
+prepared: nothing has left the node yet. **Commit**: once every node has prepared, the coordinator
+decides to commit; the node records "released" on its register (if the register cannot be appended,
+it does not commit), commits the budget and only then sends the answer. A node asked again (its
+answer was lost in a crash) sends the same answer, never a new one. An **abort** (another node
+refused, failed or missed the deadline) releases the reservation, prepared or not, never a committed
+one. A crash before the decision leaves a reservation: an open one is released when the node restarts
+(nothing left the node), a prepared one waits for the coordinator's decision.
+
+In a linked query's chain a node's encrypted per-slot vector has to travel on to the next node before
+the last node adds the noise; it leaves before the commit, as a ciphertext under the analyst's key that
+nobody but the analyst can read, and only the last node's noisy cells wait in an outbox for the commit.
 """
 
 from __future__ import annotations
@@ -21,11 +30,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedlink.errors import BadInput, Fault, PolicyRefused
+from fedlink.errors import BadInput, Fault, PolicyRefused, Timeout
+from fedlink.faults import failpoint
 from fedlink.governance.register import Register
 from fedlink.node.config import NodeConfig, TableDecl
 from fedlink.node.data import NodeData
 from fedlink.node.ledger import BudgetLedger, Spend
+from fedlink.node.outbox import Outbox, Prepared
 
 if TYPE_CHECKING:
     from fedlink.node.linkage import NodeLinkage
@@ -47,8 +58,11 @@ from fedlink.query.tasks import (
     LinkedStep,
     ModelOutput,
     ModelStep,
+    PendingAnswer,
+    PendingReport,
     QueryTask,
 )
+from fedlink.wire import rpc
 from fedlink.wire.blobs import pack
 
 log = logging.getLogger("fedlink.node")
@@ -76,6 +90,7 @@ class NodeRuntime:
         self.data = data or NodeData(config)
         self.ledger = BudgetLedger(config.ledger_path())
         self.register = Register(config.register_path(), config.name)
+        self.outbox = Outbox(config.ledger_path().parent / "outbox")
         self._linkage: NodeLinkage | None = None
         #: Reserved queries awaiting execute or abort, with when they were reserved.
         self._pending: dict[str, tuple[QueryTask, float]] = {}
@@ -166,22 +181,35 @@ class NodeRuntime:
         return tables
 
     def _expire_reservations(self) -> None:
-        """Release reservations whose coordinator never came back to execute or abort them."""
-        now = time.monotonic()
+        """Release reservations whose coordinator never came back to execute or abort them: past the
+        task's deadline, or :data:`RESERVATION_TTL_S` after reserving for a task without one."""
+        now, wall = time.monotonic(), time.time()
         with self._lock:
-            stale = [qid for qid, (_, at) in self._pending.items() if now - at > RESERVATION_TTL_S]
+            stale = [
+                qid
+                for qid, (task, at) in self._pending.items()
+                if (task.deadline and wall > task.deadline) or now - at > RESERVATION_TTL_S
+            ]
             tasks = [self._pending.pop(qid)[0] for qid in stale]
             for qid in stale:
                 self._drop_prepared(qid)
         for task in tasks:
             self.ledger.release(task.query_id)
-            self._log(task, "refused", f"reservation expired after {RESERVATION_TTL_S:.0f} s without execute")
+            self._log(task, "refused", "reservation expired: the coordinator neither executed nor aborted it in time")
+
+    def _check_deadline(self, task: QueryTask) -> None:
+        if task.deadline and time.time() > task.deadline:
+            raise Timeout(
+                f"node '{self.name}' refuses query {task.query_id[:8]}: its deadline passed before the node could "
+                "answer (the coordinator has given up on it); run the query again"
+            )
 
     def reserve(self, task: QueryTask, hold_s: float | None = None) -> None:
         """Check this node's policy and reserve the query's loss on its ledger (``hold_s``: keep the
         reservation that long even if this process ends, for runtimes with a process per message)."""
         self._expire_reservations()
         try:
+            self._check_deadline(task)
             tables = self._check_policy(task)
             approval = self.config.approval(task.project)
             assert approval is not None
@@ -195,7 +223,7 @@ class NodeRuntime:
                     hold_s=hold_s,
                     dataset_cap=self.config.privacy.dataset_caps.get(table.name),
                 )
-        except BadInput as exc:
+        except (BadInput, Timeout) as exc:
             self.ledger.release(task.query_id)
             self._log(task, "refused", exc.message)
             raise
@@ -203,6 +231,7 @@ class NodeRuntime:
             self._pending[task.query_id] = (task, time.monotonic())
             if isinstance(task.plan, LinkedPlan):
                 self._prepared[task.query_id] = self._preparer.submit(self._fetch_linked, task)
+        failpoint("node.reserve", self.name)
 
     def _fetch_linked(self, task: QueryTask) -> list[dict[str, np.ndarray]]:
         assert isinstance(task.plan, LinkedPlan)
@@ -223,37 +252,93 @@ class NodeRuntime:
 
     def execute(
         self, query_id: str, contexts: Mapping[Scheme, str] | None = None, reserved: QueryTask | None = None
-    ) -> PartialAggregates | EncryptedPartial:
-        """Compute, add noise, encrypt for he+dp, commit; the caller sends the answer after this returns.
+    ) -> None:
+        """Prepare: compute, add noise, encrypt for he+dp, keep the answer in the outbox and mark the
+        reservation prepared; nothing leaves the node until :meth:`commit`.
 
         ``reserved`` is the task as it was reserved, for a process other than the one that reserved it
-        (its policy is checked again, and committing needs the reservation still open on the ledger)."""
+        (its policy is checked again, and preparing needs the reservation still open on the ledger)."""
         with self._lock:
             task = self._pending.pop(query_id, (None, 0.0))[0]
+        failpoint("node.execute", self.name)
         if task is None and reserved is not None and reserved.query_id == query_id:
             self._check_policy(reserved)
             task = reserved
         if task is None:
             raise Fault(f"node '{self.name}' holds no reservation for query {query_id[:8]}; retry the query")
         try:
+            self._check_deadline(task)
             noisy = self._noisy_partial(task)
             partial = self._encrypt(task, noisy, contexts or {}) if task.pet == "he+dp" else noisy
-            self.ledger.commit(query_id)  # before anything leaves the node
+            kind = rpc.ENCRYPTED_PARTIAL if isinstance(partial, EncryptedPartial) else rpc.PARTIAL
+            self._prepare(task, Prepared(task.model_dump_json().encode(), kind, partial.model_dump_json().encode()))
         except BaseException as exc:
-            self.ledger.release(query_id)
-            self._log(task, "failed", getattr(exc, "message", type(exc).__name__))
+            self._fail(task, exc)
             raise
-        self._log(task, "released", None)
-        return partial
 
-    def linked_step(self, step: LinkedStep, blobs: list[bytes]) -> tuple[LinkedOutput, list[bytes]]:
-        """This node's step of a linked query's encrypted chain; commits its budget before answering."""
+    def _prepare(self, task: QueryTask, answer: Prepared) -> None:
+        """Record "prepared" on the register (so a node whose register cannot be appended never goes on
+        to spend), keep ``answer`` in the outbox, and mark the reservation prepared."""
+        self._check_deadline(task)
+        self._log(task, "prepared", None)
+        self.outbox.put(task.query_id, answer)
+        self.ledger.prepare(task.query_id)
+        failpoint("node.prepare", self.name)
+
+    def _fail(self, task: QueryTask, exc: BaseException) -> None:
+        """A query failed here before its commit: release its budget, forget its answer, say why."""
+        self.ledger.release(task.query_id)
+        self.outbox.drop(task.query_id)
+        self._log(task, "failed", getattr(exc, "message", type(exc).__name__))
+
+    def commit(self, query_id: str) -> tuple[str, bytes]:
+        """The coordinator decided: record "released", commit the budget, then return the prepared answer
+        (reply kind and body) to send. Asked again for a query already committed here, returns the same
+        answer without spending again. Raises :class:`Fault` if the query was aborted or never prepared."""
+        answer = self.outbox.get(query_id)
+        state = self.ledger.state(query_id)
+        if answer is None or state not in ("prepared", "committed"):
+            raise Fault(
+                f"node '{self.name}' cannot commit query {query_id[:8]}: it holds no prepared answer for it "
+                f"(the query was {'aborted' if state == 'released' else 'never prepared'} here)"
+            )
+        if state == "prepared":
+            task = QueryTask.model_validate_json(answer.task)
+            self._log(task, "released", None)  # on the register before the budget is spent
+            self.ledger.commit(query_id)
+            failpoint("node.commit", self.name)
+        return answer.kind, answer.body
+
+    def settle(self, query_id: str) -> None:
+        """The coordinator has stored the result: the prepared answer is no longer needed."""
+        if self.ledger.state(query_id) != "prepared":
+            self.outbox.drop(query_id)
+
+    def pending(self) -> PendingReport:
+        """The answers held for the coordinator's decision or delivery (after a restart, say)."""
+        answers = []
+        for query_id in self.outbox.ids():
+            state = self.ledger.state(query_id)
+            if state == "prepared":
+                answers.append(PendingAnswer(query_id=query_id, state="prepared"))
+            elif state == "committed":
+                answers.append(PendingAnswer(query_id=query_id, state="committed"))
+            else:
+                self.outbox.drop(query_id)  # aborted or released while this node was away: nothing to keep
+        return PendingReport(answers=tuple(answers))
+
+    def linked_step(self, step: LinkedStep, blobs: list[bytes]) -> tuple[LinkedOutput, list[bytes]] | None:
+        """This node's step of a linked query's encrypted chain; the reservation is prepared afterwards.
+        A middle node's ciphertexts go on at once (they are under the analyst's key, without noise, and
+        useless without the last node); the last node's noisy cells wait in the outbox for the commit
+        (then None is returned: nothing to send yet)."""
         with self._lock:
             task = self._pending.pop(step.query_id, (None, 0.0))[0]
             prepared = self._prepared.pop(step.query_id, None)
         if task is None or prepared is None:
             raise Fault(f"node '{self.name}' holds no reservation for query {step.query_id[:8]}; retry the query")
         try:
+            self._check_deadline(task)
             plan = task.plan
             if not isinstance(plan, LinkedPlan):
                 raise BadInput("a linked step arrived for a query that is not linked")
@@ -264,24 +349,27 @@ class NodeRuntime:
                     f"`fedlink link --project {task.project}`"
                 )
             vectors = node_vectors(plan, self.name, prepared.result(), step.spine_size)
-            answer = run_step(plan, self.name, step, vectors, blobs, task.loss, task.noiseless)
-            self.ledger.commit(task.query_id)  # before anything leaves the node
+            output, out_blobs = run_step(plan, self.name, step, vectors, blobs, task.loss, task.noiseless)
+            last = step.role == "last"
+            body = pack(output.model_dump_json().encode(), out_blobs) if last else b""
+            self._prepare(task, Prepared(task.model_dump_json().encode(), rpc.RESULT if last else rpc.ACK, body))
         except BaseException as exc:
-            self.ledger.release(task.query_id)
-            self._log(task, "failed", getattr(exc, "message", type(exc).__name__))
+            self._fail(task, exc)
             raise
-        self._log(task, "released", None)
-        return answer
+        return None if last else (output, out_blobs)
 
-    def model_step(self, step: ModelStep, reserved: QueryTask | None = None, answered: Sequence[int] = ()) -> bytes:
+    def model_step(
+        self, step: ModelStep, reserved: QueryTask | None = None, answered: Sequence[int] = ()
+    ) -> bytes | None:
         """This node's statistics for one Newton-Raphson iteration of a model: computed on its own rows,
         with Gaussian noise for rho / iterations (unless noiseless), in fixed point under pairwise masks
         with every other node of the plan, so only the sum over all nodes can be read. The answer is a
         :class:`ModelOutput` header and the masked vector (:func:`fedlink.wire.blobs.pack`).
 
-        The whole budget is committed at the first iteration (before anything leaves); the node answers
-        each iteration of the plan at most once. ``reserved`` and ``answered``: the task and iterations
-        answered so far, for a process other than the one that reserved it (Flower)."""
+        The first iteration's statistics are prepared (kept in the outbox, None returned) and leave only
+        with the commit of the whole budget (:meth:`commit`); later iterations answer at once. The node
+        answers each iteration of the plan at most once. ``reserved`` and ``answered``: the task and
+        iterations answered so far, for a process other than the one that reserved it (Flower)."""
         with self._lock:
             held = self._models.get(step.query_id)
             if held is None and step.query_id in self._pending:
@@ -324,12 +412,11 @@ class NodeRuntime:
             secrets = [(name, keys.pairwise_secret(card, step.query_id)) for name, card in sorted(peers.items())]
             masked_values = secagg.masked(values, self.name, secrets, f"{step.query_id}:{step.iteration}")
             body = pack(output.model_dump_json().encode(), [masked_values])
-            if first:
-                self.ledger.commit(task.query_id)  # before anything leaves the node
+            if first:  # the first statistics wait in the outbox until every node has prepared and committed
+                self._prepare(task, Prepared(task.model_dump_json().encode(), rpc.RESULT, body))
         except BaseException as exc:
             if first:
-                self.ledger.release(task.query_id)
-                self._log(task, "failed", getattr(exc, "message", type(exc).__name__))
+                self._fail(task, exc)
             raise
         done.add(step.iteration)
         with self._lock:
@@ -337,9 +424,7 @@ class NodeRuntime:
                 self._models[task.query_id] = (task, done)
             else:
                 self._models.pop(task.query_id, None)
-        if first:
-            self._log(task, "released", None)
-        return body
+        return None if first else body
 
     def spend_on_link_quality(self, call: QualityCall) -> None:
         """Reserve and commit the epsilon of releasing a new spine's match rates, on dataset
@@ -397,13 +482,34 @@ class NodeRuntime:
             ciphertexts[component.key] = encrypt(loaded[scheme], np.asarray(noisy.vectors[component.key]))
         return EncryptedPartial(node=self.name, ciphertexts=ciphertexts, noise=noisy.noise, noiseless=noisy.noiseless)
 
+    def abandon_open(self) -> None:
+        """The coordinator's session ended: release every reservation not yet prepared (whoever was to
+        execute it is gone; prepared ones wait for the coordinator's decision when it is back)."""
+        with self._lock:
+            tasks = [task for task, _ in self._pending.values()]
+            self._pending.clear()
+            for task in tasks:
+                self._drop_prepared(task.query_id)
+        for task in tasks:
+            self.ledger.release(task.query_id)
+            self._log(task, "failed", "the coordinator's session ended before the query was executed")
+
     def abort(self, query_id: str) -> None:
+        """The coordinator gave up on the query: release its reservation, prepared or not (a committed
+        one stays spent), and forget its answer."""
         with self._lock:
             task = self._pending.pop(query_id, (None, 0.0))[0]
             self._drop_prepared(query_id)
+            self._models.pop(query_id, None)
+        state = self.ledger.state(query_id)
+        answer = self.outbox.get(query_id)
+        if task is None and answer is not None:
+            task = QueryTask.model_validate_json(answer.task)
         self.ledger.release(query_id)
-        if task is not None:
-            self._log(task, "refused", "aborted by the coordinator: another node refused or failed")
+        if state != "committed":
+            self.outbox.drop(query_id)
+        if task is not None and state in ("reserved", "prepared"):
+            self._log(task, "failed", "aborted by the coordinator: another node refused or failed, or time ran out")
 
     def budget(self) -> BudgetReport:
         """Every approved project's line per dataset, in rho, with the dataset's totals across projects."""

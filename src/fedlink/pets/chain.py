@@ -159,10 +159,14 @@ def _load(obj: Any, context: Any, blob: bytes) -> Any:
 class ChainKeys:
     """The analyst's fresh key pair for one linked query; only :meth:`public_key` leaves the process."""
 
-    def __init__(self, params: ChainParams) -> None:
+    def __init__(self, params: ChainParams, secret: bytes | None = None) -> None:
+        """A fresh key pair for ``params``, or with ``secret`` the key :meth:`secret_key_bytes` saved."""
         self.params = params
         context = params.context()
-        self._keygen = sealapi.KeyGenerator(context)
+        if secret is None:
+            self._keygen = sealapi.KeyGenerator(context)
+        else:
+            self._keygen = sealapi.KeyGenerator(context, _load(sealapi.SecretKey(), context, secret))
         public = sealapi.PublicKey()
         self._keygen.create_public_key(public)
         self._public = public
@@ -193,7 +197,8 @@ class ChainKeys:
         return int(self._decryptor.invariant_noise_budget(ciphertext))
 
     def secret_key_bytes(self) -> bytes:
-        """The serialised secret key (for tests that prove it never crosses the wire)."""
+        """The serialised secret key: kept on the analyst's own disk to collect a stored result later,
+        and used by tests that prove it never crosses the wire."""
         return _save(self._keygen.secret_key())
 
 

@@ -7,9 +7,10 @@ addition of ciphertexts, analyst-side decryption.
 
 Only additions are ever performed, so no relinearisation or Galois keys are generated or sent: the
 public context is the public key alone (about 0.5 MB per scheme). A vector longer than
-:data:`SLOTS` is split into several ciphertexts. The analyst's :class:`AnalystKeys` never serialises
-its secret key; every other party loads contexts with :func:`load_public_context`, which refuses one
-that carries a secret key.
+:data:`SLOTS` is split into several ciphertexts. The analyst's :class:`AnalystKeys` never sends its
+secret key; it keeps it on the analyst's own disk only (:meth:`AnalystKeys.secret_contexts`, so that a
+result stored at the coordinator can be collected later). Every other party loads contexts with
+:func:`load_public_context`, which refuses one that carries a secret key.
 """
 
 from __future__ import annotations
@@ -51,8 +52,12 @@ def _public_bytes(context: Any) -> bytes:
 class AnalystKeys:
     """A fresh key pair per query and scheme, generated and kept in the analyst's process."""
 
-    def __init__(self, schemes: Sequence[Scheme]) -> None:
+    def __init__(self, schemes: Sequence[Scheme], restored: dict[str, bytes] | None = None) -> None:
+        """Fresh keys for ``schemes``, or with ``restored`` the keys :meth:`secret_contexts` saved."""
         self._contexts: dict[str, Any] = {}
+        if restored is not None:
+            self._contexts = {scheme: ts.context_from(blob) for scheme, blob in restored.items()}
+            return
         for scheme in sorted(set(schemes)):
             if scheme == "bfv":
                 ctx = ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=POLY_DEGREE, plain_modulus=plain_modulus())
@@ -64,6 +69,13 @@ class AnalystKeys:
     def public_contexts(self) -> dict[str, str]:
         """What may leave the analyst: each scheme's public key, base64-encoded, no secret key."""
         return {scheme: base64.b64encode(_public_bytes(ctx)).decode() for scheme, ctx in self._contexts.items()}
+
+    def secret_contexts(self) -> dict[str, bytes]:
+        """Each scheme's context with its secret key, to keep on the analyst's own disk (never to send)."""
+        only_secret = {"save_public_key": False, "save_secret_key": True, "save_galois_keys": False}
+        return {
+            scheme: bytes(ctx.serialize(**only_secret, save_relin_keys=False)) for scheme, ctx in self._contexts.items()
+        }
 
     def decrypt(self, scheme: Scheme, chunks: Sequence[str], length: int) -> np.ndarray:
         ctx = self._contexts[scheme]

@@ -157,6 +157,12 @@ class QueryRequest(Frozen):
     contexts: dict[Scheme, str] = Field(default_factory=dict)
     #: For a linked query: the analyst's fresh BFV public key for the chain (base64), never a secret key.
     link_key: str = ""
+    #: The query's id, chosen by the analyst's client so that it can collect the result later whatever
+    #: happens to the call (32 hex digits; empty: the coordinator picks one).
+    query_id: str = Field(default="", pattern=r"^([0-9a-f]{32})?$")
+    #: The analyst's fresh X25519 public key for this query (base64): the coordinator seals the result it
+    #: keeps to it (:mod:`fedlink.pets.sealed`). Empty: the result is stored unsealed.
+    result_key: str = ""
 
     @model_validator(mode="after")
     def _one_measure(self) -> QueryRequest:
@@ -203,6 +209,8 @@ class ModelRequest(Frozen):
     iterations: int | None = None
     loss: PrivacyLoss = PrivacyLoss()
     noiseless: bool = False
+    query_id: str = Field(default="", pattern=r"^([0-9a-f]{32})?$")
+    result_key: str = ""
 
 
 class ModelStep(Frozen):
@@ -243,6 +251,8 @@ class ModelResult(Frozen):
     privacy_loss: dict[str, PrivacyLoss]
     #: Per node, the standard deviation of the Gaussian noise it added to each statistic, per iteration.
     noise_sd: dict[str, float] = Field(default_factory=dict)
+    #: What the reader must know (e.g. a fit stopped early because a node failed after the budget was spent).
+    notes: tuple[str, ...] = ()
 
     def table_rows(self) -> list[dict[str, float | str]]:
         """One row per coefficient: estimate, standard error, z and a 95% interval (the standard errors

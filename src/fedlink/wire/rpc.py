@@ -11,8 +11,11 @@ from fedlink.wire.transport import Message
 HELLO = "hello"  # node -> coordinator: its catalogue
 WELCOME = "welcome"  # coordinator -> node: accepted
 RESERVE = "reserve"  # coordinator -> node: a QueryTask; the node checks policy and reserves budget
-EXECUTE = "execute"  # coordinator -> node: an ExecuteTask; the node computes, adds noise, encrypts, commits
-ABORT = "abort"  # coordinator -> node: a TaskRef; the node releases the reservation
+EXECUTE = "execute"  # coordinator -> node: an ExecuteTask; the node computes, adds noise, encrypts and prepares
+COMMIT = "commit"  # coordinator -> node: a TaskRef; every node prepared: commit the budget, send the answer
+SETTLE = "settle"  # coordinator -> node: a TaskRef; the result is stored: drop the prepared answer
+PENDING = "pending"  # coordinator -> node: which answers do you hold? (a PendingReport)
+ABORT = "abort"  # coordinator -> node: a TaskRef; the node releases the reservation (never a committed one)
 BUDGET = "budget"  # coordinator -> node: report budget lines
 LINK_CARD = "link_card"  # coordinator -> node: its signed key-agreement card
 LINK_INITIATE = "link_initiate"  # coordinator -> initiator node: seal a fresh link secret for the others
@@ -37,6 +40,7 @@ ENCRYPTED_RESULT = "encrypted_result"  # coordinator -> analyst: EncryptedResult
 CATALOGUE = "catalogue"
 QUERY = "query"  # body: a QueryRequest
 REGISTER = "register"  # analyst -> coordinator: the public register
+RESULT_GET = "result_get"  # analyst -> coordinator: a stored result by query id (a TaskRef)
 RESULT = "result"
 ERROR = "error"
 
