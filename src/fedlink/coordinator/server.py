@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from fedlink.coordinator.config import CoordinatorConfig
 from fedlink.coordinator.projects import load_projects
+from fedlink.coordinator.revocation import RevocationWatch, raise_if_call_revoked
 from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable
 from fedlink.governance.register import Register
@@ -53,7 +54,7 @@ from fedlink.query.tasks import (
 )
 from fedlink.wire import rpc
 from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.pki import Identity, revoked_serials
+from fedlink.wire.pki import Identity
 from fedlink.wire.transport import Message, frames, make_server, messages, new_call_id, peer_identity
 
 log = logging.getLogger("fedlink.coordinator")
@@ -69,10 +70,10 @@ class Coordinator:
         self._catalogues: dict[str, NodeCatalogue] = {}
         self._lock = threading.Lock()
         self._fanout = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fanout")
-        self._revoked_path = config.revoked_path()
         self.projects = load_projects(config.projects_path())
         self.register = Register(config.register_path(), config.coordinator.name)
         self._register_projects()
+        self.revocations = RevocationWatch(config.revoked_path(), self.register)
         self._server: grpc.Server | None = None
         self.port = 0
 
@@ -93,13 +94,18 @@ class Coordinator:
         self._server, self.port = make_server(
             self.config.listen,
             self.config.tls_files(),
-            {"NodeSession": self._node_session, "Analyst": self._analyst},
+            {
+                "NodeSession": self._node_session,
+                "Analyst": self.revocations.guard(self._analyst, lambda context: self._identify(context, "analyst")),
+            },
         )
         self._server.start()
+        self.revocations.start()
         log.info("coordinator listening on port %d with mTLS; %d nodes registered", self.port, len(self.registered))
         return self.port
 
     def stop(self, grace: float = 1.0) -> None:
+        self.revocations.stop()
         with self._lock:
             sessions = list(self._sessions.values())
         for session in sessions:
@@ -121,9 +127,7 @@ class Coordinator:
     # --- identities -------------------------------------------------------------------------------
     def _identify(self, context: grpc.ServicerContext, role: str) -> Identity:
         try:
-            # Read on every call, so `fedlink pki revoke` takes effect without a restart.
-            revoked = revoked_serials(self._revoked_path) if self._revoked_path else frozenset()
-            identity = peer_identity(context, revoked)
+            identity = peer_identity(context, self.revocations.refresh())
         except AccessDenied as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, exc.message)
             raise
@@ -165,10 +169,13 @@ class Coordinator:
         if previous is not None:
             previous.close()
         context.add_callback(session.close)
+        context.add_callback(self.revocations.track(identity, session.revoke))
         threading.Thread(target=session.read_replies, args=(inbound,), daemon=True, name=f"from-{session.name}").start()
         log.info("node '%s' connected with %d tables", session.name, len(catalogue.tables))
         session.send(Message(hello.call_id, rpc.WELCOME, b""))
         yield from session.outbound_frames()
+        if session.revoked is not None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, session.revoked)
         log.info("node '%s' disconnected", session.name)
 
     # --- analysts ---------------------------------------------------------------------------------
@@ -184,11 +191,16 @@ class Coordinator:
     def _sessions_for(self, nodes: Sequence[str], needed_for: str = "") -> dict[str, NodeSession]:
         """The live session of every node in ``nodes``, or NodeUnavailable naming those that are down
         (``needed_for`` says why they are needed, e.g. "holding table 't'")."""
+        self.revocations.refresh()  # a node revoked a moment ago takes part in nothing more
         with self._lock:
             sessions = {name: self._sessions.get(name) for name in nodes}
         down = sorted(name for name, s in sessions.items() if s is None or s.closed.is_set())
+        why = f" {needed_for}" if needed_for else ""
+        for name in down:
+            session = sessions[name]
+            if session is not None and session.revoked is not None:
+                raise NodeUnavailable(f"node '{name}'{why} cannot take part: {session.revoked}")
         if down:
-            why = f" {needed_for}" if needed_for else ""
             raise NodeUnavailable(
                 f"node {', '.join(repr(d) for d in down)}{why} is not connected; start it "
                 "with `fedlink node serve --config nodes/<node>/node.toml` and retry"
@@ -273,6 +285,12 @@ class Coordinator:
             first = next(iter(refusals.values()))
             self._log_query(task, "refused", first.message, None)
             raise first
+        try:
+            raise_if_call_revoked()
+        except AccessDenied as exc:
+            self._abort(sessions, task.query_id)
+            self._log_query(task, "refused", exc.message, None)
+            raise
 
     @staticmethod
     def _check_loss(loss: PrivacyLoss, noiseless: bool, test_mode: bool) -> None:
