@@ -67,11 +67,11 @@ def check_state(config: NodeConfig) -> FederationBinding:
     if bound is not None and bound.node != name:
         raise ConfigError(
             f"the state beside {ledger} belongs to node '{bound.node}', not '{name}'; point [privacy] ledger and "
-            f"transparency_register at node '{name}''s own state"
+            f"transparency_register at the state of node '{name}'"
         )
     if bound is not None and bound.ca_sha256 != ca:
         raise ConfigError(
-            f"node '{name}''s ledger and register ({ledger.parent}) were made in the federation whose CA has "
+            f"the ledger and register of node '{name}' ({ledger.parent}) were made in the federation whose CA has "
             f"fingerprint {bound.ca_sha256[:16]}..., not in that of {tls.ca} ({ca[:16]}...); point [tls] ca at "
             "the CA they were made under, or [privacy] at this federation's state for the node"
         )
@@ -80,21 +80,21 @@ def check_state(config: NodeConfig) -> FederationBinding:
         queries = _register_queries(register, name)
         if queries:
             raise ConfigError(
-                f"node '{name}''s budget ledger {ledger} is missing, but its register records {queries} "
+                f"the budget ledger of node '{name}' ({ledger}) is missing, but its register records {queries} "
                 "queries; restore the ledger from a backup (a new one would start every budget at zero again)"
             )
     if has_ledger and not has_register:
         spends = _ledger_spends(ledger)
         if spends:
             raise ConfigError(
-                f"node '{name}''s register {register} is missing, but its budget ledger records {spends} spends; "
-                "restore the register from a backup or a published copy"
+                f"the register of node '{name}' ({register}) is missing, but its budget ledger records {spends} "
+                "spends; restore the register from a backup or a published copy"
             )
     if bound is not None and not has_ledger and not has_register:
         raise ConfigError(
-            f"node '{name}''s ledger {ledger} and register {register} are gone (the node was bound to its "
-            f"federation at {bound.bound_at}); restore them from a backup, or move {ledger.parent} away yourself "
-            "to start the node afresh"
+            f"the ledger ({ledger}) and register of node '{name}' are gone (the node was bound to its "
+            f"federation at {bound.bound_at}); restore them from a backup, or point [privacy] at a new state folder "
+            "if the node joins another federation"
         )
     if bound is None:
         bound = FederationBinding(
