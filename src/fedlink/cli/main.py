@@ -142,7 +142,7 @@ def pki_revoke(
     cert: Annotated[Path, typer.Option(help="The certificate to revoke.")],
     directory: Annotated[Path, typer.Option("--dir", help="Folder of the CA.")] = Path(".fedlink/pki"),
 ) -> None:
-    """Revoke a certificate: the coordinator refuses it from its next call on."""
+    """Revoke a certificate: the coordinator ends its live sessions within seconds and refuses it after."""
     identity = fedlink.pki_revoke(directory, cert)
     out.print(f"revoked {identity}")
 

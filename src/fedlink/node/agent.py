@@ -2,7 +2,9 @@
 
 Departments open no inbound port. The node keeps one mutually authenticated gRPC stream to the
 coordinator, announces its catalogue, then runs only the fixed operators it is asked for, returning
-additive aggregates, never rows. If the coordinator goes away the node reconnects with back-off.
+additive aggregates, never rows. If the coordinator goes away the node reconnects with back-off; a
+coordinator that refuses the node (a revoked certificate) or that the node cannot trust (another
+federation's CA, an expired certificate) stops it with an error instead.
 """
 
 from __future__ import annotations
