@@ -11,15 +11,17 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import threading
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import fedlink
 from fedlink.coordinator.revocation import RevocationWatch
 from fedlink.errors import AccessDenied, ConfigError, FedlinkError, NodeUnavailable
-from fedlink.governance.register import Register
+from fedlink.governance.register import Register, RegisterEntry
 from fedlink.node.agent import NodeAgent
 from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
@@ -45,21 +47,21 @@ def own_pki(workdir: Path, tmp_path: Path) -> Path:
 
 
 class WatchedAgent(NodeAgent):
-    """A real node that says when it is asked to reserve and to abort, and can be held at reserve."""
+    """A real node that says when it is asked for ``stall`` (held there until ``resume``) and for an
+    abort."""
 
-    def __init__(self, config: NodeConfig, stall_reserve: bool = False) -> None:
+    def __init__(self, config: NodeConfig, stall: str | None = None) -> None:
         super().__init__(config, NodeData(config))
-        self.stall_reserve = stall_reserve
-        self.reserving = threading.Event()
+        self.stall = stall
+        self.stalled = threading.Event()
         self.resume = threading.Event()
         self.aborted = threading.Event()
         self.error: FedlinkError | None = None
 
     def _handle(self, message: Message) -> Message:
-        if message.kind == rpc.RESERVE:
-            self.reserving.set()
-            if self.stall_reserve:
-                self.resume.wait(WAIT_S)
+        if message.kind == self.stall:
+            self.stalled.set()
+            self.resume.wait(WAIT_S)
         reply = super()._handle(message)
         if message.kind == rpc.ABORT:
             self.aborted.set()
@@ -147,7 +149,7 @@ def test_revoking_an_analyst_ends_its_call_in_flight_and_nothing_is_spent(workdi
     issued = pki.issue(own_pki, "analyst", ANALYST)
     fed = start_federation([], revoked=own_pki / pki.REVOKED)
     north = WatchedAgent(node_config("charity_north", fed.address, fed.state))
-    south = WatchedAgent(node_config("charity_south", fed.address, fed.state), stall_reserve=True)
+    south = WatchedAgent(node_config("charity_south", fed.address, fed.state), stall=rpc.RESERVE)
     try:
         serve(fed, north)
         serve(fed, south)
@@ -162,7 +164,7 @@ def test_revoking_an_analyst_ends_its_call_in_flight_and_nothing_is_spent(workdi
 
         call = threading.Thread(target=ask, daemon=True)
         call.start()
-        assert south.reserving.wait(WAIT_S)  # the query is in flight, held at charity_south's reserve
+        assert south.stalled.wait(WAIT_S)  # the query is in flight, held at charity_south's reserve
         pki.revoke(own_pki, issued.cert_path)
         call.join(WAIT_S)
         assert not call.is_alive(), "the revoked analyst's call in flight was not ended"
@@ -180,6 +182,55 @@ def test_revoking_an_analyst_ends_its_call_in_flight_and_nothing_is_spent(workdi
         with pytest.raises(AccessDenied, match="has been revoked"):
             analyst.catalog()
         assert connect_analyst(fed.address, workdir).catalog().raw.nodes  # the session's own certificate still works
+    finally:
+        south.resume.set()
+        fed.stop()
+
+
+def test_revoking_an_analyst_mid_linkage_ends_the_call_and_the_linkage_asks_no_more(
+    workdir: Path, own_pki: Path
+) -> None:
+    issued = pki.issue(own_pki, "analyst", ANALYST)
+    fed = start_federation(["charity_north", "dwp", "nhs"], revoked=own_pki / pki.REVOKED)
+    south = WatchedAgent(node_config("charity_south", fed.address, fed.state), stall=rpc.LINK_CARD)
+    logged = threading.Event()
+    append = fed.coordinator.register.append
+
+    def append_and_tell(kind: str, fields: Mapping[str, Any]) -> RegisterEntry:
+        entry = append(kind, fields)
+        if kind == "link":
+            logged.set()
+        return entry
+
+    fed.coordinator.register.append = append_and_tell  # type: ignore[method-assign]
+    try:
+        serve(fed, south)
+        analyst = fedlink.connect(fed.address, cert=issued.cert_path, key=issued.key_path, ca=own_pki / pki.CA_CERT)
+        outcome: list[object] = []
+
+        def link() -> None:
+            try:
+                outcome.append(analyst.link(PROJECT))
+            except FedlinkError as exc:
+                outcome.append(exc)
+
+        call = threading.Thread(target=link, daemon=True)
+        call.start()
+        assert south.stalled.wait(WAIT_S)  # the linkage is under way, held at charity_south's key card
+        pki.revoke(own_pki, issued.cert_path)
+        call.join(WAIT_S)
+        assert not call.is_alive(), "the revoked analyst's linkage call was not ended"
+        (error,) = outcome
+        assert isinstance(error, AccessDenied) and "has been revoked" in error.message
+
+        south.resume.set()  # the linkage goes on without the analyst: it must stop before the next step
+        assert logged.wait(WAIT_S)
+        (entry,) = [e.fields for e in fed.coordinator.register.entries() if e.kind == "link"]
+        assert entry["status"] == "failed" and "revoked during the call" in entry["reason"]
+        agents = [fed.agents[n] for n in ("charity_north", "dwp", "nhs")] + [south]
+        assert ledger_states(agents) == {a.config.name: {} for a in agents}  # no match rates were paid for
+        kinds = {e.kind for a in agents for e in a.runtime.register.entries()}
+        assert not kinds & {"link_secret", "link_encode", "link_spine", "link_quality"}
     finally:
         south.resume.set()
         fed.stop()

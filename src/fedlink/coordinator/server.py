@@ -8,6 +8,7 @@ other node any budget, and a node failing mid-query means nothing is released.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import queue
@@ -214,6 +215,8 @@ class Coordinator:
     def _call_each(
         self, calls: dict[str, tuple[NodeSession, bytes]], kind: str, timeout_s: float | None = None
     ) -> dict[str, Message | FedlinkError]:
+        if kind != rpc.ABORT:  # nothing more is asked of any node for an analyst revoked mid-call
+            raise_if_call_revoked()
         timeout = timeout_s or self.config.coordinator.query_timeout_s
         futures = {name: self._fanout.submit(s.call, kind, body, timeout) for name, (s, body) in calls.items()}
         answers: dict[str, Message | FedlinkError] = {}
@@ -462,7 +465,8 @@ class Coordinator:
                     rpc.error_message(request.call_id, Fault(f"linkage failed ({type(exc).__name__}); see the log"))
                 )
 
-        threading.Thread(target=work, daemon=True, name="linkage").start()
+        # in the call's context, so that the linkage stops asking nodes for work once the analyst is revoked
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True, name="linkage").start()
         while True:
             update = updates.get()
             yield from frames(update)
