@@ -352,12 +352,13 @@ def _holds(workdir: Path, wanted: dict[str, object]) -> bool:
             f"{keep} (made by an earlier fedlink, or its preparation was interrupted); choose another --workdir, "
             f"or delete {workdir} yourself to start over"
         )
-    same = ["--people", str(done.get("people")), "--seed", str(done.get("seed"))]
+    made = ["fedlink", "demo", "--people", str(done.get("people")), "--seed", str(done.get("seed"))]
     if done.get("coordinator") != LOCAL:
         host, _, port = str(done.get("coordinator")).rpartition(":")
-        same = ["--prepare-only", *same, "--coordinator-host", host, "--coordinator-port", port]
+        made[2:2] = ["--prepare-only"]
+        made += ["--coordinator-host", host, "--coordinator-port", port]
     raise BadInput(
-        f"{keep} (made with {' '.join(same)}); use those settings, choose another --workdir, or delete {workdir} "
+        f"{keep} (made by `{' '.join(made)}`); run that to use it, choose another --workdir, or delete {workdir} "
         "yourself to start over"
     )
 

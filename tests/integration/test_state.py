@@ -215,9 +215,9 @@ def test_the_demo_never_remakes_a_folder_holding_a_federation(tmp_path: Path) ->
     with pytest.raises(BadInput) as refused:
         prepare_demo(folder, people=400, seed=3)
     assert refused.value.message == (
-        f"{folder} holds another demo federation's CA, budgets and registers, which fedlink never deletes (made "
-        "with --prepare-only --people 300 --seed 3 --coordinator-host localhost --coordinator-port 7443); use those "
-        f"settings, choose another --workdir, or delete {folder} yourself to start over"
+        f"{folder} holds another demo federation's CA, budgets and registers, which fedlink never deletes (made by "
+        "`fedlink demo --prepare-only --people 300 --seed 3 --coordinator-host localhost --coordinator-port 7443`); "
+        f"run that to use it, choose another --workdir, or delete {folder} yourself to start over"
     )
     with pytest.raises(BadInput, match="holds another demo federation's CA"):
         fedlink.run_demo(folder, people=300, seed=3)  # prepared for parties elsewhere: not run here
