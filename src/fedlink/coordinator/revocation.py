@@ -18,6 +18,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -36,14 +37,17 @@ _CALL_REVOKED: ContextVar[threading.Event | None] = ContextVar("fedlink_call_rev
 _DONE = object()
 
 
+@dataclass(frozen=True)
 class _Ended:
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+    """Relayed to an analyst's call to end it: why."""
+
+    reason: str
 
 
 def raise_if_call_revoked() -> None:
-    """Refuse to go on with the current analyst call if its certificate was revoked while it ran (a
-    query checks this after reserving, before any node executes, so a revoked analyst spends nothing)."""
+    """Refuse to go on with the current analyst call if its certificate was revoked while it ran: the
+    coordinator checks before every call to the nodes (an abort excepted) and after reserving, so a
+    revoked analyst's work asks no node for more and spends nothing."""
     revoked = _CALL_REVOKED.get()
     if revoked is not None and revoked.is_set():
         raise AccessDenied("the analyst's certificate was revoked during the call; nothing was released")
