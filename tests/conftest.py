@@ -113,9 +113,14 @@ class InProcessFederation:
 
 
 def start_federation(
-    nodes: list[str], timeout_s: float = 30.0, state: Path | None = None, test_mode: bool = True
+    nodes: list[str],
+    timeout_s: float = 30.0,
+    state: Path | None = None,
+    test_mode: bool = True,
+    revoked: Path | None = None,
 ) -> InProcessFederation:
-    """A coordinator and ``nodes`` in threads, with ledgers and registers in ``state`` (default: fresh)."""
+    """A coordinator and ``nodes`` in threads, with ledgers and registers in ``state`` (default: fresh)
+    and the revocation list ``revoked`` (default: the session PKI's)."""
     state = state or Path(tempfile.mkdtemp(prefix="fedlink-state-"))
     config = load_coordinator_config(ROOT / "coordinator" / "coordinator.toml")
     section = config.coordinator.model_copy(
@@ -126,7 +131,8 @@ def start_federation(
             "test_mode": test_mode,
         }
     )
-    federation = InProcessFederation(Coordinator(config.model_copy(update={"coordinator": section})), state)
+    tls = config.tls if revoked is None else config.tls.model_copy(update={"revoked": str(revoked)})
+    federation = InProcessFederation(Coordinator(config.model_copy(update={"coordinator": section, "tls": tls})), state)
     federation.coordinator.start()
     try:
         for name in nodes:

@@ -1,11 +1,18 @@
 """The demo federation on one machine: PKI, synthetic departments, a coordinator and every node as
 separate processes talking mTLS gRPC on loopback, example queries, then a clean stop.
 
+A demo folder is never deleted or remade: it holds a CA, ledgers and registers, and remaking it would
+start every budget at zero again. An empty or new folder is prepared; a folder this module prepared
+with the same population (and coordinator) is used again as it is, its spent budgets included; any
+other folder, or one whose federation is running, is refused in one line. Starting over is the
+user's deliberate act: another ``--workdir``, or deleting the folder by hand.
+
 :class:`LocalFederation` is also what end-to-end tests use to run a whole federation.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -16,11 +23,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from fedlink.errors import BadInput, Fault
 from fedlink.wire import pki
 
 MARKER = ".fedlink-demo"
+#: What a demo folder was prepared for (population, seed, coordinator), written once it is complete.
+RECORD = "prepared.json"
+#: Held (flock) by the process that prepares a demo folder or runs its federation.
+LOCK = "demo.lock"
+#: The coordinator of a folder prepared by :func:`run_demo` (its parties run here, on any free port).
+LOCAL = "local"
 ANALYST = "demo-analyst"
 #: (project, epsilon per node, SQL) of the queries the demo runs.
 EXAMPLE_QUERIES: tuple[tuple[str, float, str], ...] = (
@@ -85,38 +99,29 @@ def prepare_demo(
 ) -> Path:
     """PKI, synthetic departments and an analyst profile in ``workdir``, for a federation whose parties
     run elsewhere (containers, namespaces). Idempotent: a folder this function already prepared with
-    the same population and coordinator is kept as it is (its parties' spines stay valid), anything
-    else it made is replaced, and a folder it did not make is refused. Returns the profile's path.
+    the same population and coordinator is kept as it is (its parties' spines stay valid); any other
+    folder that is not empty is refused, never replaced. Returns the profile's path.
 
     With ``parties``, each party also gets a folder ``parties/<party>`` (a volume of its own, say) laid
     out like ``workdir`` but holding only what that party may hold: the CA certificate, its own
     certificate and key, and for a node its own tables (never the ground truth or another's key)."""
-    from fedlink.synth import synthesize
-
     workdir = workdir.resolve()
     wanted = {"people": people, "seed": seed, "coordinator": f"{coordinator_host}:{coordinator_port}"}
-    record = workdir / "prepared.json"
-    if record.exists() and (workdir / MARKER).exists():
-        try:
-            done = json.loads(record.read_text(encoding="utf-8"))
-        except ValueError:
-            done = None
-        if done == wanted:
+    with _open_workdir(workdir, wanted) as folder:
+        if folder.reused:
             progress(f"{workdir} already holds this federation's PKI and data; keeping them")
-            if parties is not None:
-                export_parties(workdir, parties)
-            return workdir / "analyst.toml"
-    prepare_workdir(workdir)
-    nodes = node_names(federation_dir())
-    progress(f"PKI: a federation CA and certificates for the coordinator ({coordinator_host}) and {len(nodes)} nodes")
-    prepare_pki(workdir, nodes, coordinator_hosts=(coordinator_host,))
-    progress(f"synthetic population of {people:,} people (seed {seed}) and its departments")
-    synthesize(people, seed, workdir / "data", progress=False)
-    profile = write_profile(workdir, f"{coordinator_host}:{coordinator_port}")
-    record.write_text(json.dumps(wanted), encoding="utf-8")
+        else:
+            nodes = node_names(federation_dir())
+            progress(
+                f"PKI: a federation CA and certificates for the coordinator ({coordinator_host}) and {len(nodes)} nodes"
+            )
+            prepare_pki(workdir, nodes, coordinator_hosts=(coordinator_host,))
+            _synthesize(workdir, people, seed, progress)
+            write_profile(workdir, f"{coordinator_host}:{coordinator_port}")
+            folder.complete()
     if parties is not None:
         export_parties(workdir, parties)
-    return profile
+    return workdir / "analyst.toml"
 
 
 def export_parties(workdir: Path, parties: Path) -> list[Path]:
@@ -187,6 +192,8 @@ class LocalFederation:
     listen: str = "127.0.0.1:0"
     #: Per party, a command prefix to start it with (e.g. ``ip netns exec <ns>``) and extra environment.
     launcher: Callable[[str], tuple[list[str], dict[str, str]]] = field(default=lambda _: ([], {}))
+    #: The demo folder's lock, held while this federation runs (released by :meth:`stop`).
+    lock: BinaryIO | None = None
 
     @property
     def state(self) -> Path:
@@ -267,6 +274,8 @@ class LocalFederation:
         for name in [n for n in self.processes if n != "coordinator"]:
             self.stop_party(name)
         self.stop_party("coordinator")
+        if self.lock is not None:
+            self.lock.close()
 
     def __enter__(self) -> LocalFederation:
         return self
@@ -275,14 +284,90 @@ class LocalFederation:
         self.stop()
 
 
-def prepare_workdir(workdir: Path) -> None:
-    """Create the demo's working directory, clearing only what an earlier demo run made there."""
-    if workdir.exists() and any(workdir.iterdir()):
-        if not (workdir / MARKER).exists():
-            raise BadInput(f"{workdir} exists and was not made by `fedlink demo`; choose another --workdir")
-        shutil.rmtree(workdir)
+@dataclass
+class _DemoFolder:
+    """A demo folder held (locked) by this process: ``reused`` when it holds the wanted demo already."""
+
+    path: Path
+    wanted: dict[str, object]
+    lock: BinaryIO
+    reused: bool
+
+    def complete(self) -> None:
+        """Record that the folder is fully prepared (so that it is used again, never prepared again)."""
+        (self.path / RECORD).write_text(json.dumps(self.wanted), encoding="utf-8")
+
+    def __enter__(self) -> _DemoFolder:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.lock.close()
+
+
+def _open_workdir(workdir: Path, wanted: dict[str, object]) -> _DemoFolder:
+    """Hold ``workdir`` for a demo with these settings: a new or empty folder is claimed (to be
+    prepared), a folder prepared with the same settings is reused; anything else is refused."""
+    if workdir.exists() and not workdir.is_dir():
+        raise BadInput(f"{workdir} is a file; choose a folder for --workdir")
+    if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).exists():
+        raise BadInput(f"{workdir} exists and was not made by `fedlink demo`; choose another --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MARKER).write_text("made by fedlink demo; safe to delete\n", encoding="utf-8")
+    handle = (workdir / LOCK).open("a+b")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().decode(errors="replace").strip() or "another process"
+        handle.close()
+        raise BadInput(
+            f"the demo federation in {workdir} is in use (process {holder}); query it with --profile "
+            f"{workdir / 'analyst.toml'}, stop it first, or choose another --workdir"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()).encode())
+    handle.flush()
+    try:
+        reused = _holds(workdir, wanted)
+        if not reused:
+            (workdir / MARKER).write_text("made by fedlink demo; holds a federation's CA, budgets and registers\n")
+    except BaseException:
+        handle.close()
+        raise
+    return _DemoFolder(workdir, wanted, handle, reused)
+
+
+def _holds(workdir: Path, wanted: dict[str, object]) -> bool:
+    """Whether the demo folder holds the wanted demo already (False: it is empty); refuses otherwise."""
+    if not {p.name for p in workdir.iterdir()} - {MARKER, LOCK}:
+        return False
+    try:
+        done = json.loads((workdir / RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        done = None
+    if done == wanted:
+        return True
+    keep = f"{workdir} holds another demo federation's CA, budgets and registers, which fedlink never deletes"
+    if not isinstance(done, dict):
+        raise BadInput(
+            f"{keep} (made by an earlier fedlink, or its preparation was interrupted); choose another --workdir, "
+            f"or delete {workdir} yourself to start over"
+        )
+    made = ["fedlink", "demo", "--people", str(done.get("people")), "--seed", str(done.get("seed"))]
+    if done.get("coordinator") != LOCAL:
+        host, _, port = str(done.get("coordinator")).rpartition(":")
+        made[2:2] = ["--prepare-only"]
+        made += ["--coordinator-host", host, "--coordinator-port", port]
+    raise BadInput(
+        f"{keep} (made by `{' '.join(made)}`); run that to use it, choose another --workdir, or delete {workdir} "
+        "yourself to start over"
+    )
+
+
+def _synthesize(workdir: Path, people: int, seed: int, progress: Callable[[str], None]) -> None:
+    from fedlink.synth import synthesize
+
+    progress(f"synthetic population of {people:,} people (seed {seed}) and its departments")
+    synthesize(people, seed, workdir / "data", progress=False)
 
 
 @dataclass(frozen=True)
@@ -298,18 +383,25 @@ def run_demo(
     seed: int = 7,
     progress: Callable[[str], None] = lambda _: None,
 ) -> DemoSetup:
-    """Prepare PKI and data and start the federation; the caller queries it and stops it."""
-    from fedlink.synth import synthesize
-
+    """Prepare PKI and data (or use those ``workdir`` holds from an earlier run with the same
+    population, its ledgers and registers included) and start the federation; the caller queries it
+    and stops it. Refuses a folder holding anything else, or whose federation is running."""
     workdir = workdir.resolve()
     root = federation_dir()
     nodes = node_names(root)
-    prepare_workdir(workdir)
-    progress(f"PKI: a federation CA and certificates for the coordinator, {len(nodes)} nodes and an analyst")
-    prepare_pki(workdir, nodes)
-    progress(f"synthetic population of {people:,} people (seed {seed}) and its departments")
-    synthesize(people, seed, workdir / "data", progress=False)
-    federation = LocalFederation(workdir=workdir, root=root, nodes=nodes)
+    folder = _open_workdir(workdir, {"people": people, "seed": seed, "coordinator": LOCAL})
+    try:
+        if folder.reused:
+            progress(f"using the demo federation in {workdir} again: its CA, data, ledgers and registers are kept")
+        else:
+            progress(f"PKI: a federation CA and certificates for the coordinator, {len(nodes)} nodes and an analyst")
+            prepare_pki(workdir, nodes)
+            _synthesize(workdir, people, seed, progress)
+            folder.complete()
+        federation = LocalFederation(workdir=workdir, root=root, nodes=nodes, lock=folder.lock)
+    except BaseException:
+        folder.lock.close()
+        raise
     try:
         federation.start(on_ready=lambda name: progress(f"started {name}"))
     except BaseException:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import duckdb
 import pytest
 
 from fedlink.demo import LocalFederation, write_profile
+from fedlink.governance.register import verify_register
 from fedlink.wire import audit
 
 from ..conftest import NODES, ROOT, find_leaks, identifier_values
@@ -21,13 +25,16 @@ pytestmark = pytest.mark.slow
 PROJECT = "homelessness-outcomes"
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fedlink", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=cwd,
     )
 
 
@@ -232,9 +239,64 @@ def test_synth_and_pki_commands(tmp_path: Path) -> None:
     )
 
 
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    proc = cli("demo", "--workdir", str(tmp_path / "demo"), "--people", "2000", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "support_episodes" in proc.stdout and "HISTOGRAM(sentence_months)" in proc.stdout
-    assert "link spine built for project homelessness-outcomes" in proc.stdout
-    assert "federation stopped" in proc.stderr
+def ledger_rows(state: Path) -> dict[str, dict[str, int]]:
+    """Per party with a ledger under ``state``, how many of its rows are in each state."""
+    out = {}
+    for ledger in sorted(state.glob("*/ledger.sqlite")):
+        with closing(sqlite3.connect(ledger)) as db:
+            out[ledger.parent.name] = dict(db.execute("SELECT state, COUNT(*) FROM reservation GROUP BY state"))
+    return out
+
+
+def test_demo_runs_end_to_end_and_no_command_wipes_its_federation(tmp_path: Path) -> None:
+    """The demo as the README runs it, from a folder of its own (``.fedlink/`` under the current
+    folder). While it serves, a second `fedlink demo` is refused and `fedlink scenario` (no --profile)
+    runs in a folder of its own, leaving the demo's CA, ledgers and registers alone; the next demo run
+    uses the same federation again, its spent budgets included."""
+    demo = (sys.executable, "-m", "fedlink", "demo", "--people", "2000")
+    env = {**os.environ, "COLUMNS": "200"}
+    serving = subprocess.Popen(
+        [*demo, "--serve"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert serving.stderr is not None
+        for line in serving.stderr:  # waits on the demo's own word that the federation serves
+            if line.startswith(b"federation running"):
+                break
+        else:
+            raise AssertionError(f"the demo ended before serving (exit {serving.wait()})")
+        folder = tmp_path / ".fedlink"
+        ca = (folder / "pki" / "ca.crt").read_bytes()
+        registers = {p: p.read_bytes() for p in folder.glob("state/*/register.jsonl")}
+        spent = ledger_rows(folder / "state")
+        assert len(registers) == len(NODES) + 1 and spent["charity_north"]["committed"] >= 2
+
+        assert_one_line_error(
+            cli("demo", "--people", "2000", cwd=tmp_path), 2, f"the demo federation in {folder} is in use"
+        )
+        scenario = cli("scenario", "homelessness", "--people", "2000", "--out", "out", "--format", "json", cwd=tmp_path)
+        assert scenario.returncode == 0, scenario.stderr[-2000:]
+        assert all(v > 0 for v in json.loads(scenario.stdout)["spent"].values())
+        assert (tmp_path / ".fedlink-scenario" / "pki" / "ca.crt").read_bytes() != ca  # a federation of its own
+        assert (folder / "pki" / "ca.crt").read_bytes() == ca
+        assert {p: p.read_bytes() for p in registers} == registers and ledger_rows(folder / "state") == spent
+    finally:
+        serving.send_signal(signal.SIGTERM)
+        out, err = serving.communicate(timeout=120)
+    assert serving.returncode == 0, err.decode()[-2000:]
+    text = out.decode()
+    assert "support_episodes" in text and "HISTOGRAM(sentence_months)" in text
+    assert "link spine built for project homelessness-outcomes" in text
+    assert "federation stopped" in err.decode()
+
+    again = cli("demo", "--people", "2000", cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "using the demo federation in" in again.stderr
+    assert (folder / "pki" / "ca.crt").read_bytes() == ca
+    for path, before in registers.items():  # every register kept its history and went on from it
+        assert path.read_bytes().startswith(before) and verify_register(path).ok
+    rows = ledger_rows(folder / "state")
+    assert rows["charity_north"]["committed"] == 2 * spent["charity_north"]["committed"]  # spent on top, not reset
+    assert_one_line_error(
+        cli("demo", "--people", "3000", cwd=tmp_path), 2, "holds another demo federation's CA, budgets and registers"
+    )

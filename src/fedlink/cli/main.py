@@ -146,7 +146,7 @@ def pki_revoke(
     cert: Annotated[Path, typer.Option(help="The certificate to revoke.")],
     directory: Annotated[Path, typer.Option("--dir", help="Folder of the CA.")] = Path(".fedlink/pki"),
 ) -> None:
-    """Revoke a certificate: the coordinator refuses it from its next call on."""
+    """Revoke a certificate: the coordinator ends its live sessions within seconds and refuses it after."""
     identity = fedlink.pki_revoke(directory, cert)
     out.print(f"revoked {identity}")
 
@@ -542,9 +542,13 @@ def bench_report(
 @app.command()
 @handles_errors
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Working folder for PKI, data, logs and the analyst profile.")] = Path(
-        ".fedlink"
-    ),
+    workdir: Annotated[
+        Path,
+        typer.Option(
+            help="Working folder for PKI, data, state, logs and the analyst profile: made if new or empty, used "
+            "again (budgets spent there stay spent) if it holds a demo of the same --people and --seed, else refused."
+        ),
+    ] = Path(".fedlink"),
     people: Annotated[int, typer.Option(help="Synthetic population size.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     serve: Annotated[bool, typer.Option("--serve", help="Keep the federation running after the examples.")] = False,
@@ -568,7 +572,11 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Run the whole demo: PKI, synthetic departments, a local federation, example queries, stop."""
+    """Run the whole demo: PKI, synthetic departments, a local federation, example queries, stop.
+
+    The working folder is never deleted or remade; to start over, choose another --workdir or delete
+    it yourself.
+    """
     if prepare_only:
         profile = fedlink.prepare_demo(
             workdir,
@@ -585,8 +593,14 @@ def demo(
     try:
         fed = fedlink.connect(profile=setup.profile)
         render.catalogue(out, fed.catalog(), "table")
-        for project, epsilon, sql in fedlink.DEMO_QUERIES:
-            render.result(out, fed.query(sql, project=project, epsilon=epsilon), "table")
+        try:
+            for project, epsilon, sql in fedlink.DEMO_QUERIES:
+                render.result(out, fed.query(sql, project=project, epsilon=epsilon), "table")
+        except fedlink.BudgetExhausted as exc:
+            raise fedlink.BudgetExhausted(
+                f"{exc.message}; the demo federation in {setup.workdir} spent it in earlier runs: run the demo in "
+                f"another --workdir, or delete {setup.workdir} yourself to start over"
+            ) from exc
         render.budget(out, fed.budget(), "table")
         with render.stage_progress(err) as advance:
             render.link_report(out, fed.link("homelessness-outcomes", on_progress=advance), "table")
@@ -629,7 +643,13 @@ def scenario(
     ] = Path("scenarios"),
     people: Annotated[int, typer.Option(help="Synthetic population of the demo federation.")] = 50_000,
     seed: Annotated[int, typer.Option(help="Random seed of the demo federation.")] = 7,
-    workdir: Annotated[Path, typer.Option(help="Working folder of the demo federation.")] = Path(".fedlink"),
+    workdir: Annotated[
+        Path,
+        typer.Option(
+            help="Working folder of the scenarios' demo federation (not the demo's own): made if new, used again "
+            "if it holds one of the same --people and --seed, else refused."
+        ),
+    ] = Path(".fedlink-scenario"),
     profile: Annotated[
         Path | None, typer.Option(help="Run on this running federation instead of starting the demo one.")
     ] = None,
@@ -637,8 +657,9 @@ def scenario(
 ) -> None:
     """Run a research scenario end to end: linked DP queries, a table with intervals, a PNG chart.
 
-    Without --profile it starts the demo federation (PKI, synthetic departments, seven nodes), runs
-    the scenario and stops it, and also shows the error against the synthetic ground truth (demo only).
+    Without --profile it starts a demo federation of its own in --workdir (PKI, synthetic departments,
+    seven nodes), runs the scenario and stops it, and also shows the error against the synthetic ground
+    truth (demo only).
     """
     say = (lambda msg: err.print(f"[dim]scenario:[/] {msg}", highlight=False)) if err.is_terminal else None
     names = [s.value for s in ScenarioName if s is not ScenarioName.all] if name is ScenarioName.all else [name.value]

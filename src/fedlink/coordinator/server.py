@@ -17,6 +17,7 @@ the result with ``fedlink result get ID``; the analyst is told the result is pen
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import queue
@@ -33,6 +34,7 @@ from pydantic import ValidationError
 from fedlink.coordinator.config import CoordinatorConfig
 from fedlink.coordinator.journal import Finished, JournalEntry, QueryJournal
 from fedlink.coordinator.projects import load_projects
+from fedlink.coordinator.revocation import RevocationWatch, raise_if_call_revoked
 from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable, ResultPending
 from fedlink.faults import failpoint
@@ -67,7 +69,7 @@ from fedlink.query.tasks import (
 )
 from fedlink.wire import rpc
 from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.pki import Identity, revoked_serials
+from fedlink.wire.pki import Identity
 from fedlink.wire.transport import Message, frames, make_server, messages, new_call_id, peer_identity
 
 log = logging.getLogger("fedlink.coordinator")
@@ -91,7 +93,6 @@ class Coordinator:
         self._catalogues: dict[str, NodeCatalogue] = {}
         self._lock = threading.Lock()
         self._fanout = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fanout")
-        self._revoked_path = config.revoked_path()
         self.projects = load_projects(config.projects_path())
         self.register = Register(config.register_path(), config.coordinator.name)
         self.journal = QueryJournal(config.register_path().parent / "queries.sqlite")
@@ -99,6 +100,7 @@ class Coordinator:
         self._delivering: dict[str, threading.Lock] = {}
         self._register_projects()
         self._recover()
+        self.revocations = RevocationWatch(config.revoked_path(), self.register)
         self._server: grpc.Server | None = None
         self.port = 0
 
@@ -128,13 +130,18 @@ class Coordinator:
         self._server, self.port = make_server(
             self.config.listen,
             self.config.tls_files(),
-            {"NodeSession": self._node_session, "Analyst": self._analyst},
+            {
+                "NodeSession": self._node_session,
+                "Analyst": self.revocations.guard(self._analyst, lambda context: self._identify(context, "analyst")),
+            },
         )
         self._server.start()
+        self.revocations.start()
         log.info("coordinator listening on port %d with mTLS; %d nodes registered", self.port, len(self.registered))
         return self.port
 
     def stop(self, grace: float = 1.0) -> None:
+        self.revocations.stop()
         with self._lock:
             sessions = list(self._sessions.values())
         for session in sessions:
@@ -156,9 +163,7 @@ class Coordinator:
     # --- identities -------------------------------------------------------------------------------
     def _identify(self, context: grpc.ServicerContext, role: str) -> Identity:
         try:
-            # Read on every call, so `fedlink pki revoke` takes effect without a restart.
-            revoked = revoked_serials(self._revoked_path) if self._revoked_path else frozenset()
-            identity = peer_identity(context, revoked)
+            identity = peer_identity(context, self.revocations.refresh())
         except AccessDenied as exc:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, exc.message)
             raise
@@ -200,12 +205,15 @@ class Coordinator:
         if previous is not None:
             previous.close()
         context.add_callback(session.close)
+        context.add_callback(self.revocations.track(identity, session.revoke))
         threading.Thread(target=session.read_replies, args=(inbound,), daemon=True, name=f"from-{session.name}").start()
         log.info("node '%s' connected with %d tables", session.name, len(catalogue.tables))
         session.send(Message(hello.call_id, rpc.WELCOME, b""))
         settle = threading.Thread(target=self._settle_pending, args=(session,), daemon=True, name="pending")
         settle.start()
         yield from session.outbound_frames()
+        if session.revoked is not None:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, session.revoked)
         log.info("node '%s' disconnected", session.name)
 
     # --- analysts ---------------------------------------------------------------------------------
@@ -221,11 +229,16 @@ class Coordinator:
     def _sessions_for(self, nodes: Sequence[str], needed_for: str = "") -> dict[str, NodeSession]:
         """The live session of every node in ``nodes``, or NodeUnavailable naming those that are down
         (``needed_for`` says why they are needed, e.g. "holding table 't'")."""
+        self.revocations.refresh()  # a node revoked a moment ago takes part in nothing more
         with self._lock:
             sessions = {name: self._sessions.get(name) for name in nodes}
         down = sorted(name for name, s in sessions.items() if s is None or s.closed.is_set())
+        why = f" {needed_for}" if needed_for else ""
+        for name in down:
+            session = sessions[name]
+            if session is not None and session.revoked is not None:
+                raise NodeUnavailable(f"node '{name}'{why} cannot take part: {session.revoked}")
         if down:
-            why = f" {needed_for}" if needed_for else ""
             raise NodeUnavailable(
                 f"node {', '.join(repr(d) for d in down)}{why} is not connected; start it "
                 "with `fedlink node serve --config nodes/<node>/node.toml` and retry"
@@ -239,6 +252,10 @@ class Coordinator:
     def _call_each(
         self, calls: dict[str, tuple[NodeSession, bytes]], kind: str, timeout_s: float | None = None
     ) -> dict[str, Message | FedlinkError]:
+        # Nothing more is asked of any node for an analyst revoked mid-call, but what settles a query (an
+        # abort, or the commit of one already decided, whose result is then kept) still goes out.
+        if kind not in (rpc.ABORT, rpc.COMMIT, rpc.SETTLE, rpc.PENDING):
+            raise_if_call_revoked()
         timeout = timeout_s or self.config.coordinator.query_timeout_s
         futures = {name: self._fanout.submit(s.call, kind, body, timeout) for name, (s, body) in calls.items()}
         answers: dict[str, Message | FedlinkError] = {}
@@ -467,6 +484,13 @@ class Coordinator:
             self.journal.fail(task.query_id, first.message)
             self._log_query(task, "refused", first.message, None)
             raise first
+        try:
+            raise_if_call_revoked()
+        except AccessDenied as exc:
+            self._abort(sessions, task.query_id)
+            self.journal.fail(task.query_id, exc.message)
+            self._log_query(task, "refused", exc.message, None)
+            raise
         failpoint("coordinator.reserved")
 
     @staticmethod
@@ -643,7 +667,8 @@ class Coordinator:
                     rpc.error_message(request.call_id, Fault(f"linkage failed ({type(exc).__name__}); see the log"))
                 )
 
-        threading.Thread(target=work, daemon=True, name="linkage").start()
+        # in the call's context, so that the linkage stops asking nodes for work once the analyst is revoked
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True, name="linkage").start()
         while True:
             update = updates.get()
             yield from frames(update)

@@ -27,6 +27,8 @@ class NodeSession:
         self._pending: dict[str, Future[Message]] = {}
         self._lock = threading.Lock()
         self.closed = threading.Event()
+        #: Why the session was ended by a revocation of the node's certificate (None: it was not).
+        self.revoked: str | None = None
 
     def outbound_frames(self) -> Iterator[Frame]:
         while True:
@@ -72,6 +74,14 @@ class NodeSession:
             self.close()
 
     def close(self) -> None:
+        self._end(NodeUnavailable(f"node '{self.name}' disconnected during the query; nothing was released"))
+
+    def revoke(self, reason: str) -> None:
+        """End the session because the node's certificate was revoked (``reason`` says so)."""
+        self.revoked = reason
+        self._end(NodeUnavailable(f"node '{self.name}' was cut off during the query: {reason}; nothing was released"))
+
+    def _end(self, error: NodeUnavailable) -> None:
         with self._lock:
             if self.closed.is_set():
                 return
@@ -79,7 +89,5 @@ class NodeSession:
             pending = list(self._pending.values())
         for future in pending:
             if not future.done():
-                future.set_exception(
-                    NodeUnavailable(f"node '{self.name}' disconnected during the query; nothing was released")
-                )
+                future.set_exception(error)
         self._outbound.put(_CLOSE)

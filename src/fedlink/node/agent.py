@@ -2,7 +2,9 @@
 
 Departments open no inbound port. The node keeps one mutually authenticated gRPC stream to the
 coordinator, announces its catalogue, then runs only the fixed operators it is asked for, returning
-additive aggregates, never rows. If the coordinator goes away the node reconnects with back-off.
+additive aggregates, never rows. If the coordinator goes away the node reconnects with back-off; a
+coordinator that refuses the node (a revoked certificate) or that the node cannot trust (another
+federation's CA, an expired certificate) stops it with an error instead.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -174,6 +177,16 @@ def answer(runtime: NodeRuntime, message: Message) -> Message:
     raise Fault(f"node '{runtime.name}' does not run operator '{message.kind}'")
 
 
+def _untrusted_coordinator(exc: grpc.RpcError) -> str | None:
+    """OpenSSL's reason when the TLS handshake failed on the coordinator's certificate (gRPC reports it
+    as UNAVAILABLE, like a coordinator that is down), else None."""
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    if "handshake failed" not in details.lower():
+        return None
+    reason = re.search(r"OPENSSL_internal:[A-Z_]+: ([^:]+)", details)
+    return reason.group(1).strip() if reason else "TLS handshake failed"
+
+
 class NodeAgent:
     """Runs one node: loads its data, connects out, serves tasks until :meth:`stop`."""
 
@@ -218,6 +231,14 @@ class NodeAgent:
                 code = exc.code() if hasattr(exc, "code") else None
                 if code == grpc.StatusCode.PERMISSION_DENIED or code == grpc.StatusCode.UNAUTHENTICATED:
                     raise AccessDenied(f"the coordinator refused node '{self.config.name}': {exc.details()}") from exc
+                untrusted = _untrusted_coordinator(exc)
+                if untrusted is not None:  # another federation's coordinator, or an expired one: retrying cannot help
+                    raise ConfigError(
+                        f"node '{self.config.name}' cannot trust the coordinator at {self.config.coordinator_address}: "
+                        f"its certificate failed verification against this node's federation CA {self.tls.ca} "
+                        f"({untrusted}); point [tls] ca at the CA of the coordinator's federation, or renew the "
+                        "coordinator's certificate"
+                    ) from exc
                 log.warning(
                     "coordinator at %s unreachable (%s); retrying in %.1fs",
                     self.config.coordinator_address,

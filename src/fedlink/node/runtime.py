@@ -33,6 +33,7 @@ import numpy as np
 from fedlink.errors import BadInput, Fault, PolicyRefused, Timeout
 from fedlink.faults import failpoint
 from fedlink.governance.register import Register
+from fedlink.node.binding import check_state
 from fedlink.node.config import NodeConfig, TableDecl
 from fedlink.node.data import NodeData
 from fedlink.node.ledger import BudgetLedger, Spend
@@ -85,6 +86,7 @@ class NodeRuntime:
     """Everything a node does for a query, behind the agent that talks to the coordinator."""
 
     def __init__(self, config: NodeConfig, data: NodeData | None = None) -> None:
+        check_state(config)  # before anything is opened: state of another federation, or half of it, is refused
         self.config = config
         self.name = config.name
         self.data = data or NodeData(config)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -182,23 +183,73 @@ def identity_from_pem(pem: bytes) -> Identity:
     return Identity(role, str(names[0].value), cert.serial_number)
 
 
+def fingerprint(pem: bytes) -> str:
+    """The SHA-256 of a certificate (DER), in hex: how a federation is told apart by its CA."""
+    return x509.load_pem_x509_certificate(pem).fingerprint(hashes.SHA256()).hex()
+
+
+def issued_by(cert_pem: bytes, ca_pem: bytes) -> bool:
+    """Whether the certificate was signed by this CA (the signature only; TLS checks dates and use)."""
+    try:
+        x509.load_pem_x509_certificate(cert_pem).verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """One line of the revocation list: whose certificate, and when it was revoked (UTC, ISO 8601;
+    empty for lines written before the time was recorded)."""
+
+    serial: int
+    role: str
+    name: str
+    revoked_at: str = ""
+
+
+def revoked_message(identity: Identity) -> str:
+    """What a party whose certificate is revoked is told."""
+    return f"the certificate of {identity} has been revoked; ask the federation for a new one"
+
+
 def revoke(pki_dir: Path, cert_path: Path) -> Identity:
-    """Add a certificate's serial to the federation's revocation list (``revoked.txt``)."""
+    """Add a certificate's serial to the federation's revocation list (``revoked.txt``), with the time."""
     try:
         identity = identity_from_pem(cert_path.read_bytes())
     except FileNotFoundError as exc:
         raise BadInput(f"no certificate at {cert_path}; pass the path of the .crt to revoke") from exc
+    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     with (pki_dir / REVOKED).open("a", encoding="utf-8") as handle:
-        handle.write(f"{identity.serial:x} {identity.role} {identity.name}\n")
+        handle.write(f"{identity.serial:x} {identity.role} {identity.name} {when}\n")
     return identity
+
+
+def revocations(path: Path) -> tuple[Revocation, ...]:
+    """The revocation list written by :func:`revoke`, in order (an absent file revokes none)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the revocation list {path} ({exc}); fix or restore it") from exc
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            serial = int(parts[0], 16)
+        except ValueError:
+            raise ConfigError(
+                f"line {number} of the revocation list {path} does not start with a certificate serial in hex; "
+                "fix it (`fedlink pki revoke` writes the lines)"
+            ) from None
+        role, name, when = [*parts[1:], "", "", ""][:3]
+        out.append(Revocation(serial, role, name, when))
+    return tuple(out)
 
 
 def revoked_serials(path: Path) -> frozenset[int]:
     """Serials listed in a revocation file written by :func:`revoke` (an absent file revokes none)."""
-    if not path.exists():
-        return frozenset()
-    serials = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            serials.add(int(line.split()[0], 16))
-    return frozenset(serials)
+    return frozenset(r.serial for r in revocations(path))

@@ -18,7 +18,7 @@ import grpc
 from fedlink.errors import AccessDenied, ConfigError
 from fedlink.wire import audit
 from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.pki import Identity, identity_from_pem
+from fedlink.wire.pki import Identity, identity_from_pem, revoked_message
 
 CHUNK = 1 << 20
 MAX_GRPC_MESSAGE = 4 * CHUNK
@@ -159,7 +159,7 @@ def peer_identity(context: grpc.ServicerContext, revoked: frozenset[int] = froze
         raise AccessDenied("no client certificate; connect with a certificate from `fedlink pki issue`")
     identity = identity_from_pem(pems[0])
     if identity.serial in revoked:
-        raise AccessDenied(f"the certificate of {identity} has been revoked; ask the federation for a new one")
+        raise AccessDenied(revoked_message(identity))
     return identity
 
 
