@@ -228,17 +228,17 @@ def _participants(entries: Sequence[RegisterEntry]) -> dict[str, str]:
     queries: dict[str, int] = {}
     for entry in entries:
         if entry.kind == "node_joined" and isinstance(entry.fields.get("node"), str):
-            joined.setdefault(entry.fields["node"], f"joined at seq {entry.seq}")
+            joined.setdefault(entry.fields["node"], f"joining at seq {entry.seq}")
         elif entry.kind == "query" and isinstance(entry.fields.get("privacy_loss"), dict):
             for node in entry.fields["privacy_loss"]:
                 queries[str(node)] = queries.get(str(node), 0) + 1
         elif entry.kind == "link" and isinstance(entry.fields.get("nodes"), list):
             for node in entry.fields["nodes"]:
-                joined.setdefault(str(node), f"took part in a linkage at seq {entry.seq}")
+                joined.setdefault(str(node), f"in a linkage at seq {entry.seq}")
     evidence = dict(joined)
     for node, count in queries.items():
-        also = f"named in {count} query entr{'y' if count == 1 else 'ies'}"
-        evidence[node] = f"{evidence[node]}, {also}" if node in evidence else also
+        also = f"in {count} query entr{'y' if count == 1 else 'ies'}"
+        evidence[node] = f"{evidence[node]} and {also}" if node in evidence else also
     return evidence
 
 
@@ -287,7 +287,7 @@ def _missing(
     for party in sorted(sources):
         if party in loaded:
             continue
-        where = "; ".join(dict.fromkeys(sources[party]))
+        where = " and ".join(dict.fromkeys(sources[party]))
         evidence = participants.get(party)
         never_took_part = (
             coordinator_entries is not None and party != coordinator and evidence is None and party not in heads
@@ -298,7 +298,7 @@ def _missing(
                 "shows it never joined"
             )
             continue
-        why = f"; the coordinator's register shows it {evidence}" if evidence else ""
+        why = f"; the coordinator's register records it {evidence}" if evidence else ""
         missing.append(f"{party}: no register (expected from {where}{why})")
     return missing, notes
 
