@@ -35,6 +35,7 @@ from fedlink.coordinator.models import fit_model
 from fedlink.coordinator.server import Coordinator
 from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import BadInput, ConfigError, Fault, FedlinkError, Timeout, error_from_code
+from fedlink.governance.records import refusals_recorded
 from fedlink.node.agent import answer
 from fedlink.node.config import load_node_config
 from fedlink.node.runtime import RESERVATION_TTL_S, NodeRuntime
@@ -251,10 +252,12 @@ def main(grid: Grid, context: Context) -> None:
             coordinator.join()
             analyst = str(request.get("analyst", "analyst"))
             result: QueryResult | EncryptedResult | ModelResult
-            if "model" in request:
-                result = fit_model(coordinator, ModelRequest.model_validate(request["model"]), analyst)
-            else:
-                result = coordinator.run_query(QueryRequest.model_validate(request["query"]), analyst)
+            asked = "model" if "model" in request else "query"
+            with refusals_recorded(coordinator.register, analyst, asked, json.dumps(request.get(asked)).encode()):
+                if asked == "model":
+                    result = fit_model(coordinator, ModelRequest.model_validate(request["model"]), analyst)
+                else:
+                    result = coordinator.run_query(QueryRequest.model_validate(request["query"]), analyst)
         finally:
             coordinator.stop()
         kind = {EncryptedResult: "encrypted", ModelResult: "model"}.get(type(result), "clear")
