@@ -173,6 +173,9 @@ def test_without_the_coordinator_register_nothing_is_expected_and_node_entries_a
     assert report.ok and report.missing == ()
     assert report.notes[0].startswith("expected parties unknown")
     assert report.crosscheck.unchecked == 2
+    assert report.crosscheck.summary() == (
+        "2 queries, all recorded by nodes only: not cross-checked without the coordinator's register"
+    )
 
 
 def test_config_names_the_expected_parties(federation: Federation, tmp_path: Path) -> None:

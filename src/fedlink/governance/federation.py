@@ -79,6 +79,11 @@ class CrossCheck:
     unchecked: int = 0
 
     def summary(self) -> str:
+        if self.queries and self.unchecked == self.queries:
+            return (
+                f"{self.queries} queries, all recorded by nodes only: not cross-checked without the "
+                "coordinator's register"
+            )
         refused = self.refused_by_coordinator + self.refused_by_nodes
         parts = [
             f"{self.released} released",
