@@ -28,7 +28,8 @@ COMMENTED = f"SELECT region, COUNT(*) AS n -- asked for {NAME}\nFROM support_epi
 @pytest.fixture(scope="module")
 def used(workdir: Path) -> Iterator[tuple[InProcessFederation, dict[str, str]]]:
     """A federation of the two charities after a released query with comments, an identifier probe, two
-    requests for projects that may not read the table, and a query the nodes refuse (over budget)."""
+    requests for projects that may not read the table, a query the nodes refuse (over budget), a model
+    with a name in its formula and a link request for an unknown project."""
     fed = start_federation(CHARITIES)
     try:
         client = connect_analyst(fed.address, workdir)
@@ -42,6 +43,10 @@ def used(workdir: Path) -> Iterator[tuple[InProcessFederation, dict[str, str]]]:
             client.query(COMMENTED, project="no-such-project", epsilon=1.0, pet="dp")
         with pytest.raises(BudgetExhausted):
             client.query(COMMENTED, project=PROJECT, epsilon=50.0, pet="dp")
+        with pytest.raises(QueryError, match="not a declared category"):  # quoting the name back to the analyst
+            client.fit(f"outcome = '{NAME}' ~ last_name", table="support_episodes", project=PROJECT, rho=0.5)
+        with pytest.raises(BadInput, match="unknown project"):
+            client.link("no-such-project")
     finally:
         fed.stop()
     yield fed, ids
@@ -56,7 +61,7 @@ def test_registers_of_a_normal_run_agree(used: tuple[InProcessFederation, dict[s
     report = verify_federation(registers(fed))
     assert report.ok, (report.missing, report.crosscheck.disagreements, [p.problems for p in report.broken])
     check = report.crosscheck
-    assert (check.released, check.refused_by_coordinator, check.refused_by_nodes, check.failed) == (1, 3, 1, 0)
+    assert (check.released, check.refused_by_coordinator, check.refused_by_nodes, check.failed) == (1, 5, 1, 0)
     # the coordinator registers seven nodes; the five that never joined are expected to have no register
     never = sorted(set(NODES) - set(CHARITIES))
     assert [n.split(":")[0] for n in report.notes[1:]] == never
@@ -83,6 +88,15 @@ def test_refusals_are_on_the_coordinator_register_without_values(
     assert ("no-such-project", "unknown project 'no-such-project'") in by_project
     over_budget = [f for f in refused if f["privacy_loss"]]  # refused by the nodes at reserve: recorded once
     assert len(over_budget) == 1 and set(over_budget[0]["privacy_loss"]) == set(CHARITIES)
+    model = next(f for f in refused if f.get("request") == "model")
+    assert model["query"] == "MODEL logistic outcome = ? ~ last_name ON support_episodes"
+    assert model["reason"] == "'?' is not a declared category of 'outcome'; see `fedlink catalog`"
+    link = next(f for f in refused if f.get("request") == "link")
+    assert (link["project"], link["query"], link["reason"].split(";")[0]) == (
+        "no-such-project",
+        None,
+        "unknown project 'no-such-project'",
+    )
 
 
 def test_comments_reach_no_register_and_not_the_public_page(
