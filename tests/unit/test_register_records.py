@@ -14,7 +14,7 @@ from fedlink.errors import AccessDenied, BudgetExhausted, Fault, QueryError
 from fedlink.governance import Register
 from fedlink.governance.records import (
     MAX_RECORDED_QUERY,
-    recorded_query,
+    bounded,
     refusal_fields,
     refusals_recorded,
     without_comments,
@@ -36,6 +36,8 @@ def test_comments_and_hints_go_literals_and_quoted_names_stay() -> None:
         "SELECT region, COUNT(*) FROM pupils WHERE note = 'it''s -- kept' AND \"odd\"\"name\" = 1 GROUP BY region"
     )
     assert without_comments("SELECT/* x */COUNT(*)FROM t") == "SELECT COUNT(*)FROM t"
+    assert without_comments("SELECT a FROM t GROUP\n\t BY a") == "SELECT a FROM t GROUP BY a"
+    assert without_comments("SELECT a FROM t WHERE b = 'two\n  lines'") == "SELECT a FROM t WHERE b = 'two\n  lines'"
 
 
 @given(
@@ -54,12 +56,30 @@ def test_no_comment_survives_wherever_it_stands(comment: str, line: str, positio
 
 def test_recorded_text_is_bounded_by_length_and_hash() -> None:
     long = "SELECT COUNT(*) FROM t WHERE x IN (" + ", ".join(["1"] * 2000) + ")"
-    recorded = recorded_query(long + " -- " + NAME)
+    recorded = bounded(without_comments(long + " -- " + NAME))
     digest = hashlib.sha256(long.encode()).hexdigest()
     assert (
         recorded == f"[not recorded: {len(long)} characters, over the limit of {MAX_RECORDED_QUERY}; sha256 {digest}]"
     )
-    assert recorded_query("SELECT 'open") == "[not recorded: 12 characters that cannot be read as SQL]"
+    assert bounded("SELECT 1") == "SELECT 1"
+    with pytest.raises(QueryError, match="cannot be read as SQL"):
+        without_comments("SELECT 'open")
+
+
+def test_refused_text_that_cannot_be_read_or_is_huge_is_recorded_by_length() -> None:
+    def refused(text: str, error: QueryError) -> dict[str, object]:
+        return refusal_fields(
+            query_id="q", analyst="a", request="query", project="p", text=text, pet="dp", status="refused", error=error
+        )
+
+    unreadable = f"SELECT COUNT(*) FROM people /* {NAME}"
+    recorded = refused(unreadable, QueryError(f"malformed SQL (Error tokenizing '{unreadable[-20:]}')"))
+    assert recorded["query"] == f"[not recorded: {len(unreadable)} characters that cannot be read as SQL]"
+    assert recorded["reason"] == "malformed SQL (Error tokenizing '?')"
+    huge = "SELECT COUNT(*) FROM people WHERE region IN (" + ", ".join([f"'{NAME}'"] * 10_000) + ")"
+    recorded = refused(huge, QueryError(f"'{NAME}' is not a declared category of 'region'"))
+    assert recorded["query"] == f"[not recorded: {len(huge)} characters too long to read]"
+    assert recorded["reason"] == "'?' is not a declared category of '?'"
 
 
 def catalogue() -> FederationCatalogue:

@@ -268,12 +268,11 @@ def _missing(
             expect(node, configured.source)
     for party in heads:
         expect(party, f"the published copy {published}")
-    registered: list[str] = []
     if coordinator_entries is not None and coordinator is not None:
+        expect(coordinator, "the coordinator's register")
         startups = [e for e in coordinator_entries if e.kind == "startup" and isinstance(e.fields.get("nodes"), list)]
-        registered = [str(n) for n in startups[-1].fields["nodes"]] if startups else []
-        for node in registered:
-            expect(node, "the coordinator's register")
+        for node in startups[-1].fields["nodes"] if startups else ():
+            expect(str(node), "the coordinator's register")
     participants = _participants(coordinator_entries or ())
     for node in participants:
         if node != coordinator:
@@ -282,8 +281,8 @@ def _missing(
     notes: list[str] = []
     if not sources:
         notes.append(
-            "expected parties unknown: no coordinator register among those given; pass --config coordinator.toml "
-            "or --published register.json to check that none is missing"
+            "expected parties unknown: no coordinator register among those given; give the coordinator's config "
+            "or a published register.json to check that none is missing"
         )
         return [], notes
     nodes = sorted(p for p in sources if p != coordinator)

@@ -50,6 +50,11 @@ _LITERALS = frozenset(
     )
 )
 _MASK = "?"
+#: Longest refused text whose shape is recorded; beyond it, its length only (tokenising megabytes of
+#: refused text would cost the coordinator seconds of CPU per refusal).
+_SHAPE_LIMIT = 16 * MAX_RECORDED_QUERY
+#: A quoted fragment in a message: how errors quote text back.
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
 
 
 def _tokens(text: str) -> list[Token]:
@@ -68,7 +73,11 @@ def _joined(text: str, tokens: Iterable[Token], mask_literals: bool = False) -> 
             continue  # /*+ ... */ is a comment to everything but a query optimiser
         if parts and token.start > end + 1:
             parts.append(" ")
-        parts.append(_MASK if mask_literals and token.token_type in _LITERALS else text[token.start : token.end + 1])
+        piece = text[token.start : token.end + 1]
+        if token.token_type in _LITERALS:
+            parts.append(_MASK if mask_literals else piece)
+        else:  # a keyword of several words ("GROUP\n  BY") is one token: one space between its words
+            parts.append(piece if token.token_type == TokenType.IDENTIFIER else " ".join(piece.split()))
         end = token.end
     return "".join(parts)
 
@@ -86,14 +95,6 @@ def bounded(text: str) -> str:
         return text
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return f"[not recorded: {len(text)} characters, over the limit of {MAX_RECORDED_QUERY}; sha256 {digest}]"
-
-
-def recorded_query(text: str) -> str:
-    """A planned query's text as registers record it: without comments, bounded in length."""
-    try:
-        return bounded(without_comments(text))
-    except QueryError:
-        return f"[not recorded: {len(text)} characters that cannot be read as SQL]"
 
 
 def refusal_fields(
@@ -115,12 +116,10 @@ def refusal_fields(
     shown: str | None = None
     reason = error.message
     if text is not None:
-        try:
-            tokens = _tokens(text)
-        except QueryError as unreadable:
-            shown = f"[not recorded: {len(text)} characters that cannot be read as SQL]"
-            if isinstance(error, QueryError):  # its message may quote the unreadable text back
-                reason = unreadable.message
+        tokens, unread = _shape(text)
+        if tokens is None:
+            shown = f"[not recorded: {len(text)} characters {unread}]"
+            reason = _QUOTED.sub(f"'{_MASK}'", reason)  # the message may quote the text back
         else:
             shown = bounded(_joined(text, tokens, mask_literals=True))
             typed = [t.text for t in tokens if t.token_type in _LITERALS] + [
@@ -141,6 +140,16 @@ def refusal_fields(
         "released": None,
         "encrypted_for": None,
     }
+
+
+def _shape(text: str) -> tuple[list[Token] | None, str]:
+    """The tokens of a refused text, or None and why it is not read."""
+    if len(text) > _SHAPE_LIMIT:
+        return None, "too long to read"
+    try:
+        return _tokens(text), ""
+    except QueryError:
+        return None, "that cannot be read as SQL"
 
 
 def _masked(message: str, typed: Iterable[str]) -> str:
