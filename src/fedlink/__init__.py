@@ -53,6 +53,7 @@ _LAZY = {
     "verify_register": "fedlink.governance.register",
     "export_register": "fedlink.governance.export",
     "find_registers": "fedlink.governance.register",
+    "verify_federation": "fedlink.governance.federation",
     "evaluate_linkage": "fedlink.linkage.evaluate:evaluate_files",
     "run_scenario": "fedlink.analyst.scenarios",
     "SCENARIOS": "fedlink.analyst.scenarios",

@@ -206,9 +206,13 @@ def test_wire_audit_across_processes(running: tuple[LocalFederation, Path, Path]
 
 def test_register_verify_and_export(running: tuple[LocalFederation, Path, Path], tmp_path: Path) -> None:
     federation, _, _ = running
-    verified = cli("register", "verify", str(federation.state))
+    config = str(ROOT / "coordinator" / "coordinator.toml")
+    verified = cli("register", "verify", str(federation.state), "--config", config)
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout.count("chain intact") == len(NODES) + 1
+    agreed = verified.stdout.splitlines()[-1]  # "cross-check: N queries; the registers agree on N (...)"
+    queries = int(agreed.split()[1])
+    assert agreed.startswith(f"cross-check: {queries} queries; the registers agree on {queries} (")
     exported = cli("register", "export", str(federation.state), "--out", str(tmp_path / "site"))
     assert exported.returncode == 0, exported.stderr
     page = (tmp_path / "site" / "index.html").read_text()
@@ -223,6 +227,17 @@ def test_register_verify_and_export(running: tuple[LocalFederation, Path, Path],
     tampered = cli("register", "verify", str(copy))
     assert tampered.returncode == 1 and "TAMPERED" in tampered.stdout
     assert tampered.stderr.strip().startswith("error: 1 register(s) failed verification")
+    # a node's register and head deleted: the coordinator's register records that node joining
+    state = tmp_path / "state"
+    for party in ("coordinator", *NODES[1:]):
+        for name in ("register.jsonl", "register.jsonl.head"):
+            (state / party).mkdir(parents=True, exist_ok=True)
+            (state / party / name).write_bytes((federation.state / party / name).read_bytes())
+    deleted = cli("register", "verify", str(state))
+    assert deleted.returncode == 1 and f"MISSING  {NODES[0]}: no register" in deleted.stdout, deleted.stdout
+    assert deleted.stderr.strip() == (
+        "error: 1 register(s) missing; see the lines above, and compare with the published copies"
+    )
 
 
 def test_synth_and_pki_commands(tmp_path: Path) -> None:

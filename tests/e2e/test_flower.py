@@ -98,6 +98,10 @@ def test_a_refusal_over_flower_is_the_same_one_line_error_and_spends_nothing(flo
     )  # fmt: skip
     assert_one_line_error(done, 2, "identifier")
     assert _spent(flower) == before
+    logged = [json.loads(line) for line in _register(flower).read_text().splitlines()]
+    refused = logged[-1]["fields"]  # refused by the ServerApp's planning, before any node was asked
+    assert (refused["status"], refused["analyst"], refused["privacy_loss"]) == ("refused", "demo-analyst", {})
+    assert refused["query"] == "SELECT first_name, COUNT(*) FROM support_episodes GROUP BY first_name"
     bad_pet = cli("query", SQL, "--project", PROJECT, "--pet", "dp", "--epsilon", "1", *_flower_options(flower))
     assert_one_line_error(bad_pet, 2, "--pet he+dp")
     assert _spent(flower) == before

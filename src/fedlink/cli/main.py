@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 import fedlink
 from fedlink.cli import render
@@ -466,20 +467,37 @@ Registers = Annotated[
 
 @register_app.command("verify")
 @handles_errors
-def register_verify(paths: Registers) -> None:
-    """Check each register's hash chain and head: any edit, deletion or insertion is reported (exit 1)."""
-    broken = 0
-    for party, path in fedlink.find_registers(paths):
-        report = fedlink.verify_register(path)
-        if report.ok:
-            out.print(f"[green]ok[/]      {party}: {report.entries} entries, chain intact ({path})")
-        else:
-            broken += 1
-            out.print(f"[bold red]TAMPERED[/] {party}: {path}")
-            for problem in report.problems:
-                out.print(f"         {problem}", highlight=False)
-    if broken:
-        raise fedlink.Fault(f"{broken} register(s) failed verification; compare them with the published copies")
+def register_verify(
+    paths: Registers,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="The coordinator config: expect registers from the coordinator and every node it registers."),
+    ] = None,
+    published: Annotated[
+        Path | None,
+        typer.Option(help="A published register.json: expect its parties, each chain passing through its head."),
+    ] = None,
+) -> None:
+    """Check every register's chain and head, that none expected is missing, and that the coordinator's
+    and the nodes' registers agree on every query's outcome (exit 1 otherwise)."""
+    report = fedlink.verify_federation(fedlink.find_registers(paths), config=config, published=published)
+    for party in report.parties:
+        name, where = escape(party.party), escape(str(party.path))
+        if party.ok:
+            out.print(f"[green]ok[/]       {name}: {party.entries} entries, chain intact ({where})", highlight=False)
+            continue
+        out.print(f"[bold red]TAMPERED[/] {name}: {where}", highlight=False)
+        for problem in party.problems:
+            out.print(f"         {problem}", highlight=False, markup=False)
+    for line in report.missing:
+        out.print(f"[bold red]MISSING[/]  {escape(line)}", highlight=False)
+    for line in report.crosscheck.disagreements:
+        out.print(f"[bold red]DISAGREE[/] {escape(line)}", highlight=False)
+    for line in report.notes:
+        out.print(f"note:    {line}", highlight=False, markup=False)
+    out.print(f"cross-check: {report.crosscheck.summary()}", highlight=False, markup=False)
+    if not report.ok:
+        raise fedlink.Fault(f"{report.problem_summary()}; see the lines above, and compare with the published copies")
 
 
 @register_app.command("export")
@@ -605,9 +623,12 @@ def demo(
         with render.stage_progress(err) as advance:
             render.link_report(out, fed.link("homelessness-outcomes", on_progress=advance), "table")
         registers = setup.federation.registers()
-        for party, path in registers:
-            if not fedlink.verify_register(path).ok:
-                raise fedlink.Fault(f"the {party} register failed verification: {path}")
+        verified = fedlink.verify_federation(registers)
+        if not verified.ok:
+            state = setup.federation.state
+            raise fedlink.Fault(
+                f"the registers failed ({verified.problem_summary()}); see `fedlink register verify {state}`"
+            )
         page, _ = fedlink.export_register(registers, setup.workdir / "register-site")
         err.print(f"demo: {len(registers)} transparency registers verified; public page: {page}")
         if serve:

@@ -38,6 +38,7 @@ from fedlink.coordinator.revocation import RevocationWatch, raise_if_call_revoke
 from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, NodeUnavailable, ResultPending
 from fedlink.faults import failpoint
+from fedlink.governance.records import refusals_recorded
 from fedlink.governance.register import Register
 from fedlink.linkage.messages import LinkCall, LinkMode, LinkReport
 from fedlink.pets.he import PublicContext, Scheme, add, load_public_context
@@ -114,8 +115,12 @@ class Coordinator:
                 self.register.append("query", task.register_fields(entry.nodes, "failed", reason))
 
     def _register_projects(self) -> None:
-        """Put every project (and test mode) on the public record, once per version of it."""
-        seen = {json.dumps(e.fields, sort_keys=True) for e in self.register.entries() if e.kind == "project"}
+        """Put the registered nodes, every project (once per version of it) and test mode on the public
+        record. `fedlink register verify` expects a register from each node recorded as joined."""
+        entries = self.register.entries()
+        self._joined = {str(e.fields.get("node")) for e in entries if e.kind == "node_joined"}
+        self.register.append("startup", {"nodes": sorted(self.registered)})
+        seen = {json.dumps(e.fields, sort_keys=True) for e in entries if e.kind == "project"}
         for project in self.projects.projects:
             fields = project.model_dump(mode="json")
             if json.dumps(fields, sort_keys=True) not in seen:
@@ -159,6 +164,15 @@ class Coordinator:
         with self._lock:
             self._sessions[session.name] = session
             self._catalogues[session.name] = session.catalogue
+        self._record_join(session.name)
+
+    def _record_join(self, node: str) -> None:
+        """Record a node's first session ever: from then on its register is expected to exist."""
+        with self._lock:
+            first = node not in self._joined
+            self._joined.add(node)
+        if first:
+            self.register.append("node_joined", {"node": node})
 
     # --- identities -------------------------------------------------------------------------------
     def _identify(self, context: grpc.ServicerContext, role: str) -> Identity:
@@ -204,6 +218,7 @@ class Coordinator:
             self._catalogues[identity.name] = catalogue
         if previous is not None:
             previous.close()
+        self._record_join(identity.name)
         context.add_callback(session.close)
         context.add_callback(self.revocations.track(identity, session.revoke))
         threading.Thread(target=session.read_replies, args=(inbound,), daemon=True, name=f"from-{session.name}").start()
@@ -656,8 +671,9 @@ class Coordinator:
 
         def work() -> None:
             try:
-                call = LinkCall.model_validate_json(request.body)
-                report = self.run_link(call.project, analyst, progress, call.mode)
+                with refusals_recorded(self.register, analyst, request.kind, request.body):
+                    call = LinkCall.model_validate_json(request.body)
+                    report = self.run_link(call.project, analyst, progress, call.mode)
                 updates.put(Message(request.call_id, rpc.RESULT, report.model_dump_json().encode()))
             except FedlinkError as exc:
                 updates.put(rpc.error_message(request.call_id, exc))
@@ -675,39 +691,43 @@ class Coordinator:
             if update.kind != rpc.PROGRESS:
                 return
 
+    def _answer(self, request: Message, analyst: str) -> Message:
+        """The reply to an analyst's call (every kind but LINK, which streams its progress)."""
+        if request.kind == rpc.CATALOGUE:
+            return Message(request.call_id, rpc.RESULT, self.catalogue().model_dump_json().encode())
+        if request.kind == rpc.QUERY and is_linked(QueryRequest.model_validate_json(request.body).sql):
+            from fedlink.coordinator.linked import run_linked_query  # the chain's HE stack loads on first use
+
+            kind, body = run_linked_query(self, QueryRequest.model_validate_json(request.body), analyst)
+            return Message(request.call_id, kind, body)
+        if request.kind == rpc.MODEL:
+            from fedlink.coordinator.models import fit_model
+
+            kind, body = fit_model(self, ModelRequest.model_validate_json(request.body), analyst)
+            return Message(request.call_id, kind, body)
+        if request.kind == rpc.QUERY:
+            kind, body = self.run_query(QueryRequest.model_validate_json(request.body), analyst)
+            return Message(request.call_id, kind, body)
+        if request.kind == rpc.RESULT_GET:
+            kind, body = self.result_for(TaskRef.model_validate_json(request.body).query_id, analyst)
+            return Message(request.call_id, kind, body)
+        if request.kind == rpc.BUDGET:
+            return Message(request.call_id, rpc.RESULT, self.budget(analyst).model_dump_json().encode())
+        if request.kind == rpc.REGISTER:
+            return Message(request.call_id, rpc.RESULT, self.public_register())
+        raise BadInput(f"unknown request '{request.kind}'; upgrade the analyst client")
+
     def _analyst(self, inbound: Iterator[Frame], context: grpc.ServicerContext) -> Iterator[Frame]:
         identity = self._identify(context, "analyst")
         request = next(messages(inbound), None)
         if request is None:
             return
+        if request.kind == rpc.LINK:
+            yield from self._with_progress(request, identity.name)
+            return
         try:
-            if request.kind == rpc.CATALOGUE:
-                reply = Message(request.call_id, rpc.RESULT, self.catalogue().model_dump_json().encode())
-            elif request.kind == rpc.QUERY and is_linked(QueryRequest.model_validate_json(request.body).sql):
-                from fedlink.coordinator.linked import run_linked_query  # the chain's HE stack loads on first use
-
-                kind, body = run_linked_query(self, QueryRequest.model_validate_json(request.body), identity.name)
-                reply = Message(request.call_id, kind, body)
-            elif request.kind == rpc.MODEL:
-                from fedlink.coordinator.models import fit_model
-
-                kind, body = fit_model(self, ModelRequest.model_validate_json(request.body), identity.name)
-                reply = Message(request.call_id, kind, body)
-            elif request.kind == rpc.QUERY:
-                kind, body = self.run_query(QueryRequest.model_validate_json(request.body), identity.name)
-                reply = Message(request.call_id, kind, body)
-            elif request.kind == rpc.RESULT_GET:
-                kind, body = self.result_for(TaskRef.model_validate_json(request.body).query_id, identity.name)
-                reply = Message(request.call_id, kind, body)
-            elif request.kind == rpc.BUDGET:
-                reply = Message(request.call_id, rpc.RESULT, self.budget(identity.name).model_dump_json().encode())
-            elif request.kind == rpc.REGISTER:
-                reply = Message(request.call_id, rpc.RESULT, self.public_register())
-            elif request.kind == rpc.LINK:
-                yield from self._with_progress(request, identity.name)
-                return
-            else:
-                raise BadInput(f"unknown request '{request.kind}'; upgrade the analyst client")
+            with refusals_recorded(self.register, identity.name, request.kind, request.body):
+                reply = self._answer(request, identity.name)
         except FedlinkError as exc:
             reply = rpc.error_message(request.call_id, exc)
         except ValidationError as exc:

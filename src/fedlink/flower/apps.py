@@ -35,6 +35,7 @@ from fedlink.coordinator.models import fit_model
 from fedlink.coordinator.server import Coordinator
 from fedlink.coordinator.sessions import NodeSession
 from fedlink.errors import BadInput, ConfigError, Fault, FedlinkError, Timeout, error_from_code
+from fedlink.governance.records import refusals_recorded
 from fedlink.node.agent import answer
 from fedlink.node.config import load_node_config
 from fedlink.node.runtime import RESERVATION_TTL_S, NodeRuntime
@@ -259,12 +260,14 @@ def main(grid: Grid, context: Context) -> None:
         try:
             coordinator.join()
             analyst = str(request.get("analyst", "analyst"))
-            if "model" in request:
-                reply, body = fit_model(coordinator, ModelRequest.model_validate(request["model"]), analyst)
-                kind = "model"
-            else:
-                reply, body = coordinator.run_query(QueryRequest.model_validate(request["query"]), analyst)
-                kind = "encrypted" if reply == rpc.ENCRYPTED_RESULT else "clear"
+            asked = "model" if "model" in request else "query"
+            with refusals_recorded(coordinator.register, analyst, asked, json.dumps(request.get(asked)).encode()):
+                if asked == "model":
+                    reply, body = fit_model(coordinator, ModelRequest.model_validate(request["model"]), analyst)
+                    kind = "model"
+                else:
+                    reply, body = coordinator.run_query(QueryRequest.model_validate(request["query"]), analyst)
+                    kind = "encrypted" if reply == rpc.ENCRYPTED_RESULT else "clear"
         finally:
             coordinator.stop()
         payload: dict[str, Any] = {"ok": True, "kind": kind, "result": json.loads(body)}

@@ -42,6 +42,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,8 @@ _ENTRY_KEYS = frozenset({"seq", "time", "party", "kind", "fields", "prev_hash", 
 # file descriptions, but this keeps one process's threads from contending on the same lock file.
 _THREAD_LOCKS: dict[Path, threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
+#: Where :func:`appended_here` collects the entries appended in its block (None outside one).
+_APPENDED_HERE: ContextVar[list[RegisterEntry] | None] = ContextVar("fedlink_register_appended_here", default=None)
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,9 @@ class Register:
             entry = RegisterEntry(seq, time, self.party, kind, payload, prev, digest)
             _append_line(self.path, canonical(entry.to_json()) + b"\n")
             _write_head(self.path, seq, digest)
+        collected = _APPENDED_HERE.get()
+        if collected is not None:
+            collected.append(entry)
         return RegisterEntry(seq, time, self.party, kind, copy.deepcopy(payload), prev, digest)
 
     def entries(self) -> list[RegisterEntry]:
@@ -162,6 +168,19 @@ class Register:
         with _locked(self.path, exclusive=False):
             scan = _scan(self.path)
         return _verify(scan, self.party)
+
+
+@contextmanager
+def appended_here() -> Iterator[list[RegisterEntry]]:
+    """Collect the entries this thread appends to any register during the block (in order), so a
+    caller can tell whether the work it ran already recorded itself. The block must not span a
+    ``yield``: the collection belongs to the thread's context."""
+    collected: list[RegisterEntry] = []
+    token = _APPENDED_HERE.set(collected)
+    try:
+        yield collected
+    finally:
+        _APPENDED_HERE.reset(token)
 
 
 def verify_register(path: Path, party: str | None = None) -> VerifyReport:

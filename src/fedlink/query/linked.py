@@ -28,6 +28,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Tokenizer, TokenType
 
 from fedlink.errors import QueryError
+from fedlink.governance.records import without_comments
 from fedlink.model import Frozen
 from fedlink.pets.chain import ChainParams
 from fedlink.query.catalogue import FederationCatalogue, TableInfo
@@ -280,7 +281,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
         aggregates=tuple(aggregates),
         group_by=tuple(group_by),
         group_source=sources.index(group_owner) if group_owner is not None else None,
-        sql=" ".join(sql.split()),
+        sql=without_comments(sql),
     )
     if plan.cells > min(MAX_CELLS, MAX_LINKED_CELLS):
         raise QueryError(

@@ -26,6 +26,7 @@ from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Tokenizer, TokenType
 
 from fedlink.errors import QueryError
+from fedlink.governance.records import without_comments
 from fedlink.model import Frozen
 from fedlink.query.catalogue import Category, ColumnInfo, FederationCatalogue
 
@@ -197,7 +198,7 @@ def plan_model(
         response=response,
         terms=terms,
         iterations=steps,
-        sql=f"MODEL {family} {' '.join(formula.split())} ON {table}",
+        sql=f"MODEL {family} {without_comments(formula)} ON {table}",
     )
 
 

@@ -23,6 +23,7 @@ from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
 from fedlink.errors import QueryError
+from fedlink.governance.records import without_comments
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, TableInfo
 from fedlink.query.plan import (
     Aggregate,
@@ -87,6 +88,8 @@ def parse_sql(sql: str, allow_joins: bool = False) -> exp.Select:
         raise QueryError(f"DISTINCT would release row values; {_AGGREGATE_HELP}")
     for node in tree.find_all(exp.Subquery, exp.Union, exp.Intersect, exp.Except):
         raise QueryError(f"{node.key.upper()} is not supported; write a single SELECT over one table")
+    for part in tree.walk():
+        part.pop_comments()  # errors quote fragments of the tree, and errors reach the registers
     return tree
 
 
@@ -303,7 +306,7 @@ def plan_query(sql: str, catalogue: FederationCatalogue) -> AggregatePlan:
         aggregates=tuple(aggregates),
         group_by=tuple(group_by),
         where=where,
-        sql=" ".join(sql.split()),
+        sql=without_comments(sql),
     )
     if plan.cells > MAX_CELLS:
         raise QueryError(f"the query has {plan.cells} cells, more than {MAX_CELLS}; group by fewer columns")

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from fedlink.governance.records import bounded
 from fedlink.model import Frozen
 from fedlink.pets.dp import NoiseSpec
 from fedlink.pets.he import Scheme
@@ -81,7 +82,7 @@ class QueryTask(Frozen):
             "analyst": self.analyst,
             "project": self.project,
             "purpose": self.purpose,
-            "query": self.plan.sql,
+            "query": bounded(self.plan.sql),  # comment-free: the plan was built from the text without them
             "pet": self.pet_label,
             "privacy_loss": {n: self.loss.model_dump() for n in nodes},
             "status": status,
