@@ -20,9 +20,10 @@ The cross-check (:func:`cross_check`) reads every ``query`` entry by query id. A
 means it committed budget (its ``prepared`` is the first phase of that commit); the coordinator's last
 entry for the query is its outcome. They agree when: the coordinator released the query (or withheld
 its result by disclosure control after the commit: ``suppressed``) and every node in its
-``privacy_loss`` whose register is given released it too, with the same privacy loss; or the coordinator refused or failed it and no node
-committed; or the coordinator's outcome is still ``pending`` (awaiting a node or collection). A node's
-query entry the coordinator has no record of is a disagreement too.
+``privacy_loss`` whose register is given released it too, with the same privacy loss; or the
+coordinator refused or failed it and no node committed; or the coordinator's outcome is still
+``pending`` (awaiting a node or collection). A node's query entry the coordinator has no record of is
+a disagreement too.
 """
 
 from __future__ import annotations
