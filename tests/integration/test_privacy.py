@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 import fedlink
-from fedlink.errors import AccessDenied, BadInput, BudgetExhausted, PolicyRefused
+from fedlink.errors import AccessDenied, BadInput, BudgetExhausted, Fault, PolicyRefused
 from fedlink.governance.register import verify_register
 from fedlink.node.config import Approval
 from fedlink.node.runtime import NodeRuntime
@@ -260,3 +260,22 @@ def test_a_reservation_never_executed_is_released_after_its_ttl(
         assert "expired" in expired[-1].fields["reason"]
     finally:
         runtime.close()
+
+
+def test_a_node_whose_register_cannot_be_appended_never_commits(workdir: Path) -> None:
+    """The probe's truncated register: the node used to commit budget on every query, then fail, so its
+    spends appeared on no register. Now it records "prepared" before it may commit, so it refuses first."""
+    fed = start_federation(CHARITIES, test_mode=False)
+    try:
+        client = connect_analyst(fed.address, workdir)
+        client.query(SQL, project=PROJECT, epsilon=1.0)  # a first query leaves entries to cut
+        log = fed.state / "charity_south" / "register.jsonl"
+        lines = log.read_bytes().splitlines(keepends=True)
+        log.write_bytes(b"".join(lines[:-1]))  # cut the last entry: the head file no longer matches
+        with pytest.raises(Fault, match=r"node 'charity_south' failed during the query .*register.*nothing was spent"):
+            client.query(SQL, project=PROJECT, epsilon=1.0)
+        lines = {r["node"]: r for r in client.budget().rows()}
+        for node in CHARITIES:  # only the first query is paid for, at either node
+            assert lines[node]["rho_spent"] == pytest.approx(0.5) and lines[node]["rho_reserved"] == 0
+    finally:
+        fed.stop()

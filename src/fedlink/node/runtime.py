@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedlink.errors import BadInput, Fault, PolicyRefused, Timeout
+from fedlink.errors import BadInput, Fault, FedlinkError, PolicyRefused, Timeout
 from fedlink.faults import failpoint
 from fedlink.governance.register import Register
 from fedlink.node.binding import check_state
@@ -288,10 +288,14 @@ class NodeRuntime:
         failpoint("node.prepare", self.name)
 
     def _fail(self, task: QueryTask, exc: BaseException) -> None:
-        """A query failed here before its commit: release its budget, forget its answer, say why."""
+        """A query failed here before its commit: release its budget, forget its answer, say why (if the
+        register can take it: a broken register is itself a reason the query failed)."""
         self.ledger.release(task.query_id)
         self.outbox.drop(task.query_id)
-        self._log(task, "failed", getattr(exc, "message", type(exc).__name__))
+        try:
+            self._log(task, "failed", getattr(exc, "message", type(exc).__name__))
+        except FedlinkError as broken:
+            log.warning("query %s failed and could not be registered: %s", task.query_id[:8], broken.message)
 
     def commit(self, query_id: str) -> tuple[str, bytes]:
         """The coordinator decided: record "released", commit the budget, then return the prepared answer
