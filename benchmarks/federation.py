@@ -84,7 +84,7 @@ def node_config(name: str, address: str, pki_dir: Path, data: Path, groups: int,
                 "transparency_register": "state/register.jsonl",
                 "allow_test_mode": True,
             },
-            "approvals": [{"project": PROJECT, "epsilon": HUGE_CAP, "rho": HUGE_CAP}],
+            "approvals": [{"project": PROJECT, "rho": HUGE_CAP}],
             "tables": [
                 {
                     "name": TABLE,
@@ -106,7 +106,7 @@ def coordinator_config(nodes: list[str], pki_dir: Path, folder: Path) -> Coordin
     datasets = ", ".join(f'"{n}.{TABLE}"' for n in nodes)
     (folder / "projects.toml").write_text(
         f'[[projects]]\nid = "{PROJECT}"\ntitle = "Benchmark"\npurpose = "Measure the cost of encrypted aggregation"\n'
-        f'analysts = ["{ANALYST}"]\ndatasets = [{datasets}]\nepsilon = {HUGE_CAP}\nrho = {HUGE_CAP}\n',
+        f'analysts = ["{ANALYST}"]\ndatasets = [{datasets}]\nrho = {HUGE_CAP}\n',
         encoding="utf-8",
     )
     return CoordinatorConfig.model_validate(

@@ -123,7 +123,7 @@ class LinkedBench:
         datasets = ", ".join(f'"{n}.{t}"' for n, t, _ in TABLES)
         (folder / "projects.toml").write_text(
             f'[[projects]]\nid = "{PROJECT}"\ntitle = "Benchmark"\npurpose = "Measure linked queries"\n'
-            f'analysts = ["{ANALYST}"]\ndatasets = [{datasets}]\nepsilon = {HUGE_CAP}\nrho = {HUGE_CAP}\n'
+            f'analysts = ["{ANALYST}"]\ndatasets = [{datasets}]\nrho = {HUGE_CAP}\n'
         )
         config = CoordinatorConfig.model_validate(
             {
@@ -160,7 +160,7 @@ class LinkedBench:
                         "transparency_register": "state/register.jsonl",
                         "allow_test_mode": True,
                     },
-                    "approvals": [{"project": PROJECT, "epsilon": HUGE_CAP, "rho": HUGE_CAP}],
+                    "approvals": [{"project": PROJECT, "rho": HUGE_CAP}],
                     "tables": [{"name": table, "source": str(self.files[table]), "columns": _columns(table)}],
                     "source": str(self.root / node / "node.toml"),
                 }
