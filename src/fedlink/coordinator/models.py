@@ -23,7 +23,7 @@ from fedlink.errors import BadInput, Fault, FedlinkError
 from fedlink.pets import secagg
 from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.model import newton_step, plan_model, summary, unpack
+from fedlink.query.model import newton_fit, plan_model, summary
 from fedlink.query.tasks import ModelOutput, ModelRequest, ModelResult, ModelStep, QueryTask
 from fedlink.wire import rpc
 from fedlink.wire.blobs import unpack as unpack_blobs
@@ -74,11 +74,10 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
         name, error = next(iter(broken.items()))
         raise fail(f"node '{name}' sent no key card ({error.message}); nothing was released", committed=False)
     signed = [LinkKeyCard.model_validate_json(a.body) for a in cards.values() if isinstance(a, Message)]
-    beta = np.zeros(plan.width)
-    total = np.zeros(plan.statistics)
     outputs: dict[str, ModelOutput] = {}
-    noise_sd = 0.0
-    for iteration in range(plan.iterations):
+
+    def run_round(iteration: int, beta: np.ndarray) -> tuple[np.ndarray, float]:
+        nonlocal outputs
         calls = {}
         for name, session in sessions.items():
             step = ModelStep(
@@ -105,11 +104,12 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
             raise fail("a node's model step was malformed; nothing was released", committed=True) from exc
         except Fault as exc:
             raise fail(exc.message, committed=True) from exc
-        score, information, rows, _ = unpack(plan, total)
-        noise_sd = math.sqrt(sum(o.noise_sd**2 for o in outputs.values()))
-        beta = newton_step(plan, beta, score, information, noise_sd)
+        rows = total[-2]
         log.info("model %s: iteration %d of %d (rows ~%.0f)", task.query_id[:8], iteration + 1, plan.iterations, rows)
-    score, information, rows, squares = unpack(plan, total)
+        return total, math.sqrt(sum(o.noise_sd**2 for o in outputs.values()))
+
+    fit = newton_fit(plan, run_round)
+    rows = float(fit.statistics[-2])
     policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
     if rows - plan.width < policy.min_cohort:
         reason = (
@@ -118,7 +118,7 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
         )
         coordinator._log_query(task, "refused", reason, None)
         raise BadInput(reason)
-    coefficients, errors = summary(plan, beta, score, information, rows, squares, noise_sd)
+    estimate = summary(plan, fit)
     result = ModelResult(
         query_id=task.query_id,
         project=project.id,
@@ -126,8 +126,10 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
         table=plan.table,
         family=plan.family,
         labels=tuple(plan.labels()),
-        coefficients=tuple(coefficients.tolist()),
-        std_errors=tuple(errors.tolist()),
+        coefficients=tuple(estimate.coefficients.tolist()),
+        std_errors=None if estimate.std_errors is None else tuple(estimate.std_errors.tolist()),
+        noise_errors=None if estimate.noise_errors is None else tuple(estimate.noise_errors.tolist()),
+        errors_withheld=estimate.withheld,
         rows=round(rows),
         iterations=plan.iterations,
         nodes=plan.nodes,
@@ -138,7 +140,7 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
     )
     released = {
         "columns": ["term", "estimate", "std_error"],
-        "rows": [[t, c, e] for t, c, e in zip(result.labels, result.coefficients, result.std_errors, strict=True)],
+        "rows": [[r["term"], r["estimate"], r["std_error"]] for r in result.table_rows()],
     }
     coordinator.register.append("query", task.register_fields(plan.nodes, "released", None, released))
     log.info(
