@@ -169,3 +169,6 @@ def test_fit_result_rows() -> None:
     )
     rows = result.table_rows()
     assert rows[1]["z"] == -2.0 and rows[1]["lower"] == pytest.approx(-1.0 - 1.959964 * 0.5)
+    assert rows[1]["noise_error"] is None  # not given: no split shown
+    withheld = result.model_copy(update={"std_errors": None, "errors_withheld": "the DP noise swamps the rows"})
+    assert [(r["std_error"], r["z"], r["lower"], r["upper"]) for r in withheld.table_rows()] == [(None,) * 4] * 2

@@ -7,14 +7,19 @@ its noise (:func:`iteration_noise`, OpenDP's calibration, and OpenDP's sampler i
 secure aggregation's pairwise masks are left out: they cancel exactly in the sum.
 
 The settings are those of the README's command (two nodes, up to 3 rows a person, 8 iterations for a
-logistic fit and 1 for a linear one, rho 0.5) and others, with enough rows that an honest interval
-exists; the README's own few hundred rows at rho 0.5 get none, and say so.
+logistic fit and 1 for a linear one, rho 0.5, where the noise dominates the errors) and others (rho 4
+with 4 iterations; rho 20, where sampling dominates), with enough rows that an honest interval exists;
+the README's own few hundred rows at rho 0.5 get none, and say so.
 
-Monte Carlo tolerance: one setting's coverage is pooled over its coefficients (3 per fit) from 400 fits,
-so 400 to 1,200 coverage indicators (a fit's coefficients are correlated); the binomial SD of a 95%
-coverage is then 0.6 to 1.1 points, and the asserted band of 93% to 97% is at least 1.8 and more likely
-about 2.5 SDs wide on either side. One coefficient alone (400 indicators, SD 1.1 points) must cover at
-least 91%, 3.6 SDs below 95%, which catches one badly served coefficient without failing by chance.
+Monte Carlo tolerance: the data are seeded but the noise is not (OpenDP samples it from the system's
+randomness, as at a node), so the coverage found varies from run to run. One setting's coverage is
+pooled over its 3 coefficients from 600 fits; the coefficients of one fit are correlated, and measured
+runs give about 1.9 independent indicators a fit, so the pooled coverage has a binomial SD of about 0.6
+points (the 200 fits the issue asks for at least would give 1.1). The band 93% to 97% is then more
+than 3 SDs either side of 95%: a correct method fails it by chance in under 0.3% of runs, while
+today's main (standard errors without the noise) covers 77% in the README setting and 20% in the
+linear one. One coefficient alone (600 fits, SD 0.9 points) must cover at least 91%, 4 SDs below 95%,
+which catches one badly served coefficient without failing by chance.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from fedlink.query.model import (
 
 NODES = ("charity_north", "charity_south")
 ROWS_PER_PERSON = 3  # the demo's support_episodes
+FITS = 600
 COLUMNS = (
     ColumnInfo(name="outcome", kind="category", categories=("housed", "other")),
     ColumnInfo(name="episode_type", kind="category", categories=("rough_sleeping", "hostel", "other")),
@@ -84,10 +90,19 @@ def _rows(rng: np.random.Generator, family: Family, truth: np.ndarray, n: int) -
     return {"y": days / 730, "x0": (kind == 1).astype(float), "x1": (year - 2018) / 6}
 
 
-def simulate(family: Family, rho: float, rows_per_node: int, fits: int, seed: int) -> Coverage:
+def _batches(rows: dict[str, np.ndarray], size: int = 4_000) -> list[dict[str, np.ndarray]]:
+    """A node's rows in batches, as its backend streams them; batches this small also keep OpenBLAS on
+    one thread, whose threads spin for minutes on a busy machine over 12,000-row products."""
+    return [
+        {name: column[start : start + size] for name, column in rows.items()}
+        for start in range(0, len(rows["y"]), size)
+    ]
+
+
+def simulate(family: Family, rho: float, iterations: int | None, rows_per_node: int, fits: int, seed: int) -> Coverage:
     """``fits`` federated fits, each over fresh rows at two nodes and fresh noise from each node."""
     formula, coefficients = LOGISTIC if family == "logistic" else GAUSSIAN
-    plan = plan_model(formula, "support_episodes", CATALOGUE, family)
+    plan = plan_model(formula, "support_episodes", CATALOGUE, family, iterations)
     truth = np.asarray(coefficients)
     spec = iteration_noise(plan, ROWS_PER_PERSON, rho)
     rng = np.random.default_rng(seed)
@@ -98,7 +113,7 @@ def simulate(family: Family, rho: float, rows_per_node: int, fits: int, seed: in
         def run_round(
             iteration: int, beta: np.ndarray, nodes: list[dict[str, np.ndarray]] = nodes
         ) -> tuple[np.ndarray, float]:
-            total = np.sum([add_noise(accumulate(plan, [rows], beta), spec) for rows in nodes], axis=0)
+            total = np.sum([add_noise(accumulate(plan, _batches(rows), beta), spec) for rows in nodes], axis=0)
             return total, np.sqrt(len(nodes)) * spec.scale
 
         estimate = summary(plan, newton_fit(plan, run_round))
@@ -110,20 +125,20 @@ def simulate(family: Family, rho: float, rows_per_node: int, fits: int, seed: in
     return Coverage(covered=np.array(covered), noise_share=np.array(shares), withheld=withheld)
 
 
+@pytest.mark.slow  # about 30 s in all, most of it OpenDP's exact sampler (some 60 us a value)
 @pytest.mark.parametrize(
-    ("family", "rho", "rows_per_node", "noise_dominates"),
+    ("family", "rho", "iterations", "rows_per_node", "noise_dominates"),
     [
-        pytest.param("logistic", 0.5, 12_000, True, id="logistic-rho0.5-readme"),
-        pytest.param("logistic", 4.0, 4_000, False, id="logistic-rho4"),
-        pytest.param("gaussian", 0.5, 3_000, True, id="gaussian-rho0.5-readme"),
-        pytest.param("gaussian", 0.05, 10_000, True, id="gaussian-rho0.05"),
-        pytest.param("gaussian", 20.0, 20_000, False, id="gaussian-rho20"),
+        pytest.param("logistic", 0.5, None, 12_000, True, id="logistic-rho0.5-readme"),
+        pytest.param("logistic", 4.0, 4, 4_000, False, id="logistic-rho4-4-iterations"),
+        pytest.param("gaussian", 0.5, None, 3_000, True, id="gaussian-rho0.5-readme"),
+        pytest.param("gaussian", 20.0, None, 20_000, False, id="gaussian-rho20"),
     ],
 )
 def test_95_percent_intervals_cover_the_true_coefficients(
-    family: Family, rho: float, rows_per_node: int, noise_dominates: bool
+    family: Family, rho: float, iterations: int | None, rows_per_node: int, noise_dominates: bool
 ) -> None:
-    result = simulate(family, rho, rows_per_node, fits=400, seed=round(rho * 100) + len(family))
+    result = simulate(family, rho, iterations, rows_per_node, fits=FITS, seed=round(rho * 100) + len(family))
     assert result.withheld == []  # enough rows here for every fit to have an honest interval
     coverage = result.covered.mean()
     assert 0.93 <= coverage <= 0.97, f"pooled coverage {coverage:.3f}"
@@ -136,7 +151,7 @@ def test_the_readme_rows_at_rho_half_get_no_interval_rather_than_a_false_one() -
     """About 150 episodes a branch (the demo's size) at rho 0.5: the noise on the information matrix
     outweighs its smallest eigenvalue, the eigenvalue floor shrinks every step, and no standard error
     or interval is released; the coefficients are, with the reason."""
-    result = simulate("logistic", 0.5, 150, fits=20, seed=5)
+    result = simulate("logistic", 0.5, None, 150, fits=20, seed=5)
     assert result.covered.size == 0 and len(result.withheld) == 20
     assert all(reason.startswith("the DP noise swamps the rows' information") for reason in result.withheld)
 
