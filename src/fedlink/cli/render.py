@@ -332,7 +332,7 @@ def model(console: Console, fit: fedlink.ModelResult, fmt: str) -> None:
     errors = (
         f"no standard errors or intervals: {fit.errors_withheld}"
         if fit.errors_withheld is not None
-        else "standard errors include the sampling error and the DP noise (the noise's part beside them)"
+        else "standard errors and intervals include the sampling error and the DP noise ('of which noise': its part)"
     )
     caption = (
         f"{fit.family} regression on {fit.table} at {', '.join(fit.nodes)}; {fit.iterations} iteration(s); "
