@@ -113,6 +113,9 @@ def test_with_noise_each_node_spends_rho_once_and_the_register_says_so(
     assert not fit.noiseless and fit.pet == "secagg+dp" and fit.iterations == 2
     assert {n: loss.rho for n, loss in fit.privacy_loss.items()} == {"charity_north": 1.5, "charity_south": 1.5}
     assert set(fit.noise_sd) == set(CHARITIES) and all(sd > 0 for sd in fit.noise_sd.values())
+    # the noise swamps these rows: no standard errors rather than false ones (coverage where they are
+    # given: tests/unit/test_model_coverage.py)
+    assert fit.std_errors is None and str(fit.errors_withheld).startswith("the DP noise swamps the rows' information")
     after = {r["dataset"]: r["rho_spent"] for r in client.budget().rows() if r["dataset"].endswith("support_episodes")}
     for name in CHARITIES:
         assert after[f"{name}.support_episodes"] == pytest.approx(spent[f"{name}.support_episodes"] + 1.5)

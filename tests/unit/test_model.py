@@ -8,9 +8,9 @@ import pytest
 
 from fedlink.errors import QueryError
 from fedlink.pets import secagg
-from fedlink.pets.dp import add_noise, calibrate
+from fedlink.pets.dp import add_noise
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
-from fedlink.query.model import ModelPlan, accumulate, column_scale, newton_step, plan_model, summary, unpack
+from fedlink.query.model import ModelPlan, accumulate, column_scale, iteration_noise, newton_fit, plan_model, summary
 from fedlink.query.tasks import ModelResult
 
 COLUMNS = (
@@ -76,15 +76,14 @@ def test_sensitivity_bounds_one_rows_change() -> None:
 
 def _fit(plan: ModelPlan, nodes: list[dict[str, np.ndarray]], rho: float = 0.0) -> np.ndarray:
     """Newton-Raphson over per-node statistics, with each node's DP noise when ``rho`` > 0."""
-    spec = calibrate(plan.sensitivity(1), rho=rho / plan.iterations, integer=False) if rho else None
-    beta = np.zeros(plan.width)
-    sd = np.sqrt(len(nodes)) * spec.scale if spec else 0.0
-    for _ in range(plan.iterations):
+    spec = iteration_noise(plan, 1, rho) if rho else None
+
+    def run_round(iteration: int, beta: np.ndarray) -> tuple[np.ndarray, float]:
         parts = [accumulate(plan, [rows], beta) for rows in nodes]
-        total = sum(add_noise(p, spec) if spec else p for p in parts)
-        score, information, _, _ = unpack(plan, total)
-        beta = newton_step(plan, beta, score, information, sd)
-    return beta
+        total = np.sum([add_noise(p, spec) if spec else p for p in parts], axis=0)
+        return total, np.sqrt(len(nodes)) * spec.scale if spec else 0.0
+
+    return newton_fit(plan, run_round).beta
 
 
 def _data(rng: np.random.Generator, n: int, truth: np.ndarray) -> dict[str, np.ndarray]:
@@ -119,10 +118,10 @@ def test_coefficients_on_the_columns_scale() -> None:
     b, year = rng.uniform(-5, 5, 500), rng.integers(2020, 2023, 500).astype(float)
     a = 3.0 + 0.4 * b + 0.5 * (year - 2020) + rng.normal(0, 0.1, 500)
     rows = {"y": a / 10.0, "x0": (b + 5) / 10, "x1": (year - 2020) / 2}
-    total = accumulate(plan, [rows], np.zeros(plan.width))
-    score, information, count, squares = unpack(plan, total)
-    beta = newton_step(plan, np.zeros(plan.width), score, information)
-    coefficients, errors = summary(plan, beta, score, information, count, squares)
+    fit = newton_fit(plan, lambda _, beta: (accumulate(plan, [rows], beta), 0.0))
+    estimate = summary(plan, fit)
+    coefficients, errors = estimate.coefficients, estimate.std_errors
+    assert errors is not None and estimate.noise_errors is not None and not estimate.noise_errors.any()
     design = np.column_stack([np.ones(500), b, year])
     expected = np.linalg.lstsq(design, a, rcond=None)[0]
     np.testing.assert_allclose(coefficients, expected, rtol=1e-9, atol=1e-9)
@@ -170,3 +169,6 @@ def test_fit_result_rows() -> None:
     )
     rows = result.table_rows()
     assert rows[1]["z"] == -2.0 and rows[1]["lower"] == pytest.approx(-1.0 - 1.959964 * 0.5)
+    assert rows[1]["noise_error"] is None  # not given: no split shown
+    withheld = result.model_copy(update={"std_errors": None, "errors_withheld": "the DP noise swamps the rows"})
+    assert [(r["std_error"], r["z"], r["lower"], r["upper"]) for r in withheld.table_rows()] == [(None,) * 4] * 2

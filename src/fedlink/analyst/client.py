@@ -250,8 +250,10 @@ class Federation:
         """Fit a logistic (or, ``family="gaussian"``, linear) regression over ``table`` at every node
         holding it, by Newton-Raphson on the nodes' summed statistics: each node adds Gaussian noise for
         ``rho`` (zCDP, split over the iterations) and masks its statistics so that only their sum can be
-        read. Coefficients come back on the columns' own scale, with standard errors (sampling error;
-        the DP noise comes on top: ``noise_sd`` says how much each node added per statistic):
+        read. Coefficients come back on the columns' own scale, with standard errors that include the
+        sampling error and the DP noise (``noise_errors``: the noise's part; ``noise_sd``: how much each
+        node added per statistic), or none, with ``errors_withheld`` saying why, when the noise swamps
+        the rows (as it does on the demo's few hundred episodes):
 
         >>> fit = fed.fit("outcome = 'housed' ~ episode_type = 'rough_sleeping' + duration_days",
         ...               table="support_episodes", project="homelessness-outcomes", rho=1.5, iterations=2)
@@ -260,7 +262,9 @@ class Federation:
         >>> fit.pet, fit.privacy_loss["charity_north"].rho, sorted(fit.noise_sd)
         ('secagg+dp', 1.5, ['charity_north', 'charity_south'])
         >>> [row["term"] for row in fit.table_rows()][1], sorted(fit.table_rows()[1])
-        ("episode_type = 'rough_sleeping'", ['estimate', 'lower', 'std_error', 'term', 'upper', 'z'])
+        ("episode_type = 'rough_sleeping'", ['estimate', 'lower', 'noise_error', 'std_error', 'term', 'upper', 'z'])
+        >>> fit.std_errors, fit.errors_withheld.split(";")[0]
+        (None, "the DP noise swamps the rows' information (smallest eigenvalue ...)")
 
         Logistic fits take ``iterations`` Newton steps (default 8; each costs rho / iterations), a
         gaussian (linear) fit one. Bad formulas are refused before any budget is spent:

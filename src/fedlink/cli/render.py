@@ -339,21 +339,27 @@ def model(console: Console, fit: fedlink.ModelResult, fmt: str) -> None:
         + ", ".join(f"{n} {sd:.3g}" for n, sd in sorted(fit.noise_sd.items()))
     )
     losses = ", ".join(f"{n} rho={loss.rho:g}" for n, loss in sorted(fit.privacy_loss.items()))
+    errors = (
+        f"no standard errors or intervals: {fit.errors_withheld}"
+        if fit.errors_withheld is not None
+        else "standard errors and intervals include the sampling error and the DP noise ('of which noise': its part)"
+    )
     caption = (
         f"{fit.family} regression on {fit.table} at {', '.join(fit.nodes)}; {fit.iterations} iteration(s); "
-        f"about {fit.rows:.0f} rows; {fit.pet}\nprivacy loss: {losses}; {noise}\n"
-        "standard errors are sampling errors of the model; the DP noise comes on top"
+        f"about {fit.rows:.0f} rows; {fit.pet}\nprivacy loss: {losses}; {noise}\n{errors}"
     )
     table = Table(title=fit.formula, caption=caption, title_justify="left", caption_justify="left")
-    for column in ("term", "estimate", "std error", "z", "95% interval"):
+    for column in ("term", "estimate", "std error", "of which noise", "z", "95% interval"):
         table.add_column(column, justify="left" if column == "term" else "right")
     for row in rows:
+        error, part, z, lower, upper = (row[k] for k in ("std_error", "noise_error", "z", "lower", "upper"))
         table.add_row(
             str(row["term"]),
             f"{row['estimate']:.4g}",
-            f"{row['std_error']:.3g}",
-            f"{row['z']:.2f}",
-            f"[{row['lower']:.4g}, {row['upper']:.4g}]",
+            "-" if error is None else f"{error:.3g}",
+            "-" if part is None else f"{part:.3g}",
+            "-" if z is None else f"{z:.2f}",
+            "-" if lower is None else f"[{lower:.4g}, {upper:.4g}]",
         )
     console.print(table)
     for note in fit.notes:

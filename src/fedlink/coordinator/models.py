@@ -25,7 +25,7 @@ from fedlink.errors import BadInput, Fault, FedlinkError
 from fedlink.pets import secagg
 from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.model import ModelPlan, newton_step, plan_model, summary, unpack
+from fedlink.query.model import ModelPlan, newton_fit, plan_model, summary
 from fedlink.query.tasks import ModelOutput, ModelRequest, ModelResult, ModelStep, QueryTask
 from fedlink.wire import rpc
 from fedlink.wire.blobs import unpack as unpack_blobs
@@ -93,8 +93,7 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
             calls[name] = (session, body.model_dump_json().encode())
         return coordinator._call_each(calls, rpc.MODEL_STEP)
 
-    beta = np.zeros(plan.width)
-    prepared = step(0, beta)
+    prepared = step(0, np.zeros(plan.width))
     failures = {n: a for n, a in prepared.items() if isinstance(a, FedlinkError)}
     if failures:
         name, error = next(iter(failures.items()))
@@ -106,30 +105,29 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
         return coordinator.deliver(task.query_id)  # a node owes its first statistics: the result is pending
     entry = coordinator.journal.get(task.query_id)
     assert entry is not None
-    total, noise = _summed(plan, task, {n: body for n, (_, body) in answers.items()})
-    beta = newton_step(plan, beta, *unpack(plan, total)[:2], _sd(noise))
+    rounds = [_summed(plan, task, {n: body for n, (_, body) in answers.items()})]
     notes: list[str] = []
-    completed = plan.iterations
-    for iteration in range(1, plan.iterations):
+
+    def run_round(iteration: int, beta: np.ndarray) -> tuple[np.ndarray, float]:
+        if iteration == 0:  # committed above
+            return rounds[0][0], _sd(rounds[0][1])
         replies = step(iteration, beta)
         failed = {n: a for n, a in replies.items() if isinstance(a, FedlinkError)}
         if failed:
             name, error = next(iter(failed.items()))
-            notes.append(
-                f"stopped after {iteration} of {plan.iterations} iterations: node '{name}' failed ({error.message}); "
-                "the budget was spent at the start, so the fit so far is released"
-            )
-            completed = iteration
-            break
-        try:
-            total, noise = _summed(plan, task, {n: a.body for n, a in replies.items() if isinstance(a, Message)})
-        except Fault as exc:
-            notes.append(f"stopped after {iteration} of {plan.iterations} iterations: {exc.message}")
-            completed = iteration
-            break
-        beta = newton_step(plan, beta, *unpack(plan, total)[:2], _sd(noise))
+            raise _Stopped(f"node '{name}' failed at iteration {iteration + 1} ({error.message})")
+        rounds.append(_summed(plan, task, {n: a.body for n, a in replies.items() if isinstance(a, Message)}))
         log.info("model %s: iteration %d of %d", task.query_id[:8], iteration + 1, plan.iterations)
-    finished = _finished(plan, task, policy, beta, total, noise, notes, iterations=completed)
+        return rounds[-1][0], _sd(rounds[-1][1])
+
+    try:
+        newton_fit(plan, run_round)  # drives the rounds; _finished replays those received
+    except (_Stopped, Fault) as exc:
+        notes.append(
+            f"stopped after {len(rounds)} of {plan.iterations} iterations: {exc.message}; the budget was spent "
+            "at the start, so the fit so far is released"
+        )
+    finished = _finished(plan, task, policy, rounds, notes)
     reply = coordinator.release(entry, finished)
     log.info(
         "model %s (%s, %d iterations) by analyst '%s' for project '%s' over '%s' at %d nodes fitted in %.0f ms",
@@ -143,6 +141,10 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
         1000 * (time.perf_counter() - started),
     )
     return reply
+
+
+class _Stopped(FedlinkError):
+    """A fit stopped after its budget was committed (a node failed at a later iteration)."""
 
 
 def _summed(plan: ModelPlan, task: QueryTask, bodies: dict[str, bytes]) -> tuple[np.ndarray, dict[str, float]]:
@@ -160,26 +162,31 @@ def _summed(plan: ModelPlan, task: QueryTask, bodies: dict[str, bytes]) -> tuple
     return total, {n: o.noise_sd for n, o in sorted(outputs.items())}
 
 
+def _sd(noise: dict[str, float]) -> float:
+    """The standard deviation of the noise on each summed statistic: the nodes' noises add up."""
+    return math.sqrt(sum(sd**2 for sd in noise.values()))
+
+
 def _finished(
     plan: ModelPlan,
     task: QueryTask,
     policy: DisclosurePolicy,
-    beta: np.ndarray,
-    total: np.ndarray,
-    noise: dict[str, float],
+    rounds: list[tuple[np.ndarray, dict[str, float]]],
     notes: list[str],
-    iterations: int,
 ) -> Finished:
-    """The released model (or, with too few rows for disclosure control, the refusal that is released
-    instead), from the last coefficients and the last summed statistics."""
-    score, information, rows, squares = unpack(plan, total)
+    """The released model from the rounds of summed statistics received (all of the plan's, or fewer when
+    the fit stopped early: it is then the fit of that many iterations), or, with too few rows for
+    disclosure control, the refusal that is released instead."""
+    done = plan.model_copy(update={"iterations": len(rounds)})
+    fit = newton_fit(done, lambda iteration, _: (rounds[iteration][0], _sd(rounds[iteration][1])))
+    rows = float(fit.statistics[-2])
     if rows - plan.width < policy.min_cohort:
         refusal = BadInput(
             f"the model rests on too few rows for its {plan.width} coefficients (the nodes require "
             f"{policy.min_cohort} rows beyond them); nothing was released"
         )
         return Finished(rpc.ERROR, rpc.error_message("", refusal).body, None, None)
-    coefficients, errors = summary(plan, beta, score, information, rows, squares, _sd(noise))
+    estimate = summary(done, fit)
     result = ModelResult(
         query_id=task.query_id,
         project=task.project,
@@ -187,20 +194,22 @@ def _finished(
         table=plan.table,
         family=plan.family,
         labels=tuple(plan.labels()),
-        coefficients=tuple(coefficients.tolist()),
-        std_errors=tuple(errors.tolist()),
+        coefficients=tuple(estimate.coefficients.tolist()),
+        std_errors=None if estimate.std_errors is None else tuple(estimate.std_errors.tolist()),
+        noise_errors=None if estimate.noise_errors is None else tuple(estimate.noise_errors.tolist()),
+        errors_withheld=estimate.withheld,
         rows=round(rows),
-        iterations=iterations,
+        iterations=len(rounds),
         nodes=plan.nodes,
         pet=task.pet_label,
         noiseless=task.noiseless,
         privacy_loss={n: task.loss for n in plan.nodes},
-        noise_sd=noise,
+        noise_sd=rounds[-1][1],
         notes=tuple(notes),
     )
     released = {
         "columns": ["term", "estimate", "std_error"],
-        "rows": [[t, c, e] for t, c, e in zip(result.labels, result.coefficients, result.std_errors, strict=True)],
+        "rows": [[r["term"], r["estimate"], r["std_error"]] for r in result.table_rows()],
     }
     return Finished(rpc.RESULT, result.model_dump_json().encode(), released, None)
 
@@ -212,15 +221,9 @@ def finish_model(entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) -> 
     plan = task.plan
     assert isinstance(plan, ModelPlan)
     policy = DisclosurePolicy.model_validate(json.loads(entry.extra)["policy"])
-    total, noise = _summed(plan, task, {n: body for n, (_, body) in answers.items()})
-    beta = newton_step(plan, np.zeros(plan.width), *unpack(plan, total)[:2], _sd(noise))
+    rounds = [_summed(plan, task, {n: body for n, (_, body) in answers.items()})]
     note = (
         f"stopped after 1 of {plan.iterations} iterations: a node delivered its first statistics only after the "
         "fit's call had ended; the budget was spent at the start, so that step is released"
     )
-    return _finished(plan, task, policy, beta, total, noise, [note] if plan.iterations > 1 else [], 1)
-
-
-def _sd(noise: dict[str, float]) -> float:
-    """The standard deviation of the noise on each summed statistic: the nodes' noises add up."""
-    return math.sqrt(sum(sd**2 for sd in noise.values()))
+    return _finished(plan, task, policy, rounds, [note] if plan.iterations > 1 else [])

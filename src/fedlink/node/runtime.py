@@ -49,7 +49,7 @@ from fedlink.pets.dp import add_noise, calibrate
 from fedlink.pets.he import PublicContext, Scheme, encrypt, load_public_context
 from fedlink.query.catalogue import NodeCatalogue
 from fedlink.query.linked import LinkedPlan
-from fedlink.query.model import ModelPlan
+from fedlink.query.model import ModelPlan, iteration_noise
 from fedlink.query.plan import AggregatePlan, Component
 from fedlink.query.results import EncryptedPartial, Noise, PartialAggregates, scheme_of
 from fedlink.query.tasks import (
@@ -409,9 +409,7 @@ class NodeRuntime:
             values = model_statistics(self.data.backend(table), plan, table, self.name, beta)
             output = ModelOutput(noiseless=True)
             if not task.noiseless:
-                spec = calibrate(
-                    plan.sensitivity(table.max_rows_per_person), rho=task.loss.rho / plan.iterations, integer=False
-                )
+                spec = iteration_noise(plan, table.max_rows_per_person, task.loss.rho)
                 values = add_noise(values, spec)
                 output = ModelOutput(noise_sd=spec.scale)
             keys = self.linkage.keys

@@ -233,7 +233,9 @@ class ModelOutput(Frozen):
 
 
 class ModelResult(Frozen):
-    """A fitted model as released: coefficients on the columns' own scale with standard errors."""
+    """A fitted model as released: coefficients on the columns' own scale with standard errors that
+    include both the estimator's sampling error and the DP noise's (see
+    :func:`fedlink.query.model.summary`)."""
 
     query_id: str
     project: str
@@ -242,7 +244,8 @@ class ModelResult(Frozen):
     family: Family
     labels: tuple[str, ...]
     coefficients: tuple[float, ...]
-    std_errors: tuple[float, ...]
+    #: Standard errors, sampling and DP noise together; None when no honest ones can be given.
+    std_errors: tuple[float, ...] | None
     #: Rows used, summed over the nodes (noisy unless noiseless).
     rows: float
     iterations: int
@@ -252,22 +255,29 @@ class ModelResult(Frozen):
     privacy_loss: dict[str, PrivacyLoss]
     #: Per node, the standard deviation of the Gaussian noise it added to each statistic, per iteration.
     noise_sd: dict[str, float] = Field(default_factory=dict)
+    #: The DP noise's part of each standard error (they add in quadrature with the sampling part).
+    noise_errors: tuple[float, ...] | None = None
+    #: Why there are no standard errors (the noise swamps the rows, or the fit had not converged).
+    errors_withheld: str | None = None
     #: What the reader must know (e.g. a fit stopped early because a node failed after the budget was spent).
     notes: tuple[str, ...] = ()
 
-    def table_rows(self) -> list[dict[str, float | str]]:
-        """One row per coefficient: estimate, standard error, z and a 95% interval (the standard errors
-        are the model's sampling errors; they do not include the DP noise)."""
-        out: list[dict[str, float | str]] = []
-        for label, value, error in zip(self.labels, self.coefficients, self.std_errors, strict=True):
+    def table_rows(self) -> list[dict[str, float | str | None]]:
+        """One row per coefficient: estimate, standard error (sampling and DP noise), the noise's part
+        of it, z and a 95% interval; the last four are None when the errors are withheld."""
+        errors = self.std_errors or (None,) * len(self.labels)
+        noise = self.noise_errors or (None,) * len(self.labels)
+        out: list[dict[str, float | str | None]] = []
+        for label, value, error, part in zip(self.labels, self.coefficients, errors, noise, strict=True):
             out.append(
                 {
                     "term": label,
                     "estimate": value,
                     "std_error": error,
-                    "z": value / error if error > 0 else float("nan"),
-                    "lower": value - 1.959964 * error,
-                    "upper": value + 1.959964 * error,
+                    "noise_error": part,
+                    "z": None if error is None else value / error if error > 0 else float("nan"),
+                    "lower": None if error is None else value - 1.959964 * error,
+                    "upper": None if error is None else value + 1.959964 * error,
                 }
             )
         return out
