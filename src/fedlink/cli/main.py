@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
 import fedlink
 from fedlink.cli import render
@@ -45,9 +44,9 @@ app.add_typer(bench_app, name="bench")
 model_app = typer.Typer(help="Federated models (logistic and linear regression) over horizontally split tables.")
 app.add_typer(model_app, name="model")
 
-# Piped or redirected output is read in files and logs: wide tables there rather than truncated headers.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True)
+# Neither console reads Rich markup: queries, names, paths and error messages print exactly as written.
+out = render.console()
+err = render.console(stderr=True)
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -56,6 +55,11 @@ class Format(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
+
+
+def _say(prefix: str) -> Callable[[str], None]:
+    """Progress lines on stderr: ``prefix`` dimmed, the message as written."""
+    return lambda message: err.print(render.styled(prefix, "dim", f" {message}"), highlight=False)
 
 
 def handles_errors(func: F) -> F:
@@ -68,12 +72,13 @@ def handles_errors(func: F) -> F:
         except FedlinkError as exc:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+            err.print(render.styled("error:", "bold red", f" {exc.message}"), highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except Exception as exc:  # a bug: still one line, and the traceback on request
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}; rerun with --debug for the traceback")
+            detail = f" {type(exc).__name__}: {' '.join(str(exc).split())}; rerun with --debug for the traceback"
+            err.print(render.styled("internal error:", "bold red", detail), highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -435,10 +440,10 @@ def register_verify(paths: Registers) -> None:
     for party, path in fedlink.find_registers(paths):
         report = fedlink.verify_register(path)
         if report.ok:
-            out.print(f"[green]ok[/]      {party}: {report.entries} entries, chain intact ({path})")
+            out.print(render.styled("ok", "green", f"      {party}: {report.entries} entries, chain intact ({path})"))
         else:
             broken += 1
-            out.print(f"[bold red]TAMPERED[/] {party}: {path}")
+            out.print(render.styled("TAMPERED", "bold red", f" {party}: {path}"))
             for problem in report.problems:
                 out.print(f"         {problem}", highlight=False)
     if broken:
@@ -471,7 +476,7 @@ def bench_run(
     ] = None,
 ) -> None:
     """Run the pytest-benchmark suites under benchmarks/ and record the machine with their results."""
-    progress = (lambda message: err.print(f"[dim]bench:[/] {message}", highlight=False)) if err.is_terminal else None
+    progress = _say("bench:") if err.is_terminal else None
     result = fedlink.run_benchmarks(out_dir, quick=quick, progress=progress, only=tuple(suite or ()))
     out.print(
         f"wrote {result.json_path} ({result.benchmarks} benchmarks, {result.mode} run, {result.seconds:.0f} s); "
@@ -544,7 +549,7 @@ def demo(
         )
         err.print(f"demo: prepared; analyst profile {profile}")
         return
-    setup = fedlink.run_demo(workdir, people, seed, progress=lambda msg: err.print(f"[dim]demo:[/] {msg}"))
+    setup = fedlink.run_demo(workdir, people, seed, progress=_say("demo:"))
     try:
         fed = fedlink.connect(profile=setup.profile)
         render.catalogue(out, fed.catalog(), "table")
@@ -603,7 +608,7 @@ def scenario(
     Without --profile it starts the demo federation (PKI, synthetic departments, seven nodes), runs
     the scenario and stops it, and also shows the error against the synthetic ground truth (demo only).
     """
-    say = (lambda msg: err.print(f"[dim]scenario:[/] {msg}", highlight=False)) if err.is_terminal else None
+    say = _say("scenario:") if err.is_terminal else None
     names = [s.value for s in ScenarioName if s is not ScenarioName.all] if name is ScenarioName.all else [name.value]
 
     def run_all(fed: Any, truth: Any = None) -> None:
