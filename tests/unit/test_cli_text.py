@@ -35,7 +35,7 @@ def test_result_table_prints_brackets_in_sql_keys_and_notes_as_written() -> None
         nodes=("a",),
         aggregates=(Aggregate(func="count", label="n [tls]"),),
         group_by=(GroupKey(column="g", categories=BRACKETED),),
-        sql="SELECT g, COUNT(*) AS \"n [tls]\" FROM \"[/x]\" WHERE note = '[[nodes]]' GROUP BY g",
+        sql='SELECT g, COUNT(*) AS "n [tls]" FROM "[/x]" WHERE note = \'[[nodes]]\' GROUP BY g',
     )
     counts = np.full(len(BRACKETED), 500.0)
     raw = build_result(

@@ -112,9 +112,10 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
     score, information, rows, squares = unpack(plan, total)
     policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
     if rows - plan.width < policy.min_cohort:
+        # The noisy row count is withheld with the model: the reason names only the threshold.
         reason = (
-            f"the model rests on too few rows (about {max(rows, 0):.0f} for {plan.width} coefficients; the nodes "
-            f"require {policy.min_cohort} beyond them); nothing was released"
+            f"the model rests on too few rows: its noisy row count is below the {plan.width} coefficients plus the "
+            f"{policy.min_cohort} rows the nodes require beyond them; nothing was released"
         )
         coordinator._log_query(task, "refused", reason, None)
         raise BadInput(reason)
