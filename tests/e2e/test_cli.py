@@ -136,7 +136,7 @@ def test_bad_input_gives_one_line_and_exit_2(
         "--ca",
         str(workdir / "pki/ca.crt"),
     )
-    assert_one_line_error(stranger, 1, "cannot reach the coordinator")
+    assert_one_line_error(stranger, 2, "was not issued by the CA in")
     broken = tmp_path / "node.toml"
     broken.write_text("[node]\nname = 'dfe'\n")
     assert_one_line_error(cli("node", "serve", "--config", str(broken)), 2, "node.coordinator: Field required")

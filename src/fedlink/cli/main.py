@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -89,6 +90,10 @@ def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     _state["debug"] = debug
+    if not debug:
+        # gRPC's core logs a failed TLS handshake at INFO on stderr, beside our one-line error: keep its
+        # errors only (set before gRPC starts; an explicit GRPC_VERBOSITY wins).
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

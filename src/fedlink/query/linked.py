@@ -32,7 +32,15 @@ from fedlink.model import Frozen
 from fedlink.pets.chain import ChainParams
 from fedlink.query.catalogue import FederationCatalogue, TableInfo
 from fedlink.query.plan import Aggregate, BoolOp, CellLayout, GroupKey, Predicate, predicate_columns
-from fedlink.query.sql import _AGGREGATE_HELP, MAX_CELLS, _Binder, parse_sql
+from fedlink.query.sql import (
+    _AGGREGATE_HELP,
+    MAX_CELLS,
+    _Binder,
+    chain,
+    check_column_names,
+    check_query_text,
+    parse_sql,
+)
 
 #: A linked query's cells cost one encrypted multiplication per chunk of 8192 people each: keep them few.
 MAX_LINKED_CELLS = 1_000
@@ -40,6 +48,7 @@ MAX_LINKED_CELLS = 1_000
 
 def link_positions(sql: str) -> list[tuple[int, int]]:
     """Where the keyword LINK stands in ``sql`` (outside strings and quoted names)."""
+    check_query_text(sql)
     try:
         tokens = Tokenizer().tokenize(sql)
     except SqlglotError:
@@ -190,9 +199,7 @@ def _owner(column: exp.Column, sources: list[_Source]) -> _Source:
 def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
     while isinstance(node, exp.Paren):
         node = node.this
-    if isinstance(node, exp.And):
-        return _conjuncts(node.this) + _conjuncts(node.expression)
-    return [node]
+    return chain(node) if isinstance(node, exp.And) else [node]
 
 
 def _single_node(source: _Source, what: str) -> str:
@@ -264,6 +271,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
         any(a.func == "histogram" for a in aggregates) and len(aggregates) > 1
     ):
         raise QueryError("HISTOGRAM must be the only aggregate of its query; run the others separately")
+    check_column_names(group_by, aggregates)
 
     plan_sources = tuple(
         LinkedSource(

@@ -28,6 +28,7 @@ from sqlglot.tokens import Tokenizer, TokenType
 from fedlink.errors import QueryError
 from fedlink.model import Frozen
 from fedlink.query.catalogue import Category, ColumnInfo, FederationCatalogue
+from fedlink.query.sql import check_query_text, number_literal
 
 Family = Literal["logistic", "gaussian"]
 MAX_TERMS = 20
@@ -129,17 +130,18 @@ def _split_terms(text: str) -> list[str]:
 def _term(text: str, columns: dict[str, ColumnInfo], role: str) -> ModelTerm:
     try:
         node: exp.Expr = exp.maybe_parse(text, dialect="duckdb")
-    except SqlglotError as exc:
+    except (SqlglotError, RecursionError) as exc:
         raise QueryError(f"cannot read the {role} '{text}'; write a column or column = 'value'") from exc
     if isinstance(node, exp.Paren):
         node = node.this
     if isinstance(node, exp.EQ) and isinstance(node.this, exp.Column) and isinstance(node.expression, exp.Literal):
         info = _column(node.this.name, columns, role)
         literal = node.expression
-        value: Category = str(literal.this) if literal.is_string else int(literal.this)
-        if info.kind != "category" or value not in (info.categories or ()):
+        value = str(literal.this) if literal.is_string else number_literal(str(literal.this))
+        declared = [c for c in info.categories or () if c == value] if info.kind == "category" else []
+        if not declared:
             raise QueryError(f"'{value}' is not a declared category of '{info.name}'; see `fedlink catalog`")
-        return ModelTerm(column=info.name, value=value)
+        return ModelTerm(column=info.name, value=declared[0])
     if isinstance(node, exp.Column):
         info = _column(node.name, columns, role)
         if info.kind == "numeric" and info.bounds is not None:
@@ -169,6 +171,7 @@ def plan_model(
     """Bind a formula to ``table`` at every node that declares it (with the same columns)."""
     if family not in ("logistic", "gaussian"):
         raise QueryError(f"unknown family '{family}'; use logistic or gaussian")
+    check_query_text(formula, "formula")
     if formula.count("~") != 1:
         raise QueryError("a model formula is response ~ term + term (one '~')")
     declared = catalogue.declaring(table)
