@@ -40,6 +40,7 @@ from fedlink.query.sql import (
     check_column_names,
     check_query_text,
     parse_sql,
+    shown,
 )
 
 #: A linked query's cells cost one encrypted multiplication per chunk of 8192 people each: keep them few.
@@ -152,11 +153,11 @@ def _sources(tree: exp.Select, catalogue: FederationCatalogue) -> list[_Source]:
         declared = [(s.node, t) for s, t in catalogue.declaring(name) if node is None or s.node == node]
         if not declared:
             where = f" at node '{node}'" if node else ""
-            raise QueryError(f"unknown table '{name}'{where}; run `fedlink catalog` to see the tables")
+            raise QueryError(f"unknown table '{shown(name)}'{where}; run `fedlink catalog` to see the tables")
         nodes = tuple(n for n, _ in declared)
         key = (name, *nodes)
         if key in seen:
-            raise QueryError(f"table '{name}' appears twice in FROM ... LINK; name each table once")
+            raise QueryError(f"table '{shown(name)}' appears twice in FROM ... LINK; name each table once")
         seen.add(key)
         qualifiers = {name, ref.alias_or_name} | {f"{n}.{name}" for n in nodes}
         found.append(_Source(declared[0][1], nodes, qualifiers))
@@ -184,7 +185,7 @@ def _owner(column: exp.Column, sources: list[_Source]) -> _Source:
     if prefix:
         matches = [s for s in sources if prefix in s.binder.qualifiers]
         if not matches:
-            raise QueryError(f"'{column.sql()}' names no table in FROM ... LINK")
+            raise QueryError(f"'{shown(column.sql())}' names no table in FROM ... LINK")
         return matches[0]
     holders = [s for s in sources if s.table.column(column.name) is not None]
     if not holders:
@@ -220,7 +221,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
             owners = {id(_owner(c, sources)) for c in condition.find_all(exp.Column)}
             if len(owners) != 1:
                 raise QueryError(
-                    f"the condition {condition.sql()} must use the columns of exactly one table; "
+                    f"the condition {shown(condition.sql())} must use the columns of exactly one table; "
                     "combine conditions on different tables with AND"
                 )
             owner = _owner(next(condition.find_all(exp.Column)), sources)
@@ -230,7 +231,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
     group_owner: _Source | None = None
     for item in tree.args["group"].expressions if tree.args.get("group") else []:
         if not isinstance(item, exp.Column):
-            raise QueryError(f"GROUP BY needs column names, not {item.sql()}")
+            raise QueryError(f"GROUP BY needs column names, not {shown(item.sql())}")
         owner = _owner(item, sources)
         if group_owner is not None and owner is not group_owner:
             raise QueryError("GROUP BY columns of a linked query must all come from one table")
@@ -253,7 +254,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
             info = owner.binder.column(target, "a selected column")
             if owner is not group_owner or info.name not in {g.column for g in group_by}:
                 raise QueryError(
-                    f"'{target.sql()}' is selected but not grouped, which would release row values; add it to "
+                    f"'{shown(target.sql())}' is selected but not grouped, which would release row values; add it to "
                     f"GROUP BY or {_AGGREGATE_HELP}"
                 )
             continue
@@ -262,7 +263,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
             aggregates.append(sources[0].binder.aggregate(target, label))
             continue
         owner = _owner(columns[0], sources)
-        _single_node(owner, f"the aggregate {target.sql()}")
+        _single_node(owner, f"the aggregate {shown(target.sql())}")
         agg = owner.binder.aggregate(target, label)
         aggregates.append(agg.model_copy(update={"column": f"{owner.nodes[0]}.{owner.table.name}.{agg.column}"}))
     if not aggregates:

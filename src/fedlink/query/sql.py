@@ -72,6 +72,13 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
+def shown(text: object, limit: int = 60) -> str:
+    """A piece of the user's query quoted in an error, cut to ``limit`` characters so that a refusal
+    stays one readable line however long the query."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def check_query_text(text: object, what: str = "query") -> str:
     """``text`` if it can be a query at all: a string of at most :data:`MAX_QUERY_CHARS` characters
     that is valid Unicode text; a :class:`QueryError` otherwise, before anything parses it."""
@@ -98,9 +105,9 @@ def number_literal(text: str) -> int | float:
     try:
         value: int | float = int(text) if text.lstrip("-").isdigit() else float(text)
     except ValueError:
-        raise QueryError(f"'{text}' is not a number") from None
+        raise QueryError(f"'{shown(text)}' is not a number") from None
     if (isinstance(value, int) and abs(value) > _INT64) or (isinstance(value, float) and not math.isfinite(value)):
-        raise QueryError(f"the number {text} is out of range; compare with a value the column can hold")
+        raise QueryError(f"the number {shown(text)} is out of range; compare with a value the column can hold")
     return value
 
 
@@ -157,7 +164,7 @@ def _literal(node: exp.Expr, column: str) -> Scalar:
     if isinstance(node, exp.Boolean):
         return 1 if node.this else 0
     if not isinstance(node, exp.Literal):
-        raise QueryError(f"compare column '{column}' with a literal value, not {node.sql()}")
+        raise QueryError(f"compare column '{column}' with a literal value, not {shown(node.sql())}")
     if node.is_string:
         return str(node.this)
     return number_literal(str(node.this))
@@ -181,10 +188,10 @@ class _Binder:
         if isinstance(node, exp.Star):
             raise QueryError(f"SELECT * would release rows; {_AGGREGATE_HELP}")
         if not isinstance(node, exp.Column):
-            raise QueryError(f"{purpose} must be a column name, not {node.sql()}")
+            raise QueryError(f"{purpose} must be a column name, not {shown(node.sql())}")
         prefix = ".".join(p.name for p in node.parts[:-1])
         if prefix and prefix not in self.qualifiers:
-            raise QueryError(f"'{node.sql()}' does not refer to table '{self.table.name}' in FROM")
+            raise QueryError(f"'{shown(node.sql())}' does not refer to table '{self.table.name}' in FROM")
         info = self.table.column(node.name)
         if info is None:
             known = ", ".join(c.name for c in self.table.columns if c.kind != "identifier")
@@ -198,14 +205,16 @@ class _Binder:
     def value(self, info: ColumnInfo, node: exp.Expr, ordered: bool = False) -> Scalar:
         value = _literal(node, info.name)
         if ordered and isinstance(value, str):
-            raise QueryError(f"'{info.name}' is compared by order; compare it with a number, not {value!r}")
+            raise QueryError(f"'{info.name}' is compared by order; compare it with a number, not {shown(repr(value))}")
         if info.kind == "category" and not ordered:
             assert info.categories is not None
             if value not in info.categories:
                 declared = ", ".join(repr(c) for c in info.categories)
-                raise QueryError(f"{value!r} is not a declared category of '{info.name}'; declared: {declared}")
+                raise QueryError(
+                    f"{shown(repr(value))} is not a declared category of '{info.name}'; declared: {declared}"
+                )
         elif isinstance(value, str):
-            raise QueryError(f"column '{info.name}' is numeric; compare it with a number, not {value!r}")
+            raise QueryError(f"column '{info.name}' is numeric; compare it with a number, not {shown(repr(value))}")
         return value
 
     def predicate(self, node: exp.Expr) -> Predicate:
@@ -249,11 +258,13 @@ class _Binder:
                     raise QueryError(f"'{info.name}' is categorical; compare it with = , != or IN, not {op}")
                 value = self.value(info, right, ordered=ordered)
                 return Comparison(column=info.name, op=op, value=value)  # type: ignore[arg-type]
-        raise QueryError(f"unsupported condition {node.sql()}; use comparisons, IN, BETWEEN, IS NULL, AND/OR/NOT")
+        raise QueryError(
+            f"unsupported condition {shown(node.sql())}; use comparisons, IN, BETWEEN, IS NULL, AND/OR/NOT"
+        )
 
     def _is_null_column(self, node: exp.Is) -> str:
         if not isinstance(node.expression, exp.Null):
-            raise QueryError(f"unsupported condition {node.sql()}; only IS [NOT] NULL is allowed")
+            raise QueryError(f"unsupported condition {shown(node.sql())}; only IS [NOT] NULL is allowed")
         return self.column(node.this, "the left side of IS NULL").name
 
     def aggregate(self, node: exp.Expr, label: str) -> Aggregate:
@@ -279,8 +290,8 @@ class _Binder:
                 raise QueryError(f"HISTOGRAM needs a numeric column with declared bins; '{info.name}' has none")
             return Aggregate(func="histogram", column=info.name, label=label, bins=info.bins)
         if isinstance(node, exp.AggFunc | exp.Anonymous):
-            raise QueryError(f"unsupported aggregate {node.sql()}; {_AGGREGATE_HELP}")
-        raise QueryError(f"'{node.sql()}' is not an aggregate or a GROUP BY column; {_AGGREGATE_HELP}")
+            raise QueryError(f"unsupported aggregate {shown(node.sql())}; {_AGGREGATE_HELP}")
+        raise QueryError(f"'{shown(node.sql())}' is not an aggregate or a GROUP BY column; {_AGGREGATE_HELP}")
 
 
 def check_column_names(group_by: list[GroupKey], aggregates: list[Aggregate]) -> None:
@@ -293,7 +304,7 @@ def check_column_names(group_by: list[GroupKey], aggregates: list[Aggregate]) ->
     for name in names:
         if name in seen:
             raise QueryError(
-                f"the result would have two columns named '{name}'; give each aggregate its own name with AS"
+                f"the result would have two columns named '{shown(name)}'; give each aggregate its own name with AS"
             )
         seen.add(name)
 
@@ -312,7 +323,7 @@ def _resolve_table(tree: exp.Select, catalogue: FederationCatalogue) -> tuple[Ta
         declared = [(s, t) for s, t in declared if s.node == node_name]
     if not declared:
         where = f" at node '{node_name}'" if node_name else ""
-        raise QueryError(f"unknown table '{name}'{where}; run `fedlink catalog` to see the tables")
+        raise QueryError(f"unknown table '{shown(name)}'{where}; run `fedlink catalog` to see the tables")
     info = declared[0][1]
     qualifiers = {name, table.alias_or_name}
     if node_name:
