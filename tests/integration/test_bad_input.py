@@ -1,7 +1,8 @@
 """Bad input is refused before anything is reserved: a privacy loss too small to tell anything (or not
 a finite positive number), query text over the size limit or not valid text, out-of-range numbers,
-nesting too deep to read, clashing column names. Each is a one-line BadInput, and no node's ledger
-holds a reservation for it (not even a released one) nor its register an entry.
+nesting too deep to read, clashing column names, a scenario without its chart package. Each is a
+one-line BadInput, and no node's ledger holds a reservation for it (not even a released one) nor its
+register an entry.
 
 Some requests are sent as raw messages, past the analyst client's own checks, so that the
 coordinator's checks are tested too (a modified client must meet the same refusals)."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +140,16 @@ def test_the_floor_lets_a_useful_loss_through(federation: InProcessFederation, w
     assert 1e-4 < least < 1.0
     res = client.query(COUNT, project=PROJECT, epsilon=least)
     assert res.privacy_loss["charity_north"]["epsilon"] == least
+
+
+def test_a_scenario_missing_its_chart_package_spends_nothing(
+    federation: InProcessFederation, workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without matplotlib, `fedlink scenario` once linked and queried (spending at every node) and then
+    failed to draw; now it names the extra before its first query."""
+    client = connect_analyst(federation.address, workdir)
+    before = _state(federation)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(fedlink.BadInput, match=r"needs matplotlib, .* pip install 'fedlink\[charts\]'"):
+        fedlink.run_scenario(client, "homelessness", tmp_path)
+    assert _state(federation) == before

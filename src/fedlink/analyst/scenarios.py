@@ -27,7 +27,8 @@ import numpy as np
 
 from fedlink.analyst.client import Federation
 from fedlink.analyst.result import Result
-from fedlink.errors import BadInput, Fault
+from fedlink.errors import BadInput
+from fedlink.extras import require
 from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.linked import is_linked, plan_linked
 from fedlink.query.reference import reference_totals
@@ -225,6 +226,7 @@ def run_scenario(
     epsilon = scenario.epsilon if epsilon is None else epsilon
     if epsilon <= 0:
         raise BadInput("give a positive --epsilon per query")
+    require("charts", "fedlink scenario")  # before the first query: a missing package costs no budget
     say = progress or (lambda _: None)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Result] = {}
@@ -335,13 +337,9 @@ _DERIVE: dict[str, Callable[[dict[str, Result]], ScenarioTable]] = {
 
 # --- charts ----------------------------------------------------------------------------------------
 def _pyplot() -> Any:
-    try:
-        import matplotlib
+    require("charts", "fedlink scenario").use("Agg", force=True)
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
-        raise Fault("matplotlib is needed for scenario charts: pip install matplotlib") from exc
     return plt
 
 

@@ -613,6 +613,7 @@ def scenario(
     Without --profile it starts the demo federation (PKI, synthetic departments, seven nodes), runs
     the scenario and stops it, and also shows the error against the synthetic ground truth (demo only).
     """
+    fedlink.require_extra("charts", "fedlink scenario")  # before the demo starts or a query is sent
     say = _say("scenario:") if err.is_terminal else None
     names = [s.value for s in ScenarioName if s is not ScenarioName.all] if name is ScenarioName.all else [name.value]
 
