@@ -26,7 +26,7 @@ from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.linked import is_linked, plan_linked
 from fedlink.query.model import Family
 from fedlink.query.results import EncryptedResult, LinkedEncryptedResult, QueryResult, build_result, scheme_of
-from fedlink.query.sql import check_query_text, parse_sql
+from fedlink.query.sql import check_name, check_query_text, parse_sql
 from fedlink.query.tasks import BudgetReport, ModelRequest, ModelResult, Pet, QueryRequest, declared_loss
 from fedlink.wire import rpc
 from fedlink.wire.blobs import unpack
@@ -193,6 +193,8 @@ class Federation:
         (0.1, 6, 1.0)
         """
         chosen = project or self.project
+        if chosen:
+            check_name(chosen, "project name")
         if not chosen:
             raise BadInput("linkage belongs to a project: pass --project P (or set project in your profile)")
         if mode not in ("secret", "psi"):

@@ -23,7 +23,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from fedlink.errors import QueryError
+from fedlink.errors import BadInput, QueryError
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, TableInfo
 from fedlink.query.plan import (
     Aggregate,
@@ -45,6 +45,8 @@ MAX_CELLS = 100_000
 #: (an IN list of a thousand codes is about 8,000), and parsed in well under a second. Checked by the
 #: analyst's client and again by the coordinator before it parses anything.
 MAX_QUERY_CHARS = 16_384
+#: Project and table names are short names people type.
+MAX_NAME_CHARS = 200
 #: Integer literals must fit the 64-bit integers every backend compares with.
 _INT64 = 2**63 - 1
 _AGGREGATE_HELP = "use COUNT(*), COUNT(col), SUM(col), AVG(col) or HISTOGRAM(col)"
@@ -89,6 +91,22 @@ def check_query_text(text: object, what: str = "query") -> str:
             f"the {what} is {len(text):,} characters long, more than the limit of {MAX_QUERY_CHARS:,}; "
             "shorten it (list values with IN (...), split it into several queries)"
         )
+    _check_encodable(text, what)
+    return text
+
+
+def check_name(name: object, what: str) -> str:
+    """``name`` (of a project, a table) if it can be one: text of at most :data:`MAX_NAME_CHARS`
+    characters; a :class:`BadInput` otherwise, so that no refusal echoes a name of any length."""
+    if not isinstance(name, str):
+        raise BadInput(f"the {what} must be text, not {type(name).__name__}")
+    if len(name) > MAX_NAME_CHARS:
+        raise BadInput(f"the {what} is {len(name):,} characters long; names are at most {MAX_NAME_CHARS}")
+    _check_encodable(name, what)
+    return name
+
+
+def _check_encodable(text: str, what: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -97,7 +115,6 @@ def check_query_text(text: object, what: str = "query") -> str:
             f"the {what} holds a character that is not valid text ({bad} at position {exc.start}, from bytes "
             "that are not UTF-8); retype it"
         ) from None
-    return text
 
 
 def number_literal(text: str) -> int | float:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from fedlink.errors import BadInput
 from fedlink.model import Frozen
@@ -16,7 +16,7 @@ from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.query.linked import LinkedPlan
 from fedlink.query.model import Family, ModelPlan
 from fedlink.query.plan import AggregatePlan
-from fedlink.query.sql import check_query_text
+from fedlink.query.sql import check_name, check_query_text
 
 #: How a query's aggregates travel: "he+dp" encrypts every node's noisy vector under the analyst's key,
 #: so the coordinator adds ciphertexts and only the analyst ever sees numbers; "dp" sends noisy
@@ -166,6 +166,11 @@ class QueryRequest(Frozen):
         # before it tokenises or parses any of it.
         return check_query_text(sql)
 
+    @field_validator("project")
+    @classmethod
+    def _project(cls, project: str) -> str:
+        return check_name(project, "project name")
+
     @model_validator(mode="after")
     def _one_measure(self) -> QueryRequest:
         if self.loss.epsilon > 0 and self.loss.rho > 0:
@@ -218,6 +223,11 @@ class ModelRequest(Frozen):
     @classmethod
     def _readable(cls, formula: str) -> str:
         return check_query_text(formula, "formula")
+
+    @field_validator("project", "table")
+    @classmethod
+    def _name(cls, name: str, info: ValidationInfo) -> str:
+        return check_name(name, f"{info.field_name} name")
 
     @model_validator(mode="after")
     def _finite(self) -> ModelRequest:
