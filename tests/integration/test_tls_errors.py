@@ -7,6 +7,7 @@ signed by the test federation's CA as `fedlink pki issue` signs them."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import signal
 import subprocess
 import sys
@@ -133,6 +134,34 @@ def test_a_node_with_an_expired_certificate_refuses_to_start(workdir: Path, tmp_
     )
     with pytest.raises(fedlink.AccessDenied, match=r"expired on .* UTC"):
         NodeAgent(expired, NodeData(config))
+
+
+def test_a_node_retrying_says_why(workdir: Path, tmp_path: Path) -> None:
+    """A node whose coordinator is not listening logs that, not a generic "unreachable"."""
+    address = f"127.0.0.1:{free_port()}"
+    config = node_config("dfe", address, tmp_path / "state")
+    seen = threading.Event()
+    lines: list[str] = []
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+            if "retrying" in record.getMessage():
+                seen.set()
+
+    watch = Watch()
+    logging.getLogger("fedlink.node").addHandler(watch)
+    agent = NodeAgent(config, NodeData(config))
+    thread = threading.Thread(target=agent.serve, kwargs={"retry_s": 0.05}, daemon=True)
+    try:
+        thread.start()
+        assert seen.wait(30), lines
+    finally:
+        agent.stop()
+        thread.join(10)
+        logging.getLogger("fedlink.node").removeHandler(watch)
+    retry = next(line for line in lines if "retrying" in line)
+    assert f"nothing is listening at {address} (connection refused)" in retry, retry
 
 
 # A stand-in coordinator process: it accepts the analyst's call, says so, and waits to be killed.
