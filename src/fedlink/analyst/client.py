@@ -193,10 +193,9 @@ class Federation:
         (0.1, 6, 1.0)
         """
         chosen = project or self.project
-        if chosen:
-            check_name(chosen, "project name")
         if not chosen:
             raise BadInput("linkage belongs to a project: pass --project P (or set project in your profile)")
+        check_name(chosen, "project name")
         if mode not in ("secret", "psi"):
             raise BadInput(f"unknown linkage mode '{mode}'; use 'secret' (the default) or 'psi'")
         call = LinkCall(project=chosen, analyst="", mode=mode)
