@@ -56,6 +56,7 @@ _LAZY = {
     "verify_federation": "fedlink.governance.federation",
     "evaluate_linkage": "fedlink.linkage.evaluate:evaluate_files",
     "run_scenario": "fedlink.analyst.scenarios",
+    "require_extra": "fedlink.extras:require",
     "SCENARIOS": "fedlink.analyst.scenarios",
     "DemoTruth": "fedlink.analyst.scenarios",
     "run_benchmarks": "fedlink.bench.runner:run",

@@ -59,6 +59,8 @@ def load_model(path: Path, model: type[Model], what: str) -> Model:
         raise ConfigError(f"{what} config {path} does not exist; pass the path of an existing file") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read {what} config {path} ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 TOML") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}); fix the syntax") from exc
     try:

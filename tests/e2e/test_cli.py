@@ -143,12 +143,40 @@ def test_bad_input_gives_one_line_and_exit_2(
         "--ca",
         str(workdir / "pki/ca.crt"),
     )
-    assert_one_line_error(stranger, 1, "cannot reach the coordinator")
+    assert_one_line_error(stranger, 2, "was not issued by the CA in")
     broken = tmp_path / "node.toml"
     broken.write_text("[node]\nname = 'dfe'\n")
     assert_one_line_error(cli("node", "serve", "--config", str(broken)), 2, "node.coordinator: Field required")
     assert_one_line_error(cli("node", "serve", "--config", str(tmp_path / "missing.toml")), 2, "does not exist")
     assert_one_line_error(cli("catalog", "--profile", str(tmp_path / "none.toml")), 2, "does not exist")
+
+
+def test_hostile_input_gives_one_line_and_spends_nothing(running: tuple[LocalFederation, Path, Path]) -> None:
+    """The inputs that printed a traceback, an internal error or ran out of memory after the nodes had
+    spent: each is now one line on stderr with exit code 2, and every node's budget is as it was."""
+    _, profile, _ = running
+    spend = ("--project", PROJECT, "--profile", str(profile))
+    count = "SELECT outcome, COUNT(*) FROM support_episodes GROUP BY outcome"
+    where = "SELECT COUNT(*) FROM support_episodes WHERE "
+    formula = ("model", "fit", "outcome = 'housed' ~ duration_days", "--table", "support_episodes", *spend)
+    budget = ("budget", "--profile", str(profile), "--format", "json")
+    before = json.loads(cli(*budget).stdout)
+    cases = [
+        (("query", 'SELECT COUNT(*) FROM "[/x]"', *spend, "--epsilon", "1"), "unknown table '[/x]'"),
+        (("model", "fit", "outcome = 'housed' ~ [/x]", "--table", "support_episodes", *spend, "--rho", "1"), "[/x]"),
+        (("query", count, *spend, "--epsilon", "1e-6"), "too small to tell anything"),
+        (("query", count, *spend, "--epsilon", "1e-300"), "too small to tell anything"),
+        (("query", count, *spend, "--rho", "1e-9", "--pet", "dp"), "too small to tell anything"),
+        ((*formula, "--rho", "1e-300"), "too small to tell anything"),
+        (("query", count, *spend, "--epsilon", "nan"), "positive, finite number"),
+        ((*formula, "--rho", "inf"), "positive, finite number"),
+        (("query", count + " " * 17_000, *spend, "--epsilon", "1"), "more than the limit of 16,384"),
+        (("query", where + "start_year > 1e400", *spend, "--epsilon", "1"), "out of range"),
+        (("query", where + "NOT " * 2000 + "start_year = 2019", *spend, "--epsilon", "1"), "nests"),
+    ]
+    for args, text in cases:
+        assert_one_line_error(cli(*args), 2, text)
+    assert json.loads(cli(*budget).stdout) == before
 
 
 def test_model_fit_command(running: tuple[LocalFederation, Path, Path], workdir: Path) -> None:

@@ -20,7 +20,7 @@ from sqlglot import exp
 from fedlink.analyst.keystore import KeyStore, QueryKeys
 from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
 from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
-from fedlink.errors import AccessDenied, BadInput, ConfigError, Fault, QueryError, Timeout
+from fedlink.errors import BadInput, ConfigError, Fault, QueryError
 from fedlink.linkage.messages import LinkCall, LinkMode, LinkReport
 from fedlink.pets.chain import ChainKeys
 from fedlink.pets.he import AnalystKeys, Scheme
@@ -30,14 +30,15 @@ from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.linked import is_linked, plan_linked
 from fedlink.query.model import Family
 from fedlink.query.results import EncryptedResult, LinkedEncryptedResult, QueryResult, build_result, scheme_of
-from fedlink.query.sql import parse_sql
-from fedlink.query.tasks import BudgetReport, ModelRequest, ModelResult, Pet, PrivacyLoss, QueryRequest, TaskRef
+from fedlink.query.sql import check_name, check_query_text, parse_sql
+from fedlink.query.tasks import BudgetReport, ModelRequest, ModelResult, Pet, QueryRequest, TaskRef, declared_loss
 from fedlink.wire import rpc
 from fedlink.wire.blobs import unpack
 from fedlink.wire.transport import (
     ANALYST,
     Message,
     TlsFiles,
+    connection_error,
     frames,
     messages,
     new_call_id,
@@ -67,6 +68,16 @@ class Federation:
         default = os.environ.get("FEDLINK_RESULTS") or self.tls.key.parent / "results"
         return KeyStore(self.results_dir or Path(default))
 
+    def _run(self, stored: QueryKeys, kind: str, body: bytes) -> Message:
+        """Send a query whose keys are kept; a refusal (bad input: nothing was reserved, so there will be
+        no result to collect) forgets them again."""
+        self.keystore.save(stored)
+        try:
+            return self._call(kind, body)
+        except BadInput:
+            self.keystore.drop(stored.query_id)
+            raise
+
     def _call(
         self, kind: str, body: bytes = b"", on_progress: Callable[[str, int, int], None] | None = None
     ) -> Message:
@@ -83,7 +94,7 @@ class Federation:
                     update = json.loads(message.body)
                     on_progress(str(update["stage"]), int(update["done"]), int(update["total"]))
         except grpc.RpcError as exc:
-            raise _rpc_error(exc, self.address, self.timeout_s) from exc
+            raise connection_error(exc, self.address, self.tls, self.timeout_s) from exc
         finally:
             channel.close()
         if reply is None:
@@ -129,16 +140,14 @@ class Federation:
         Traceback (most recent call last):
         fedlink.errors.QueryError: column 'first_name' is an identifier and can never be queried; ...
         """
-        if not isinstance(sql, str):
-            raise BadInput("query() takes the SQL text as a string")
+        check_query_text(sql)  # before anything is parsed, keyed or sent
         if pet not in ("dp", "he+dp"):
             raise BadInput(f"unknown --pet '{pet}'; use he+dp (default: encrypted aggregation) or dp")
+        loss = declared_loss(epsilon, rho)
         try:
-            loss = PrivacyLoss(epsilon=epsilon or 0.0, rho=rho or 0.0)
             request = QueryRequest(sql=sql, project=project or self.project or "", loss=loss, noiseless=noiseless)
         except ValidationError as exc:
-            reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
-            raise BadInput(f"invalid privacy loss ({reason}); give one positive --epsilon or --rho") from exc
+            raise BadInput(f"invalid query request ({exc.errors()[0]['msg']})") from exc
         if not request.project:
             raise BadInput("every query belongs to a project: pass --project P (or set project in your profile)")
         result_key, public_result_key = new_result_key()
@@ -153,8 +162,7 @@ class Federation:
         stored = QueryKeys(
             request.query_id, "query", self.address, result_key, he=he.secret_contexts() if he is not None else {}
         )
-        self.keystore.save(stored)
-        reply = self._call(rpc.QUERY, request.model_dump_json().encode())
+        reply = self._run(stored, rpc.QUERY, request.model_dump_json().encode())
         opened = _open(stored, reply, he=he)
         if not isinstance(opened, Result):
             raise Fault("the coordinator answered a query with a model; upgrade it")
@@ -169,10 +177,8 @@ class Federation:
         plan = plan_linked(request.sql, catalogue)
         chain = ChainKeys(plan.params)
         stored = QueryKeys(request.query_id, "linked", self.address, result_key, chain=chain.secret_key_bytes())
-        self.keystore.save(stored)
-        reply = self._call(
-            rpc.QUERY, request.model_copy(update={"link_key": chain.public_key()}).model_dump_json().encode()
-        )
+        request = request.model_copy(update={"link_key": chain.public_key()})
+        reply = self._run(stored, rpc.QUERY, request.model_dump_json().encode())
         opened = _open(stored, reply, chain=chain)
         if not isinstance(opened, Result):
             raise Fault("the coordinator did not answer a linked query with a linked result; upgrade it")
@@ -230,6 +236,7 @@ class Federation:
         chosen = project or self.project
         if not chosen:
             raise BadInput("linkage belongs to a project: pass --project P (or set project in your profile)")
+        check_name(chosen, "project name")
         if mode not in ("secret", "psi"):
             raise BadInput(f"unknown linkage mode '{mode}'; use 'secret' (the default) or 'psi'")
         call = LinkCall(project=chosen, analyst="", mode=mode)
@@ -277,8 +284,7 @@ class Federation:
         result_key, public_result_key = new_result_key()
         request = request.model_copy(update={"query_id": new_call_id(), "result_key": public_result_key})
         stored = QueryKeys(request.query_id, "model", self.address, result_key)
-        self.keystore.save(stored)
-        opened = _open(stored, self._call(rpc.MODEL, request.model_dump_json().encode()))
+        opened = _open(stored, self._run(stored, rpc.MODEL, request.model_dump_json().encode()))
         if not isinstance(opened, ModelResult):
             raise Fault("the coordinator answered a model with a query result; upgrade it")
         return opened
@@ -310,12 +316,12 @@ def model_request(
     """An analyst's model request, checked here so that a mistake costs no round trip."""
     if not isinstance(formula, str) or "~" not in formula:
         raise BadInput("a model formula is a string: response ~ term + term")
+    check_query_text(formula, "formula")
     if family not in ("logistic", "gaussian"):
         raise BadInput(f"unknown family '{family}'; use logistic or gaussian")
     if not project:
         raise BadInput("every model belongs to a project: pass --project P (or set project in your profile)")
-    if rho is not None and rho < 0:
-        raise BadInput("rho must be positive")
+    loss = declared_loss(rho=rho)
     if iterations is not None and not 1 <= iterations <= 50:
         raise BadInput("iterations must be between 1 and 50")
     return ModelRequest(
@@ -324,7 +330,7 @@ def model_request(
         project=project,
         family=cast(Family, family),
         iterations=iterations,
-        loss=PrivacyLoss(rho=rho or 0.0),
+        loss=loss,
         noiseless=noiseless,
     )
 
@@ -414,21 +420,6 @@ def decrypt_linked(encrypted: LinkedEncryptedResult, cells: list[bytes], keys: C
     return result.model_copy(update={"linkage": encrypted.linkage, "notes": tuple(notes)})
 
 
-def _rpc_error(exc: grpc.RpcError, address: str, timeout_s: float) -> Exception:
-    code = exc.code() if hasattr(exc, "code") else None
-    details = (exc.details() if hasattr(exc, "details") else "") or ""
-    if code == grpc.StatusCode.PERMISSION_DENIED:
-        return AccessDenied(details or "the coordinator refused this certificate")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return Timeout(
-            f"the coordinator at {address} did not answer within {timeout_s:g} s; retry or raise the timeout"
-        )
-    return Fault(
-        f"cannot reach the coordinator at {address} ({code.name if code else 'error'}); check that it is running and "
-        "that your certificate was issued by this federation's CA"
-    )
-
-
 def connect(
     coordinator: str | None = None,
     *,
@@ -482,7 +473,10 @@ def connect(
 
 
 def _checked(federation: Federation) -> Federation:
-    identity = federation.tls.identity()
+    timeout = federation.timeout_s
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 604_800:
+        raise BadInput(f"timeout_s must be a number of seconds above 0 and at most a week (604800), not {timeout!r}")
+    identity = federation.tls.checked()  # expired, another CA's, a wrong key: refused here, by name
     if identity.role != "analyst":
         raise ConfigError(
             f"{federation.tls.cert} is a certificate for {identity}; analysts need one from "

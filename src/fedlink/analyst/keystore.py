@@ -100,6 +100,10 @@ class KeyStore:
             chain=base64.b64decode(raw["chain"]) if raw["chain"] else None,
         )
 
+    def drop(self, query_id: str) -> None:
+        """Forget a query's keys (it was refused before anything was reserved: there is no result)."""
+        self._path(query_id).unlink(missing_ok=True)
+
     def queries(self) -> list[dict[str, str]]:
         """Every query kept here, oldest first: id, kind, coordinator and when it was sent."""
         found = []

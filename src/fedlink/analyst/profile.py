@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from fedlink.config import expand, load_model, resolve_path
 from fedlink.errors import ConfigError
@@ -25,7 +25,8 @@ class AnalystProfile(BaseModel):
     ca: str
     coordinator_name: str | None = None
     project: str | None = None
-    timeout_s: float = 120.0
+    #: Seconds to wait for the coordinator's answer to one call (up to a week).
+    timeout_s: float = Field(default=120.0, gt=0, le=604_800, allow_inf_nan=False)
     source: Path = Path("analyst.toml")
 
     @property

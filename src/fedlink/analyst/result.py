@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from fedlink.errors import BadInput
+from fedlink.extras import require
 from fedlink.linkage.messages import LinkageQuality
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue
 from fedlink.query.results import QueryResult
@@ -128,14 +129,10 @@ class Result:
         }
 
     def to_pandas(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.rows())
+        return require("pandas", "Result.to_pandas()").DataFrame(self.rows())
 
     def to_polars(self) -> Any:
-        import polars as pl
-
-        return pl.DataFrame(self.rows())
+        return require("polars", "Result.to_polars()").DataFrame(self.rows())
 
     def cell_text(self, row: int, column: str) -> str:
         """A released number as people read it: ``value [lower, upper]``, or why it is suppressed."""
@@ -236,9 +233,7 @@ class Budget:
         return {"lines": self.rows()}
 
     def to_pandas(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.rows())
+        return require("pandas", "Budget.to_pandas()").DataFrame(self.rows())
 
     def __repr__(self) -> str:
         return f"<fedlink Budget: {len(self.raw.lines)} lines>"
@@ -279,9 +274,7 @@ class RegisterView:
         return rows
 
     def to_pandas(self) -> Any:
-        import pandas as pd
-
-        return pd.DataFrame(self.queries())
+        return require("pandas", "RegisterView.to_pandas()").DataFrame(self.queries())
 
     def __repr__(self) -> str:
         state = "verified" if self.verified else "FAILED VERIFICATION"

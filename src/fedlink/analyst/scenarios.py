@@ -27,7 +27,8 @@ import numpy as np
 
 from fedlink.analyst.client import Federation
 from fedlink.analyst.result import Result
-from fedlink.errors import BadInput, Fault
+from fedlink.errors import BadInput
+from fedlink.extras import require
 from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.linked import is_linked, plan_linked
 from fedlink.query.reference import reference_totals
@@ -179,8 +180,9 @@ class ScenarioReport:
     notes: list[str] = field(default_factory=list)
     #: DEMO ONLY (synthetic ground truth): linkage error per node pair.
     linkage_truth: list[dict[str, Any]] | None = None
-    #: DEMO ONLY: per query key, the true value of each released count (perfect linkage, no noise).
-    truth: dict[str, list[float]] | None = None
+    #: DEMO ONLY: per query key, the true value of each released count (perfect linkage, no noise);
+    #: None for a cell whose release was suppressed, which shows no value anywhere.
+    truth: dict[str, list[float | None]] | None = None
 
     def spent(self) -> dict[str, float]:
         """Epsilon each node spent on this scenario's queries."""
@@ -224,6 +226,7 @@ def run_scenario(
     epsilon = scenario.epsilon if epsilon is None else epsilon
     if epsilon <= 0:
         raise BadInput("give a positive --epsilon per query")
+    require("charts", "fedlink scenario")  # before the first query: a missing package costs no budget
     say = progress or (lambda _: None)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Result] = {}
@@ -255,7 +258,10 @@ def run_scenario(
     if truth is not None and truth.available():
         say("DEMO ONLY: comparing with the synthetic ground truth")
         catalogue = fed.catalog().raw
-        report.truth = _true_counts(scenario, catalogue, truth)
+        report.truth = {
+            key: _unless_suppressed(results[key], values)
+            for key, values in _true_counts(scenario, catalogue, truth).items()
+        }
         report.linkage_truth = _linkage_error(scenario, results, truth)
     return report
 
@@ -331,13 +337,9 @@ _DERIVE: dict[str, Callable[[dict[str, Result]], ScenarioTable]] = {
 
 # --- charts ----------------------------------------------------------------------------------------
 def _pyplot() -> Any:
-    try:
-        import matplotlib
+    require("charts", "fedlink scenario").use("Agg", force=True)
+    import matplotlib.pyplot as plt
 
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
-        raise Fault("matplotlib is needed for scenario charts: pip install matplotlib") from exc
     return plt
 
 
@@ -439,6 +441,12 @@ def _true_counts(scenario: Scenario, catalogue: FederationCatalogue, truth: Demo
         totals = reference_totals(plan, tables, keys, connection=con)
         out[query.key] = totals[plan.components[0].key].tolist()
     return out
+
+
+def _unless_suppressed(result: Result, values: list[float]) -> list[float | None]:
+    """The true values of a result's cells, None where the release suppressed the cell."""
+    rows = result.raw.rows
+    return [None if any(c.suppressed for c in row.cells) else value for row, value in zip(rows, values, strict=True)]
 
 
 def _linkage_error(scenario: Scenario, results: dict[str, Result], truth: DemoTruth) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedlink.errors import BadInput, Fault
+from fedlink.errors import BadInput
+from fedlink.extras import require
 
 #: Required measurements without a suite so far: (what, words that would name its benchmarks).
 PENDING = (
@@ -451,14 +452,10 @@ def figures(loaded: Loaded) -> list[Figure]:
 
 
 def _plot(figure: Figure, folder: Path, machine: str) -> Path:
-    try:
-        import matplotlib
+    require("charts", "the benchmark report").use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-        matplotlib.use("Agg", force=True)
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import NullFormatter
-    except ImportError:
-        raise Fault("matplotlib is needed for the report's plots: pip install matplotlib") from None
     panels = figure.panels
     fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.8), squeeze=False)
     for ax, (xlabel, title, series) in zip(axes[0], panels, strict=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,8 +19,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 import fedlink
 from fedlink.cli import render
@@ -50,9 +49,9 @@ result_app = typer.Typer(
 )
 app.add_typer(result_app, name="result")
 
-# Piped or redirected output is read in files and logs: wide tables there rather than truncated headers.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True)
+# Neither console reads Rich markup: queries, names, paths and error messages print exactly as written.
+out = render.console()
+err = render.console(stderr=True)
 _state = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,6 +60,11 @@ class Format(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
+
+
+def _say(prefix: str) -> Callable[[str], None]:
+    """Progress lines on stderr: ``prefix`` dimmed, the message as written."""
+    return lambda message: err.print(render.styled(prefix, "dim", f" {message}"), highlight=False)
 
 
 def handles_errors(func: F) -> F:
@@ -73,12 +77,13 @@ def handles_errors(func: F) -> F:
         except FedlinkError as exc:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+            err.print(render.styled("error:", "bold red", f" {exc.message}"), highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except Exception as exc:  # a bug: still one line, and the traceback on request
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}; rerun with --debug for the traceback")
+            detail = f" {type(exc).__name__}: {' '.join(str(exc).split())}; rerun with --debug for the traceback"
+            err.print(render.styled("internal error:", "bold red", detail), highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -89,6 +94,10 @@ def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     _state["debug"] = debug
+    if not debug:
+        # gRPC's core logs a failed TLS handshake at INFO on stderr, beside our one-line error: keep its
+        # errors only (set before gRPC starts; an explicit GRPC_VERBOSITY wins).
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -482,20 +491,20 @@ def register_verify(
     and the nodes' registers agree on every query's outcome (exit 1 otherwise)."""
     report = fedlink.verify_federation(fedlink.find_registers(paths), config=config, published=published)
     for party in report.parties:
-        name, where = escape(party.party), escape(str(party.path))
         if party.ok:
-            out.print(f"[green]ok[/]       {name}: {party.entries} entries, chain intact ({where})", highlight=False)
+            line = f"       {party.party}: {party.entries} entries, chain intact ({party.path})"
+            out.print(render.styled("ok", "green", line))
             continue
-        out.print(f"[bold red]TAMPERED[/] {name}: {where}", highlight=False)
+        out.print(render.styled("TAMPERED", "bold red", f" {party.party}: {party.path}"))
         for problem in party.problems:
-            out.print(f"         {problem}", highlight=False, markup=False)
+            out.print(f"         {problem}", highlight=False)
     for line in report.missing:
-        out.print(f"[bold red]MISSING[/]  {escape(line)}", highlight=False)
+        out.print(render.styled("MISSING", "bold red", f"  {line}"))
     for line in report.crosscheck.disagreements:
-        out.print(f"[bold red]DISAGREE[/] {escape(line)}", highlight=False)
+        out.print(render.styled("DISAGREE", "bold red", f" {line}"))
     for line in report.notes:
-        out.print(f"note:    {line}", highlight=False, markup=False)
-    out.print(f"cross-check: {report.crosscheck.summary()}", highlight=False, markup=False)
+        out.print(f"note:    {line}", highlight=False)
+    out.print(f"cross-check: {report.crosscheck.summary()}", highlight=False)
     if not report.ok:
         raise fedlink.Fault(f"{report.problem_summary()}; see the lines above, and compare with the published copies")
 
@@ -526,7 +535,7 @@ def bench_run(
     ] = None,
 ) -> None:
     """Run the pytest-benchmark suites under benchmarks/ and record the machine with their results."""
-    progress = (lambda message: err.print(f"[dim]bench:[/] {message}", highlight=False)) if err.is_terminal else None
+    progress = _say("bench:") if err.is_terminal else None
     result = fedlink.run_benchmarks(out_dir, quick=quick, progress=progress, only=tuple(suite or ()))
     out.print(
         f"wrote {result.json_path} ({result.benchmarks} benchmarks, {result.mode} run, {result.seconds:.0f} s); "
@@ -607,7 +616,7 @@ def demo(
         )
         err.print(f"demo: prepared; analyst profile {profile}")
         return
-    setup = fedlink.run_demo(workdir, people, seed, progress=lambda msg: err.print(f"[dim]demo:[/] {msg}"))
+    setup = fedlink.run_demo(workdir, people, seed, progress=_say("demo:"))
     try:
         fed = fedlink.connect(profile=setup.profile)
         render.catalogue(out, fed.catalog(), "table")
@@ -682,7 +691,8 @@ def scenario(
     seven nodes), runs the scenario and stops it, and also shows the error against the synthetic ground
     truth (demo only).
     """
-    say = (lambda msg: err.print(f"[dim]scenario:[/] {msg}", highlight=False)) if err.is_terminal else None
+    fedlink.require_extra("charts", "fedlink scenario")  # before the demo starts or a query is sent
+    say = _say("scenario:") if err.is_terminal else None
     names = [s.value for s in ScenarioName if s is not ScenarioName.all] if name is ScenarioName.all else [name.value]
 
     def run_all(fed: Any, truth: Any = None) -> None:

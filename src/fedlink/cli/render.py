@@ -1,4 +1,9 @@
-"""Rendering API objects for people (rich tables) and for scripts (JSON, CSV)."""
+"""Rendering API objects for people (rich tables) and for scripts (JSON, CSV).
+
+Every console here is made by :func:`console`, which never reads Rich markup: a query, a category,
+a note or an error message that holds ``[tls]`` or ``[/x]`` prints as written. Styles come only from
+:func:`styled` (and rich's own table styles), never from text.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,29 @@ import contextlib
 import csv
 import io
 import json
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 import fedlink
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that prints every string literally (markup off)."""
+    if stderr:
+        return Console(stderr=True, soft_wrap=True, markup=False)
+    # Piped or redirected output is read in files and logs: wide tables there rather than truncated headers.
+    return Console(soft_wrap=True, markup=False, width=None if sys.stdout.isatty() else 200)
+
+
+def styled(label: str, style: str, text: str = "") -> Text:
+    """``label`` in ``style`` followed by ``text`` as written."""
+    return Text.assemble((label, style), text)
 
 
 def _csv(console: Console, header: list[str], rows: list[list[Any]]) -> None:
@@ -135,7 +155,10 @@ def stage_progress(console: Console) -> Iterator[Callable[[str, int, int], None]
         yield lambda stage, done, total: None
         return
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), console=console
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}", markup=False),
+        console=console,
     ) as bar:
         task = bar.add_task("linking", total=1)
 
@@ -200,7 +223,7 @@ def scenario(console: Console, report: Any, fmt: str) -> None:
         _csv(console, report.table.columns, report.table.rows)
         return
     meta = report.scenario
-    console.print(f"[bold]{meta.title}[/] (project {meta.project})\n{meta.question}", highlight=False)
+    console.print(styled(meta.title, "bold", f" (project {meta.project})\n{meta.question}"), highlight=False)
     table = Table(title=f"published table ({report.published})", title_justify="left", caption="\n".join(report.notes))
     for column in report.table.columns:
         table.add_column(
@@ -320,7 +343,7 @@ def waiting(console: Console, what: str) -> Iterator[None]:
     if not console.is_terminal:
         yield
         return
-    with console.status(what + " ..."):
+    with console.status(Text(what + " ...")):
         yield
 
 

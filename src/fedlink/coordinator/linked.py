@@ -19,6 +19,7 @@ from fedlink.errors import BadInput, Fault, FedlinkError
 from fedlink.linkage.messages import LinkageQuality
 from fedlink.pets.chain import ChainEvaluator
 from fedlink.query.disclosure import DisclosurePolicy
+from fedlink.query.floor import check_informative
 from fedlink.query.linked import LinkedPlan, plan_linked
 from fedlink.query.results import LinkedEncryptedResult
 from fedlink.query.tasks import LinkedOutput, LinkedStep, QueryRequest, QueryTask
@@ -46,7 +47,9 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
     coordinator._check_loss(request.loss, request.noiseless, coordinator.config.coordinator.test_mode)
     if request.pet != "he+dp":
         raise BadInput("linked queries always run encrypted (he+dp); drop --pet dp")
-    plan = plan_linked(request.sql, coordinator.catalogue())
+    catalogue = coordinator.catalogue()
+    plan = plan_linked(request.sql, catalogue)
+    check_informative(request.loss, plan, catalogue)  # before any node reserves
     project.check(analyst, plan.datasets())
     if not request.link_key:
         raise BadInput("a linked query needs the analyst's public key for the chain; upgrade the analyst client")

@@ -25,6 +25,7 @@ from fedlink.errors import BadInput, Fault, FedlinkError
 from fedlink.pets import secagg
 from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.query.disclosure import DisclosurePolicy
+from fedlink.query.floor import check_informative
 from fedlink.query.model import ModelPlan, newton_fit, plan_model, summary
 from fedlink.query.tasks import ModelOutput, ModelRequest, ModelResult, ModelStep, QueryTask
 from fedlink.wire import rpc
@@ -50,7 +51,9 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
     coordinator._check_loss(request.loss, request.noiseless, coordinator.config.coordinator.test_mode)
     if request.loss.epsilon > 0:
         raise BadInput("a model's noise is Gaussian: declare its privacy loss as --rho R (zCDP), not --epsilon")
-    plan = plan_model(request.formula, request.table, coordinator.catalogue(), request.family, request.iterations)
+    catalogue = coordinator.catalogue()
+    plan = plan_model(request.formula, request.table, catalogue, request.family, request.iterations)
+    check_informative(request.loss, plan, catalogue)  # before any node reserves
     if len(plan.nodes) < 2:
         raise BadInput(
             f"table '{plan.table}' is held by one node only; a federated model needs it at two or more nodes "

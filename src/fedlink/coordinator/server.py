@@ -45,6 +45,7 @@ from fedlink.pets.he import PublicContext, Scheme, add, load_public_context
 from fedlink.pets.sealed import seal
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
 from fedlink.query.disclosure import DisclosurePolicy
+from fedlink.query.floor import check_informative
 from fedlink.query.linked import is_linked
 from fedlink.query.plan import AggregatePlan
 from fedlink.query.results import (
@@ -538,7 +539,9 @@ class Coordinator:
         started = time.perf_counter()
         project = self.projects.get(request.project)
         self._check_loss(request.loss, request.noiseless, self.config.coordinator.test_mode)
-        plan = plan_query(request.sql, self.catalogue())
+        catalogue = self.catalogue()
+        plan = plan_query(request.sql, catalogue)
+        check_informative(request.loss, plan, catalogue)  # before any node reserves
         project.check(analyst, [f"{n}.{plan.table}" for n in plan.nodes])
         if request.pet == "he+dp":
             missing = sorted({scheme_of(c) for c in plan.components} - set(request.contexts))

@@ -21,7 +21,8 @@ from fedlink.errors import BadInput, ConfigError, Fault, Timeout, error_from_cod
 from fedlink.pets.he import AnalystKeys
 from fedlink.query.model import Family
 from fedlink.query.results import EncryptedResult, QueryResult
-from fedlink.query.tasks import ModelResult, PrivacyLoss, QueryRequest
+from fedlink.query.sql import check_query_text
+from fedlink.query.tasks import ModelResult, QueryRequest, declared_loss
 
 #: Flower's telemetry and update checks off, for every Flower process fedlink starts.
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
@@ -90,11 +91,12 @@ class FlowerFederation:
         is accepted for the same call shape as :meth:`fedlink.Federation.query`, and only he+dp runs."""
         if pet != "he+dp":
             raise BadInput("over Flower, queries run encrypted: drop --pet or pass --pet he+dp")
+        check_query_text(sql)
+        loss = declared_loss(epsilon, rho)
         try:
-            loss = PrivacyLoss(epsilon=epsilon or 0.0, rho=rho or 0.0)
             request = QueryRequest(sql=sql, project=project, loss=loss, noiseless=noiseless, pet="he+dp")
         except ValidationError as exc:
-            raise BadInput("invalid privacy loss; give one positive epsilon or rho") from exc
+            raise BadInput(f"invalid query request ({exc.errors()[0]['msg']})") from exc
         keys = AnalystKeys(_schemes_for(sql))  # fresh per query; only the public contexts leave
         request = request.model_copy(update={"contexts": keys.public_contexts()})
         answer = self.run({"analyst": self.analyst, "query": request.model_dump(mode="json")})

@@ -70,8 +70,13 @@ def export_register(
     generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     page = _page(parties, title, generated)
     document = _document(parties, title, generated)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
+    except OSError as exc:
+        raise BadInput(
+            f"cannot write the export into {out.parent} ({exc.strerror}); choose a folder you can write"
+        ) from exc
     try:
         os.chmod(staging, 0o755)  # a public page: readable by the web server, unlike mkdtemp's default
         (staging / "index.html").write_text(page, encoding="utf-8")

@@ -45,6 +45,7 @@ from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.transport import (
     NODE_SESSION,
     Message,
+    connection_error,
     frames,
     messages,
     new_call_id,
@@ -194,7 +195,7 @@ class NodeAgent:
         """Load and check the node's data, ledger and register (``data`` lets tests inject a store)."""
         self.config = config
         self.tls = config.tls_files()
-        identity = self.tls.identity()
+        identity = self.tls.checked()  # expired, another CA's, a wrong key: refused at start, by name
         if identity.role != "node" or identity.name != config.name:
             raise ConfigError(
                 f"{self.tls.cert} is a certificate for {identity}, not node '{config.name}'; point [tls] at "
@@ -239,12 +240,9 @@ class NodeAgent:
                         f"({untrusted}); point [tls] ca at the CA of the coordinator's federation, or renew the "
                         "coordinator's certificate"
                     ) from exc
-                log.warning(
-                    "coordinator at %s unreachable (%s); retrying in %.1fs",
-                    self.config.coordinator_address,
-                    code.name if code else "error",
-                    delay,
-                )
+                # raises if this node's own certificate is the cause (expired, another CA): retrying cannot help
+                problem = connection_error(exc, self.config.coordinator_address, self.tls)
+                log.warning("%s; retrying in %.1fs", problem.message, delay)
             self._connected.clear()
             self.runtime.abandon_open()
             if on_disconnected:

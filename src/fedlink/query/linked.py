@@ -33,7 +33,16 @@ from fedlink.model import Frozen
 from fedlink.pets.chain import ChainParams
 from fedlink.query.catalogue import FederationCatalogue, TableInfo
 from fedlink.query.plan import Aggregate, BoolOp, CellLayout, GroupKey, Predicate, predicate_columns
-from fedlink.query.sql import _AGGREGATE_HELP, MAX_CELLS, _Binder, parse_sql
+from fedlink.query.sql import (
+    _AGGREGATE_HELP,
+    MAX_CELLS,
+    _Binder,
+    chain,
+    check_column_names,
+    check_query_text,
+    parse_sql,
+    shown,
+)
 
 #: A linked query's cells cost one encrypted multiplication per chunk of 8192 people each: keep them few.
 MAX_LINKED_CELLS = 1_000
@@ -41,6 +50,7 @@ MAX_LINKED_CELLS = 1_000
 
 def link_positions(sql: str) -> list[tuple[int, int]]:
     """Where the keyword LINK stands in ``sql`` (outside strings and quoted names)."""
+    check_query_text(sql)
     try:
         tokens = Tokenizer().tokenize(sql)
     except SqlglotError:
@@ -144,11 +154,11 @@ def _sources(tree: exp.Select, catalogue: FederationCatalogue) -> list[_Source]:
         declared = [(s.node, t) for s, t in catalogue.declaring(name) if node is None or s.node == node]
         if not declared:
             where = f" at node '{node}'" if node else ""
-            raise QueryError(f"unknown table '{name}'{where}; run `fedlink catalog` to see the tables")
+            raise QueryError(f"unknown table '{shown(name)}'{where}; run `fedlink catalog` to see the tables")
         nodes = tuple(n for n, _ in declared)
         key = (name, *nodes)
         if key in seen:
-            raise QueryError(f"table '{name}' appears twice in FROM ... LINK; name each table once")
+            raise QueryError(f"table '{shown(name)}' appears twice in FROM ... LINK; name each table once")
         seen.add(key)
         qualifiers = {name, ref.alias_or_name} | {f"{n}.{name}" for n in nodes}
         found.append(_Source(declared[0][1], nodes, qualifiers))
@@ -176,7 +186,7 @@ def _owner(column: exp.Column, sources: list[_Source]) -> _Source:
     if prefix:
         matches = [s for s in sources if prefix in s.binder.qualifiers]
         if not matches:
-            raise QueryError(f"'{column.sql()}' names no table in FROM ... LINK")
+            raise QueryError(f"'{shown(column.sql())}' names no table in FROM ... LINK")
         return matches[0]
     holders = [s for s in sources if s.table.column(column.name) is not None]
     if not holders:
@@ -191,9 +201,7 @@ def _owner(column: exp.Column, sources: list[_Source]) -> _Source:
 def _conjuncts(node: exp.Expr) -> list[exp.Expr]:
     while isinstance(node, exp.Paren):
         node = node.this
-    if isinstance(node, exp.And):
-        return _conjuncts(node.this) + _conjuncts(node.expression)
-    return [node]
+    return chain(node) if isinstance(node, exp.And) else [node]
 
 
 def _single_node(source: _Source, what: str) -> str:
@@ -214,7 +222,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
             owners = {id(_owner(c, sources)) for c in condition.find_all(exp.Column)}
             if len(owners) != 1:
                 raise QueryError(
-                    f"the condition {condition.sql()} must use the columns of exactly one table; "
+                    f"the condition {shown(condition.sql())} must use the columns of exactly one table; "
                     "combine conditions on different tables with AND"
                 )
             owner = _owner(next(condition.find_all(exp.Column)), sources)
@@ -224,7 +232,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
     group_owner: _Source | None = None
     for item in tree.args["group"].expressions if tree.args.get("group") else []:
         if not isinstance(item, exp.Column):
-            raise QueryError(f"GROUP BY needs column names, not {item.sql()}")
+            raise QueryError(f"GROUP BY needs column names, not {shown(item.sql())}")
         owner = _owner(item, sources)
         if group_owner is not None and owner is not group_owner:
             raise QueryError("GROUP BY columns of a linked query must all come from one table")
@@ -247,7 +255,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
             info = owner.binder.column(target, "a selected column")
             if owner is not group_owner or info.name not in {g.column for g in group_by}:
                 raise QueryError(
-                    f"'{target.sql()}' is selected but not grouped, which would release row values; add it to "
+                    f"'{shown(target.sql())}' is selected but not grouped, which would release row values; add it to "
                     f"GROUP BY or {_AGGREGATE_HELP}"
                 )
             continue
@@ -256,7 +264,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
             aggregates.append(sources[0].binder.aggregate(target, label))
             continue
         owner = _owner(columns[0], sources)
-        _single_node(owner, f"the aggregate {target.sql()}")
+        _single_node(owner, f"the aggregate {shown(target.sql())}")
         agg = owner.binder.aggregate(target, label)
         aggregates.append(agg.model_copy(update={"column": f"{owner.nodes[0]}.{owner.table.name}.{agg.column}"}))
     if not aggregates:
@@ -265,6 +273,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
         any(a.func == "histogram" for a in aggregates) and len(aggregates) > 1
     ):
         raise QueryError("HISTOGRAM must be the only aggregate of its query; run the others separately")
+    check_column_names(group_by, aggregates)
 
     plan_sources = tuple(
         LinkedSource(

@@ -32,6 +32,7 @@ from fedlink.governance.records import without_comments
 from fedlink.model import Frozen
 from fedlink.pets.dp import NoiseSpec, calibrate
 from fedlink.query.catalogue import Category, ColumnInfo, FederationCatalogue
+from fedlink.query.sql import check_query_text, number_literal, shown
 
 Family = Literal["logistic", "gaussian"]
 MAX_TERMS = 20
@@ -133,17 +134,18 @@ def _split_terms(text: str) -> list[str]:
 def _term(text: str, columns: dict[str, ColumnInfo], role: str) -> ModelTerm:
     try:
         node: exp.Expr = exp.maybe_parse(text, dialect="duckdb")
-    except SqlglotError as exc:
-        raise QueryError(f"cannot read the {role} '{text}'; write a column or column = 'value'") from exc
+    except (SqlglotError, RecursionError) as exc:
+        raise QueryError(f"cannot read the {role} '{shown(text)}'; write a column or column = 'value'") from exc
     if isinstance(node, exp.Paren):
         node = node.this
     if isinstance(node, exp.EQ) and isinstance(node.this, exp.Column) and isinstance(node.expression, exp.Literal):
         info = _column(node.this.name, columns, role)
         literal = node.expression
-        value: Category = str(literal.this) if literal.is_string else int(literal.this)
-        if info.kind != "category" or value not in (info.categories or ()):
-            raise QueryError(f"'{value}' is not a declared category of '{info.name}'; see `fedlink catalog`")
-        return ModelTerm(column=info.name, value=value)
+        value = str(literal.this) if literal.is_string else number_literal(str(literal.this))
+        declared = [c for c in info.categories or () if c == value] if info.kind == "category" else []
+        if not declared:
+            raise QueryError(f"'{shown(value)}' is not a declared category of '{info.name}'; see `fedlink catalog`")
+        return ModelTerm(column=info.name, value=declared[0])
     if isinstance(node, exp.Column):
         info = _column(node.name, columns, role)
         if info.kind == "numeric" and info.bounds is not None:
@@ -155,13 +157,15 @@ def _term(text: str, columns: dict[str, ColumnInfo], role: str) -> ModelTerm:
             f"'{info.name}' is a category of text; use an indicator such as {info.name} = "
             f"{(info.categories or ('...',))[0]!r}"
         )
-    raise QueryError(f"the {role} '{text}' must be a column or column = 'value'")
+    raise QueryError(f"the {role} '{shown(text)}' must be a column or column = 'value'")
 
 
 def _column(name: str, columns: dict[str, ColumnInfo], role: str) -> ColumnInfo:
     info = columns.get(name)
     if info is None:
-        raise QueryError(f"unknown column '{name}' in the model's {role}; run `fedlink catalog` to see the columns")
+        raise QueryError(
+            f"unknown column '{shown(name)}' in the model's {role}; run `fedlink catalog` to see the columns"
+        )
     if info.kind == "identifier":
         raise QueryError(f"column '{name}' is an identifier and can never be used in a model")
     return info
@@ -173,6 +177,7 @@ def plan_model(
     """Bind a formula to ``table`` at every node that declares it (with the same columns)."""
     if family not in ("logistic", "gaussian"):
         raise QueryError(f"unknown family '{family}'; use logistic or gaussian")
+    check_query_text(formula, "formula")
     if formula.count("~") != 1:
         raise QueryError("a model formula is response ~ term + term (one '~')")
     declared = catalogue.declaring(table)

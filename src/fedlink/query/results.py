@@ -204,9 +204,8 @@ def build_result(
     total_cohort = float(cohort.sum())
     whole = total_cohort < policy.min_cohort and not noiseless
     if whole:
-        notes.append(
-            f"suppressed: the cohort (noisy count {total_cohort:.0f}) is below the minimum of {policy.min_cohort}"
-        )
+        # The count itself is what is suppressed: say only that it fell below the minimum.
+        notes.append(f"suppressed: the cohort's noisy count is below the minimum of {policy.min_cohort}")
     elif small.any():
         notes.append(f"{int(small.sum())} cell(s) suppressed: noisy count below {policy.suppress_below}")
     if noiseless:

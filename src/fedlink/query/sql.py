@@ -16,13 +16,14 @@ column without GROUP BY), touch an identifier, or fall outside this subset is re
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from fedlink.errors import QueryError
+from fedlink.errors import BadInput, QueryError
 from fedlink.governance.records import without_comments
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, TableInfo
 from fedlink.query.plan import (
@@ -41,6 +42,14 @@ from fedlink.query.plan import (
 )
 
 MAX_CELLS = 100_000
+#: The longest query (or model formula) accepted, in characters: ample for any query of this subset
+#: (an IN list of a thousand codes is about 8,000), and parsed in well under a second. Checked by the
+#: analyst's client and again by the coordinator before it parses anything.
+MAX_QUERY_CHARS = 16_384
+#: Project and table names are short names people type.
+MAX_NAME_CHARS = 200
+#: Integer literals must fit the 64-bit integers every backend compares with.
+_INT64 = 2**63 - 1
 _AGGREGATE_HELP = "use COUNT(*), COUNT(col), SUM(col), AVG(col) or HISTOGRAM(col)"
 _COMPARISONS: dict[type[exp.Expr], str] = {
     exp.EQ: "=",
@@ -66,15 +75,74 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
+def shown(text: object, limit: int = 60) -> str:
+    """A piece of the user's query quoted in an error, cut to ``limit`` characters so that a refusal
+    stays one readable line however long the query."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_query_text(text: object, what: str = "query") -> str:
+    """``text`` if it can be a query at all: a string of at most :data:`MAX_QUERY_CHARS` characters
+    that is valid Unicode text; a :class:`QueryError` otherwise, before anything parses it."""
+    if not isinstance(text, str):
+        raise QueryError(f"the {what} must be text, not {type(text).__name__}")
+    if len(text) > MAX_QUERY_CHARS:
+        raise QueryError(
+            f"the {what} is {len(text):,} characters long, more than the limit of {MAX_QUERY_CHARS:,}; "
+            "shorten it (list values with IN (...), split it into several queries)"
+        )
+    _check_encodable(text, what)
+    return text
+
+
+def check_name(name: object, what: str) -> str:
+    """``name`` (of a project, a table) if it can be one: text of at most :data:`MAX_NAME_CHARS`
+    characters; a :class:`BadInput` otherwise, so that no refusal echoes a name of any length."""
+    if not isinstance(name, str):
+        raise BadInput(f"the {what} must be text, not {type(name).__name__}")
+    if len(name) > MAX_NAME_CHARS:
+        raise BadInput(f"the {what} is {len(name):,} characters long; names are at most {MAX_NAME_CHARS}")
+    _check_encodable(name, what)
+    return name
+
+
+def _check_encodable(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = f"U+{ord(text[exc.start]):04X}"
+        raise QueryError(
+            f"the {what} holds a character that is not valid text ({bad} at position {exc.start}, from bytes "
+            "that are not UTF-8); retype it"
+        ) from None
+
+
+def number_literal(text: str) -> int | float:
+    """A numeric literal as written in a query: a 64-bit integer or a finite float."""
+    try:
+        value: int | float = int(text) if text.lstrip("-").isdigit() else float(text)
+    except ValueError:
+        raise QueryError(f"'{shown(text)}' is not a number") from None
+    if (isinstance(value, int) and abs(value) > _INT64) or (isinstance(value, float) and not math.isfinite(value)):
+        raise QueryError(f"the number {shown(text)} is out of range; compare with a value the column can hold")
+    return value
+
+
 def parse_sql(sql: str, allow_joins: bool = False) -> exp.Select:
     """Parse one SELECT statement; anything else is a :class:`QueryError` (``allow_joins``: the comma
     joins a LINK query is rewritten to)."""
-    if not sql or not sql.strip():
+    check_query_text(sql)
+    if not sql.strip():
         raise QueryError("empty query; write e.g. SELECT region, COUNT(*) FROM pupils GROUP BY region")
     try:
         statements = sqlglot.parse(sql)
     except SqlglotError as exc:
         raise QueryError(f"malformed SQL ({_first_line(exc)}); check the syntax of your SELECT") from exc
+    except RecursionError:
+        raise QueryError(
+            "the query nests parentheses or NOTs too deeply to read; write the condition with fewer levels"
+        ) from None
     present = [s for s in statements if s is not None]
     if len(present) != 1:
         raise QueryError("exactly one SQL statement is allowed; remove the extra statements")
@@ -93,6 +161,21 @@ def parse_sql(sql: str, allow_joins: bool = False) -> exp.Select:
     return tree
 
 
+def chain(node: exp.Expr) -> list[exp.Expr]:
+    """The operands of a chain of one connective (``a AND b AND (c AND d)`` -> a, b, c, d), read
+    without recursion: sqlglot nests a chain of n conditions n deep."""
+    kind, operands, stack = type(node), [], [node]
+    while stack:
+        item = stack.pop()
+        while isinstance(item, exp.Paren) and isinstance(item.this, kind):
+            item = item.this
+        if isinstance(item, kind):
+            stack.extend((item.expression, item.this))  # left first
+        else:
+            operands.append(item)
+    return operands
+
+
 def _literal(node: exp.Expr, column: str) -> Scalar:
     if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and not node.this.is_string:
         value = _literal(node.this, column)
@@ -101,11 +184,10 @@ def _literal(node: exp.Expr, column: str) -> Scalar:
     if isinstance(node, exp.Boolean):
         return 1 if node.this else 0
     if not isinstance(node, exp.Literal):
-        raise QueryError(f"compare column '{column}' with a literal value, not {node.sql()}")
+        raise QueryError(f"compare column '{column}' with a literal value, not {shown(node.sql())}")
     if node.is_string:
         return str(node.this)
-    text = str(node.this)
-    return int(text) if text.lstrip("-").isdigit() else float(text)
+    return number_literal(str(node.this))
 
 
 def _ordered(info: ColumnInfo) -> bool:
@@ -126,10 +208,10 @@ class _Binder:
         if isinstance(node, exp.Star):
             raise QueryError(f"SELECT * would release rows; {_AGGREGATE_HELP}")
         if not isinstance(node, exp.Column):
-            raise QueryError(f"{purpose} must be a column name, not {node.sql()}")
+            raise QueryError(f"{purpose} must be a column name, not {shown(node.sql())}")
         prefix = ".".join(p.name for p in node.parts[:-1])
         if prefix and prefix not in self.qualifiers:
-            raise QueryError(f"'{node.sql()}' does not refer to table '{self.table.name}' in FROM")
+            raise QueryError(f"'{shown(node.sql())}' does not refer to table '{self.table.name}' in FROM")
         info = self.table.column(node.name)
         if info is None:
             known = ", ".join(c.name for c in self.table.columns if c.kind != "identifier")
@@ -143,14 +225,16 @@ class _Binder:
     def value(self, info: ColumnInfo, node: exp.Expr, ordered: bool = False) -> Scalar:
         value = _literal(node, info.name)
         if ordered and isinstance(value, str):
-            raise QueryError(f"'{info.name}' is compared by order; compare it with a number, not {value!r}")
+            raise QueryError(f"'{info.name}' is compared by order; compare it with a number, not {shown(repr(value))}")
         if info.kind == "category" and not ordered:
             assert info.categories is not None
             if value not in info.categories:
                 declared = ", ".join(repr(c) for c in info.categories)
-                raise QueryError(f"{value!r} is not a declared category of '{info.name}'; declared: {declared}")
+                raise QueryError(
+                    f"{shown(repr(value))} is not a declared category of '{info.name}'; declared: {declared}"
+                )
         elif isinstance(value, str):
-            raise QueryError(f"column '{info.name}' is numeric; compare it with a number, not {value!r}")
+            raise QueryError(f"column '{info.name}' is numeric; compare it with a number, not {shown(repr(value))}")
         return value
 
     def predicate(self, node: exp.Expr) -> Predicate:
@@ -158,7 +242,7 @@ class _Binder:
             return self.predicate(node.this)
         if isinstance(node, exp.And | exp.Or):
             joiner: Literal["and", "or"] = "and" if isinstance(node, exp.And) else "or"
-            return BoolOp(op=joiner, args=(self.predicate(node.this), self.predicate(node.expression)))
+            return BoolOp(op=joiner, args=tuple(self.predicate(arg) for arg in chain(node)))
         if isinstance(node, exp.Not):
             inner = node.this
             if isinstance(inner, exp.Is):
@@ -194,11 +278,13 @@ class _Binder:
                     raise QueryError(f"'{info.name}' is categorical; compare it with = , != or IN, not {op}")
                 value = self.value(info, right, ordered=ordered)
                 return Comparison(column=info.name, op=op, value=value)  # type: ignore[arg-type]
-        raise QueryError(f"unsupported condition {node.sql()}; use comparisons, IN, BETWEEN, IS NULL, AND/OR/NOT")
+        raise QueryError(
+            f"unsupported condition {shown(node.sql())}; use comparisons, IN, BETWEEN, IS NULL, AND/OR/NOT"
+        )
 
     def _is_null_column(self, node: exp.Is) -> str:
         if not isinstance(node.expression, exp.Null):
-            raise QueryError(f"unsupported condition {node.sql()}; only IS [NOT] NULL is allowed")
+            raise QueryError(f"unsupported condition {shown(node.sql())}; only IS [NOT] NULL is allowed")
         return self.column(node.this, "the left side of IS NULL").name
 
     def aggregate(self, node: exp.Expr, label: str) -> Aggregate:
@@ -224,8 +310,23 @@ class _Binder:
                 raise QueryError(f"HISTOGRAM needs a numeric column with declared bins; '{info.name}' has none")
             return Aggregate(func="histogram", column=info.name, label=label, bins=info.bins)
         if isinstance(node, exp.AggFunc | exp.Anonymous):
-            raise QueryError(f"unsupported aggregate {node.sql()}; {_AGGREGATE_HELP}")
-        raise QueryError(f"'{node.sql()}' is not an aggregate or a GROUP BY column; {_AGGREGATE_HELP}")
+            raise QueryError(f"unsupported aggregate {shown(node.sql())}; {_AGGREGATE_HELP}")
+        raise QueryError(f"'{shown(node.sql())}' is not an aggregate or a GROUP BY column; {_AGGREGATE_HELP}")
+
+
+def check_column_names(group_by: list[GroupKey], aggregates: list[Aggregate]) -> None:
+    """Refuse a result whose columns would share a name (its rows are keyed by name: one would hide
+    the other): group-by columns, each aggregate's label with its ``_lower``/``_upper`` and ``suppressed``."""
+    names = [*(g.column for g in group_by), "suppressed"]
+    for aggregate in aggregates:
+        names += [aggregate.label, f"{aggregate.label}_lower", f"{aggregate.label}_upper"]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise QueryError(
+                f"the result would have two columns named '{shown(name)}'; give each aggregate its own name with AS"
+            )
+        seen.add(name)
 
 
 def _resolve_table(tree: exp.Select, catalogue: FederationCatalogue) -> tuple[TableInfo, tuple[str, ...], set[str]]:
@@ -242,7 +343,7 @@ def _resolve_table(tree: exp.Select, catalogue: FederationCatalogue) -> tuple[Ta
         declared = [(s, t) for s, t in declared if s.node == node_name]
     if not declared:
         where = f" at node '{node_name}'" if node_name else ""
-        raise QueryError(f"unknown table '{name}'{where}; run `fedlink catalog` to see the tables")
+        raise QueryError(f"unknown table '{shown(name)}'{where}; run `fedlink catalog` to see the tables")
     info = declared[0][1]
     qualifiers = {name, table.alias_or_name}
     if node_name:
@@ -298,6 +399,7 @@ def plan_query(sql: str, catalogue: FederationCatalogue) -> AggregatePlan:
         raise QueryError("at most one HISTOGRAM per query; run the others as separate queries")
     if any(a.func == "histogram" for a in aggregates) and len(aggregates) > 1:
         raise QueryError("HISTOGRAM must be the only aggregate of its query; run the others separately")
+    check_column_names(group_by, aggregates)
 
     where = binder.predicate(tree.args["where"].this) if tree.args.get("where") else None
     plan = AggregatePlan(

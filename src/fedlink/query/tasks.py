@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from fedlink.errors import BadInput
 from fedlink.governance.records import bounded
 from fedlink.model import Frozen
 from fedlink.pets.dp import NoiseSpec
@@ -15,6 +17,7 @@ from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.query.linked import LinkedPlan
 from fedlink.query.model import Family, ModelPlan
 from fedlink.query.plan import AggregatePlan
+from fedlink.query.sql import check_name, check_query_text
 
 #: How a query's aggregates travel: "he+dp" encrypts every node's noisy vector under the analyst's key,
 #: so the coordinator adds ciphertexts and only the analyst ever sees numbers; "dp" sends noisy
@@ -44,6 +47,27 @@ class PrivacyLoss(Frozen):
     @property
     def is_zero(self) -> bool:
         return self.epsilon == 0 and self.rho == 0
+
+    @property
+    def is_finite(self) -> bool:
+        return math.isfinite(self.epsilon) and math.isfinite(self.rho)
+
+
+def declared_loss(epsilon: object = None, rho: object = None) -> PrivacyLoss:
+    """The privacy loss an analyst declares for a query: at most one of ``epsilon`` and ``rho``, each a
+    positive, finite number (None: not given; a noiseless test-mode query gives neither)."""
+    numbers: dict[str, float] = {}
+    for name, value in (("epsilon", epsilon), ("rho", rho)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise BadInput(f"--{name} must be a number, not {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise BadInput(f"--{name} must be a positive, finite number, not {value!r}; e.g. --{name} 1")
+        numbers[name] = float(value)
+    if len(numbers) > 1:
+        raise BadInput("give --epsilon or --rho, not both")
+    return PrivacyLoss(epsilon=numbers.get("epsilon", 0.0), rho=numbers.get("rho", 0.0))
 
 
 class QueryTask(Frozen):
@@ -165,10 +189,24 @@ class QueryRequest(Frozen):
     #: keeps to it (:mod:`fedlink.pets.sealed`). Empty: the result is stored unsealed.
     result_key: str = ""
 
+    @field_validator("sql")
+    @classmethod
+    def _readable(cls, sql: str) -> str:
+        # Raises QueryError (not ValueError): the coordinator refuses an oversized query in one line
+        # before it tokenises or parses any of it.
+        return check_query_text(sql)
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, project: str) -> str:
+        return check_name(project, "project name")
+
     @model_validator(mode="after")
     def _one_measure(self) -> QueryRequest:
         if self.loss.epsilon > 0 and self.loss.rho > 0:
             raise ValueError("give --epsilon or --rho, not both")
+        if not self.loss.is_finite:
+            raise ValueError("the privacy loss must be a finite number")
         return self
 
 
@@ -212,6 +250,22 @@ class ModelRequest(Frozen):
     noiseless: bool = False
     query_id: str = Field(default="", pattern=r"^([0-9a-f]{32})?$")
     result_key: str = ""
+
+    @field_validator("formula")
+    @classmethod
+    def _readable(cls, formula: str) -> str:
+        return check_query_text(formula, "formula")
+
+    @field_validator("project", "table")
+    @classmethod
+    def _name(cls, name: str, info: ValidationInfo) -> str:
+        return check_name(name, f"{info.field_name} name")
+
+    @model_validator(mode="after")
+    def _finite(self) -> ModelRequest:
+        if not self.loss.is_finite:
+            raise ValueError("the privacy loss must be a finite number")
+        return self
 
 
 class ModelStep(Frozen):

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedlink.errors import BadInput, ConfigError
+from fedlink.errors import AccessDenied, BadInput, ConfigError
 
 Role = Literal["coordinator", "node", "analyst"]
 ROLES: tuple[Role, ...] = ("coordinator", "node", "analyst")
@@ -70,7 +70,12 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def init_ca(pki_dir: Path, name: str = "fedlink federation CA", days: int = 3650) -> Path:
     """Create a federation CA in ``pki_dir``; refuses to overwrite an existing one."""
-    pki_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        pki_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(
+            f"cannot create the CA folder {pki_dir} ({exc.strerror}); choose a folder you can write"
+        ) from exc
     if (pki_dir / CA_KEY).exists() or (pki_dir / CA_CERT).exists():
         raise BadInput(f"a CA already exists in {pki_dir}; use another --dir or delete it deliberately")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -172,9 +177,16 @@ def issue(pki_dir: Path, role: str, name: str, hosts: tuple[str, ...] = (), days
     return IssuedCertificate(Identity(role, name, serial), cert_path, key_path)
 
 
-def identity_from_pem(pem: bytes) -> Identity:
-    """Read the role and name a certificate was issued for."""
-    cert = x509.load_pem_x509_certificate(pem)
+def _load_certificate(pem: bytes, where: object) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise ConfigError(f"{where} is not a PEM certificate; point to a .crt file that `fedlink pki` wrote") from None
+
+
+def identity_from_pem(pem: bytes, where: object = "the certificate") -> Identity:
+    """Read the role and name a certificate was issued for (``where`` names it in errors)."""
+    cert = _load_certificate(pem, where)
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     role = str(units[0].value) if units else ""
@@ -216,7 +228,7 @@ def revoked_message(identity: Identity) -> str:
 def revoke(pki_dir: Path, cert_path: Path) -> Identity:
     """Add a certificate's serial to the federation's revocation list (``revoked.txt``), with the time."""
     try:
-        identity = identity_from_pem(cert_path.read_bytes())
+        identity = identity_from_pem(cert_path.read_bytes(), cert_path)
     except FileNotFoundError as exc:
         raise BadInput(f"no certificate at {cert_path}; pass the path of the .crt to revoke") from exc
     when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -253,3 +265,74 @@ def revocations(path: Path) -> tuple[Revocation, ...]:
 def revoked_serials(path: Path) -> frozenset[int]:
     """Serials listed in a revocation file written by :func:`revoke` (an absent file revokes none)."""
     return frozenset(r.serial for r in revocations(path))
+
+
+def _public_der(public: Any) -> bytes:
+    return bytes(public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _issued(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _check_validity(label: str, cert: x509.Certificate, path: Path, when: dt.datetime) -> None:
+    if when >= cert.not_valid_after_utc:
+        raise AccessDenied(
+            f"the {label} {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, so the other party "
+            "refuses it; ask the federation's operator for a new one (`fedlink pki issue`)"
+        )
+    if when < cert.not_valid_before_utc:
+        raise AccessDenied(
+            f"the {label} {path} is not valid until {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check this "
+            "machine's clock"
+        )
+
+
+def check_credentials(
+    cert_pem: bytes, key_pem: bytes, ca_pem: bytes, where: tuple[Path, Path, Path], now: dt.datetime | None = None
+) -> Identity:
+    """The identity in a party's certificate, once this party has checked what the other end's TLS
+    will check, so that a refusal names its cause instead of a closed connection: the files parse,
+    the key belongs to the certificate, the CA certificate is a CA, both are valid now, and the CA
+    issued the certificate. Malformed files are a :class:`ConfigError`; an expired certificate or
+    one from another CA an :class:`AccessDenied`, as the other end would refuse it."""
+    cert_path, key_path, ca_path = where
+    cert = _load_certificate(cert_pem, cert_path)
+    try:
+        authorities = [c for c in x509.load_pem_x509_certificates(ca_pem) if _is_ca(c)]
+    except ValueError:
+        authorities = []
+    if not authorities:
+        raise ConfigError(f"{ca_path} holds no CA certificate; point to the federation's ca.crt")
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"{key_path} is not an unencrypted PEM private key; point to the .key issued with {cert_path.name}"
+        ) from None
+    if _public_der(key.public_key()) != _public_der(cert.public_key()):
+        raise ConfigError(
+            f"the private key {key_path} does not belong to the certificate {cert_path}; use the key issued with it"
+        )
+    when = now or dt.datetime.now(dt.UTC)
+    _check_validity("certificate", cert, cert_path, when)
+    issuers = [ca for ca in authorities if _issued(cert, ca)]
+    if not issuers:
+        raise AccessDenied(
+            f"the certificate {cert_path} was not issued by the CA in {ca_path} (it names issuer "
+            f"'{cert.issuer.rfc4514_string()}'), so the other party refuses it as from an unknown CA; use a "
+            "certificate this federation's CA issued, with its ca.crt"
+        )
+    _check_validity("CA certificate", issuers[0], ca_path, when)
+    return identity_from_pem(cert_pem, cert_path)

@@ -15,10 +15,10 @@ from typing import Any
 
 import grpc
 
-from fedlink.errors import AccessDenied, ConfigError
+from fedlink.errors import AccessDenied, ConfigError, Fault, FedlinkError, Timeout
 from fedlink.wire import audit
 from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.pki import Identity, identity_from_pem, revoked_message
+from fedlink.wire.pki import Identity, check_credentials, identity_from_pem, revoked_message
 
 CHUNK = 1 << 20
 MAX_GRPC_MESSAGE = 4 * CHUNK
@@ -71,7 +71,64 @@ class TlsFiles:
         return out[0], out[1], out[2]
 
     def identity(self) -> Identity:
-        return identity_from_pem(self.read()[0])
+        return identity_from_pem(self.read()[0], self.cert)
+
+    def checked(self) -> Identity:
+        """The identity, once the files pass every check the other end's TLS will make (see
+        :func:`fedlink.wire.pki.check_credentials`): a bad certificate is refused here, by name."""
+        cert, key, ca = self.read()
+        return check_credentials(cert, key, ca, (self.cert, self.key, self.ca))
+
+
+def connection_error(exc: grpc.RpcError, address: str, tls: TlsFiles, timeout_s: float | None = None) -> FedlinkError:
+    """A failed call to the coordinator at ``address`` as one line naming the cause.
+
+    gRPC reports every failure to connect as UNAVAILABLE "failed to connect to all addresses", with
+    the cause after it, and a connection lost mid-call otherwise; a party whose certificate the
+    coordinator's TLS refuses sees only "Socket closed". So the local certificate is checked first
+    (expired, another CA, wrong key: raised as such), then the cause is read from gRPC's details.
+    """
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return AccessDenied(details or f"the coordinator at {address} refused this certificate")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        waited = f" within {timeout_s:g} s" if timeout_s else ""
+        return Timeout(f"the coordinator at {address} did not answer{waited}; retry or raise the timeout")
+    lowered = details.lower()
+    if not (lowered.startswith("failed to connect") or "resolv" in lowered):
+        return Fault(
+            f"the connection to the coordinator at {address} was lost during the call ({details or code}); it "
+            "may have stopped or restarted: check its log, then retry"
+        )
+    tls.checked()
+    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
+        if "expired" in lowered:
+            return AccessDenied(
+                f"the coordinator at {address} presented an expired certificate; its operator must renew it"
+            )
+        return AccessDenied(
+            f"the coordinator at {address} presented a certificate that the CA in {tls.ca} did not issue (unknown "
+            "CA); point ca at this federation's CA certificate"
+        )
+    if "peer name" in lowered or "hostname mismatch" in lowered:
+        return AccessDenied(
+            f"the coordinator's certificate is not valid for the name in {address}; connect with a name it was "
+            "issued for (coordinator_name in the profile)"
+        )
+    if "connection refused" in lowered:
+        return Fault(
+            f"nothing is listening at {address} (connection refused); start the coordinator or check the address"
+        )
+    if "resolv" in lowered:
+        return Fault(f"cannot find the host of {address} (DNS lookup failed); check the address")
+    if "socket closed" in lowered or "connection reset" in lowered:
+        return AccessDenied(
+            f"the coordinator at {address} ended the TLS handshake: it refused this certificate (issued by a CA "
+            "it does not trust, or expired or not yet valid by its clock)"
+        )
+    cause = details.split("last error:", 1)[-1].strip()
+    return Fault(f"cannot reach the coordinator at {address} ({cause}); check that it is running and the address")
 
 
 def new_call_id() -> str:
@@ -133,6 +190,7 @@ def make_server(
     from concurrent.futures import ThreadPoolExecutor
 
     audit.install_from_env()
+    tls.checked()  # an expired certificate or one from another CA is refused at start, by name
     cert, key, ca = tls.read()
     credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
     server = grpc.server(ThreadPoolExecutor(max_workers=max_workers), options=SERVER_OPTIONS)
