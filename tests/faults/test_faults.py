@@ -55,13 +55,16 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Faulty:
     """A coordinator and the two charity nodes as processes, some started with failpoints armed."""
 
-    def __init__(self, workdir: Path, root: Path, tmp: Path, failpoints: dict[str, str]) -> None:
+    def __init__(
+        self, workdir: Path, root: Path, tmp: Path, failpoints: dict[str, str], nodes: list[str] = CHARITIES
+    ) -> None:
         self.home = tmp / "federation"
         self.home.mkdir()
         for shared in ("pki", "data"):
             (self.home / shared).symlink_to(workdir / shared)
         self.failpoints = dict(failpoints)
-        self.fed = LocalFederation(workdir=self.home, root=root, nodes=CHARITIES, launcher=self._launcher)
+        self.nodes = nodes
+        self.fed = LocalFederation(workdir=self.home, root=root, nodes=nodes, launcher=self._launcher)
         self.results = tmp / "results"
 
     def _launcher(self, party: str) -> tuple[list[str], dict[str, str]]:
@@ -105,10 +108,10 @@ class Faulty:
             if e.kind == "query" and e.fields.get("query_id") == query_id
         ]
 
-    def spent(self, party: str) -> tuple[float, float, int]:
-        """(committed, reserved, committed queries) on the charity's episodes, from its own ledger."""
+    def spent(self, party: str, table: str = "support_episodes") -> tuple[float, float, int]:
+        """(committed, reserved, committed queries) on one of a node's tables, from its own ledger."""
         with BudgetLedger(self.fed.state / party / "ledger.sqlite") as ledger:
-            lines = [line for line in ledger.lines() if line.dataset == f"{party}.support_episodes"]
+            lines = [line for line in ledger.lines() if line.dataset == f"{party}.{table}"]
         return (lines[0].committed, lines[0].reserved, lines[0].queries) if lines else (0.0, 0.0, 0)
 
     def stop(self) -> None:
@@ -128,7 +131,8 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 @pytest.fixture
 def faulty(workdir: Path, root: Path, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Faulty]:
-    federation = Faulty(workdir, root, tmp_path, request.param)
+    failpoints, nodes = request.param if isinstance(request.param, tuple) else (request.param, CHARITIES)
+    federation = Faulty(workdir, root, tmp_path, failpoints, nodes)
     try:
         federation.start()
         yield federation
@@ -262,3 +266,49 @@ def test_a_coordinator_killed_before_its_decision_costs_nothing(faulty: Faulty) 
         client.result(query_id)
     faulty.stop()
     nothing_spent(faulty, query_id)
+
+
+#: The homelessness project's nodes: a linked query runs its chain over both charities (a union) and DWP.
+LINKED_NODES = [*CHARITIES, "dwp", "nhs"]
+LINKED_SQL = (
+    "SELECT dwp.claims.employment, COUNT(*) AS n FROM support_episodes LINK dwp.claims GROUP BY dwp.claims.employment"
+)
+#: What a linked query at epsilon 1 costs each node of its chain, in rho, on the table it reads there.
+CHAIN = {"charity_north": "support_episodes", "charity_south": "support_episodes", "dwp": "claims"}
+
+
+def linked_spent(faulty: Faulty) -> dict[str, tuple[float, float, int]]:
+    return {node: faulty.spent(node, table) for node, table in CHAIN.items()}
+
+
+@pytest.mark.parametrize("faulty", [({"charity_south": "node.prepare=kill"}, LINKED_NODES)], indirect=True)
+def test_a_node_killed_mid_chain_costs_the_chain_nothing(faulty: Faulty) -> None:
+    """The probe's node killed mid linked query: the nodes before it had already run their steps."""
+    client = faulty.analyst()
+    client.link(PROJECT)
+    with pytest.raises(FedlinkError, match="charity_south"):
+        client.query(LINKED_SQL, project=PROJECT, epsilon=1.0)
+    query_id = last_query(client)
+    faulty.killed("charity_south")
+    faulty.fed.start_node("charity_south")
+    faulty.stop()
+    assert linked_spent(faulty) == {node: (0.0, 0.0, 0) for node in CHAIN}
+    assert faulty.statuses("charity_north", query_id) == ["prepared", "failed"]  # its step ran, then the abort
+    assert faulty.statuses("coordinator", query_id)[-1] == "failed"
+
+
+@pytest.mark.parametrize("faulty", [({"dwp": "node.commit=kill"}, LINKED_NODES)], indirect=True)
+def test_the_last_node_of_a_chain_killed_at_commit_delivers_the_cells_when_back(faulty: Faulty) -> None:
+    client = faulty.analyst()
+    client.link(PROJECT)
+    with pytest.raises(ResultPending, match="dwp"):
+        client.query(LINKED_SQL, project=PROJECT, epsilon=1.0)
+    query_id = last_query(client)
+    faulty.killed("dwp")
+    faulty.fed.start_node("dwp")
+    result = client.result(query_id)
+    assert isinstance(result, fedlink.Result) and result.raw.query_id == query_id
+    assert [row["employment"] for row in result.rows()] == ["employed", "unemployed", "inactive"]
+    faulty.stop()
+    assert linked_spent(faulty) == {node: (pytest.approx(0.5), 0.0, 1) for node in CHAIN}
+    assert faulty.statuses("coordinator", query_id) == ["pending", "released"]
