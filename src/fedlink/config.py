@@ -67,3 +67,14 @@ def load_model(path: Path, model: type[Model], what: str) -> Model:
         return model.model_validate(raw, context={"source": path.resolve()})
     except ValidationError as exc:
         raise ConfigError(f"{path}: {_describe(exc)}; fix that entry") from exc
+
+
+def one_currency(data: object, what: str) -> object:
+    """A pydantic ``before`` check for an entry that caps or asks for privacy budget: budgets have one
+    currency, rho (zCDP), so an ``epsilon`` there is refused with the conversion to write instead."""
+    if isinstance(data, dict) and "epsilon" in data:
+        raise ValueError(
+            f"{what} gives an epsilon budget; budgets have one currency, rho (zCDP): write rho = R instead (an "
+            "epsilon-DP query costs rho = epsilon^2 / 2, so a budget meant for ten queries at epsilon 1 is rho = 5)"
+        )
+    return data

@@ -502,3 +502,19 @@ class LedgerAgainstAModel(RuleBasedStateMachine):
 
 LedgerAgainstAModel.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
 test_the_ledger_agrees_with_a_model = LedgerAgainstAModel.TestCase
+
+
+def test_budgets_are_configured_in_rho_only() -> None:
+    """An epsilon cap (a node's approval) or request (a project) is refused with the conversion to write."""
+    from pydantic import ValidationError
+
+    from fedlink.coordinator.projects import Project
+    from fedlink.node.config import Approval
+
+    assert Approval.model_validate({"project": "p", "rho": 5.0}).rho == 5.0
+    with pytest.raises(ValidationError, match=r"approval of project 'p' gives an epsilon budget.*write rho = R"):
+        Approval.model_validate({"project": "p", "epsilon": 10.0})
+    with pytest.raises(ValidationError, match=r"project 'p' gives an epsilon budget.*rho = epsilon\^2 / 2"):
+        Project.model_validate(
+            {"id": "p", "title": "t", "purpose": "x", "analysts": ["a"], "datasets": ["n.t"], "epsilon": 1.0}
+        )

@@ -103,13 +103,11 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
         )
         body = pack(step.model_dump_json().encode(), blobs)
         answer = coordinator._call_each({node: (sessions[node], body)}, rpc.LINKED_STEP, step_timeout)[node]
-        if isinstance(answer, FedlinkError):
-            reason = f"node '{node}' failed during the linked query ({answer.message}); nothing was spent"
-            raise coordinator.fail(sessions, task, reason)
-        if role != "last":
+        if isinstance(answer, FedlinkError) or role == "last":
+            coordinator.decide(sessions, task, {node: answer}, "during the linked query")
+        else:
             header, blobs = unpack(answer.body)
             output = LinkedOutput.model_validate_json(header)
-    coordinator.decide(task)
     reply = coordinator.deliver(task.query_id)
     log.info(
         "linked query %s by '%s' for '%s' over %s (%d cells, %d people in the spine) answered in %.0f ms",

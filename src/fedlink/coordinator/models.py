@@ -96,13 +96,7 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
             calls[name] = (session, body.model_dump_json().encode())
         return coordinator._call_each(calls, rpc.MODEL_STEP)
 
-    prepared = step(0, np.zeros(plan.width))
-    failures = {n: a for n, a in prepared.items() if isinstance(a, FedlinkError)}
-    if failures:
-        name, error = next(iter(failures.items()))
-        reason = f"node '{name}' failed at iteration 1 ({error.message}); nothing was spent"
-        raise coordinator.fail(sessions, task, reason)
-    coordinator.decide(task)
+    coordinator.decide(sessions, task, step(0, np.zeros(plan.width)), "at iteration 1")
     answers = coordinator.collect(task.query_id)
     if set(answers) != set(plan.nodes):
         return coordinator.deliver(task.query_id)  # a node owes its first statistics: the result is pending

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedlink.config import load_model
+from fedlink.config import load_model, one_currency
 from fedlink.errors import AccessDenied, BadInput, PolicyRefused
 
 
@@ -30,12 +30,7 @@ class Project(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _one_currency(cls, data: object) -> object:
-        if isinstance(data, dict) and "epsilon" in data:
-            raise ValueError(
-                f"project {data.get('id', '?')!r} asks for an epsilon budget; budgets have one currency, rho "
-                "(zCDP): write rho = R instead (an epsilon-DP query costs rho = epsilon^2 / 2)"
-            )
-        return data
+        return one_currency(data, f"project {data.get('id', '?') if isinstance(data, dict) else '?'!r}")
 
     def check(self, analyst: str, datasets: list[str]) -> None:
         if analyst not in self.analysts:

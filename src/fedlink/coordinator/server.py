@@ -378,8 +378,16 @@ class Coordinator:
         self._log_query(task, "failed", reason, None)
         return Fault(reason)
 
-    def decide(self, task: QueryTask) -> None:
-        """Every node has prepared: commit. Journaled before any node is told, so it survives a crash."""
+    def decide(
+        self, sessions: dict[str, NodeSession], task: QueryTask, prepared: Mapping[str, object], during: str
+    ) -> None:
+        """Decide a query from its nodes' answers to the prepare phase: if any node failed, abort it
+        everywhere and raise (nothing is spent); else commit, journaled before any node is told, so the
+        decision survives a crash."""
+        failures = {n: a for n, a in prepared.items() if isinstance(a, FedlinkError)}
+        if failures:
+            name, error = next(iter(failures.items()))
+            raise self.fail(sessions, task, f"node '{name}' failed {during} ({error.message}); nothing was spent")
         self.journal.decide(task.query_id)
         failpoint("coordinator.decided")
 
@@ -567,12 +575,7 @@ class Coordinator:
         self._reserve(sessions, task)
         execute = ExecuteTask(query_id=task.query_id, contexts=contexts)
         executed = self._fan_out(sessions, rpc.EXECUTE, execute.model_dump_json().encode())
-        failures = {n: a for n, a in executed.items() if isinstance(a, FedlinkError)}
-        if failures:
-            name, error = next(iter(failures.items()))
-            reason = f"node '{name}' failed during the query ({error.message}); nothing was spent"
-            raise self.fail(sessions, task, reason)
-        self.decide(task)
+        self.decide(sessions, task, executed, "during the query")
         reply = self.deliver(task.query_id)
         log.info(
             "query %s (%s) by analyst '%s' for project '%s' over '%s' at %d nodes (%d cells) answered in %.0f ms",

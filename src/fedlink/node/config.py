@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fedlink.config import expand, load_model, resolve_path
+from fedlink.config import expand, load_model, one_currency, resolve_path
 from fedlink.model import Frozen
 from fedlink.query.catalogue import ColumnDomain
 from fedlink.query.disclosure import DisclosurePolicy
@@ -157,13 +157,8 @@ class Approval(Frozen):
     @model_validator(mode="before")
     @classmethod
     def _one_currency(cls, data: object) -> object:
-        if isinstance(data, dict) and "epsilon" in data:
-            raise ValueError(
-                f"approval of project {data.get('project', '?')!r} caps epsilon; budgets have one currency, rho "
-                "(zCDP): write rho = R instead (an epsilon-DP query costs rho = epsilon^2 / 2, so a cap meant for "
-                "ten queries at epsilon 1 is rho = 5)"
-            )
-        return data
+        project = data.get("project", "?") if isinstance(data, dict) else "?"
+        return one_currency(data, f"the approval of project {project!r}")
 
 
 class PrivacySection(Frozen):
