@@ -225,6 +225,15 @@ class Coordinator:
         project.check(analyst, [])
         nodes = sorted({dataset.split(".", 1)[0] for dataset in project.datasets})
         live = self._sessions_for(nodes)
+        # wildcards (every id: concept...) resolve to the concepts the project's nodes map in their catalogues
+        mapped = {
+            concept.concept
+            for status in self.catalogue().nodes
+            if status.node in nodes and status.catalogue is not None
+            for table in status.catalogue.tables
+            for concept in table.linkage
+        }
+        spec = self.projects.spec(project).resolve(mapped)
         # linkage moves whole encodings: allow it far longer than a query
         timeout = max(self.config.coordinator.query_timeout_s, 600.0)
         from fedlink.coordinator.linkage import LinkageUnit  # the matching stack loads only when linking
@@ -235,7 +244,7 @@ class Coordinator:
             self.config.coordinator.link_quality_epsilon,
         )
         try:
-            report = unit.run(project.id, analyst, nodes, progress, mode)
+            report = unit.run(project.id, analyst, nodes, progress, mode, spec)
         except FedlinkError as exc:
             self.register.append(
                 "link",
@@ -246,11 +255,20 @@ class Coordinator:
                     "mode": mode,
                     "status": "failed",
                     "reason": exc.message,
+                    "spec_hash": spec.hash,
                 },
             )
             raise
         self.register.append(
-            "link", {"project": project.id, "analyst": analyst, "nodes": nodes, "mode": mode, "status": "built"}
+            "link",
+            {
+                "project": project.id,
+                "analyst": analyst,
+                "nodes": nodes,
+                "mode": mode,
+                "status": "built",
+                "spec_hash": spec.hash,
+            },
         )
         return report
 

@@ -441,11 +441,10 @@ def normalise_concepts(
     return out
 
 
-def valid_shares(normalised: Mapping[str, np.ndarray], concepts: Sequence[str]) -> dict[str, float]:
-    """Per concept, the share of records whose value is valid after normalisation (0 for none)."""
-    shares = {}
+def valid_counts(normalised: Mapping[str, np.ndarray], concepts: Sequence[str]) -> dict[str, int]:
+    """Per concept, how many records have a valid value after normalisation (0 where it has no field)."""
+    counts = {}
     for concept in concepts:
-        field = VALID_FIELD.get(concept, concept)
-        column = normalised.get(field)
-        shares[concept] = float(np.mean(column != "")) if column is not None and len(column) else 0.0
-    return shares
+        column = normalised.get(VALID_FIELD.get(concept, concept))
+        counts[concept] = int(np.count_nonzero(column != "")) if column is not None else 0
+    return counts
