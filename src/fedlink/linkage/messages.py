@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from fedlink.model import Frozen
 from fedlink.pets.keyagree import Envelope, LinkKeyCard
 
@@ -31,7 +33,7 @@ class EncodeAnswer(Frozen):
     #: The spec's concepts this node did not encode (not mapped, or not approved): missing there.
     missing: tuple[str, ...] = ()
     #: Per encoded concept, the share of this node's people whose value is valid (rounded to 0.01).
-    valid: dict[str, float] = {}
+    valid: dict[str, float] = Field(default_factory=dict)
 
 
 class PsiCall(LinkCall):
@@ -80,13 +82,13 @@ class QualityCall(LinkCall):
 
     spine_id: str
     epsilon: float
-    subgroup_codes: dict[str, tuple[int, ...]] = {}
+    subgroup_codes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
 
 
 class SubgroupLabels(Frozen):
     """Node -> coordinator: the label of each keyed subgroup code it knows (subgroup -> code -> label)."""
 
-    labels: dict[str, dict[str, str]] = {}
+    labels: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 class EstimatedCounts(Frozen):
@@ -115,7 +117,7 @@ class EstimatedQuality(Frozen):
     overall: EstimatedCounts
     pairs: tuple[EstimatedPair, ...]
     #: subgroup -> label -> counts.
-    subgroups: dict[str, dict[str, EstimatedCounts]] = {}
+    subgroups: dict[str, dict[str, EstimatedCounts]] = Field(default_factory=dict)
     note: str = ""
 
 

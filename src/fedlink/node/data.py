@@ -18,6 +18,9 @@ from fedlink.node.backends import Backend, Columns, open_backends
 from fedlink.node.config import ColumnDecl, LinkageMapping, NodeConfig, TableDecl
 from fedlink.node.operators import run_aggregate
 from fedlink.query.catalogue import ColumnDomain, ColumnInfo, LinkageConcept, NodeCatalogue, TableInfo
+from fedlink.query.disclosure import round_count
+from fedlink.query.plan import AggregatePlan
+from fedlink.query.results import PartialAggregates
 
 
 def concept_text(columns: Sequence[str]) -> exp.Expr:
@@ -29,11 +32,6 @@ def concept_text(columns: Sequence[str]) -> exp.Expr:
         )
         parts += [exp.Literal.string(" "), text] if parts else [text]
     return parts[0] if len(parts) == 1 else exp.Concat(expressions=parts)
-
-
-from fedlink.query.disclosure import round_count
-from fedlink.query.plan import AggregatePlan
-from fedlink.query.results import PartialAggregates
 
 
 class NodeData:
