@@ -54,6 +54,8 @@ _LAZY = {
     "export_register": "fedlink.governance.export",
     "find_registers": "fedlink.governance.register",
     "evaluate_linkage": "fedlink.linkage.evaluate:evaluate_files",
+    "run_linkage": "fedlink.linkage.run:run_files",
+    "LOW_VALID_SHARE": "fedlink.linkage.concepts:LOW_VALID_SHARE",
     "run_scenario": "fedlink.analyst.scenarios",
     "SCENARIOS": "fedlink.analyst.scenarios",
     "DemoTruth": "fedlink.analyst.scenarios",
