@@ -160,7 +160,7 @@ def _record_slots(state: Path, node: str) -> dict[str, int]:
 def test_the_spine_matches_the_ground_truth(linked: dict, workdir: Path) -> None:
     precision, recall, f1 = _measured(linked, workdir)
     print(f"spine precision {precision:.4f} recall {recall:.4f} F1 {f1:.4f}")
-    assert f1 >= 0.98, (precision, recall, f1)
+    assert f1 >= 0.99, (precision, recall, f1)  # the goal for three departments (measured: 0.995)
 
 
 def _measured(linked: dict, workdir: Path) -> tuple[float, float, float]:
