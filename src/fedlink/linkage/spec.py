@@ -87,7 +87,7 @@ MAX_DEPENDENCE: Final = 4
 
 #: Per kind: level names (after "missing"), default thresholds, filter bits and bits per token.
 KIND_DEFAULTS: Final[dict[str, tuple[tuple[str, ...], tuple[float, ...], int, int]]] = {
-    "name": (("exact", "similar", "near", "swapped", "middle", "different"), (0.98, 0.85, 0.7), 256, 8),
+    "name": (("exact", "similar", "near", "swapped", "middle", "different"), (0.98, 0.8, 0.65), 256, 8),
     "date": (("exact", "transposed", "one digit", "near", "different"), (0.85, 0.7), 128, 8),
     "code": (("exact", "one character", "near", "different"), (0.8, 0.6), 128, 8),
     "text": (("exact", "similar", "near", "different"), (0.95, 0.8, 0.6), 256, 4),
@@ -384,13 +384,15 @@ def parse_spec(document: object, where: str) -> LinkageSpec:
             )
     if doc.matching == "probabilistic" and not comparisons:
         raise ConfigError(f"{where}: probabilistic matching needs at least one comparison")
+    # a version 1 schema's own text fields (columns of `fedlink linkage evaluate` inputs) are fields too
+    legacy = set((doc.clk or {}).get("text_fields", ()))
     groups = []
     for label, entries in (("blocking", doc.blocking), ("match_keys", doc.match_keys)):
         seen = set()
         parsed = []
         for entry in entries:
             name = entry.name if isinstance(entry, _GroupDoc) else entry.tier
-            unknown = [f for f in entry.fields if not _known_field(f)]
+            unknown = [f for f in entry.fields if f not in legacy and not _known_field(f)]
             if unknown:
                 raise ConfigError(f"{where}: {label} '{name}' names unknown field(s) {', '.join(unknown)}")
             if name in seen:
