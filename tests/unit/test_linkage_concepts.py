@@ -90,7 +90,7 @@ def test_dates_of_birth_keep_what_can_be_compared(text: str, dob_format: str, fi
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=20))
 def test_any_date_text_gives_eight_digit_places(text: str) -> None:
-    dob, year, month, day, digits, swapped = parse_date(text)
+    dob, _, _, _, digits, swapped = parse_date(text)
     assert len(digits) == 8 and (not dob or dob.replace("-", "") == digits)
     assert not swapped or dob
 
