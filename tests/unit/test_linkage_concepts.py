@@ -266,3 +266,60 @@ def test_a_version_1_schema_is_a_clk_spec_and_takes_match_key_mac(tmp_path: Path
     path.write_text(json.dumps(document))
     assert load_schema(path).match_key_mac == "hmac-sha256"
     assert load_spec(path).match_key_mac == "hmac-sha256"
+
+
+# ---------------------------------------------------------------------------------------------- node data
+
+NODE_TOML = """
+[node]
+name = "registry"
+coordinator = "127.0.0.1:1"
+
+[tls]
+cert = "x.crt"
+key = "x.key"
+ca = "ca.crt"
+
+[privacy]
+ledger = "ledger.sqlite"
+transparency_register = "register.jsonl"
+
+[[tables]]
+name = "people"
+source = "people.csv"
+columns = []
+
+[tables.linkage]
+record_id = "ref"
+first_name = "forename"
+postcode = "{postcode}"
+postcode_country = "{country}"
+"""
+
+
+def _node_data(tmp_path: Path, postcode: str = "zip", country: str = "uk") -> object:
+    from fedlink.node.config import load_node_config
+    from fedlink.node.data import NodeData
+
+    (tmp_path / "people.csv").write_text("ref,forename,zip\n1,Amelia,2612\n2,Oliver,2615\n3,Zoe,NE1 4AB\n")
+    (tmp_path / "node.toml").write_text(NODE_TOML.format(postcode=postcode, country=country))
+    return NodeData(load_node_config(tmp_path / "node.toml"))
+
+
+def test_a_mapped_column_missing_from_the_data_names_node_table_column_and_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _node_data(tmp_path, postcode="postal_code")
+    message = str(caught.value)
+    for part in ("node 'registry'", "table 'people'", "column 'postal_code'", "tables.linkage.postcode"):
+        assert part in message, message
+
+
+@pytest.mark.parametrize(("country", "valid"), [("uk", 0.33), ("au", 0.67), ("any", 1.0)])
+def test_the_catalogue_shows_the_share_of_valid_values_per_concept(tmp_path: Path, country: str, valid: float) -> None:
+    data = _node_data(tmp_path, country=country)
+    try:
+        people = data.catalogue.table("people")  # type: ignore[attr-defined]
+        shares = {c.concept: c.valid for c in people.linkage}
+    finally:
+        data.close()  # type: ignore[attr-defined]
+    assert shares == {"first_name": 1.0, "postcode": valid}
