@@ -149,7 +149,7 @@ def test_em_recovers_the_parameters_of_a_known_mixture_without_labels() -> None:
     match_rows = draw(true_m, matches)
     patterns, counts = np.unique(pattern_ids(np.concatenate([match_rows, blocked])), return_counts=True)
     blocked_share = len(blocked) / len(non_matches)
-    chance = ChanceAgreement.from_random_pairs(pattern_ids(draw(true_u, 400_000)), sizes)
+    chance = ChanceAgreement.from_random_pairs(draw(true_u, 400_000), sizes)
     model = fit_model(spec, patterns, counts, chance, all_pairs * 1.0)
     assert model.expected_matches == pytest.approx(matches, rel=0.03)
     for c, size in enumerate(sizes):

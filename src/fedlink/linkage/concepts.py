@@ -56,6 +56,7 @@ from fedlink.linkage.normalise import (
     NOT_ALPHANUMERIC,
     NOT_LETTER,
     by_distinct_value,
+    distinct_codes,
     fold_text,
     formal_first_name,
     month_number,
@@ -410,10 +411,14 @@ def normalise_concepts(
     if "last_name" in concepts:
         (out["last"],) = by_distinct_value(concepts["last_name"], lambda text: (clean_last_name(text),), 1)
     if "first" in out and "last" in out:
-        pairs = [
-            f"{min(a, b)} {max(a, b)}" if a and b else "" for a, b in zip(out["first_formal"], out["last"], strict=True)
-        ]
-        out["name_pair"] = np.array(pairs, dtype=object)
+        formal, formal_codes = distinct_codes(out["first_formal"])
+        last, last_codes = distinct_codes(out["last"])
+        pairs, pair_codes = np.unique(formal_codes * len(last) + last_codes, return_inverse=True)
+        texts = []
+        for code in pairs.tolist():
+            a, b = str(formal[code // len(last)] or ""), str(last[code % len(last)] or "")
+            texts.append(f"{min(a, b)} {max(a, b)}" if a and b else "")
+        out["name_pair"] = np.array(texts, dtype=object)[pair_codes.reshape(-1)]
     if "dob" in concepts:
         pattern = _date_pattern(options.dob_format)
         parts = by_distinct_value(concepts["dob"], lambda text: parse_date(text, pattern), 6)

@@ -298,16 +298,24 @@ def _encode_slice(columns: _Columns, schema: LinkageSchema, keys: LinkKeys) -> E
     blooms = _bloom_filters(columns, schema, keys)
     match_keys = {}
     for tier, names in schema.match_keys:
+        missing = columns.any_missing(names)
+        if missing.all():  # a field no record has (a concept this node lacks): nothing to key
+            match_keys[tier] = np.zeros(columns.count, dtype=f"S{BLOCK}")
+            continue
         mac = columns.hmac_keyed if schema.match_key_mac == "hmac-sha256" else columns.keyed
         digests = mac(keys.match[tier], names).copy()
-        digests[columns.any_missing(names)] = 0
+        digests[missing] = 0
         match_keys[tier] = digests.view(f"S{BLOCK}").reshape(columns.count)
     block_keys = {}
     for name, names in schema.blocking:
+        missing = columns.any_missing(names)
+        if missing.all():
+            block_keys[name] = np.zeros(columns.count, dtype=np.uint64)
+            continue
         hashed = columns.keyed(keys.block[name], names)[:, :8].copy().view("<u8").reshape(columns.count)
         hashed = hashed.astype(np.uint64, copy=False)
         hashed[hashed == 0] = 1  # 0 means missing
-        hashed[columns.any_missing(names)] = 0
+        hashed[missing] = 0
         block_keys[name] = hashed
     return EncodedRecords(
         count=columns.count,

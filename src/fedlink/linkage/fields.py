@@ -65,7 +65,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Final
 
@@ -198,28 +198,66 @@ def _digests(values: np.ndarray | Sequence[str], key: bytes) -> np.ndarray:
     return tags[codes]
 
 
-def _bigrams(text: str) -> list[str]:
-    padded = f"_{text}_"
-    return [padded[i : i + 2] for i in range(len(padded) - 1)]
+_CODE_POINTS: Final = 0x110000  # token ids: a pair of code points, or a position and a code point
 
 
-def _positional(text: str) -> list[str]:
-    return [f"{i}{SEPARATOR}{char}" for i, char in enumerate(text) if char != "_"]
+def _code_points(texts: Sequence[str]) -> np.ndarray:
+    """The code points of each text, as rows of uint32 padded with 0."""
+    width = max((len(t) for t in texts), default=0)
+    if not texts or width == 0:
+        return np.zeros((len(texts), 0), dtype=np.uint32)
+    return np.array(texts, dtype=f"<U{width}").view(np.uint32).reshape(len(texts), width)
 
 
-def _tokenizer(comparison: Comparison) -> Callable[[str], list[str]]:
-    if comparison.kind == "name":
-        if comparison.nicknames:
-            return lambda v: sorted(set(_bigrams(v)) | set(_bigrams(formal_first_name(v)))) if v else []
-        return lambda v: _bigrams(v) if v else []
+def _bigram_ids(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Bigrams of each text padded with ``_`` on both sides (none for an empty text), as token ids:
+    (bigrams per text, ids in text order)."""
+    padded = [f"_{t}_" if t else "" for t in texts]
+    points = _code_points(padded).astype(np.int64)
+    if points.shape[1] < 2:
+        return np.zeros(len(texts), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    ids = points[:, :-1] * _CODE_POINTS + points[:, 1:]
+    valid = points[:, 1:] > 0
+    return valid.sum(axis=1), ids[valid]
+
+
+def _positional_ids(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each character but ``_`` tagged with its position, as token ids: (tokens per text, ids)."""
+    points = _code_points(texts).astype(np.int64)
+    ids = np.arange(points.shape[1], dtype=np.int64) * _CODE_POINTS + points
+    valid = (points > 0) & (points != ord("_"))
+    return valid.sum(axis=1), ids[valid]
+
+
+def _token_text(token: int, positional: bool) -> str:
+    """The text a token id stands for (what is keyed): two characters, or a position and a character."""
+    first, second = divmod(token, _CODE_POINTS)
+    return f"{first}{SEPARATOR}{chr(second)}" if positional else chr(first) + chr(second)
+
+
+def _tokens(values: list[str], comparison: Comparison) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(tokens per value, token ids in value order, whether tokens are positional) of one field: bigrams
+    of a name (with the formal name's where the comparison takes nicknames) or of a text (spaces as
+    ``_``), characters by position of a date's digits or of a code."""
     if comparison.kind in ("date", "code"):
-        return _positional
-    return lambda v: _bigrams(v.replace(" ", "_")) if v else []
+        return (*_positional_ids(values), True)
+    if comparison.kind == "name":
+        counts, ids = _bigram_ids(values)
+        if comparison.nicknames:
+            formal = [formal_first_name(v) if v else "" for v in values]
+            extra = [f if f != v else "" for f, v in zip(formal, values, strict=True)]
+            extra_counts, extra_ids = _bigram_ids(extra)
+            owner = np.concatenate(
+                [np.repeat(np.arange(len(values)), counts), np.repeat(np.arange(len(values)), extra_counts)]
+            )
+            order = np.argsort(owner, kind="stable")
+            return counts + extra_counts, np.concatenate([ids, extra_ids])[order], False
+        return counts, ids, False
+    return (*_bigram_ids([v.replace(" ", "_") for v in values]), False)
 
 
 def _filters(
     values: np.ndarray,
-    tokens_of: Callable[[str], list[str]],
     comparison: Comparison,
     key: bytes,
     spec: LinkageSpec,
@@ -229,21 +267,16 @@ def _filters(
     then flipped per record."""
     distinct, codes = distinct_codes(values)
     build_bits = comparison.bits * (2 if spec.xor_fold else 1)
-    vocabulary: dict[str, int] = {}
-    counts = np.zeros(len(distinct), dtype=np.int64)
-    flat: list[int] = []
-    for i, value in enumerate(distinct):
-        grams = tokens_of(str(value or ""))
-        counts[i] = len(grams)
-        flat.extend(vocabulary.setdefault(gram, len(vocabulary)) for gram in grams)
+    counts, ids, positional = _tokens([str(v or "") for v in distinct], comparison)
     rows = np.zeros((len(distinct), build_bits // 64), dtype=np.uint64)
-    if vocabulary:
-        blocks = value_blocks(list(vocabulary))
+    if len(ids):
+        vocabulary, flat = np.unique(ids, return_inverse=True)
+        blocks = value_blocks([_token_text(int(t), positional) for t in vocabulary.tolist()])
         tags = aes_cmac(key[:MAC_KEY_BYTES], [np.zeros_like(blocks), blocks])
         per_token = token_rows(tags, comparison.bits_per_token, key[MAC_KEY_BYTES:], build_bits)
         nonempty = counts > 0
         starts = (np.cumsum(counts) - counts)[nonempty]
-        rows[nonempty] = np.bitwise_or.reduceat(per_token[np.asarray(flat, dtype=np.int64)], starts, axis=0)
+        rows[nonempty] = np.bitwise_or.reduceat(per_token[flat.reshape(-1)], starts, axis=0)
     if spec.xor_fold:
         half = comparison.bits // 64
         rows = rows[:, :half] ^ rows[:, half:]
@@ -276,12 +309,10 @@ def _comparison_encodings(
     if comparison.has_filter:
         key = keys.compare[comparison.key_name]
         source = fields["dob_digits"] if comparison.kind == "date" else fields[comparison.field]
-        out[f"{name}/filter"], out[f"{name}/pop"] = _filters(source, _tokenizer(comparison), comparison, key, spec, rng)
+        out[f"{name}/filter"], out[f"{name}/pop"] = _filters(source, comparison, key, spec, rng)
         if comparison.middle:
             first_middle = np.array([v.split(" ", 1)[0] for v in fields["middle"]], dtype=object)
-            out[f"{name}/middle"], out[f"{name}/middle_pop"] = _filters(
-                first_middle, _tokenizer(comparison), comparison, key, spec, rng
-            )
+            out[f"{name}/middle"], out[f"{name}/middle_pop"] = _filters(first_middle, comparison, key, spec, rng)
     if comparison.has_digest:
         key = keys.digest[name]
         out[f"{name}/digest"] = _digests(fields["dob" if comparison.kind == "date" else comparison.field], key)

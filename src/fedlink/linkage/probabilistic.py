@@ -82,6 +82,42 @@ Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
+class ChanceTally:
+    """Counts over random pairs from which chance agreement is estimated; tallies of several pairs of
+    parties add up to the tally of all of them."""
+
+    marginals: tuple[np.ndarray, ...]
+    #: Per dependence group, pairs per cell of the group's joint levels, and pairs per presence pattern.
+    cells: tuple[np.ndarray, ...]
+    presence: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(cls, levels: np.ndarray, sizes: Sequence[int], groups: Sequence[Sequence[int]]) -> ChanceTally:
+        marginals = []
+        for c, size in enumerate(sizes):
+            column = levels[:, c]
+            marginals.append(np.bincount(column[column > 0] - 1, minlength=size)[:size].astype(float))
+        cells, presence = [], []
+        for group in groups:
+            width = len(group)
+            cell = np.zeros(len(levels), dtype=np.int64)
+            present = np.zeros(len(levels), dtype=np.int64)
+            for j, c in enumerate(group):
+                cell |= levels[:, c].astype(np.int64) << (LEVEL_BITS * j)
+                present |= (levels[:, c] > 0).astype(np.int64) << j
+            cells.append(np.bincount(cell, minlength=1 << (LEVEL_BITS * width)).astype(float))
+            presence.append(np.bincount(present, minlength=1 << width).astype(float))
+        return cls(tuple(marginals), tuple(cells), tuple(presence))
+
+    def __add__(self, other: ChanceTally) -> ChanceTally:
+        return ChanceTally(
+            tuple(a + b for a, b in zip(self.marginals, other.marginals, strict=True)),
+            tuple(a + b for a, b in zip(self.cells, other.cells, strict=True)),
+            tuple(a + b for a, b in zip(self.presence, other.presence, strict=True)),
+        )
+
+
+@dataclass(frozen=True)
 class ChanceAgreement:
     """u: how often random pairs of records (almost all non-matches) reach each level, per comparison,
     corrected within groups of comparisons that agree together by chance more (or less) often than
@@ -97,32 +133,27 @@ class ChanceAgreement:
 
     @classmethod
     def from_random_pairs(
-        cls, patterns: np.ndarray, sizes: Sequence[int], groups: Sequence[Sequence[int]] = ()
+        cls, levels: np.ndarray, sizes: Sequence[int], groups: Sequence[Sequence[int]] = ()
     ) -> ChanceAgreement:
-        gamma = _levels_of_patterns(patterns, len(sizes))
-        marginals = []
-        for c, size in enumerate(sizes):
-            present = gamma[:, c] > 0
-            marginals.append(_normalised(np.bincount(gamma[present, c] - 1, minlength=size)[:size].astype(float)))
+        """From the comparison levels of random pairs of records ((pairs, comparisons) uint8)."""
+        return cls.from_tally(ChanceTally.of(levels, sizes, groups), sizes, groups)
+
+    @classmethod
+    def from_tally(cls, tally: ChanceTally, sizes: Sequence[int], groups: Sequence[Sequence[int]]) -> ChanceAgreement:
+        marginals = [_normalised(counts) for counts in tally.marginals]
         ratios = []
-        for group in groups:
+        for group, observed, pairs_with in zip(groups, tally.cells, tally.presence, strict=True):
             width = len(group)
             cells = np.arange(1 << (LEVEL_BITS * width))
             cell_levels = np.stack([(cells >> (LEVEL_BITS * j)) & 7 for j in range(width)], axis=1)
-            observed_cell = np.zeros(len(patterns), dtype=np.int64)
-            for j, c in enumerate(group):
-                observed_cell |= gamma[:, c].astype(np.int64) << (LEVEL_BITS * j)
-            observed = np.bincount(observed_cell, minlength=len(cells)).astype(float)
-            presence = (cell_levels > 0) @ (1 << np.arange(width))
-            pairs_with = np.bincount((gamma[:, list(group)] > 0) @ (1 << np.arange(width)), minlength=1 << width)
+            presence = (cell_levels > 0).astype(np.int64) @ (1 << np.arange(width))
             expected = pairs_with[presence].astype(float)
             for j, c in enumerate(group):
                 level = cell_levels[:, j]
                 valid = level <= sizes[c]
                 factor = np.where(level > 0, marginals[c][np.clip(level - 1, 0, sizes[c] - 1)], 1.0)
                 expected *= np.where(valid, factor, 0.0)
-            ratio = (observed + RATIO_PSEUDO_COUNT) / (expected + RATIO_PSEUDO_COUNT)
-            ratios.append(np.log2(ratio))
+            ratios.append(np.log2((observed + RATIO_PSEUDO_COUNT) / (expected + RATIO_PSEUDO_COUNT)))
         return cls(tuple(marginals), tuple(tuple(g) for g in groups), tuple(ratios))
 
     def log2_u(self, patterns: np.ndarray) -> np.ndarray:
@@ -246,6 +277,8 @@ def _levels_of(
         level[(da == 0) | (db == 0)] = 0
         return level
     present = (_field(a, f"{name}/pop")[ia] > 0) & (_field(b, f"{name}/pop")[ib] > 0)
+    if not present.any():  # a concept no node maps, or the other side lacks
+        return np.zeros(len(ia), dtype=np.uint8)
     similarity = _similarity(a, f"{name}/filter", b, f"{name}/filter", ia, ib, workers)
     if kind in ("name", "text"):
         level = _graded(similarity, comparison.thresholds, 1)
@@ -286,6 +319,9 @@ def _name_fallbacks(
     if comparison.middle:
         checks.append((names.index("middle") + 1, f"{name}/filter", f"{name}/middle"))
     for value, own, other in checks:
+        other_pop = _pop_name(other)
+        if not (_field(a, other_pop).any() or _field(b, other_pop).any()):
+            continue  # nobody has that field (no middle names anywhere)
         open_ = np.flatnonzero(level == 0)
         if len(open_) == 0:
             break
@@ -457,6 +493,16 @@ def _pair_patterns(
     )
 
 
+def _row_hashes(rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row of words (equal rows, equal hashes; others collide with probability
+    about 2^-64 a pair), so equal filters can be counted by sorting numbers instead of rows."""
+    mixed = np.zeros(len(rows), dtype=np.uint64)
+    for w in range(rows.shape[1]):
+        mixed ^= rows[:, w] * np.uint64(0x9E3779B97F4A7C15 + 2 * w)
+        mixed = (mixed << np.uint64(31)) | (mixed >> np.uint64(33))
+    return mixed
+
+
 def _term_frequencies(parties: Sequence[EncodedRecords], spec: LinkageSpec) -> dict[int, list[np.ndarray]]:
     """Per name comparison with term frequencies, each party's records' share of all records holding
     their value (equal values have equal filters: without bit flipping, the unit sees that anyway).
@@ -471,9 +517,7 @@ def _term_frequencies(parties: Sequence[EncodedRecords], spec: LinkageSpec) -> d
     for c, comparison in enumerate(spec.comparisons):
         if comparison.kind != "name" or not comparison.term_frequency:
             continue
-        rows = [np.ascontiguousarray(p.fields[f"{comparison.name}/filter"]) for p in parties]
-        width = rows[0].shape[1] * 8
-        stacked = np.concatenate(rows).view(f"V{width}").reshape(-1)
+        stacked = _row_hashes(np.concatenate([p.fields[f"{comparison.name}/filter"] for p in parties]))
         _, inverse, counts = np.unique(stacked, return_inverse=True, return_counts=True)
         present = np.concatenate([p.fields[f"{comparison.name}/pop"] > 0 for p in parties])
         total = max(int(present.sum()), 1)
@@ -514,19 +558,27 @@ def link_probabilistic(
     rng = np.random.default_rng(20170095)  # a fixed seed: the same encodings give the same spine
     sizes = [len(c.levels) for c in spec.comparisons]
     groups = spec.dependence_groups
-    chance_patterns = []
+    tallies = []
+    sampled = 0
     for pair in pairs:
         ra, rb = _random_pairs(parties[pair.p].count, parties[pair.q].count, random_pairs, rng)
-        chance_patterns.append(pattern_ids(comparison_levels(spec, parties[pair.p], parties[pair.q], ra, rb, workers)))
-    sampled = sum(len(x) for x in chance_patterns)
+        levels = comparison_levels(spec, parties[pair.p], parties[pair.q], ra, rb, workers)
+        tallies.append(ChanceTally.of(levels, sizes, groups))
+        sampled += len(ra)
     cross_pairs = [float(parties[pair.p].count * parties[pair.q].count) for pair in pairs]
-    distinct, counts = np.unique(np.concatenate([pair.patterns for pair in pairs]), return_counts=True)
-    pooled_chance = ChanceAgreement.from_random_pairs(np.concatenate(chance_patterns), sizes, groups)
-    pooled = fit_model(spec, distinct, counts, pooled_chance, sum(cross_pairs))
+    distinct_of = [np.unique(pair.patterns, return_inverse=True, return_counts=True) for pair in pairs]
+    merged = np.concatenate([own for own, _, _ in distinct_of])
+    distinct, where = np.unique(merged, return_inverse=True)
+    counts = np.bincount(where.reshape(-1), np.concatenate([c for _, _, c in distinct_of]).astype(float))
+    pooled_tally = tallies[0]
+    for tally in tallies[1:]:
+        pooled_tally = pooled_tally + tally
+    pooled = fit_model(
+        spec, distinct, counts, ChanceAgreement.from_tally(pooled_tally, sizes, groups), sum(cross_pairs)
+    )
     models = {}
-    for pair, random_patterns, cross in zip(pairs, chance_patterns, cross_pairs, strict=True):
-        own, own_counts = np.unique(pair.patterns, return_counts=True)
-        chance = ChanceAgreement.from_random_pairs(random_patterns, sizes, groups)
+    for pair, tally, cross, (own, _, own_counts) in zip(pairs, tallies, cross_pairs, distinct_of, strict=True):
+        chance = ChanceAgreement.from_tally(tally, sizes, groups)
         models[(pair.p, pair.q)] = fit_model(spec, own, own_counts, chance, cross, anchor=pooled)
     seconds["fit"] = time.perf_counter() - mark
 
@@ -534,10 +586,9 @@ def link_probabilistic(
     say("scoring, assigning and clustering")
     frequencies = _term_frequencies(parties, spec)
     scored: list[ScoredPairs] = []
-    for pair in pairs:
+    for pair, (own, inverse, _) in zip(pairs, distinct_of, strict=True):
         model = models[(pair.p, pair.q)]
-        own = np.unique(pair.patterns)
-        weight = model.match_weight(own)[np.searchsorted(own, pair.patterns)]
+        weight = model.match_weight(own)[inverse.reshape(-1)]
         for c, per_party in frequencies.items():
             exact = ((pair.patterns >> (LEVEL_BITS * c)) & 7) == 1
             value = np.maximum(per_party[pair.p][pair.ia[exact]], per_party[pair.q][pair.ib[exact]])
