@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 import fedlink
 
@@ -135,7 +136,7 @@ def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:
         for name in ("node", "table", "concept", "columns", "valid"):
             concepts.add_column(name, justify="right" if name == "valid" else "left")
         for node, name, concept, columns, valid in linkage:
-            concepts.add_row(node, name, concept, columns, "—" if valid is None else f"{valid:.0%}")
+            concepts.add_row(node, name, concept, Text(columns), "—" if valid is None else f"{valid:.0%}")
         console.print(concepts)
     for warning in warnings:
         console.print(warning, markup=False, highlight=False)
@@ -169,14 +170,20 @@ def link_report(console: Console, report: Any, fmt: str) -> None:
         title=f"link spine built for project {report.project}"
         + (" (PSI: exact match keys, no shared secret)" if report.mode == "psi" else ""),
         title_justify="left",
-        caption=f"nodes: {', '.join(report.nodes)}; matching: {report.matching or 'clk'}; linkage spec "
-        f"{report.spec_hash[:12]}; exact counts, scores and the model stay with the linkage unit",
+        caption=f"nodes: {', '.join(report.nodes)}; exact overlap counts are seen by the linkage unit only",
     )
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     for stage, seconds in report.stages.items():
         table.add_row(stage, f"{seconds:.2f}")
     console.print(table)
+    if report.spec_hash:
+        console.print(
+            f"matching: {report.matching}; linkage spec sha256 {report.spec_hash[:16]}...; scores and the fitted "
+            "model stay with the linkage unit",
+            markup=False,
+            highlight=False,
+        )
     for warning in report.warnings:
         console.print(f"warning: {warning}", markup=False, highlight=False)
     match_rates(console, report.quality, report.quality_refused)
@@ -200,7 +207,7 @@ def estimated_quality(console: Console, estimated: Any) -> None:
 
     def row(scope: str, counts: Any) -> None:
         table.add_row(
-            scope,
+            Text(scope),  # subgroup labels are a node's own values: never markup
             f"{counts.links:,.0f}",
             f"{counts.false_links:,.1f}",
             f"{counts.missed_links:,.1f}",
@@ -254,7 +261,7 @@ def linkage_run(console: Console, report: dict[str, Any], fmt: str) -> None:
         inputs.add_column(column, justify="right" if column in ("rows", "people") else "left")
     for number, described in enumerate(report["inputs"]):
         inputs.add_row(
-            f"{number}: {described['file']}",
+            Text(f"{number}: {described['file']}"),
             f"{described['rows']:,}",
             f"{described['people']:,}",
             ", ".join(f"{c} {share:.0%}" for c, share in described["valid"].items()),
