@@ -1,7 +1,7 @@
 """FEBRL4 (public data we did not generate) linked through the federation path as a new user would:
 two nodes configured with the data's own column names (given_name, surname, date_of_birth, suburb...,
-an Australian postcode, no sex, the social security number left unmapped), the default linkage spec,
-`link`, no labels. The spine matches the ground truth the record ids encode, and the linkage unit's own
+an Australian postcode, no sex; the social security number mapped but not approved by one node's
+operator, so not used), the default linkage spec, `link`, no labels. The spine matches the ground truth the record ids encode, and the linkage unit's own
 estimate of its quality is close to it."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ NODES = {"febrl_a": "dataset4a.csv", "febrl_b": "dataset4b.csv"}
 PROJECT = "febrl4"
 
 NODE_TOML = """
-approvals = [{{ project = "{project}", epsilon = 10.0 }}]
+approvals = [{{ project = "{project}", epsilon = 10.0{concepts} }}]
 
 [node]
 name = "{name}"
@@ -47,7 +47,7 @@ transparency_register = "{state}/{name}/register.jsonl"
 [[tables]]
 name = "people"
 source = "{source}"
-description = "FEBRL4 records as published (soc_sec_id is not mapped: this node does not share it)"
+description = "FEBRL4 records as published"
 columns = []
 
 [tables.linkage]
@@ -60,7 +60,14 @@ postcode_country = "au"
 address = ["street_number", "address_1", "address_2"]
 locality = "suburb"
 region = "state"
+"id:soc_sec_id" = "soc_sec_id"
 """
+# both nodes map the social security number; only febrl_a's operator approves it for the project, so
+# febrl_b encodes it as missing and no pair is compared on it
+APPROVED = {
+    "febrl_a": "",
+    "febrl_b": ', linkage_concepts = ["first_name", "last_name", "dob", "postcode", "address", "locality", "region"]',
+}
 
 PROJECTS_TOML = f"""
 [[projects]]
@@ -105,6 +112,7 @@ def febrl_link(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             path.write_text(
                 NODE_TOML.format(
                     project=PROJECT,
+                    concepts=APPROVED[name],
                     name=name,
                     address=f"127.0.0.1:{coordinator.port}",
                     pki=pki_dir,
@@ -166,7 +174,8 @@ def test_the_linkage_units_estimate_is_honest(febrl_link: dict) -> None:
 def test_the_report_says_what_each_node_lacks_and_releases_quality_with_dp(febrl_link: dict) -> None:
     report = febrl_link["report"]
     assert report.matching == "probabilistic" and len(report.spec_hash) == 64
-    assert any("encodes no middle_names, sex" in warning for warning in report.warnings), report.warnings
+    assert any("'febrl_a' encodes no middle_names, sex" in warning for warning in report.warnings), report.warnings
+    assert any("'febrl_b' encodes no middle_names, sex, id:soc_sec_id" in w for w in report.warnings), report.warnings
     estimated = report.quality.estimated
     assert estimated is not None and estimated.epsilon == pytest.approx(0.05)
     assert [(p.a, p.b) for p in estimated.pairs] == [("febrl_a", "febrl_b")]
@@ -177,6 +186,15 @@ def test_the_report_says_what_each_node_lacks_and_releases_quality_with_dp(febrl
 def test_the_catalogue_shows_each_concept_valid_share(febrl_link: dict) -> None:
     people = febrl_link["catalogue"].node("febrl_a").table("people")
     shares = {concept.concept: concept.valid for concept in people.linkage}
-    assert set(shares) == {"first_name", "last_name", "dob", "postcode", "address", "locality", "region"}
+    assert set(shares) == {
+        "first_name",
+        "last_name",
+        "dob",
+        "postcode",
+        "address",
+        "locality",
+        "region",
+        "id:soc_sec_id",
+    }
     # Australian postcodes read as Australian: all valid (read as UK postcodes, none would be)
     assert shares["postcode"] == 1.0 and shares["dob"] >= 0.95

@@ -225,14 +225,14 @@ class Coordinator:
         project.check(analyst, [])
         nodes = sorted({dataset.split(".", 1)[0] for dataset in project.datasets})
         live = self._sessions_for(nodes)
-        # wildcards (every id: concept...) resolve to the concepts the project's nodes map in their catalogues
-        mapped = {
-            concept.concept
-            for status in self.catalogue().nodes
-            if status.node in nodes and status.catalogue is not None
-            for table in status.catalogue.tables
-            for concept in table.linkage
-        }
+        # wildcards (every id: concept...) resolve to the concepts at least two of the project's nodes map
+        holders: dict[str, set[str]] = {}
+        for status in self.catalogue().nodes:
+            if status.node in nodes and status.catalogue is not None:
+                for table in status.catalogue.tables:
+                    for concept in table.linkage:
+                        holders.setdefault(concept.concept, set()).add(status.node)
+        mapped = {concept for concept, held in holders.items() if len(held) >= 2}
         spec = self.projects.spec(project).resolve(mapped)
         # linkage moves whole encodings: allow it far longer than a query
         timeout = max(self.config.coordinator.query_timeout_s, 600.0)
