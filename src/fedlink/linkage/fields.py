@@ -264,8 +264,11 @@ def _filters(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(filter of each record, its popcount) for one field: built once per distinct value, folded,
-    then flipped per record."""
+    then flipped per record (a missing value stays an empty filter). A field no record has gets filters
+    of no bits, which cost nothing to send and compare as missing."""
     distinct, codes = distinct_codes(values)
+    if all(not v for v in distinct):
+        return np.zeros((len(codes), 0), dtype=np.uint64), np.zeros(len(codes), dtype=np.int32)
     build_bits = comparison.bits * (2 if spec.xor_fold else 1)
     counts, ids, positional = _tokens([str(v or "") for v in distinct], comparison)
     rows = np.zeros((len(distinct), build_bits // 64), dtype=np.uint64)
@@ -282,7 +285,8 @@ def _filters(
         rows = rows[:, :half] ^ rows[:, half:]
     filters = rows[codes]
     if spec.flip_probability > 0:
-        filters ^= _flips(len(filters), comparison.bits, spec.flip_probability, rng)
+        present = np.flatnonzero(counts[codes] > 0)
+        filters[present] ^= _flips(len(present), comparison.bits, spec.flip_probability, rng)
     return np.ascontiguousarray(filters), np.bitwise_count(filters).sum(axis=1, dtype=np.int32)
 
 

@@ -56,6 +56,7 @@ from fedlink.linkage.match import (
     FUZZY,
     PairLinks,
     StageSeconds,
+    block_join,
     candidate_chunks,
     dice,
     exact_tier,
@@ -76,6 +77,10 @@ EM_ITERATIONS: Final = 200
 EM_TOLERANCE: Final = 1e-7
 #: Random pairs' worth of evidence that a dependence ratio is 1 (no correlation), see ChanceAgreement.
 RATIO_PSEUDO_COUNT: Final = 5.0
+#: Pairs of one node's records sharing an address or postcode from which household agreement is
+#: estimated, and the largest group of records counted as one household.
+WITHIN_PAIRS: Final = 400_000
+HOUSEHOLD_MAX: Final = 100
 #: How many pairs' worth of evidence the model of all pairs of parties weighs in one pair's model.
 ANCHOR_STRENGTH: Final = 50.0
 Progress = Callable[[str], None]
@@ -130,6 +135,15 @@ class ChanceAgreement:
     groups: tuple[tuple[int, ...], ...] = ()
     #: Per group, log2 of the ratio of each cell (indexed by the group's levels, LEVEL_BITS each).
     log2_ratios: tuple[np.ndarray, ...] = ()
+    #: The household group (comparison indices), and per household comparison (in order of precedence)
+    #: log2 of P(cell | that comparison agrees exactly, non-match) / P(cell | non-match).
+    household_group: tuple[int, ...] = ()
+    households: tuple[tuple[int, np.ndarray], ...] = ()
+
+    def with_households(
+        self, group: tuple[int, ...], households: tuple[tuple[int, np.ndarray], ...]
+    ) -> ChanceAgreement:
+        return ChanceAgreement(self.marginals, self.groups, self.log2_ratios, group, households)
 
     @classmethod
     def from_random_pairs(
@@ -164,11 +178,23 @@ class ChanceAgreement:
             present = gamma[:, c] > 0
             out += np.where(present, np.log2(marginal[np.maximum(gamma[:, c] - 1, 0)]), 0.0)
         for group, table in zip(self.groups, self.log2_ratios, strict=True):
-            cell = np.zeros(len(patterns), dtype=np.int64)
-            for j, c in enumerate(group):
-                cell |= gamma[:, c].astype(np.int64) << (LEVEL_BITS * j)
-            out += table[cell]
+            out += table[_cells(gamma, group)]
+        if self.households:
+            cell = _cells(gamma, self.household_group)
+            done = np.zeros(len(patterns), dtype=bool)
+            for given, table in self.households:
+                agree = (gamma[:, given] == 1) & ~done
+                out[agree] += table[cell[agree]]
+                done |= agree
         return out
+
+
+def _cells(gamma: np.ndarray, group: Sequence[int]) -> np.ndarray:
+    """The joint levels of ``group`` of each row of ``gamma`` as one index (LEVEL_BITS a comparison)."""
+    cell = np.zeros(len(gamma), dtype=np.int64)
+    for j, c in enumerate(group):
+        cell |= gamma[:, c].astype(np.int64) << (LEVEL_BITS * j)
+    return cell
 
 
 @dataclass(frozen=True)
@@ -244,9 +270,13 @@ def _field(records: EncodedRecords, name: str) -> np.ndarray:
 def _similarity(
     a: EncodedRecords, a_part: str, b: EncodedRecords, b_part: str, ia: np.ndarray, ib: np.ndarray, workers: int | None
 ) -> np.ndarray:
-    """Dice of filter ``a_part`` of a's records with filter ``b_part`` of b's ("x/filter", "x/middle")."""
+    """Dice of filter ``a_part`` of a's records with filter ``b_part`` of b's ("x/filter", "x/middle");
+    0 where a side has no such field at all (filters of no bits)."""
+    a_filter, b_filter = _field(a, a_part), _field(b, b_part)
+    if a_filter.shape[1] == 0 or b_filter.shape[1] == 0:
+        return np.zeros(len(ia), dtype=np.float32)
     a_pop, b_pop = _field(a, _pop_name(a_part)), _field(b, _pop_name(b_part))
-    return dice(_field(a, a_part), a_pop, _field(b, b_part), b_pop, ia, ib, workers=workers)
+    return dice(a_filter, a_pop, b_filter, b_pop, ia, ib, workers=workers)
 
 
 def _pop_name(part: str) -> str:
@@ -450,6 +480,79 @@ class _PartyPair:
     candidates: int
 
 
+def _household_keys(records: EncodedRecords, comparison: Comparison) -> np.ndarray:
+    """A key per record equal exactly where the comparison's values are equal (its keyed digest, or a
+    hash of its filter), 0 where missing."""
+    if comparison.has_digest:
+        return _field(records, f"{comparison.name}/digest")
+    keys = _row_hashes(_field(records, f"{comparison.name}/filter"))
+    present = _field(records, f"{comparison.name}/pop") > 0
+    keys[present & (keys == 0)] = 1
+    keys[~present] = 0
+    return keys
+
+
+def _household_ratios(
+    spec: LinkageSpec,
+    parties: Sequence[EncodedRecords],
+    random_tally: ChanceTally,
+    rng: np.random.Generator,
+    workers: int | None,
+) -> tuple[tuple[int, ...], tuple[tuple[int, np.ndarray], ...]]:
+    """Per household comparison, log2 P(group cell | it agrees exactly, non-match) / P(group cell |
+    non-match): the first from pairs of different people of one node that share its value (parties
+    list each person once; pairs agreeing on the date of birth, possible duplicates, are left out),
+    the second from the random pairs; shrunk towards 1 by :data:`RATIO_PSEUDO_COUNT` pairs."""
+    found = spec.household_indices
+    if found is None or flip_probability_hides_equality(spec):
+        return (), ()
+    given, group_index = found
+    group = spec.dependence_groups[group_index]
+    random_cells = random_tally.cells[group_index]
+    random_share = random_cells / max(random_cells.sum(), 1.0)
+    date = next((i for i, c in enumerate(spec.comparisons) if c.kind == "date"), None)
+    tables = []
+    for h in given:
+        comparison = spec.comparisons[h]
+        observed = np.zeros_like(random_cells)
+        for party in parties:
+            ia, ib = _within_pairs(_household_keys(party, comparison), WITHIN_PAIRS // len(parties), rng)
+            if len(ia) == 0:
+                continue
+            levels = np.zeros((len(ia), len(spec.comparisons)), dtype=np.uint8)
+            for c in (*group, *((date,) if date is not None else ())):
+                levels[:, c] = _levels_of(spec.comparisons[c], party, party, ia, ib, workers)
+            kept = levels[:, date] != 1 if date is not None else np.ones(len(ia), dtype=bool)
+            observed += np.bincount(_cells(levels[kept], group), minlength=len(observed))
+        if observed.sum() == 0:
+            continue
+        expected = observed.sum() * random_share
+        tables.append((h, np.log2((observed + RATIO_PSEUDO_COUNT) / (expected + RATIO_PSEUDO_COUNT))))
+    return group, tuple(tables)
+
+
+def flip_probability_hides_equality(spec: LinkageSpec) -> bool:
+    """With bit flipping equal values have different filters, so households cannot be found by them."""
+    return spec.flip_probability > 0
+
+
+def _within_pairs(keys: np.ndarray, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i < j) of records of one party sharing a non-zero key, in blocks of at most
+    :data:`HOUSEHOLD_MAX` records (a hall of residence is no household), at most ``budget`` of them."""
+    ia, ib = block_join(keys, keys, max_block=HOUSEHOLD_MAX * HOUSEHOLD_MAX)
+    ordered = ia < ib
+    ia, ib = ia[ordered], ib[ordered]
+    if len(ia) > budget:
+        chosen = np.sort(rng.choice(len(ia), budget, replace=False))
+        ia, ib = ia[chosen], ib[chosen]
+    return ia, ib
+
+
+def _index_type(count: int) -> type[np.signedinteger]:
+    """32-bit record indices where they fit: candidate pairs are the bulk of linkage's memory."""
+    return np.int32 if count < 2**31 else np.int64
+
+
 def _random_pairs(count_a: int, count_b: int, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     total = count_a * count_b
     if total <= budget:
@@ -485,8 +588,8 @@ def _pair_patterns(
     return _PartyPair(
         p=p,
         q=q,
-        ia=np.concatenate(parts_a).astype(np.int64),
-        ib=np.concatenate(parts_b).astype(np.int64),
+        ia=np.concatenate(parts_a).astype(_index_type(a.count)),
+        ib=np.concatenate(parts_b).astype(_index_type(b.count)),
         via=np.concatenate([via, np.full(candidates, FUZZY, dtype=np.int8)]),
         patterns=np.concatenate(parts_pattern),
         candidates=candidates,
@@ -517,7 +620,7 @@ def _term_frequencies(parties: Sequence[EncodedRecords], spec: LinkageSpec) -> d
     for c, comparison in enumerate(spec.comparisons):
         if comparison.kind != "name" or not comparison.term_frequency:
             continue
-        stacked = _row_hashes(np.concatenate([p.fields[f"{comparison.name}/filter"] for p in parties]))
+        stacked = np.concatenate([_row_hashes(p.fields[f"{comparison.name}/filter"]) for p in parties])
         _, inverse, counts = np.unique(stacked, return_inverse=True, return_counts=True)
         present = np.concatenate([p.fields[f"{comparison.name}/pop"] > 0 for p in parties])
         total = max(int(present.sum()), 1)
@@ -573,12 +676,12 @@ def link_probabilistic(
     pooled_tally = tallies[0]
     for tally in tallies[1:]:
         pooled_tally = pooled_tally + tally
-    pooled = fit_model(
-        spec, distinct, counts, ChanceAgreement.from_tally(pooled_tally, sizes, groups), sum(cross_pairs)
-    )
+    household_group, households = _household_ratios(spec, parties, pooled_tally, rng, workers)
+    pooled_chance = ChanceAgreement.from_tally(pooled_tally, sizes, groups).with_households(household_group, households)
+    pooled = fit_model(spec, distinct, counts, pooled_chance, sum(cross_pairs))
     models = {}
     for pair, tally, cross, (own, _, own_counts) in zip(pairs, tallies, cross_pairs, distinct_of, strict=True):
-        chance = ChanceAgreement.from_tally(tally, sizes, groups)
+        chance = ChanceAgreement.from_tally(tally, sizes, groups).with_households(household_group, households)
         models[(pair.p, pair.q)] = fit_model(spec, own, own_counts, chance, cross, anchor=pooled)
     seconds["fit"] = time.perf_counter() - mark
 

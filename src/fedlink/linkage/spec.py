@@ -50,6 +50,12 @@ Keys of the document:
     Groups of comparisons (at most four each) that agree together by chance more often than their
     product says, whose chance agreement is estimated jointly: names (families, names of one origin)
     and sex; postcode, address, locality and region (one place).
+``household``
+    ``{"given": [...], "group": [...]}``: records of one household agree on its address or postcode
+    (``given``) and, far more often than strangers, on their surname (``group``, a dependence group):
+    for a pair agreeing exactly on a ``given`` comparison, the chance agreement of ``group`` is taken
+    from pairs of different people of one node that agree on it (siblings, parents and children), so a
+    sibling does not pass for a match.
 ``subgroups``
     Subgroups to estimate linkage quality by: ``sex``, ``birth_decade``, or the name of a node-held
     column mapped as ``subgroup:NAME``.
@@ -125,6 +131,11 @@ class _EncodingDoc(Frozen):
     flip_probability: float = Field(default=0.0, ge=0.0, lt=0.5)
 
 
+class _HouseholdDoc(Frozen):
+    given: tuple[str, ...] = Field(min_length=1)
+    group: tuple[str, ...] = Field(min_length=1)
+
+
 class _SpecDoc(Frozen):
     version: int
     description: str = ""
@@ -138,6 +149,7 @@ class _SpecDoc(Frozen):
     threshold: Literal["expected-f1"] | float = "expected-f1"
     subgroups: tuple[str, ...] = ()
     dependence: tuple[tuple[str, ...], ...] = ()
+    household: _HouseholdDoc | None = None
     clk: dict[str, Any] | None = None
 
 
@@ -206,6 +218,9 @@ class LinkageSpec:
     subgroups: tuple[str, ...]
     #: Groups of comparison names whose chance agreement is modelled jointly.
     dependence: tuple[tuple[str, ...], ...]
+    #: (comparisons that identify a household, the dependence group whose chance agreement is taken
+    #: from pairs of one household where one of them agrees exactly), or None.
+    household: tuple[tuple[str, ...], tuple[str, ...]] | None
     #: The record-level Bloom filter configuration (matching "clk"), as a linkage schema.
     clk: LinkageSchema | None
     #: The document this spec was parsed from (what is sent to nodes and hashed).
@@ -266,6 +281,19 @@ class LinkageSpec:
         index = {c.name: i for i, c in enumerate(self.comparisons)}
         groups = (tuple(index[n] for n in group if n in index) for group in self.dependence)
         return tuple(g for g in groups if len(g) >= 2)
+
+    @property
+    def household_indices(self) -> tuple[tuple[int, ...], int] | None:
+        """(indices of the household comparisons present, index of its group among the dependence
+        groups), or None where the spec names none or they are not compared."""
+        if self.household is None:
+            return None
+        index = {c.name: i for i, c in enumerate(self.comparisons)}
+        given = tuple(index[n] for n in self.household[0] if n in index)
+        group = tuple(index[n] for n in self.household[1] if n in index)
+        if not given or group not in self.dependence_groups:
+            return None
+        return given, self.dependence_groups.index(group)
 
     def comparison(self, name: str) -> Comparison:
         return next(c for c in self.comparisons if c.name == name)
@@ -437,6 +465,7 @@ def parse_spec(document: object, where: str) -> LinkageSpec:
         threshold=threshold,
         subgroups=doc.subgroups,
         dependence=doc.dependence,
+        household=(doc.household.given, doc.household.group) if doc.household else None,
         clk=clk,
         document=doc.model_dump(mode="json", exclude_defaults=False),
     )
