@@ -1,8 +1,8 @@
 """FEBRL4 (public data we did not generate) linked through the federation path as a new user would:
 two nodes configured with the data's own column names (given_name, surname, date_of_birth, suburb...,
 an Australian postcode, no sex; the social security number mapped but not approved by one node's
-operator, so not used), the default linkage spec, `link`, no labels. The spine matches the ground truth the record ids encode, and the linkage unit's own
-estimate of its quality is close to it."""
+operator, so not used), the default linkage spec, `link`, no labels. The spine matches the ground
+truth the record ids encode, and the linkage unit's own estimate of its quality is close to it."""
 
 from __future__ import annotations
 
