@@ -127,6 +127,25 @@ def test_comparison_levels(a: dict, b: dict, expected: dict[str, str]) -> None:
     assert {name: found[name] for name in expected} == expected
 
 
+def test_the_compiled_level_kernel_gives_the_numpy_levels(departments: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedlink.linkage import kernel
+
+    assert kernel.filter_levels is not None, "numba is a dependency: the compiled kernel must load"
+    parties, truths = departments
+    spec = load_spec().resolve({"first_name", "last_name", "dob", "sex", "postcode"})
+    a, b = parties[1], parties[2]
+    rng = np.random.default_rng(3)
+    at_b = {person: row for row, person in enumerate(truths[2].tolist())}
+    true_pairs = [(row, at_b[p]) for row, p in enumerate(truths[1].tolist()) if p in at_b]
+    ia = np.concatenate([rng.integers(0, a.count, 200_000), [x for x, _ in true_pairs]])
+    ib = np.concatenate([rng.integers(0, b.count, 200_000), [y for _, y in true_pairs]])
+    compiled = comparison_levels(spec, a, b, ia, ib, workers=2)
+    monkeypatch.setattr(kernel, "filter_levels", None)
+    plain = comparison_levels(spec, a, b, ia, ib, workers=2)
+    np.testing.assert_array_equal(compiled, plain)
+    assert len(np.unique(compiled[:, 0])) >= 5, "every name level occurs"
+
+
 # ---------------------------------------------------------------------------------------------- the model
 
 

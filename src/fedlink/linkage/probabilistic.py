@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -52,12 +53,13 @@ from fedlink.linkage.encode import EncodedRecords
 from fedlink.linkage.estimate import ScoredPairs, best_threshold
 from fedlink.linkage.match import (
     CHUNK,
+    COMPILED_BATCH,
     DEFAULT_MAX_BLOCK,
     FUZZY,
     PairLinks,
     StageSeconds,
-    block_join,
     candidate_chunks,
+    default_workers,
     dice,
     exact_tier,
     one_to_one,
@@ -306,6 +308,9 @@ def _levels_of(
         level = np.where(da == db, 1, different).astype(np.uint8)
         level[(da == 0) | (db == 0)] = 0
         return level
+    compiled = _compiled_levels(comparison, a, b, ia, ib, workers)
+    if compiled is not None:
+        return compiled
     present = (_field(a, f"{name}/pop")[ia] > 0) & (_field(b, f"{name}/pop")[ib] > 0)
     if not present.any():  # a concept no node maps, or the other side lacks
         return np.zeros(len(ia), dtype=np.uint8)
@@ -327,6 +332,81 @@ def _levels_of(
     level[level == 0] = different
     level[~present] = 0
     return level
+
+
+def _compiled_levels(
+    comparison: Comparison, a: EncodedRecords, b: EncodedRecords, ia: np.ndarray, ib: np.ndarray, workers: int | None
+) -> np.ndarray | None:
+    """The levels of a filter comparison by the compiled kernel (one pass over the pairs, in threads),
+    or None where numba cannot be imported (the NumPy path below gives the same levels)."""
+    from fedlink.linkage import kernel
+
+    if kernel.filter_levels is None:  # pragma: no cover - numba is a dependency
+        return None
+    name, kind = comparison.name, comparison.kind
+    af, bf = _field(a, f"{name}/filter"), _field(b, f"{name}/filter")
+    out = np.zeros(len(ia), dtype=np.uint8)
+    if af.shape[1] == 0 or bf.shape[1] == 0 or len(ia) == 0:
+        return out
+    nothing = np.zeros(1, dtype=np.uint64)
+    no_pop = (np.zeros(a.count, dtype=np.int32), np.zeros(b.count, dtype=np.int32))
+
+    def part(records: EncodedRecords, key: str, fallback: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(records.fields.get(key, fallback))
+
+    digests = {"date": 2, "code": 1}.get(kind, 0)
+    first = {"date": 3, "code": 2}.get(kind, 1)
+    swap = f"{comparison.swap}/filter" if comparison.swap else None
+    levels = comparison.levels
+    settings = np.array(
+        [
+            digests,
+            first,
+            levels.index("swapped") + 1 if swap else 0,
+            levels.index("middle") + 1 if comparison.middle else 0,
+            len(comparison.thresholds),
+            len(levels),
+        ],
+        dtype=np.int64,
+    )
+    thresholds = np.array([*comparison.thresholds, comparison.thresholds[1 if kind == "name" else 0]], np.float32)
+    arguments = (
+        np.ascontiguousarray(af),
+        part(a, f"{name}/pop", no_pop[0]),
+        np.ascontiguousarray(bf),
+        part(b, f"{name}/pop", no_pop[1]),
+        part(a, f"{name}/digest", nothing),
+        part(b, f"{name}/digest", nothing),
+        part(a, f"{name}/swapped", nothing),
+        part(b, f"{name}/swapped", nothing),
+        part(a, swap or "", af[:0]),
+        part(a, _pop_name(swap) if swap else "", no_pop[0]),
+        part(b, swap or "", bf[:0]),
+        part(b, _pop_name(swap) if swap else "", no_pop[1]),
+        part(a, f"{name}/middle", af[:0]),
+        part(a, f"{name}/middle_pop", no_pop[0]),
+        part(b, f"{name}/middle", bf[:0]),
+        part(b, f"{name}/middle_pop", no_pop[1]),
+        np.ascontiguousarray(ia),
+        np.ascontiguousarray(ib),
+        thresholds,
+        settings,
+        out,
+    )
+    spans = range(0, len(ia), COMPILED_BATCH)
+    threads = max(1, min(default_workers() if workers is None else workers, len(spans)))
+
+    def run(chunk: range) -> int:
+        return sum(kernel.filter_levels(*arguments, s, min(s + COMPILED_BATCH, len(ia))) for s in chunk)  # type: ignore[misc]
+
+    if threads == 1:
+        bad = run(spans)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            bad = sum(pool.map(run, [spans[t::threads] for t in range(threads)]))
+    if bad:
+        raise BadInput("a pair index is out of range of its records")
+    return out
 
 
 def _name_fallbacks(
@@ -537,15 +617,24 @@ def flip_probability_hides_equality(spec: LinkageSpec) -> bool:
 
 
 def _within_pairs(keys: np.ndarray, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i < j) of records of one party sharing a non-zero key, in blocks of at most
-    :data:`HOUSEHOLD_MAX` records (a hall of residence is no household), at most ``budget`` of them."""
-    ia, ib = block_join(keys, keys, max_block=HOUSEHOLD_MAX * HOUSEHOLD_MAX)
-    ordered = ia < ib
-    ia, ib = ia[ordered], ib[ordered]
-    if len(ia) > budget:
-        chosen = np.sort(rng.choice(len(ia), budget, replace=False))
-        ia, ib = ia[chosen], ib[chosen]
-    return ia, ib
+    """Pairs (i < j) of records of one party sharing a non-zero key, from randomly chosen groups of at
+    most :data:`HOUSEHOLD_MAX` records (a hall of residence is no household), about ``budget`` of them."""
+    present = np.flatnonzero(keys)
+    order = present[np.argsort(keys[present], kind="stable")]
+    _, starts, sizes = np.unique(keys[order], return_index=True, return_counts=True)
+    usable = np.flatnonzero((sizes >= 2) & (sizes <= HOUSEHOLD_MAX))
+    usable = usable[rng.permutation(len(usable))]
+    pairs_of = sizes[usable] * (sizes[usable] - 1) // 2
+    usable = usable[: int(np.searchsorted(np.cumsum(pairs_of), budget)) + 1]
+    first, second = [], []
+    for size in np.unique(sizes[usable]).tolist():
+        blocks = starts[usable[sizes[usable] == size]]
+        i, j = np.triu_indices(size, k=1)
+        first.append(order[(blocks[:, None] + i[None, :]).reshape(-1)])
+        second.append(order[(blocks[:, None] + j[None, :]).reshape(-1)])
+    if not first:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate(first), np.concatenate(second)
 
 
 def _index_type(count: int) -> type[np.signedinteger]:
