@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from fedlink.errors import BadInput
 from fedlink.linkage.cluster import Spine, cluster_links
@@ -304,6 +306,8 @@ def _levels_of(
     name, kind = comparison.name, comparison.kind
     different = len(comparison.levels)
     if kind == "exact":
+        if not (_field(a, f"{name}/digest").any() and _field(b, f"{name}/digest").any()):
+            return np.zeros(len(ia), dtype=np.uint8)  # a field one side has nowhere
         da, db = _field(a, f"{name}/digest")[ia], _field(b, f"{name}/digest")[ib]
         level = np.where(da == db, 1, different).astype(np.uint8)
         level[(da == 0) | (db == 0)] = 0
@@ -447,7 +451,8 @@ def comparison_levels(
     spec: LinkageSpec, a: EncodedRecords, b: EncodedRecords, ia: np.ndarray, ib: np.ndarray, workers: int | None = None
 ) -> np.ndarray:
     """The level of every comparison of ``spec`` for each pair (a[ia[k]], b[ib[k]]): (pairs, comparisons) uint8."""
-    out = np.zeros((len(ia), len(spec.comparisons)), dtype=np.uint8)
+    # column-major: each comparison's levels are written (and read by pattern_ids) contiguously
+    out = np.zeros((len(spec.comparisons), len(ia)), dtype=np.uint8).T
     if len(ia) == 0:
         return out
     for c, comparison in enumerate(spec.comparisons):
@@ -637,6 +642,20 @@ def _within_pairs(keys: np.ndarray, budget: int, rng: np.random.Generator) -> tu
     return np.concatenate(first), np.concatenate(second)
 
 
+def _probability(weight: np.ndarray) -> np.ndarray:
+    """The probability of log2 odds ``weight``."""
+    return 1.0 / (1.0 + np.exp2(-np.clip(weight, -1000, 1000)))
+
+
+def _factorised(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct values, index of each value among them, count of each) of an int64 or uint64 array,
+    by hashing (Arrow) rather than sorting: tens of millions of pattern ids have few distinct values."""
+    encoded = pc.dictionary_encode(pa.array(values))
+    distinct = encoded.dictionary.to_numpy(zero_copy_only=False)
+    inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return distinct, inverse, np.bincount(inverse, minlength=len(distinct))
+
+
 def _index_type(count: int) -> type[np.signedinteger]:
     """32-bit record indices where they fit: candidate pairs are the bulk of linkage's memory."""
     return np.int32 if count < 2**31 else np.int64
@@ -710,7 +729,7 @@ def _term_frequencies(parties: Sequence[EncodedRecords], spec: LinkageSpec) -> d
         if comparison.kind != "name" or not comparison.term_frequency:
             continue
         stacked = np.concatenate([_row_hashes(p.fields[f"{comparison.name}/filter"]) for p in parties])
-        _, inverse, counts = np.unique(stacked, return_inverse=True, return_counts=True)
+        _, inverse, counts = _factorised(stacked)
         present = np.concatenate([p.fields[f"{comparison.name}/pop"] > 0 for p in parties])
         total = max(int(present.sum()), 1)
         share = np.maximum(counts[inverse.reshape(-1)] / total, 1.0 / total)
@@ -758,7 +777,7 @@ def link_probabilistic(
         tallies.append(ChanceTally.of(levels, sizes, groups))
         sampled += len(ra)
     cross_pairs = [float(parties[pair.p].count * parties[pair.q].count) for pair in pairs]
-    distinct_of = [np.unique(pair.patterns, return_inverse=True, return_counts=True) for pair in pairs]
+    distinct_of = [_factorised(pair.patterns) for pair in pairs]
     merged = np.concatenate([own for own, _, _ in distinct_of])
     distinct, where = np.unique(merged, return_inverse=True)
     counts = np.bincount(where.reshape(-1), np.concatenate([c for _, _, c in distinct_of]).astype(float))
@@ -778,14 +797,24 @@ def link_probabilistic(
     say("scoring, assigning and clustering")
     frequencies = _term_frequencies(parties, spec)
     scored: list[ScoredPairs] = []
-    for pair, (own, inverse, _) in zip(pairs, distinct_of, strict=True):
+    for index, (pair, (own, inverse, _)) in enumerate(zip(pairs, distinct_of, strict=True)):
         model = models[(pair.p, pair.q)]
-        weight = model.match_weight(own)[inverse.reshape(-1)]
-        for c, per_party in frequencies.items():
-            exact = ((pair.patterns >> (LEVEL_BITS * c)) & 7) == 1
-            value = np.maximum(per_party[pair.p][pair.ia[exact]], per_party[pair.q][pair.ib[exact]])
-            weight[exact] += np.log2(model.chance.marginals[c][0] / value)
-        posterior = (1.0 / (1.0 + np.exp2(-np.clip(weight, -1000, 1000)))).astype(np.float32)
+        weights = model.match_weight(own)
+        posterior = _probability(weights).astype(np.float32)[inverse]
+        if frequencies:  # pairs agreeing exactly on a name weigh by its frequency
+            exact_names = np.zeros(len(own), dtype=bool)
+            for c in frequencies:
+                exact_names |= ((own >> (LEVEL_BITS * c)) & 7) == 1
+            adjusted = np.flatnonzero(exact_names[inverse])
+            weight = weights[inverse[adjusted]]
+            for c, per_party in frequencies.items():
+                exact = ((pair.patterns[adjusted] >> (LEVEL_BITS * c)) & 7) == 1
+                value = np.maximum(
+                    per_party[pair.p][pair.ia[adjusted[exact]]], per_party[pair.q][pair.ib[adjusted[exact]]]
+                )
+                weight[exact] += np.log2(model.chance.marginals[c][0] / value)
+            posterior[adjusted] = _probability(weight)
+        distinct_of[index] = (own, inverse[:0], own[:0])  # the pairs' own arrays are not needed again
         kept = posterior >= POSTERIOR_FLOOR
         ia, ib, score, via = pair.ia[kept], pair.ib[kept], posterior[kept], pair.via[kept]
         assigned = np.zeros(len(ia), dtype=bool)
@@ -802,6 +831,7 @@ def link_probabilistic(
                 candidates=pair.candidates,
             )
         )
+        pairs[index] = _PartyPair(pair.p, pair.q, ia[:0], ib[:0], via[:0], pair.patterns[:0], pair.candidates)
     threshold = spec.threshold if spec.threshold is not None else best_threshold(scored)
     links = []
     for pairs_scored in scored:
