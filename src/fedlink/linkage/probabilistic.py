@@ -652,7 +652,7 @@ def _factorised(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     by hashing (Arrow) rather than sorting: tens of millions of pattern ids have few distinct values."""
     encoded = pc.dictionary_encode(pa.array(values))
     distinct = encoded.dictionary.to_numpy(zero_copy_only=False)
-    inverse = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    inverse = encoded.indices.to_numpy(zero_copy_only=False)
     return distinct, inverse, np.bincount(inverse, minlength=len(distinct))
 
 
@@ -699,7 +699,9 @@ def _pair_patterns(
         ia=np.concatenate(parts_a).astype(_index_type(a.count)),
         ib=np.concatenate(parts_b).astype(_index_type(b.count)),
         via=np.concatenate([via, np.full(candidates, FUZZY, dtype=np.int8)]),
-        patterns=np.concatenate(parts_pattern),
+        patterns=np.concatenate(parts_pattern).astype(
+            np.int32 if LEVEL_BITS * len(spec.comparisons) < 31 else np.int64
+        ),
         candidates=candidates,
     )
 
