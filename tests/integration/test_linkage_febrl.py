@@ -160,7 +160,7 @@ def _measured(state: Path) -> tuple[float, float, float]:
 def test_febrl4_links_through_the_federation_with_its_own_column_names(febrl_link: dict) -> None:
     precision, recall, f1 = _measured(febrl_link["state"])
     print(f"FEBRL4 through the federation: precision {precision:.4f} recall {recall:.4f} F1 {f1:.4f}")
-    # the goal: F1 >= 0.998 without the social security number (measured: 0.9989)
+    # the goal: F1 >= 0.998 without the social security number (measured: 0.9988-0.9991)
     assert f1 >= 0.998, (precision, recall, f1)
 
 
