@@ -217,7 +217,7 @@ def test_a_table_declaring_the_old_identifier_columns_is_mapped_by_their_names()
 
 def test_the_default_spec_and_its_hash() -> None:
     spec = load_spec()
-    assert spec.matching == "probabilistic" and spec.threshold is None and spec.exact_tiers == 2
+    assert spec.matching == "probabilistic" and spec.threshold is None and spec.exact_tiers == 5
     assert [c.name for c in spec.comparisons][:3] == ["first_name", "last_name", "dob"]
     assert spec_from_text(spec.text).hash == spec.hash
     resolved = spec.resolve({"id:nhs_number", "id:upn", "first_name"})
@@ -323,3 +323,35 @@ def test_the_catalogue_shows_the_share_of_valid_values_per_concept(tmp_path: Pat
     finally:
         data.close()  # type: ignore[attr-defined]
     assert shares == {"first_name": 1.0, "postcode": valid}
+
+
+def test_fedlink_catalog_warns_about_a_concept_mostly_invalid(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    import fedlink
+    from fedlink.cli import render
+    from fedlink.query.catalogue import FederationCatalogue, NodeStatus
+
+    data = _node_data(tmp_path, country="uk")
+    try:
+        catalogue = FederationCatalogue(nodes=(NodeStatus(node="registry", live=True, catalogue=data.catalogue),))  # type: ignore[attr-defined]
+    finally:
+        data.close()  # type: ignore[attr-defined]
+    buffer = io.StringIO()
+    render.catalogue(Console(file=buffer, width=200), fedlink.Catalogue(catalogue), "table")
+    text = buffer.getvalue()
+    assert "identifier concepts mapped for linkage" in text
+    assert "warning: node 'registry', table 'people': only 33% of postcode values (zip) are valid" in text
+
+
+def test_an_approval_names_known_concepts() -> None:
+    from fedlink.node.config import Approval
+
+    assert Approval(project="p", linkage_concepts=("first_name", "nhs_number")).linkage_concepts == (
+        "first_name",
+        "id:nhs_number",
+    )
+    with pytest.raises(ValueError, match="is not an identifier concept"):
+        Approval(project="p", linkage_concepts=("shoe_size",))

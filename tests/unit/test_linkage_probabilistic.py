@@ -344,3 +344,32 @@ def test_linkage_run_needs_a_truth_it_can_read(small_files: tuple, tmp_path: Pat
         run_files(inputs, SMALL_MAP, truth=bad)
     with pytest.raises(BadInput, match="at least two"):
         run_files(inputs[:1], SMALL_MAP)
+
+
+# ---------------------------------------------------------------------------------------------- release
+
+
+def test_the_estimate_is_released_with_noise_of_the_stated_scale_and_labelled_by_nodes() -> None:
+    from fedlink.coordinator.linkage import release_quality
+    from fedlink.linkage.estimate import ExpectedCounts, QualityEstimate
+
+    counts = ExpectedCounts(links=10_000.0, correct=9_950.0, missed=80.0)
+    estimate = QualityEstimate(
+        overall=counts + counts + counts,
+        pairs={(0, 1): counts, (0, 2): counts, (1, 2): counts},
+        subgroups={"sex": {0: counts, 11: counts, 22: counts}},
+    )
+    people = {"a": 20_000, "b": 20_000, "c": 20_000}
+    overlaps = {("a", "b"): 10_000, ("a", "c"): 10_000, ("b", "c"): 10_000}
+    released = release_quality("spine", people, overlaps, 1.0, estimate, {"sex": {11: "female"}})
+    estimated = released.estimated
+    assert estimated is not None and released.epsilon == 1.0 and estimated.epsilon == 0.5
+    # 4 per node pair and person, 3 node pairs, counted again in up to two cells of the one subgroup
+    assert estimated.scale == pytest.approx(4 * 3 * (1 + 2 * 1) / 0.5, rel=1e-6)
+    assert released.scale == pytest.approx(3 / 0.5, rel=1e-6)
+    assert set(estimated.subgroups["sex"]) == {"(unknown)", "female", "(not named by any node)"}
+    for cell in (estimated.overall, *estimated.pairs, *estimated.subgroups["sex"].values()):
+        assert cell.precision is None or 0 <= cell.precision <= 1
+        assert cell.recall is None or 0 <= cell.recall <= 1
+    # noise of scale 72 on counts of 10,000 links: the released precision is near the exact 0.995
+    assert estimated.overall.precision == pytest.approx(0.995, abs=0.05)
