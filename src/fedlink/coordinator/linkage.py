@@ -368,14 +368,16 @@ class LinkageUnit:
         body = call.model_copy(update={"spec": spec.text}).model_dump_json().encode()
         encoded_answers = self._fan_out({n: body for n in order}, rpc.LINK_ENCODE)
         _first_error(encoded_answers)
-        parties = []
+        parties, heads = [], {}
         for node in order:
             answer = encoded_answers[node]
             assert isinstance(answer, Message)
             header, blobs = unpack(answer.body)
-            head = EncodeAnswer.model_validate_json(header)
-            warnings.extend(_warnings(node, head))
+            heads[node] = EncodeAnswer.model_validate_json(header)
             parties.append(from_bytes(blobs[0]))
+        encoded_somewhere = {concept for head in heads.values() for concept in head.concepts}
+        for node, head in heads.items():
+            warnings.extend(_warnings(node, head, encoded_somewhere))
         stages["encode"] = time.perf_counter() - mark
         return parties
 
@@ -472,14 +474,16 @@ class LinkageUnit:
         return release_quality(spine_id, people, pairs, self._quality_epsilon, estimate, labels), None
 
 
-def _warnings(node: str, head: EncodeAnswer) -> list[str]:
-    """What a user should look at in one node's encoding: concepts it lacks, or whose values are mostly
-    invalid once normalised (a postcode of another country, dates in another format)."""
+def _warnings(node: str, head: EncodeAnswer, encoded_somewhere: set[str]) -> list[str]:
+    """What a user should look at in one node's encoding: concepts it lacks that another node encodes,
+    or whose values are mostly invalid once normalised (a postcode of another country, dates in
+    another format)."""
     found = []
-    if head.missing:
+    lacking = [concept for concept in head.missing if concept in encoded_somewhere]
+    if lacking:
         found.append(
-            f"node '{node}' encodes no {', '.join(head.missing)} (not mapped in its tables, or not approved "
-            "for this project): those comparisons count as missing there"
+            f"node '{node}' encodes no {', '.join(lacking)} (not mapped in its tables, or not approved "
+            "for this project): comparisons of it count as missing there"
         )
     for concept, share in sorted(head.valid.items()):
         if share < LOW_VALID_SHARE:
