@@ -373,3 +373,12 @@ def test_the_estimate_is_released_with_noise_of_the_stated_scale_and_labelled_by
         assert cell.recall is None or 0 <= cell.recall <= 1
     # noise of scale 72 on counts of 10,000 links: the released precision is near the exact 0.995
     assert estimated.overall.precision == pytest.approx(0.995, abs=0.05)
+
+
+def test_linkage_run_keeps_the_record_level_clk_path_as_an_option(small_files: tuple) -> None:
+    from fedlink.linkage.schema import DEFAULT_SCHEMA_PATH
+
+    inputs, truth = small_files
+    report = run_files(inputs, SMALL_MAP, spec_path=DEFAULT_SCHEMA_PATH, truth=truth, secret=b"k" * 32)
+    assert report["matching"] == "clk" and report["estimated"] is None and "no label-free estimate" in report["note"]
+    assert report["measured"]["precision"] == report["measured"]["recall"] == 1.0
