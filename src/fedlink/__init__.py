@@ -55,6 +55,8 @@ _LAZY = {
     "find_registers": "fedlink.governance.register",
     "verify_federation": "fedlink.governance.federation",
     "evaluate_linkage": "fedlink.linkage.evaluate:evaluate_files",
+    "run_linkage": "fedlink.linkage.run:run_files",
+    "LOW_VALID_SHARE": "fedlink.linkage.concepts:LOW_VALID_SHARE",
     "run_scenario": "fedlink.analyst.scenarios",
     "require_extra": "fedlink.extras:require",
     "SCENARIOS": "fedlink.analyst.scenarios",

@@ -73,3 +73,41 @@ def test_linkage_evaluate_reports_quality_by_subgroup(workdir: Path, tmp_path: P
     assert_one_line_error(
         cli("linkage", "evaluate", "--input", inputs[1], "--truth", str(truth)), 2, "at least two --input files"
     )
+
+
+def test_linkage_run_prints_estimated_and_measured_quality_and_writes_links(workdir: Path, tmp_path: Path) -> None:
+    """Two departments' files as exported (their own column names), the synthetic ground truth as
+    `fedlink synth` wrote it, the default spec: JSON with estimated and measured quality, and links."""
+    data = workdir / "data"
+    inputs = []
+    for node, table in [("dfe", "pupils"), ("dwp", "claims")]:
+        path = tmp_path / f"{node}.csv"
+        duckdb.sql(
+            f"COPY (SELECT record_id AS ref, first_name AS forename, last_name AS surname, dob AS born, sex, postcode "
+            f"FROM read_parquet('{data / node / table}.parquet')) TO '{path}' (HEADER)"
+        )
+        inputs += ["--input", str(path)]
+    mapping = [
+        "--map",
+        "first_name=forename",
+        "--map",
+        "last_name=surname",
+        "--map",
+        "dob=born",
+        "--map",
+        "record_id=ref",
+    ]
+    links = tmp_path / "links.csv"
+    truth = data / "truth" / "records.parquet"
+    proc = cli("linkage", "run", *inputs, *mapping, "--truth", str(truth), "--out", str(links), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    for kind in ("estimated", "measured"):
+        assert {"precision", "recall", "f1"} <= set(report[kind]), report
+    assert report["measured"]["f1"] >= 0.97 and abs(report["estimated"]["f1"] - report["measured"]["f1"]) <= 0.03
+    rows = links.read_text().splitlines()
+    assert rows[0] == "input,row,entity" and len(rows) - 1 == sum(r["rows"] for r in report["inputs"])
+    table = cli("linkage", "run", *inputs, *mapping)
+    assert table.returncode == 0 and "estimated" in table.stdout and "measured" not in table.stdout
+    assert_one_line_error(cli("linkage", "run", *inputs, "--map", "dob=birthday"), 2, "no input has column 'birthday'")
+    assert_one_line_error(cli("linkage", "run", *inputs[:2]), 2, "at least two --input files")

@@ -15,6 +15,7 @@ import pytest
 
 from fedlink.query.linked import plan_linked
 from fedlink.wire import audit
+from fedlink.wire.blobs import unpack
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.transport import Reassembler
 
@@ -66,18 +67,33 @@ def test_nodes_share_a_link_secret_the_coordinator_never_sees(linked: dict) -> N
     assert not (state / "coordinator" / "keys").exists()
 
 
+def _encodings(messages: list[tuple[str, bytes]]) -> list[tuple[dict, bytes]]:
+    """(header, .npz body) of every node's answer with its encodings."""
+    found = []
+    for kind, body in messages:
+        if kind == "result" and body[:4] == b"FLB1":
+            header, blobs = unpack(body)
+            if blobs and blobs[0][:2] == b"PK":
+                found.append((json.loads(header), blobs[0]))
+    return found
+
+
 def test_only_keyed_encodings_cross_and_no_scores_come_back(linked: dict, workdir: Path) -> None:
     messages = linked["messages"]
-    encodings = [body for kind, body in messages if kind == "result" and body[:2] == b"PK"]
+    encodings = _encodings(messages)
     assert len(encodings) == len(NODES)
-    for body in encodings:
+    for header, body in encodings:
+        assert set(header) == {"count", "concepts", "missing", "valid"}
+        assert set(header["concepts"]) == {"first_name", "last_name", "dob", "sex", "postcode"}
+        assert all(0 <= share <= 1 for share in header["valid"].values())
         with np.load(io.BytesIO(body), allow_pickle=False) as npz:
+            assert any(name.startswith("field:first_name/") for name in npz.files)
             for name in npz.files:
-                assert name in ("blooms", "popcounts") or name.startswith(("key:", "block:"))
+                assert name in ("blooms", "popcounts") or name.startswith(("key:", "block:", "field:", "subgroup:"))
                 assert npz[name].dtype.kind in "uiS", f"{name} must be numbers or digests, not text"
     slot_calls = [json.loads(body) for kind, body in messages if kind == "link_slots"]
     assert len(slot_calls) == len(NODES) and all(
-        set(c) == {"project", "analyst", "mode", "slots", "spine_id"} for c in slot_calls
+        set(c) == {"project", "analyst", "mode", "slots", "spine_id", "spec_hash", "spec"} for c in slot_calls
     )
     # what comes back from the linkage unit: integer slots to nodes; stage timings and DP match rates
     # (no exact count about people) to the analyst
@@ -86,13 +102,52 @@ def test_only_keyed_encodings_cross_and_no_scores_come_back(linked: dict, workdi
         assert slots.dtype == np.int64 and slots.ndim == 1
     reports = [json.loads(body) for kind, body in messages if kind == "result" and body.startswith(b'{"project"')]
     assert len(reports) == 1
-    assert set(reports[0]) == {"project", "nodes", "stages", "mode", "spine_id", "quality", "quality_refused"}
-    assert reports[0]["mode"] == "secret"
+    assert set(reports[0]) == {
+        "project",
+        "nodes",
+        "stages",
+        "mode",
+        "spine_id",
+        "quality",
+        "quality_refused",
+        "spec_hash",
+        "matching",
+        "warnings",
+    }
+    assert reports[0]["mode"] == "secret" and reports[0]["matching"] == "probabilistic"
     quality = reports[0]["quality"]
-    assert quality["epsilon"] == 0.1 and quality["scale"] == pytest.approx(len(NODES) / 0.1)
+    # half the quality epsilon for the match rates, half for the estimated quality
+    assert quality["epsilon"] == 0.1 and quality["scale"] == pytest.approx(len(NODES) / 0.05)
     assert len(quality["pairs"]) == 3
-    text_messages = [body for kind, body in messages if body[:2] != b"PK"]
+    estimated = quality["estimated"]
+    assert estimated["epsilon"] == 0.05 and len(estimated["pairs"]) == 3
+    assert set(estimated["subgroups"]) == {"sex", "birth_decade"}
+    assert {"female", "male"} <= set(estimated["subgroups"]["sex"])
+    text_messages = [body for kind, body in messages if body[:4] != b"FLB1"]
     assert find_leaks(text_messages, identifier_values(workdir)) == []
+
+
+def test_the_spec_hash_is_on_every_register_entry_of_the_link(linked: dict) -> None:
+    state: Path = linked["state"]
+    spec_hash = linked["report"].spec_hash
+    assert len(spec_hash) == 64
+    kinds = {"link", "link_secret", "link_encode", "link_spine", "link_quality"}
+    for party in ["coordinator", *NODES]:
+        entries = [json.loads(line) for line in (state / party / "register.jsonl").read_text().splitlines()]
+        link_entries = [e for e in entries if e["kind"] in kinds]
+        assert link_entries, party
+        assert all(e["fields"]["spec_hash"] == spec_hash for e in link_entries), party
+
+
+def test_the_estimated_quality_stays_exact_at_the_linkage_unit_and_close_to_the_truth(
+    linked: dict, workdir: Path
+) -> None:
+    state: Path = linked["state"]
+    kept = json.loads((state / "coordinator" / "spines" / f"{PROJECT}.estimate.json").read_text())
+    assert kept["spec_hash"] == linked["report"].spec_hash and 0 < kept["threshold"] < 1
+    measured = _measured(linked, workdir)
+    # the demo's small federation (3,000 people): the model's own estimate is within 0.02 of the truth
+    assert kept["estimated"]["f1"] == pytest.approx(measured[2], abs=0.02), (kept["estimated"], measured)
 
 
 def _record_slots(state: Path, node: str) -> dict[str, int]:
@@ -103,6 +158,13 @@ def _record_slots(state: Path, node: str) -> dict[str, int]:
 
 
 def test_the_spine_matches_the_ground_truth(linked: dict, workdir: Path) -> None:
+    precision, recall, f1 = _measured(linked, workdir)
+    print(f"spine precision {precision:.4f} recall {recall:.4f} F1 {f1:.4f}")
+    assert f1 >= 0.99, (precision, recall, f1)  # the issue's goal for three departments (measured: 0.995)
+
+
+def _measured(linked: dict, workdir: Path) -> tuple[float, float, float]:
+    """Precision, recall and F1 of the spine's cross-node record pairs against the ground truth."""
     state: Path = linked["state"]
     truth = dict(
         duckdb.sql(
@@ -125,9 +187,7 @@ def test_the_spine_matches_the_ground_truth(linked: dict, workdir: Path) -> None
                     predicted += 1
                     correct += other == person
     precision, recall = correct / predicted, correct / true_pairs
-    f1 = 2 * precision * recall / (precision + recall)
-    print(f"spine precision {precision:.4f} recall {recall:.4f} F1 {f1:.4f}")
-    assert f1 >= 0.98, (precision, recall, f1)
+    return precision, recall, 2 * precision * recall / (precision + recall)
 
 
 # ---------------------------------------------------------------------------------------------- PSI mode
@@ -169,13 +229,14 @@ def test_psi_mode_builds_a_spine_without_any_shared_secret(psi_linked: dict) -> 
 
 def _unblinded_points(workdir: Path, state: Path) -> set[bytes]:
     """Every match key of every node hashed to the curve but *not* blinded: what must never travel."""
+    from fedlink.linkage.concepts import normalise_concepts
     from fedlink.linkage.encode import match_key_messages
-    from fedlink.linkage.normalise import normalise
-    from fedlink.linkage.schema import load_schema
-    from fedlink.node.linkage import IDENTIFIERS
+    from fedlink.linkage.fields import complete
+    from fedlink.linkage.spec import load_spec
+    from fedlink.node.config import LEGACY_CONCEPTS as IDENTIFIERS
     from fedlink.pets import psi
 
-    schema = load_schema()
+    spec = load_spec().resolve(set(IDENTIFIERS))
     points: set[bytes] = set()
     hasher = psi._Points()
     for node in NODES:
@@ -188,7 +249,8 @@ def _unblinded_points(workdir: Path, state: Path) -> set[bytes]:
         )
         rows = duckdb.sql(union).fetchall()
         people = {c: [row[i] for row in rows] for i, c in enumerate(IDENTIFIERS)}
-        for tier, tier_messages in match_key_messages(normalise(people), schema).items():
+        normalised = complete(normalise_concepts(people), spec.fields)
+        for tier, tier_messages in match_key_messages(normalised, spec.schema).items():
             for message in tier_messages.messages():
                 hasher.hash_to_point(psi.domain(PROJECT, tier), message)
                 raw = hasher.ffi.new("unsigned char[65]")

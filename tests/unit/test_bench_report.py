@@ -277,6 +277,42 @@ def test_the_flower_transport_gets_its_latency_next_to_grpc_and_a_headline(tmp_p
     assert "Flower deployment round trip" not in text, "the transport has a suite now"
 
 
+def test_probabilistic_linkage_gets_its_side_by_side_table_febrl4_and_defences(tmp_path: Path) -> None:
+    run = {"seconds": 10.0, "encode_seconds": 6.0, "link_seconds": 4.0, "peak_mib": 2048.0, "f1": 0.9895}
+    benchmarks = [
+        bench(
+            "benchmarks/test_bench_match.py::test_three_departments_side_by_side[1000000]",
+            24.0,
+            {"people": 1_000_000},
+            {
+                "people": 1_000_000,
+                "clk": run,
+                "probabilistic": {**run, "seconds": 12.0, "peak_mib": 2560.0, "f1": 0.9905, "estimated_f1": 0.993},
+                "time_ratio": 1.2,
+                "memory_ratio": 1.25,
+            },
+        ),
+        bench(
+            "benchmarks/test_bench_match.py::test_probabilistic_febrl4[none]",
+            0.7,
+            {"identifier": "none"},
+            {"identifier": "none", "precision": 1.0, "recall": 0.998, "f1": 0.999, "estimated_f1": 0.9998},
+        ),
+        bench(
+            "benchmarks/test_bench_match.py::test_defence_cost[folded, flip 0.01]",
+            2.0,
+            {"defence": "folded, flip 0.01"},
+            {"defence": "folded, flip 0.01", "epsilon_name_filter": 1176.3, "febrl4": 0.9985, "synthetic": 0.9892},
+        ),
+    ]
+    _, text = report_of(tmp_path, benchmarks)
+    assert "| 1,000,000 | probabilistic | 12.0 s | 6.0 s | 4.0 s | 2.50 GiB | 0.9905 | 0.9930 |" in text
+    assert "time 1.20x, memory 1.25x (goal: within 1.3x, met)" in text
+    assert "| none | 1.0000 | 0.9980 | 0.9990 | 0.9998 | 700 ms |" in text
+    assert "| folded, flip 0.01 | 1,176 | 0.9985 | 0.9892 |" in text
+    assert "without labels or the social security number with F1 0.9990" in text
+
+
 def test_a_case_in_several_files_is_taken_from_the_last(results: Path, tmp_path: Path) -> None:
     """A quick run combined with a later run of one suite: the later median, each case counted once."""
     later = dict(RESULTS)

@@ -79,7 +79,8 @@ class Result:
         return self.raw.linkage
 
     def linkage_summary(self) -> str:
-        """Match rates per node pair, as people read them; empty for a query that is not linked."""
+        """Match rates per node pair and the spine's estimated quality, as people read them; empty for a
+        query that is not linked."""
         quality = self.raw.linkage
         if quality is None:
             return ""
@@ -88,7 +89,16 @@ class Result:
             a = "—" if pair.rate_a is None else f"{pair.rate_a:.0%}"
             b = "—" if pair.rate_b is None else f"{pair.rate_b:.0%}"
             rates.append(f"{pair.a}->{pair.b} {a}, {pair.b}->{pair.a} {b}")
-        return f"linkage match rates (DP, ε={quality.epsilon:g} per node): " + "; ".join(rates)
+        summary = f"linkage match rates (DP, ε={quality.epsilon:g} per node): " + "; ".join(rates)
+        estimated = quality.estimated
+        if estimated is not None and estimated.overall.f1 is not None:
+            precision, recall = estimated.overall.precision, estimated.overall.recall
+            summary += (
+                f"; estimated linkage quality (from the fitted model, DP): F1 {estimated.overall.f1:.3f}"
+                f" (precision {'—' if precision is None else format(precision, '.3f')},"
+                f" recall {'—' if recall is None else format(recall, '.3f')})"
+            )
+        return summary
 
     def rows(self) -> list[dict[str, Any]]:
         out = []

@@ -624,7 +624,8 @@ def _matching_section(loaded: Loaded, headlines: list[str]) -> list[str]:
     )
     threshold = next((b for b in match if isinstance(b.extra.get("f1_by_threshold"), dict)), None)
     febrl = next((b for b in match if b.function == "test_link_febrl4"), None)
-    if not (dense or anonlink or registers or threshold or febrl):
+    probabilistic = _probabilistic_lines(match, headlines)
+    if not (dense or anonlink or registers or threshold or febrl or probabilistic):
         return []
     lines = ["### Matching: fedlink's Dice kernel vs anonlink, and linking end to end", ""]
     theirs = anonlink.number("comparisons_per_s") if anonlink else None
@@ -708,6 +709,111 @@ def _matching_section(loaded: Loaded, headlines: list[str]) -> list[str]:
             "",
         ]
         headlines.append(f"FEBRL4 links with {quality}.")
+    return lines + probabilistic
+
+
+def _probabilistic_lines(match: list[Bench], headlines: list[str]) -> list[str]:
+    """Probabilistic linkage: side by side with the CLK path, FEBRL4 measured and estimated, defences."""
+    lines: list[str] = []
+    sides = sorted(
+        (b for b in match if b.function == "test_three_departments_side_by_side" and b.number("people")),
+        key=lambda b: b.number("people") or 0,
+    )
+    if sides:
+        rows = []
+        for b in sides:
+            for path in ("clk", "probabilistic"):
+                run = b.extra.get(path)
+                if not isinstance(run, dict):
+                    continue
+                estimated = run.get("estimated_f1")
+                rows.append(
+                    [
+                        _n(b.number("people")),
+                        path,
+                        f"{run['seconds']:.1f} s",
+                        f"{run['encode_seconds']:.1f} s",
+                        f"{run['link_seconds']:.1f} s",
+                        f"{run['peak_mib'] / 1024:.2f} GiB",
+                        f"{run['f1']:.4f}",
+                        "—" if estimated is None else f"{estimated:.4f}",
+                    ]
+                )
+        lines += [
+            "### Probabilistic linkage: side by side with the record-level CLK path",
+            "",
+            "DfE, DWP and NHS of a synthetic population (default corruption), one record per distinct identifier "
+            "tuple, encode + link (for the probabilistic path: field-level encodings, EM, scoring, clustering and "
+            "the label-free estimate), each path in a process of its own, one after the other "
+            "(`test_three_departments_side_by_side`). Peak RSS is each process's, data loading included.",
+            "",
+        ]
+        lines += _table(
+            ["people", "path", "encode + link", "encode", "link", "peak RSS", "F1", "estimated F1"], rows, "rlrrrrrr"
+        )
+        lines.append("")
+        top = sides[-1]
+        time_ratio, memory_ratio = top.number("time_ratio"), top.number("memory_ratio")
+        if time_ratio and memory_ratio:
+            verdict = "met" if time_ratio <= 1.3 and memory_ratio <= 1.3 else "not met"
+            lines += [
+                f"Probabilistic / CLK at {_n(top.number('people'))} people: time {time_ratio:.2f}x, memory "
+                f"{memory_ratio:.2f}x (goal: within 1.3x, {verdict}).",
+                "",
+            ]
+            headlines.append(
+                f"Probabilistic linkage of three departments of {_n(top.number('people'))} people takes "
+                f"{time_ratio:.2f}x the time and {memory_ratio:.2f}x the memory of the CLK path."
+            )
+    febrl = sorted(
+        (b for b in match if b.function == "test_probabilistic_febrl4"), key=lambda b: str(b.get("identifier"))
+    )
+    if febrl:
+        rows = [
+            [
+                "none" if b.get("identifier") == "none" else str(b.get("identifier")),
+                f"{b.number('precision') or 0:.4f}",
+                f"{b.number('recall') or 0:.4f}",
+                f"{b.number('f1') or 0:.4f}",
+                f"{b.number('estimated_f1') or 0:.4f}",
+                _t(b.median),
+            ]
+            for b in febrl
+        ]
+        lines += [
+            "FEBRL4 with its own column names through `fedlink linkage run` (the federation's code), the default "
+            "spec, no labels (`test_probabilistic_febrl4`):",
+            "",
+        ]
+        lines += _table(["national identifier", "precision", "recall", "F1", "estimated F1", "median"], rows, "lrrrrr")
+        lines.append("")
+        plain = next((b for b in febrl if b.get("identifier") == "none"), None)
+        if plain is not None:
+            headlines.append(
+                f"FEBRL4 links probabilistically without labels or the social security number with F1 "
+                f"{plain.number('f1') or 0:.4f} (estimated without labels: {plain.number('estimated_f1') or 0:.4f})."
+            )
+    defences = [b for b in match if b.function == "test_defence_cost"]
+    if defences:
+        rows = []
+        for b in defences:
+            epsilon = b.number("epsilon_name_filter")
+            rows.append(
+                [
+                    str(b.get("defence")),
+                    "—" if epsilon is None or epsilon == float("inf") else f"{epsilon:,.0f}",
+                    "—" if b.number("febrl4") is None else f"{b.number('febrl4'):.4f}",
+                    "—" if b.number("synthetic") is None else f"{b.number('synthetic'):.4f}",
+                ]
+            )
+        lines += [
+            "F1 with and without the defences of field-level filters against frequency attacks "
+            "(`test_defence_cost`; epsilon of bit flipping per 256-bit name filter; synthetic: three departments "
+            "of 30,000 people):",
+            "",
+        ]
+        lines += _table(["defence", "epsilon per name filter", "FEBRL4 F1", "synthetic F1"], rows, "lrrr")
+        lines.append("")
     return lines
 
 

@@ -36,7 +36,9 @@ coordinator_app = typer.Typer(help="Run the coordinator.", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
-linkage_app = typer.Typer(help="Tune record linkage locally on files (a data owner's tool).", no_args_is_help=True)
+linkage_app = typer.Typer(
+    help="Link files locally and see the linkage quality (a data owner's tool).", no_args_is_help=True
+)
 app.add_typer(linkage_app, name="linkage")
 register_app = typer.Typer(help="The transparency registers: verify them, publish them.", no_args_is_help=True)
 app.add_typer(register_app, name="register")
@@ -447,6 +449,32 @@ def link(
     with render.stage_progress(err) as advance:
         report = fed.link(project, on_progress=advance, mode=mode.value)
     render.link_report(out, report, fmt.value)
+
+
+@linkage_app.command("run")
+@handles_errors
+def linkage_run(
+    inputs: Annotated[list[Path], typer.Option("--input", help="A CSV or Parquet file of records (two or more).")],
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            help="CONCEPT=COLUMN (address=a,b for several), CONCEPT.OPTION=VALUE (dob.format=%d/%m/%Y, "
+            "sex.coding=1/2, postcode.country=au) or record_id=COLUMN; default: columns named like concepts.",
+        ),
+    ] = None,
+    spec: Annotated[Path | None, typer.Option(help="Linkage spec (default: the shipped one).")] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="input,row,entity CSV, or fedlink synth's truth/records.parquet.")
+    ] = None,
+    links: Annotated[Path | None, typer.Option("--out", help="Write input,row,entity for every row here.")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Link files with the federation's code and print the estimated quality (no labels needed);
+    with --truth also the measured quality."""
+    with render.stage_progress(err) as advance:
+        report = fedlink.run_linkage(inputs, tuple(mapping or ()), spec, truth, links, progress=advance)
+    render.linkage_run(out, report, fmt.value)
 
 
 @linkage_app.command("evaluate")

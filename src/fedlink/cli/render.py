@@ -138,6 +138,14 @@ def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:
         return
     down = [s.node for s in cat.raw.nodes if not s.live]
     caption = "rows rounded to 100; identifiers can be linked on, never queried"
+    warnings = [
+        f"warning: node '{status.node}', table '{info.name}': only {concept.valid:.0%} of {concept.concept} values "
+        f"({', '.join(concept.columns)}) are valid after normalisation; check tables.linkage in its node.toml"
+        for status in cat.raw.nodes
+        for info in (status.catalogue.tables if status.catalogue else ())
+        for concept in info.linkage
+        if concept.valid is not None and concept.valid < fedlink.LOW_VALID_SHARE
+    ]
     if down:
         caption += f"; down: {', '.join(down)}"
     table = Table(title="fedlink catalogue", caption=caption, title_justify="left")
@@ -146,6 +154,21 @@ def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    linkage = [
+        [status.node, info.name, concept.concept, ", ".join(concept.columns), concept.valid]
+        for status in cat.raw.nodes
+        for info in (status.catalogue.tables if status.catalogue else ())
+        for concept in info.linkage
+    ]
+    if linkage:
+        concepts = Table(title="identifier concepts mapped for linkage", title_justify="left")
+        for name in ("node", "table", "concept", "columns", "valid"):
+            concepts.add_column(name, justify="right" if name == "valid" else "left")
+        for node, name, concept, columns, valid in linkage:
+            concepts.add_row(node, name, concept, Text(columns), "—" if valid is None else f"{valid:.0%}")
+        console.print(concepts)
+    for warning in warnings:
+        console.print(warning, markup=False, highlight=False)
 
 
 @contextlib.contextmanager
@@ -186,7 +209,101 @@ def link_report(console: Console, report: Any, fmt: str) -> None:
     for stage, seconds in report.stages.items():
         table.add_row(stage, f"{seconds:.2f}")
     console.print(table)
+    if report.spec_hash:
+        console.print(
+            f"matching: {report.matching}; linkage spec sha256 {report.spec_hash[:16]}...; scores and the fitted "
+            "model stay with the linkage unit",
+            markup=False,
+            highlight=False,
+        )
+    for warning in report.warnings:
+        console.print(f"warning: {warning}", markup=False, highlight=False)
     match_rates(console, report.quality, report.quality_refused)
+    if report.quality is not None and report.quality.estimated is not None:
+        estimated_quality(console, report.quality.estimated)
+
+
+def _rate(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def estimated_quality(console: Console, estimated: Any) -> None:
+    """A spine's label-free quality (DP): overall, per node pair and by subgroup."""
+    table = Table(
+        title="estimated linkage quality (from the fitted model, no labels; differentially private)",
+        title_justify="left",
+        caption=estimated.note,
+    )
+    for column in ("scope", "links", "expected false", "expected missed", "precision", "recall", "F1"):
+        table.add_column(column, justify="left" if column == "scope" else "right")
+
+    def row(scope: str, counts: Any) -> None:
+        table.add_row(
+            Text(scope),  # subgroup labels are a node's own values: never markup
+            f"{counts.links:,.0f}",
+            f"{counts.false_links:,.1f}",
+            f"{counts.missed_links:,.1f}",
+            _rate(counts.precision),
+            _rate(counts.recall),
+            _rate(counts.f1),
+        )
+
+    row("all node pairs", estimated.overall)
+    for pair in estimated.pairs:
+        row(f"{pair.a} - {pair.b}", pair)
+    for name, cells in estimated.subgroups.items():
+        for label, counts in cells.items():
+            row(f"{name} = {label}", counts)
+    console.print(table)
+
+
+def linkage_run(console: Console, report: dict[str, Any], fmt: str) -> None:
+    """`fedlink linkage run`: estimated (and measured) quality, inputs, warnings."""
+    if fmt == "json":
+        console.print_json(json.dumps(report, default=str))
+        return
+    measures = ("precision", "recall", "f1")
+    estimated, measured = report.get("estimated") or {}, report.get("measured") or {}
+    if fmt == "csv":
+        _csv(
+            console,
+            ["measure", "estimated", "measured"],
+            [[m, estimated.get(m), measured.get(m)] for m in measures],
+        )
+        return
+    table = Table(
+        title="linkage quality over cross-input pairs of people",
+        title_justify="left",
+        caption=f"matching {report['matching']}, threshold "
+        f"{'—' if report['threshold'] is None else format(report['threshold'], '.3f')}; linkage spec "
+        f"{report['spec_hash'][:12]}; estimated: from the fitted model, no labels",
+    )
+    table.add_column("measure")
+    table.add_column("estimated", justify="right")
+    if measured:
+        table.add_column("measured", justify="right")
+    for measure in measures:
+        cells = [_rate(estimated.get(measure))]
+        if measured:
+            cells.append(_rate(measured.get(measure)))
+        table.add_row(measure, *cells)
+    console.print(table)
+    inputs = Table(title="inputs", title_justify="left")
+    for column in ("input", "rows", "people", "concepts", "missing"):
+        inputs.add_column(column, justify="right" if column in ("rows", "people") else "left")
+    for number, described in enumerate(report["inputs"]):
+        inputs.add_row(
+            Text(f"{number}: {described['file']}"),
+            f"{described['rows']:,}",
+            f"{described['people']:,}",
+            ", ".join(f"{c} {share:.0%}" for c, share in described["valid"].items()),
+            ", ".join(described["missing"]),
+        )
+    console.print(inputs)
+    for warning in report["warnings"]:
+        console.print(f"warning: {warning}", markup=False, highlight=False)
+    if report.get("note"):
+        console.print(report["note"], markup=False, highlight=False)
 
 
 def match_rates(console: Console, quality: Any, refused: str | None = None) -> None:

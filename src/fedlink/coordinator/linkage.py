@@ -1,15 +1,19 @@
 """The coordinator's linkage unit: orchestrates link-secret agreement among nodes (relaying sealed
-envelopes it cannot open), collects keyed encodings, links them (exact match-key tiers, then Dice
-similarity over keyed blocks, then multi-party clustering with at most one record per node in an
-entity) and gives each node only the slot of each of its own people.
+envelopes it cannot open), sends them the project's linkage spec, collects keyed encodings, links
+them (probabilistic matching: per-field comparisons weighed by a Fellegi-Sunter model fitted without
+labels, :mod:`fedlink.linkage.probabilistic`; or, for a "clk" spec, exact match-key tiers then Dice
+similarity of record-level filters; then multi-party clustering with at most one record per node in
+an entity) and gives each node only the slot of each of its own people.
 
-The spine (entity and slot of every node's person index) stays here. Similarity scores never leave
-this module; exact overlap counts and match rates are not released to anyone.
+The spine (entity and slot of every node's person index), every pair's score, the fitted model and
+the exact estimated quality stay here (``<spines>/<project>.estimate.json``); overlap counts, match
+rates and the estimated quality go to the analyst only with DP noise (:func:`release_quality`).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import secrets
 import time
@@ -23,10 +27,16 @@ import numpy as np
 
 from fedlink.errors import Fault, FedlinkError
 from fedlink.linkage.cluster import assign_slots, cluster
+from fedlink.linkage.concepts import LOW_VALID_SHARE
 from fedlink.linkage.encode import EncodedRecords
+from fedlink.linkage.estimate import ExpectedCounts, QualityEstimate, estimate_quality
 from fedlink.linkage.messages import (
+    EncodeAnswer,
     EnvelopeCall,
     Envelopes,
+    EstimatedCounts,
+    EstimatedPair,
+    EstimatedQuality,
     InitiateCall,
     LinkageQuality,
     LinkCall,
@@ -37,8 +47,11 @@ from fedlink.linkage.messages import (
     PsiStarted,
     QualityCall,
     SlotsCall,
+    SubgroupLabels,
 )
 from fedlink.linkage.payload import from_bytes, slots_to_bytes
+from fedlink.linkage.probabilistic import FellegiSunter, link_probabilistic
+from fedlink.linkage.spec import LinkageSpec, load_spec
 from fedlink.model import Frozen
 from fedlink.pets import psi
 from fedlink.pets.dp import add_noise, calibrate
@@ -71,12 +84,27 @@ def overlap_counts(entity: list[np.ndarray], order: list[str]) -> tuple[dict[str
 
 
 def release_quality(
-    spine_id: str, people: dict[str, int], pairs: dict[tuple[str, str], int], epsilon: float
+    spine_id: str,
+    people: dict[str, int],
+    pairs: dict[tuple[str, str], int],
+    epsilon: float,
+    estimate: QualityEstimate | None = None,
+    labels: dict[str, dict[int, str]] | None = None,
 ) -> LinkageQuality:
-    """Match rates from counts with OpenDP's discrete Laplace noise: one person changes their node's
-    count and each of its k - 1 pair overlaps by at most one, so the L1 sensitivity is k."""
+    """Match rates, and the estimated quality where a model gave one, from counts with OpenDP's noise.
+
+    Match rates: one person changes their node's count and each of its k - 1 pair overlaps by at most
+    one, so the L1 sensitivity of those counts is k; discrete Laplace. With an estimate, half of
+    ``epsilon`` goes to them and half to the expected false and missed links (continuous Laplace): per
+    pair of nodes, a person's records take part in at most two links (each adds at most 1 to the
+    expected false links) and their discounted missed pairs add at most 1 per record, so at most 4;
+    summed over the k(k-1)/2 pairs, and counted again in at most two cells of each subgroup. As for
+    the match rates, this bounds one person's contribution to a given spine (the spine itself is not
+    re-linked without them)."""
+    k = len(people)
+    share = epsilon / 2 if estimate is not None else epsilon
     exact = np.array([*people.values(), *pairs.values()], dtype=float)
-    spec = calibrate(float(len(people)), epsilon=epsilon, integer=True)
+    spec = calibrate(float(k), epsilon=share, integer=True)
     noisy = np.maximum(add_noise(exact, spec), 0.0)
     noisy_people = dict(zip(people, noisy[: len(people)].tolist(), strict=True))
     matches = []
@@ -84,13 +112,93 @@ def release_quality(
         rate_a = min(1.0, value / noisy_people[a]) if noisy_people[a] >= 1 else None
         rate_b = min(1.0, value / noisy_people[b]) if noisy_people[b] >= 1 else None
         matches.append(PairMatch(a=a, b=b, rate_a=rate_a, rate_b=rate_b, overlap=value))
+    estimated = None
+    if estimate is not None:
+        estimated = _release_estimate(
+            estimate, list(people), dict(zip(pairs, noisy[len(people) :].tolist(), strict=True)), share, labels or {}
+        )
     return LinkageQuality(
         spine_id=spine_id,
         epsilon=epsilon,
         scale=spec.scale,
         people=noisy_people,
         pairs=tuple(matches),
-        note=f"DP counts (epsilon {epsilon:g} at every node); rate_a = share of a's people linked to b",
+        note=f"DP counts (epsilon {share:g} at every node); rate_a = share of a's people linked to b",
+        estimated=estimated,
+    )
+
+
+def _counts(links: float, false_links: float, missed: float) -> EstimatedCounts:
+    """Released counts and the rates they give (post-processing of noisy counts)."""
+    links = max(links, 0.0)
+    false_links = min(max(false_links, 0.0), links)
+    missed = max(missed, 0.0)
+    correct = links - false_links
+    return EstimatedCounts(
+        links=links,
+        false_links=false_links,
+        missed_links=missed,
+        precision=correct / links if links > 0 else None,
+        recall=correct / (correct + missed) if correct + missed > 0 else None,
+        f1=2 * correct / (links + correct + missed) if links + correct + missed > 0 else None,
+    )
+
+
+def _release_estimate(
+    estimate: QualityEstimate,
+    order: list[str],
+    overlaps: dict[tuple[str, str], float],
+    epsilon: float,
+    labels: dict[str, dict[int, str]],
+) -> EstimatedQuality:
+    """Expected false and missed links per node pair and per subgroup label, with Laplace noise; links
+    per pair from the released (noisy) overlaps, per subgroup with noise too (see release_quality)."""
+    k = len(order)
+    node_pairs = k * (k - 1) // 2
+    subgroup_cells = [(name, code) for name, codes in estimate.subgroups.items() for code in codes]
+    sensitivity = 4.0 * node_pairs * (1 + 2 * len(estimate.subgroups))
+    spec = calibrate(sensitivity, epsilon=epsilon, integer=False)
+    exact = []
+    for p, q in sorted(estimate.pairs):
+        counts = estimate.pairs[(p, q)]
+        exact += [counts.links - counts.correct, counts.missed]
+    for name, code in subgroup_cells:
+        counts = estimate.subgroups[name][code]
+        exact += [counts.links, counts.links - counts.correct, counts.missed]
+    noisy = add_noise(np.array(exact, dtype=float), spec).tolist()
+    released_pairs = []
+    total = ExpectedCounts()
+    for index, (p, q) in enumerate(sorted(estimate.pairs)):
+        a, b = order[p], order[q]
+        links = overlaps.get((a, b), 0.0)
+        false_links, missed = noisy[2 * index], noisy[2 * index + 1]
+        released_pairs.append(EstimatedPair(a=a, b=b, **_counts(links, false_links, missed).model_dump()))
+        total = total + ExpectedCounts(links, links - false_links, missed)
+    at = 2 * len(estimate.pairs)
+    subgroups: dict[str, dict[str, EstimatedCounts]] = {}
+    for index, (name, code) in enumerate(subgroup_cells):
+        links, false_links, missed = noisy[at + 3 * index : at + 3 * index + 3]
+        label = labels.get(name, {}).get(code, "(unknown)" if code == 0 else "(not named by any node)")
+        held = subgroups.setdefault(name, {})
+        if label in held:  # codes no node could name are pooled
+            previous = held[label]
+            links, false_links, missed = (
+                links + previous.links,
+                false_links + previous.false_links,
+                missed + previous.missed_links,
+            )
+        held[label] = _counts(links, false_links, missed)
+    return EstimatedQuality(
+        epsilon=epsilon,
+        scale=spec.scale,
+        overall=_counts(total.links, total.links - total.correct, total.missed),
+        pairs=tuple(released_pairs),
+        subgroups=subgroups,
+        note=(
+            f"expected false and missed links from the fitted model, with Laplace noise of scale {spec.scale:.3g} "
+            f"(epsilon {epsilon:g} at every node); links per pair are the released overlaps; pairs that no "
+            "blocking rule brought together are not counted as missed"
+        ),
     )
 
 
@@ -101,24 +209,42 @@ class LinkageUnit:
         self._quality_epsilon = quality_epsilon
 
     def run(
-        self, project: str, analyst: str, nodes: list[str], progress: Progress, mode: LinkMode = "secret"
+        self,
+        project: str,
+        analyst: str,
+        nodes: list[str],
+        progress: Progress,
+        mode: LinkMode = "secret",
+        spec: LinkageSpec | None = None,
     ) -> LinkReport:
+        """Build the spine of ``project`` across ``nodes`` with ``spec`` (default: the shipped spec,
+        wildcards resolved to nothing)."""
         if len(nodes) < 2:
             raise Fault(f"project '{project}' spans fewer than two nodes: nothing to link")
+        spec = spec or load_spec().resolve(())
         stages: dict[str, float] = {}
-        call = LinkCall(project=project, analyst=analyst, mode=mode)
+        call = LinkCall(project=project, analyst=analyst, mode=mode, spec_hash=spec.hash)
         steps = 6
         spine_id = secrets.token_hex(16)
         started = time.perf_counter()
         order = sorted(nodes)
+        warnings: list[str] = []
+        estimate: QualityEstimate | None = None
         if mode == "psi":
-            parties = self._psi(call, order, progress, stages)
+            parties = self._psi(call, spec, order, progress, stages)
         else:
-            parties = self._keyed(call, order, progress, stages)
+            parties = self._keyed(call, spec, order, progress, stages, warnings)
 
         progress("matching and clustering", 2, steps)
         mark = time.perf_counter()
-        spine = cluster(parties)
+        if mode == "secret" and spec.matching == "probabilistic":
+            linked = link_probabilistic(parties, spec)
+            spine = linked.spine
+            subgroups = {name: [p.subgroups[name] for p in parties] for name in spec.subgroups}
+            estimate = estimate_quality(spine.entity, linked.scored, subgroups)
+            self._keep_estimate(project, spine_id, order, spec, linked.threshold, linked.models, estimate)
+        else:
+            spine = cluster(parties)
         slots = assign_slots(spine, secrets.token_bytes(32))
         stages["link"] = time.perf_counter() - mark
 
@@ -139,6 +265,7 @@ class LinkageUnit:
                     analyst=analyst,
                     slots=base64.b64encode(slots_to_bytes(slots[i])).decode(),
                     spine_id=spine_id,
+                    spec_hash=spec.hash,
                 )
                 .model_dump_json()
                 .encode()
@@ -149,8 +276,10 @@ class LinkageUnit:
         _first_error(sent)
         stages["distribute"] = time.perf_counter() - mark
 
-        progress("releasing match rates with differential privacy", 5, steps)
-        quality, refused = self._quality(call, spine_id, order, people, pairs)
+        progress("releasing match rates and estimated quality with differential privacy", 5, steps)
+        quality, refused = self._quality(
+            call.model_copy(update={"spec": spec.text}), spine_id, order, people, pairs, estimate
+        )
         meta = meta.model_copy(update={"quality": quality, "quality_refused": refused})
         (self._spines / f"{project}.json").write_text(meta.model_dump_json(indent=2))
         progress("done", steps, steps)
@@ -164,10 +293,43 @@ class LinkageUnit:
             spine_id=spine_id,
             quality=quality,
             quality_refused=refused,
+            spec_hash=spec.hash,
+            matching="exact match keys (PSI)" if mode == "psi" else spec.matching,
+            warnings=tuple(warnings),
         )
 
+    def _keep_estimate(
+        self,
+        project: str,
+        spine_id: str,
+        order: list[str],
+        spec: LinkageSpec,
+        threshold: float,
+        models: dict[tuple[int, int], FellegiSunter],
+        estimate: QualityEstimate,
+    ) -> None:
+        """The exact estimated quality and the fitted models, kept by the linkage unit only."""
+        self._spines.mkdir(parents=True, exist_ok=True)
+        document = {
+            "spine_id": spine_id,
+            "spec_hash": spec.hash,
+            "threshold": threshold,
+            "estimated": estimate.overall.to_dict(),
+            "pairs": {f"{order[p]}-{order[q]}": c.to_dict() for (p, q), c in estimate.pairs.items()},
+            "models": {
+                f"{order[p]}-{order[q]}": {"prior": m.prior, "levels": m.describe()} for (p, q), m in models.items()
+            },
+        }
+        (self._spines / f"{project}.estimate.json").write_text(json.dumps(document, indent=2))
+
     def _keyed(
-        self, call: LinkCall, order: list[str], progress: Progress, stages: dict[str, float]
+        self,
+        call: LinkCall,
+        spec: LinkageSpec,
+        order: list[str],
+        progress: Progress,
+        stages: dict[str, float],
+        warnings: list[str],
     ) -> list[EncodedRecords]:
         """Shared-secret mode: nodes agree a link secret, then send keyed match keys and Bloom encodings."""
         mark = time.perf_counter()
@@ -178,7 +340,11 @@ class LinkageUnit:
         cards = tuple(LinkKeyCard.model_validate_json(a.body) for a in answers.values() if isinstance(a, Message))
         initiator = order[0]
         sealed = self._fan_out(
-            {initiator: InitiateCall(project=project, analyst=analyst, cards=cards).model_dump_json().encode()},
+            {
+                initiator: InitiateCall(project=project, analyst=analyst, cards=cards, spec_hash=spec.hash)
+                .model_dump_json()
+                .encode()
+            },
             rpc.LINK_INITIATE,
         )
         _first_error(sealed)
@@ -187,7 +353,9 @@ class LinkageUnit:
         envelopes = Envelopes.model_validate_json(reply.body).envelopes
         delivered = self._fan_out(
             {
-                e.recipient: EnvelopeCall(project=project, analyst=analyst, envelope=e).model_dump_json().encode()
+                e.recipient: EnvelopeCall(project=project, analyst=analyst, envelope=e, spec_hash=spec.hash)
+                .model_dump_json()
+                .encode()
                 for e in envelopes
             },
             rpc.LINK_ENVELOPE,
@@ -197,14 +365,24 @@ class LinkageUnit:
 
         progress(f"encoding at {len(order)} nodes", 1, 6)
         mark = time.perf_counter()
-        encoded_answers = self._fan_out({n: call.model_dump_json().encode() for n in order}, rpc.LINK_ENCODE)
+        body = call.model_copy(update={"spec": spec.text}).model_dump_json().encode()
+        encoded_answers = self._fan_out({n: body for n in order}, rpc.LINK_ENCODE)
         _first_error(encoded_answers)
-        parties = [from_bytes(encoded_answers[n].body) for n in order]  # type: ignore[union-attr]
+        parties, heads = [], {}
+        for node in order:
+            answer = encoded_answers[node]
+            assert isinstance(answer, Message)
+            header, blobs = unpack(answer.body)
+            heads[node] = EncodeAnswer.model_validate_json(header)
+            parties.append(from_bytes(blobs[0]))
+        encoded_somewhere = {concept for head in heads.values() for concept in head.concepts}
+        for node, head in heads.items():
+            warnings.extend(_warnings(node, head, encoded_somewhere))
         stages["encode"] = time.perf_counter() - mark
         return parties
 
     def _psi(
-        self, call: LinkCall, order: list[str], progress: Progress, stages: dict[str, float]
+        self, call: LinkCall, spec: LinkageSpec, order: list[str], progress: Progress, stages: dict[str, float]
     ) -> list[EncodedRecords]:
         """PSI mode: each node prepares its distinct match keys under a fresh scalar of its own; then
         every batch of a node's keys travels round the ring, hashed and blinded by that node, re-blinded
@@ -214,8 +392,10 @@ class LinkageUnit:
         run = secrets.token_hex(16)
         progress(f"preparing match keys at {len(order)} nodes (PSI)", 0, 6)
         mark = time.perf_counter()
-        body = PsiCall(project=call.project, analyst=call.analyst, mode="psi", run=run).model_dump_json().encode()
-        started = self._fan_out({n: body for n in order}, rpc.LINK_PSI_START)
+        start = PsiCall(
+            project=call.project, analyst=call.analyst, mode="psi", run=run, spec_hash=spec.hash, spec=spec.text
+        )
+        started = self._fan_out({n: start.model_dump_json().encode() for n in order}, rpc.LINK_PSI_START)
         _first_error(started)
         heads: dict[str, PsiStarted] = {}
         index: dict[tuple[str, str], np.ndarray] = {}
@@ -266,16 +446,52 @@ class LinkageUnit:
         order: list[str],
         people: dict[str, int],
         pairs: dict[tuple[str, str], int],
+        estimate: QualityEstimate | None,
     ) -> tuple[LinkageQuality | None, str | None]:
-        """Every node spends the quality epsilon on its own ledger first; a refusal releases nothing."""
+        """Every node spends the quality epsilon on its own ledger first (and names the subgroup codes
+        it knows); a refusal releases nothing."""
         if self._quality_epsilon <= 0:
             return None, "match rates are not released (link_quality_epsilon = 0)"
-        body = QualityCall(project=call.project, analyst=call.analyst, spine_id=spine_id, epsilon=self._quality_epsilon)
+        codes = {name: tuple(cells) for name, cells in estimate.subgroups.items()} if estimate else {}
+        body = QualityCall(
+            project=call.project,
+            analyst=call.analyst,
+            spine_id=spine_id,
+            epsilon=self._quality_epsilon,
+            subgroup_codes=codes,
+            spec_hash=call.spec_hash,
+            spec=call.spec,
+        )
         answers = self._fan_out({n: body.model_dump_json().encode() for n in order}, rpc.LINK_QUALITY)
         refusals = [a.message for a in answers.values() if isinstance(a, FedlinkError)]
         if refusals:
             return None, f"match rates not released: {refusals[0]}"
-        return release_quality(spine_id, people, pairs, self._quality_epsilon), None
+        labels: dict[str, dict[int, str]] = {}
+        for answer in answers.values():
+            if isinstance(answer, Message) and answer.body:
+                for name, named in SubgroupLabels.model_validate_json(answer.body).labels.items():
+                    labels.setdefault(name, {}).update({int(code): label for code, label in named.items()})
+        return release_quality(spine_id, people, pairs, self._quality_epsilon, estimate, labels), None
+
+
+def _warnings(node: str, head: EncodeAnswer, encoded_somewhere: set[str]) -> list[str]:
+    """What a user should look at in one node's encoding: concepts it lacks that another node encodes,
+    or whose values are mostly invalid once normalised (a postcode of another country, dates in
+    another format)."""
+    found = []
+    lacking = [concept for concept in head.missing if concept in encoded_somewhere]
+    if lacking:
+        found.append(
+            f"node '{node}' encodes no {', '.join(lacking)} (not mapped in its tables, or not approved "
+            "for this project): comparisons of it count as missing there"
+        )
+    for concept, share in sorted(head.valid.items()):
+        if share < LOW_VALID_SHARE:
+            found.append(
+                f"node '{node}': only {share:.0%} of its people have a valid {concept} after normalisation; check "
+                f"how its node.toml maps {concept} (format, coding or country)"
+            )
+    return found
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """The project registry (``coordinator/projects.toml``): the Five Safes' "safe projects".
 
-A project names its purpose, its analysts, the datasets (``node.table``) it may use and the privacy
-budget it asks of each. Registration here is necessary, not sufficient: every node approves projects
-in its own config and caps their budgets; the node is the final authority.
+A project names its purpose, its analysts, the datasets (``node.table``) it may use, the privacy
+budget it asks of each, and its linkage spec (``linkage_spec``: ``"default"`` for the shipped spec, or
+a spec file relative to ``projects.toml``; :mod:`fedlink.linkage.spec`). Registration here is
+necessary, not sufficient: every node approves projects in its own config, caps their budgets and
+chooses which identifier concepts it encodes for them; the node is the final authority.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedlink.config import load_model, one_currency
-from fedlink.errors import AccessDenied, BadInput, PolicyRefused
+from fedlink.config import load_model, one_currency, resolve_path
+from fedlink.errors import AccessDenied, BadInput, ConfigError, PolicyRefused
+from fedlink.linkage.spec import LinkageSpec, load_spec
 
 
 class Project(BaseModel):
@@ -26,6 +29,8 @@ class Project(BaseModel):
     #: The budget the project asks of each dataset, in rho (zCDP): the ledgers' one currency. Each node
     #: grants its own cap in its approval; this is the request on the public record.
     rho: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    #: "default" (the shipped linkage spec) or a spec file, relative to projects.toml.
+    linkage_spec: str = "default"
 
     @model_validator(mode="before")
     @classmethod
@@ -46,6 +51,8 @@ class ProjectRegistry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     projects: tuple[Project, ...] = ()
+    #: The file this was read from: spec files are relative to its folder.
+    source: Path = Path("projects.toml")
 
     @model_validator(mode="after")
     def _unique(self) -> ProjectRegistry:
@@ -66,6 +73,19 @@ class ProjectRegistry(BaseModel):
     def of_analyst(self, analyst: str) -> list[Project]:
         return [p for p in self.projects if analyst in p.analysts]
 
+    def spec(self, project: Project) -> LinkageSpec:
+        """The project's linkage spec (its wildcards not yet resolved against the nodes' concepts)."""
+        if project.linkage_spec == "default":
+            return load_spec()
+        try:
+            return load_spec(resolve_path(project.linkage_spec, self.source))
+        except ConfigError as exc:
+            raise ConfigError(f"project '{project.id}': {exc.message} (linkage_spec in {self.source})") from exc
+
 
 def load_projects(path: Path) -> ProjectRegistry:
-    return load_model(path, ProjectRegistry, "projects")
+    """The registry in ``path``; every project's linkage spec is read once, so a bad one fails here."""
+    registry = load_model(path, ProjectRegistry, "projects").model_copy(update={"source": path.resolve()})
+    for project in registry.projects:
+        registry.spec(project)
+    return registry

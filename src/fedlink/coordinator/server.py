@@ -295,6 +295,15 @@ class Coordinator:
         project.check(analyst, [])
         nodes = sorted({dataset.split(".", 1)[0] for dataset in project.datasets})
         live = self._sessions_for(nodes)
+        # wildcards (every id: concept...) resolve to the concepts at least two of the project's nodes map
+        holders: dict[str, set[str]] = {}
+        for status in self.catalogue().nodes:
+            if status.node in nodes and status.catalogue is not None:
+                for table in status.catalogue.tables:
+                    for concept in table.linkage:
+                        holders.setdefault(concept.concept, set()).add(status.node)
+        mapped = {concept for concept, held in holders.items() if len(held) >= 2}
+        spec = self.projects.spec(project).resolve(mapped)
         # linkage moves whole encodings: allow it far longer than a query
         timeout = max(self.config.coordinator.query_timeout_s, 600.0)
         from fedlink.coordinator.linkage import LinkageUnit  # the matching stack loads only when linking
@@ -305,7 +314,7 @@ class Coordinator:
             self.config.coordinator.link_quality_epsilon,
         )
         try:
-            report = unit.run(project.id, analyst, nodes, progress, mode)
+            report = unit.run(project.id, analyst, nodes, progress, mode, spec)
         except FedlinkError as exc:
             self.register.append(
                 "link",
@@ -316,11 +325,20 @@ class Coordinator:
                     "mode": mode,
                     "status": "failed",
                     "reason": exc.message,
+                    "spec_hash": spec.hash,
                 },
             )
             raise
         self.register.append(
-            "link", {"project": project.id, "analyst": analyst, "nodes": nodes, "mode": mode, "status": "built"}
+            "link",
+            {
+                "project": project.id,
+                "analyst": analyst,
+                "nodes": nodes,
+                "mode": mode,
+                "status": "built",
+                "spec_hash": spec.hash,
+            },
         )
         return report
 

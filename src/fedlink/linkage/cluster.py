@@ -100,22 +100,28 @@ def cluster(
     max_block: int = DEFAULT_MAX_BLOCK,
     workers: int | None = None,
 ) -> Spine:
-    """The link spine of ``parties`` (each party's encodings in its own record order)."""
+    """The link spine of ``parties`` (each party's encodings in its own record order), linked pair by
+    pair with exact tiers and Dice similarity of record-level filters."""
     if not parties:
         raise BadInput("clustering needs at least one party's encodings")
-    counts = [p.count for p in parties]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     links: list[tuple[int, int, PairLinks]] = []
     for p in range(len(parties)):
         for q in range(p + 1, len(parties)):
             links.append((p, q, link_pair(parties[p], parties[q], threshold, max_block, workers)))
+    return cluster_links([p.count for p in parties], links)
+
+
+def cluster_links(counts: Sequence[int], links: Sequence[tuple[int, int, PairLinks]]) -> Spine:
+    """The link spine of parties of ``counts`` records from their pairwise links: merged strongest
+    first (exact links, then by score), never two records of one party in an entity."""
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     seconds = sum((pl.seconds for _, _, pl in links), StageSeconds())
     mark = time.perf_counter()
     total = int(offsets[-1])
     refused = 0
     if links and sum(len(pl) for _, _, pl in links):
-        xs, ys = _merge_order(links, offsets)
-        entities = _Entities(np.repeat(np.arange(len(parties)), counts).tolist())
+        xs, ys = _merge_order(list(links), offsets)
+        entities = _Entities(np.repeat(np.arange(len(counts)), counts).tolist())
         for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
             refused += not entities.merge(x, y)
         roots = np.arange(total, dtype=np.int64)
@@ -135,7 +141,7 @@ def cluster(
         seconds=seconds + StageSeconds(assign=time.perf_counter() - mark),
     )
     return Spine(
-        entity=[entity[offsets[p] : offsets[p + 1]] for p in range(len(parties))],
+        entity=[entity[offsets[p] : offsets[p + 1]] for p in range(len(counts))],
         entities=len(distinct),
         stats=stats,
     )

@@ -126,6 +126,12 @@ class LinkKeys:
     match: Mapping[str, bytes] = field(repr=False)
     bloom: Mapping[str, bytes] = field(repr=False)
     block: Mapping[str, bytes] = field(repr=False)
+    #: Per field-level filter key (name comparisons share "name"): a CMAC key, then a keystream key.
+    compare: Mapping[str, bytes] = field(repr=False, default_factory=lambda: MappingProxyType({}))
+    #: Per comparison with a keyed digest (dates, codes, exact fields).
+    digest: Mapping[str, bytes] = field(repr=False, default_factory=lambda: MappingProxyType({}))
+    #: Per subgroup: the key of its keyed codes.
+    subgroup: Mapping[str, bytes] = field(repr=False, default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,19 @@ class EncodedRecords:
     popcounts: np.ndarray
     #: block name -> uint64 keyed hashes, 0 where a field of the block is missing.
     block_keys: dict[str, np.ndarray]
+    #: Field-level encodings of a probabilistic spec, by "<comparison>/<part>": ``filter`` and
+    #: ``middle`` (uint64 rows), ``pop`` and ``middle_pop`` (int32 popcounts), ``digest`` and
+    #: ``swapped`` (uint64 keyed digests, 0 where missing).
+    fields: dict[str, np.ndarray] = field(default_factory=dict)
+    #: subgroup -> uint64 keyed code of each record's subgroup value (0: unknown).
+    subgroups: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def project_key(link_secret: bytes, project: str, purpose: str, length: int = MAC_KEY_BYTES) -> bytes:
+    """HKDF-SHA256 of the link secret for one purpose of one project (the salt hashes the project name)."""
+    salt = hashlib.sha256(_PROJECT_SALT_LABEL + project.encode()).digest()
+    info = f"fedlink/linkage/{purpose}".encode()
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(link_secret)
 
 
 def derive_keys(link_secret: bytes, project: str, schema: LinkageSchema) -> LinkKeys:
@@ -149,11 +168,9 @@ def derive_keys(link_secret: bytes, project: str, schema: LinkageSchema) -> Link
         raise BadInput(f"a link secret must be at least {MIN_SECRET_BYTES} bytes; run `fedlink link` to agree one")
     if not project:
         raise BadInput("linkage keys need a project name")
-    salt = hashlib.sha256(_PROJECT_SALT_LABEL + project.encode()).digest()
 
     def key(purpose: str, name: str, length: int = MAC_KEY_BYTES) -> bytes:
-        info = f"fedlink/linkage/v{schema.version}/{purpose}/{name}".encode()
-        return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(link_secret)
+        return project_key(link_secret, project, f"v{schema.version}/{purpose}/{name}", length)
 
     return LinkKeys(
         match=MappingProxyType({tier: key("match", tier) for tier, _ in schema.match_keys}),
@@ -202,6 +219,8 @@ def concatenate(parts: Sequence[EncodedRecords]) -> EncodedRecords:
         blooms=np.concatenate([p.blooms for p in parts]),
         popcounts=np.concatenate([p.popcounts for p in parts]),
         block_keys={name: np.concatenate([p.block_keys[name] for p in parts]) for name in parts[0].block_keys},
+        fields={name: np.concatenate([p.fields[name] for p in parts]) for name in parts[0].fields},
+        subgroups={name: np.concatenate([p.subgroups[name] for p in parts]) for name in parts[0].subgroups},
     )
 
 
@@ -279,16 +298,24 @@ def _encode_slice(columns: _Columns, schema: LinkageSchema, keys: LinkKeys) -> E
     blooms = _bloom_filters(columns, schema, keys)
     match_keys = {}
     for tier, names in schema.match_keys:
+        missing = columns.any_missing(names)
+        if missing.all():  # a field no record has (a concept this node lacks): nothing to key
+            match_keys[tier] = np.zeros(columns.count, dtype=f"S{BLOCK}")
+            continue
         mac = columns.hmac_keyed if schema.match_key_mac == "hmac-sha256" else columns.keyed
         digests = mac(keys.match[tier], names).copy()
-        digests[columns.any_missing(names)] = 0
+        digests[missing] = 0
         match_keys[tier] = digests.view(f"S{BLOCK}").reshape(columns.count)
     block_keys = {}
     for name, names in schema.blocking:
+        missing = columns.any_missing(names)
+        if missing.all():
+            block_keys[name] = np.zeros(columns.count, dtype=np.uint64)
+            continue
         hashed = columns.keyed(keys.block[name], names)[:, :8].copy().view("<u8").reshape(columns.count)
         hashed = hashed.astype(np.uint64, copy=False)
         hashed[hashed == 0] = 1  # 0 means missing
-        hashed[columns.any_missing(names)] = 0
+        hashed[missing] = 0
         block_keys[name] = hashed
     return EncodedRecords(
         count=columns.count,
@@ -356,7 +383,7 @@ def _cmac_subkey(cipher: CipherContext) -> np.ndarray:
 class _Columns:
     """The normalised fields of one slice of records, each factorised once into distinct values."""
 
-    def __init__(self, normalised: Mapping[str, np.ndarray], schema: LinkageSchema, count: int) -> None:
+    def __init__(self, normalised: Mapping[str, np.ndarray], schema: LinkageSchema | None, count: int) -> None:
         self.count = count
         self.distinct: dict[str, list[str]] = {}
         self.codes: dict[str, np.ndarray] = {}
@@ -369,9 +396,9 @@ class _Columns:
             self.distinct[name] = distinct  # type: ignore[assignment]  # checked just above
             self.codes[name] = codes
         self._blocks: dict[str, np.ndarray] = {}
-        self.salt_field = schema.salt_field
-        if schema.salt_field:
-            self.salts, self.salt_codes = self.distinct[schema.salt_field], self.codes[schema.salt_field]
+        self.salt_field = schema.salt_field if schema is not None else None
+        if self.salt_field:
+            self.salts, self.salt_codes = self.distinct[self.salt_field], self.codes[self.salt_field]
         else:
             self.salts, self.salt_codes = [""], np.zeros(self.count, dtype=np.int64)
 
@@ -483,16 +510,16 @@ def _field_rows(columns: _Columns, spec: FieldSpec, key: bytes, build_bits: int)
     )
     salted_salt, salted_token = np.divmod(salted, vocabulary_size)
     tags = aes_cmac(key[:MAC_KEY_BYTES], [columns.salt_blocks()[salted_salt], token_blocks[salted_token]])
-    token_rows = _token_rows(tags, spec.weight, key[MAC_KEY_BYTES:], build_bits)
+    rows_of_tokens = token_rows(tags, spec.weight, key[MAC_KEY_BYTES:], build_bits)
     nonempty = pair_counts > 0
     if int(pair_counts.max()) == 1:
-        rows[nonempty] = token_rows[occurrence_salted]
+        rows[nonempty] = rows_of_tokens[occurrence_salted]
     else:
-        rows[nonempty] = np.bitwise_or.reduceat(token_rows[occurrence_salted], pair_offset[nonempty], axis=0)
+        rows[nonempty] = np.bitwise_or.reduceat(rows_of_tokens[occurrence_salted], pair_offset[nonempty], axis=0)
     return rows, record_pairs
 
 
-def _token_rows(tags: np.ndarray, weight: int, key: bytes, build_bits: int) -> np.ndarray:
+def token_rows(tags: np.ndarray, weight: int, key: bytes, build_bits: int) -> np.ndarray:
     """Filter bits of each salted n-gram from its CMAC tag: ``weight`` positions drawn from an AES
     keystream that starts at the tag (AES_k(tag XOR i), i = 0, 1, ...), as uint64 rows."""
     blocks = -(-weight // _POSITIONS_PER_BLOCK)

@@ -1,5 +1,7 @@
 """The compiled Dice kernel: numba when it can be imported, else ``dice_pairs is None`` (and
-:func:`fedlink.linkage.match.dice` falls back to its NumPy kernel).
+:func:`fedlink.linkage.match.dice` falls back to its NumPy kernel); and the compiled comparison-level
+kernel of probabilistic matching (``filter_levels``, else None: the NumPy path of
+:mod:`fedlink.linkage.probabilistic` gives the same levels).
 
 :func:`dice_pairs` scores a span of pairs in one thread without the GIL, so that
 :func:`~fedlink.linkage.match.dice` runs spans on Python threads of its own. It does not use numba's
@@ -25,6 +27,7 @@ from typing import Any
 import numpy as np
 
 dice_pairs: Callable[..., int] | None
+filter_levels: Callable[..., int] | None
 
 try:
     from llvmlite import ir
@@ -33,6 +36,7 @@ try:
     from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the NumPy kernel working without it
     dice_pairs = None
+    filter_levels = None
 else:
 
     @intrinsic
@@ -119,3 +123,97 @@ else:
         return bad
 
     dice_pairs = _dice_pairs
+
+    @njit(nogil=True, cache=True, fastmath=False, boundscheck=False)
+    def _similar(x: np.ndarray, i: int, px: int, y: np.ndarray, j: int, py: int) -> np.float32:  # pragma: no cover
+        """Dice of row i of x and row j of y, the float32 the Dice kernel gives (compared with float32
+        thresholds, as NumPy compares a float32 array with a Python float)."""
+        both = np.uint64(0)
+        for w in range(x.shape[1]):
+            both += _popcount(x[i, w] & y[j, w])
+        total = np.float32(px + py)
+        if total <= np.float32(0.0):
+            return np.float32(0.0)
+        return np.float32(both) * np.float32(2.0) / total
+
+    @njit(nogil=True, cache=True, fastmath=False, boundscheck=False)
+    def _filter_levels(
+        af: np.ndarray,
+        ap: np.ndarray,
+        bf: np.ndarray,
+        bp: np.ndarray,
+        ad: np.ndarray,
+        bd: np.ndarray,
+        a_swapped: np.ndarray,
+        b_swapped: np.ndarray,
+        a_other: np.ndarray,
+        a_other_pop: np.ndarray,
+        b_other: np.ndarray,
+        b_other_pop: np.ndarray,
+        a_middle: np.ndarray,
+        a_middle_pop: np.ndarray,
+        b_middle: np.ndarray,
+        b_middle_pop: np.ndarray,
+        ia: np.ndarray,
+        ib: np.ndarray,
+        thresholds: np.ndarray,
+        settings: np.ndarray,
+        out: np.ndarray,
+        start: int,
+        stop: int,
+    ) -> int:  # pragma: no cover - compiled; tested through fedlink.linkage.probabilistic
+        """The level of one filter comparison for pairs ``start:stop`` (see probabilistic._levels_of):
+        0 where a side is missing; 1 for equal digests; 2 for a transposed date; then the first
+        threshold the Dice similarity reaches (from level ``first``); then "swapped" or "middle" where
+        the value is like the other's swap-field or middle-name filter; else ``different``.
+        ``settings``: digests (0 none, 1 equal, 2 equal or transposed), first, swap level, middle level,
+        the number n of grading thresholds, different; ``thresholds``: the n grading thresholds, then the
+        similarity a swapped or middle name needs. Returns how many indices were out of range."""
+        digests, first, swap_level, middle_level = settings[0], settings[1], settings[2], settings[3]
+        graded, different = settings[4], settings[5]
+        fallback = thresholds[graded]
+        a_rows, b_rows = ap.shape[0], bp.shape[0]
+        bad = 0
+        for k in range(start, stop):
+            i, j = ia[k], ib[k]
+            if i < 0 or j < 0 or i >= a_rows or j >= b_rows:
+                out[k] = 0
+                bad += 1
+                continue
+            if ap[i] == 0 or bp[j] == 0:
+                out[k] = 0
+                continue
+            if digests >= 1 and ad[i] != 0 and ad[i] == bd[j]:
+                out[k] = 1
+                continue
+            if digests == 2 and (
+                (ad[i] != 0 and ad[i] == b_swapped[j]) or (a_swapped[i] != 0 and a_swapped[i] == bd[j])
+            ):
+                out[k] = 2
+                continue
+            similarity = _similar(af, i, ap[i], bf, j, bp[j])
+            level = 0
+            for t in range(graded):
+                if similarity >= thresholds[t]:
+                    level = first + t
+                    break
+            if level == 0 and swap_level > 0:
+                near = np.float32(0.0)
+                if b_other_pop[j] > 0:
+                    near = _similar(af, i, ap[i], b_other, j, b_other_pop[j])
+                if a_other_pop[i] > 0:
+                    near = max(near, _similar(a_other, i, a_other_pop[i], bf, j, bp[j]))
+                if near >= fallback:
+                    level = swap_level
+            if level == 0 and middle_level > 0:
+                near = np.float32(0.0)
+                if b_middle_pop[j] > 0:
+                    near = _similar(af, i, ap[i], b_middle, j, b_middle_pop[j])
+                if a_middle_pop[i] > 0:
+                    near = max(near, _similar(a_middle, i, a_middle_pop[i], bf, j, bp[j]))
+                if near >= fallback:
+                    level = middle_level
+            out[k] = level if level > 0 else different
+        return bad
+
+    filter_levels = _filter_levels

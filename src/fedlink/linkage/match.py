@@ -296,7 +296,7 @@ def _without_giant_blocks(a_key: np.ndarray, b_key: np.ndarray, max_block: int) 
     return np.where(np.isin(a_key, giant), 0, a_key), np.where(np.isin(b_key, giant), 0, b_key)
 
 
-def _candidate_chunks(
+def candidate_chunks(
     a_blocks: Mapping[str, np.ndarray], b_blocks: Mapping[str, np.ndarray], max_block: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Disjoint chunks of the union of candidate pairs over the blocking keys both sides have."""
@@ -320,7 +320,7 @@ def candidate_pairs(
     """The pairs (ia, ib) of records sharing a non-zero value of some blocking key both sides have,
     each pair once, sorted by (ia, ib). Under each key, blocks of more than ``max_block`` pairs are
     skipped."""
-    parts = list(_candidate_chunks(a_blocks, b_blocks, max_block))
+    parts = list(candidate_chunks(a_blocks, b_blocks, max_block))
     if not parts:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     ia = np.concatenate([p[0] for p in parts]).astype(np.int64)
@@ -437,7 +437,7 @@ def link_pair(
     found_a: list[np.ndarray] = []
     found_b: list[np.ndarray] = []
     found_score: list[np.ndarray] = []
-    for ia, ib in _candidate_chunks(a_blocks, b_blocks, max_block):
+    for ia, ib in candidate_chunks(a_blocks, b_blocks, max_block):
         candidates += len(ia)
         # Dice <= 2 min(|A|, |B|) / (|A| + |B|): a pair too unequal in popcount cannot reach the threshold
         pa, pb = a_pop[ia], b_pop[ib]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from fedlink.model import Frozen
 from fedlink.pets.keyagree import Envelope, LinkKeyCard
 
@@ -16,6 +18,22 @@ class LinkCall(Frozen):
     #: "secret": nodes agree a link secret and send keyed match keys and Bloom encodings (exact and
     #: fuzzy tiers); "psi": no shared secret, exact match-key tiers through ECDH PSI.
     mode: LinkMode = "secret"
+    #: SHA-256 of the project's linkage spec (resolved for this link); on every register entry of it.
+    spec_hash: str = ""
+    #: The spec itself (canonical JSON), sent with the calls that encode: what every node encodes.
+    spec: str = ""
+
+
+class EncodeAnswer(Frozen):
+    """Node -> coordinator, before its encodings (binary body after this header): what it encoded."""
+
+    count: int
+    #: The spec's concepts this node encoded (mapped in its tables and approved for the project).
+    concepts: tuple[str, ...]
+    #: The spec's concepts this node did not encode (not mapped, or not approved): missing there.
+    missing: tuple[str, ...] = ()
+    #: Per encoded concept, the share of this node's people whose value is valid (rounded to 0.01).
+    valid: dict[str, float] = Field(default_factory=dict)
 
 
 class PsiCall(LinkCall):
@@ -59,10 +77,48 @@ class SlotsCall(LinkCall):
 
 class QualityCall(LinkCall):
     """Coordinator -> node: spend ``epsilon`` of the project's budget at this node on releasing the
-    new spine's match rates (the node reserves and commits it on its own ledger)."""
+    new spine's match rates and estimated quality (the node reserves and commits it on its own
+    ledger), and name the keyed subgroup codes it can (the node answers :class:`SubgroupLabels`)."""
 
     spine_id: str
     epsilon: float
+    subgroup_codes: dict[str, tuple[int, ...]] = Field(default_factory=dict)
+
+
+class SubgroupLabels(Frozen):
+    """Node -> coordinator: the label of each keyed subgroup code it knows (subgroup -> code -> label)."""
+
+    labels: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+
+class EstimatedCounts(Frozen):
+    """Expected linkage errors from the fitted model, released with DP: links (from the released
+    overlaps), expected false and missed links (noisy), and the precision, recall and F1 they give."""
+
+    links: float
+    false_links: float
+    missed_links: float
+    precision: float | None
+    recall: float | None
+    f1: float | None
+
+
+class EstimatedPair(EstimatedCounts):
+    a: str
+    b: str
+
+
+class EstimatedQuality(Frozen):
+    """Label-free linkage quality of a spine (:mod:`fedlink.linkage.estimate`), released with DP:
+    overall, per node pair and by subgroup; counts with Laplace noise of ``scale``."""
+
+    epsilon: float
+    scale: float
+    overall: EstimatedCounts
+    pairs: tuple[EstimatedPair, ...]
+    #: subgroup -> label -> counts.
+    subgroups: dict[str, dict[str, EstimatedCounts]] = Field(default_factory=dict)
+    note: str = ""
 
 
 class PairMatch(Frozen):
@@ -85,6 +141,8 @@ class LinkageQuality(Frozen):
     people: dict[str, float]
     pairs: tuple[PairMatch, ...]
     note: str = ""
+    #: Expected precision, recall and F1 from the fitted model (probabilistic matching only).
+    estimated: EstimatedQuality | None = None
 
     def pair(self, a: str, b: str) -> PairMatch | None:
         return next((p for p in self.pairs if {p.a, p.b} == {a, b}), None)
@@ -101,3 +159,8 @@ class LinkReport(Frozen):
     spine_id: str = ""
     quality: LinkageQuality | None = None
     quality_refused: str | None = None
+    #: SHA-256 of the linkage spec the spine was built with, and its matching ("probabilistic", "clk").
+    spec_hash: str = ""
+    matching: str = ""
+    #: What a user should look at: concepts a node lacks, or whose values are mostly invalid.
+    warnings: tuple[str, ...] = ()

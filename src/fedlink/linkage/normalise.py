@@ -113,11 +113,11 @@ _UNDECOMPOSABLE: Final = str.maketrans(
     }
 )
 _DASHES: Final = str.maketrans(dict.fromkeys("‐‑‒–—―", "-"))
-_NOT_LETTER: Final = re.compile(r"[^a-z]+")
-_NOT_ALPHANUMERIC: Final = re.compile(r"[^a-z0-9]+")
+NOT_LETTER: Final = re.compile(r"[^a-z]+")
+NOT_ALPHANUMERIC: Final = re.compile(r"[^a-z0-9]+")
 
 
-def _fold(text: str) -> str:
+def fold_text(text: str) -> str:
     """``text`` in lower case with accents stripped and every kind of dash written as a hyphen."""
     decomposed = unicodedata.normalize("NFKD", text.translate(_UNDECOMPOSABLE).translate(_DASHES))
     return "".join(char for char in decomposed if not unicodedata.combining(char)).lower()
@@ -125,14 +125,14 @@ def _fold(text: str) -> str:
 
 def normalise_first_name(text: str) -> str:
     """``first``: one given name in lower-case ASCII letters (see the module docstring)."""
-    words = _fold(text).split()
-    return _NOT_LETTER.sub("", words[0]) if words else ""
+    words = fold_text(text).split()
+    return NOT_LETTER.sub("", words[0]) if words else ""
 
 
 def normalise_last_name(text: str) -> str:
     """``last``: the first part of a surname in lower-case ASCII letters (see the module docstring)."""
-    for part in _fold(text).split("-"):
-        letters = _NOT_LETTER.sub("", part)
+    for part in fold_text(text).split("-"):
+        letters = NOT_LETTER.sub("", part)
         if letters:
             return letters
     return ""
@@ -165,14 +165,14 @@ _DAY_FIRST: Final = re.compile(r"(\d{1,2})[-/. ](\d{1,2}|[a-z]{3,9})[-/. ,]+(\d{
 _YEAR_MONTH: Final = re.compile(r"(\d{4})[-/.](\d{1,2})")
 _MONTH_YEAR: Final = re.compile(r"(\d{1,2}|[a-z]{3,9})[-/. ,]+(\d{4})")
 _YEAR: Final = re.compile(r"(\d{4})")
-_FIRST_YEAR, _LAST_YEAR = 1850, 2100
-_DAYS_IN_MONTH: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+FIRST_YEAR, LAST_YEAR = 1850, 2100
+DAYS_IN_MONTH: Final = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 DateParts = tuple[str, str, str, str]
 _NO_DATE: Final[DateParts] = ("", "", "", "")
 
 
-def _month_number(text: str) -> int:
+def month_number(text: str) -> int:
     """1-12 for a month number or an English month name or abbreviation ("mar", "sept"); else 0."""
     if text.isdigit():
         return int(text)
@@ -185,13 +185,13 @@ def _month_number(text: str) -> int:
 def _date_parts(year: str, month: str = "", day: str = "") -> DateParts:
     """(dob, year, month, day) as normalised strings, keeping the leading parts that are valid."""
     y = int(year)
-    if not _FIRST_YEAR <= y <= _LAST_YEAR:
+    if not FIRST_YEAR <= y <= LAST_YEAR:
         return _NO_DATE
-    m = _month_number(month) if month else 0
+    m = month_number(month) if month else 0
     if not 1 <= m <= 12:
         return ("", f"{y:04d}", "", "")
     d = int(day) if day else 0
-    if not 1 <= d <= (29 if m == 2 and calendar.isleap(y) else _DAYS_IN_MONTH[m]):
+    if not 1 <= d <= (29 if m == 2 and calendar.isleap(y) else DAYS_IN_MONTH[m]):
         return ("", f"{y:04d}", f"{m:02d}", "")
     return (f"{y:04d}-{m:02d}-{d:02d}", f"{y:04d}", f"{m:02d}", f"{d:02d}")
 
@@ -241,12 +241,12 @@ def normalise_postcode(text: str) -> PostcodeParts:
 
 def normalise_any_postcode(text: str) -> PostcodeParts:
     """(``postcode``, ``""``, ``""``): a postcode of any country as upper-case letters and digits."""
-    return (_NOT_ALPHANUMERIC.sub("", _fold(text)).upper(), "", "")
+    return (NOT_ALPHANUMERIC.sub("", fold_text(text)).upper(), "", "")
 
 
 def normalise_text(text: str) -> str:
     """A text field: lower-case ASCII letters and digits only (see the module docstring)."""
-    return _NOT_ALPHANUMERIC.sub("", _fold(text))
+    return NOT_ALPHANUMERIC.sub("", fold_text(text))
 
 
 def _as_text(value: object) -> str:
@@ -283,9 +283,7 @@ def distinct_codes(
     return encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _by_distinct_value(
-    values: Sequence[object], rule: Callable[[str], tuple[str, ...]], width: int
-) -> list[np.ndarray]:
+def by_distinct_value(values: Sequence[object], rule: Callable[[str], tuple[str, ...]], width: int) -> list[np.ndarray]:
     """``rule`` applied once per distinct value of ``values``; ``width`` output columns, one row each."""
     distinct, codes = distinct_codes(values)
     results = [rule(_as_text(v)) for v in distinct]
@@ -325,14 +323,14 @@ def normalise(
         first = normalise_first_name(text)
         return first, formal_first_name(first)
 
-    first, first_formal = _by_distinct_value(columns["first_name"], first_rule, 2)
-    (last,) = _by_distinct_value(columns["last_name"], lambda text: (normalise_last_name(text),), 1)
-    dob, year, month, day = _by_distinct_value(columns["dob"], normalise_dob, 4)
-    (sex,) = _by_distinct_value(columns["sex"], lambda text: (normalise_sex(text),), 1)
+    first, first_formal = by_distinct_value(columns["first_name"], first_rule, 2)
+    (last,) = by_distinct_value(columns["last_name"], lambda text: (normalise_last_name(text),), 1)
+    dob, year, month, day = by_distinct_value(columns["dob"], normalise_dob, 4)
+    (sex,) = by_distinct_value(columns["sex"], lambda text: (normalise_sex(text),), 1)
     postcode_rule = normalise_postcode if postcode == "uk" else normalise_any_postcode
-    code, outward, sector = _by_distinct_value(columns["postcode"], postcode_rule, 3)
+    code, outward, sector = by_distinct_value(columns["postcode"], postcode_rule, 3)
     text = {
-        name: _by_distinct_value(columns[name], lambda value: (normalise_text(value),), 1)[0] for name in text_fields
+        name: by_distinct_value(columns[name], lambda value: (normalise_text(value),), 1)[0] for name in text_fields
     }
     return {
         "first": first,

@@ -1,8 +1,9 @@
 """Keyed encodings on the wire: an :class:`EncodedRecords` as compact binary (NumPy ``.npz``).
 
-What crosses: per record, its match-key digests, its Bloom filter, the filter's popcount and its
-keyed blocking hashes; in the order of the node's own person list. Never a record id, a name or any
-other identifier: the node keeps the mapping from its records to that order.
+What crosses: per record, its match-key digests, its Bloom filter and the filter's popcount (a "clk"
+spec) or its field-level filters, popcounts and keyed digests (a probabilistic spec), its keyed
+blocking hashes and its keyed subgroup codes; in the order of the node's own person list. Never a
+record id, a name or any other identifier: the node keeps the mapping from its records to that order.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ def to_bytes(encoded: EncodedRecords) -> bytes:
         arrays[f"key:{tier}"] = digests
     for name, hashes in encoded.block_keys.items():
         arrays[f"block:{name}"] = hashes
+    for name, values in encoded.fields.items():
+        arrays[f"field:{name}"] = values
+    for name, codes in encoded.subgroups.items():
+        arrays[f"subgroup:{name}"] = codes
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
     return buffer.getvalue()
@@ -39,6 +44,8 @@ def from_bytes(blob: bytes) -> EncodedRecords:
         blooms=blooms,
         popcounts=arrays.pop("popcounts"),
         block_keys={k.removeprefix("block:"): v for k, v in arrays.items() if k.startswith("block:")},
+        fields={k.removeprefix("field:"): v for k, v in arrays.items() if k.startswith("field:")},
+        subgroups={k.removeprefix("subgroup:"): v for k, v in arrays.items() if k.startswith("subgroup:")},
     )
 
 

@@ -118,6 +118,15 @@ class LinkageSchema:
         return normalise(columns, postcode=self.postcode, text_fields=self.text_fields)
 
 
+def parse_schema(document: object, where: str, extra_fields: Sequence[str] = ()) -> LinkageSchema:
+    """A schema from its JSON document; ``extra_fields`` are further normalised fields its features
+    and keys may name (a project spec's concept fields: ``address``, ``id:nhs_number``...)."""
+    try:
+        return _parse(document, extra_fields)
+    except _Invalid as exc:
+        raise ConfigError(f"{where}: {exc}; fix the file or use the default schema") from exc
+
+
 def load_schema(path: Path | None = None) -> LinkageSchema:
     """The linkage schema in ``path``, or the shipped default; :class:`ConfigError` if it is invalid."""
     source = path or DEFAULT_SCHEMA_PATH
@@ -127,10 +136,7 @@ def load_schema(path: Path | None = None) -> LinkageSchema:
         raise ConfigError(f"cannot read linkage schema {source}: {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"linkage schema {source} is not valid JSON ({exc}); fix the file") from exc
-    try:
-        return _parse(document)
-    except _Invalid as exc:
-        raise ConfigError(f"linkage schema {source}: {exc}; fix the file or use the default schema") from exc
+    return parse_schema(document, f"linkage schema {source}")
 
 
 class _Invalid(ValueError):
@@ -230,13 +236,13 @@ def _feature(entry: object, number: int, known: Sequence[str]) -> FieldSpec:
     return FieldSpec(name, ngram, weight, positional, "skip", shared_key)
 
 
-def _parse(document: object) -> LinkageSchema:
+def _parse(document: object, extra_fields: Sequence[str] = ()) -> LinkageSchema:
     version = _get(document, "version", int, "the schema")
     if version != SCHEMA_VERSION:
         raise _Invalid(f"version {version} is not supported (this fedlink reads version {SCHEMA_VERSION})")
     _only(
         document,
-        {"version", "clk_config", "features", "match_keys", "blocking", "postcode", "text_fields"},
+        {"version", "clk_config", "features", "match_keys", "blocking", "postcode", "text_fields", "match_key_mac"},
         "the schema",
     )
     match_key_mac = _get(document, "match_key_mac", str, "the schema", "aes-cmac")
@@ -249,6 +255,7 @@ def _parse(document: object) -> LinkageSchema:
     known = (
         *(name for name in NORMALISED_FIELDS if postcode == "uk" or name not in _UK_ONLY_FIELDS),
         *text_fields,
+        *(name for name in extra_fields if name not in NORMALISED_FIELDS and name not in text_fields),
     )
     config = _get(document, "clk_config", dict, "the schema")
     _only(config, {"bits", "xor_fold", "salt_field"}, "clk_config")

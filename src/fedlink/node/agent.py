@@ -60,7 +60,7 @@ _CLOSE = object()
 def _request(call: LinkCall) -> LinkRequest:
     from fedlink.node.linkage import LinkRequest as Request  # the linkage stack loads only when linking
 
-    return Request(call.project, call.analyst)
+    return Request(call.project, call.analyst, call.spec, call.spec_hash)
 
 
 def _link_card(runtime: NodeRuntime, message: Message) -> Message:
@@ -71,7 +71,13 @@ def _link_initiate(runtime: NodeRuntime, message: Message) -> Message:
     call = InitiateCall.model_validate_json(message.body)
     envelopes = runtime.linkage.initiate(_request(call), list(call.cards))
     runtime.register.append(
-        "link_secret", {"project": call.project, "role": "initiator", "for": [e.recipient for e in envelopes]}
+        "link_secret",
+        {
+            "project": call.project,
+            "role": "initiator",
+            "for": [e.recipient for e in envelopes],
+            "spec_hash": call.spec_hash,
+        },
     )
     return Message(message.call_id, rpc.RESULT, Envelopes(envelopes=tuple(envelopes)).model_dump_json().encode())
 
@@ -79,21 +85,28 @@ def _link_initiate(runtime: NodeRuntime, message: Message) -> Message:
 def _link_envelope(runtime: NodeRuntime, message: Message) -> Message:
     call = EnvelopeCall.model_validate_json(message.body)
     runtime.linkage.receive(_request(call), call.envelope)
-    runtime.register.append("link_secret", {"project": call.project, "role": "recipient", "from": call.envelope.sender})
+    runtime.register.append(
+        "link_secret",
+        {"project": call.project, "role": "recipient", "from": call.envelope.sender, "spec_hash": call.spec_hash},
+    )
     return Message(message.call_id, rpc.ACK, b"")
 
 
 def _link_encode(runtime: NodeRuntime, message: Message) -> Message:
     call = LinkCall.model_validate_json(message.body)
     blob = runtime.linkage.encode(_request(call))
-    runtime.register.append("link_encode", {"project": call.project, "analyst": call.analyst})
+    runtime.register.append(
+        "link_encode", {"project": call.project, "analyst": call.analyst, "spec_hash": call.spec_hash}
+    )
     return Message(message.call_id, rpc.RESULT, blob)
 
 
 def _link_psi_start(runtime: NodeRuntime, message: Message) -> Message:
     call = PsiCall.model_validate_json(message.body)
     count, tiers = runtime.linkage.psi_start(_request(call), call.run)
-    runtime.register.append("link_encode", {"project": call.project, "analyst": call.analyst, "mode": "psi"})
+    runtime.register.append(
+        "link_encode", {"project": call.project, "analyst": call.analyst, "mode": "psi", "spec_hash": call.spec_hash}
+    )
     header = PsiStarted(count=count, distinct={t: n for t, (n, _) in tiers.items()}).model_dump_json().encode()
     return Message(message.call_id, rpc.RESULT, pack(header, [i.astype("<i8").tobytes() for _, i in tiers.values()]))
 
@@ -114,13 +127,17 @@ def _link_psi_blind(runtime: NodeRuntime, message: Message) -> Message:
 def _link_slots(runtime: NodeRuntime, message: Message) -> Message:
     call = SlotsCall.model_validate_json(message.body)
     runtime.linkage.store_slots(_request(call), base64.b64decode(call.slots), call.spine_id)
-    runtime.register.append("link_spine", {"project": call.project, "analyst": call.analyst})
+    runtime.register.append(
+        "link_spine", {"project": call.project, "analyst": call.analyst, "spec_hash": call.spec_hash}
+    )
     return Message(message.call_id, rpc.ACK, b"")
 
 
 def _link_quality(runtime: NodeRuntime, message: Message) -> Message:
-    runtime.spend_on_link_quality(QualityCall.model_validate_json(message.body))
-    return Message(message.call_id, rpc.ACK, b"")
+    call = QualityCall.model_validate_json(message.body)
+    runtime.spend_on_link_quality(call)
+    labels = runtime.linkage.subgroup_labels(_request(call), call.subgroup_codes)
+    return Message(message.call_id, rpc.RESULT, labels.model_dump_json().encode())
 
 
 def _linked_step(runtime: NodeRuntime, message: Message) -> Message:

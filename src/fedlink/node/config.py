@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from fedlink.config import expand, load_model, one_currency, resolve_path
+from fedlink.errors import BadInput
+from fedlink.linkage.concepts import MULTI_COLUMN, ConceptOptions, concept_name
 from fedlink.model import Frozen
 from fedlink.query.catalogue import ColumnDomain
 from fedlink.query.disclosure import DisclosurePolicy
@@ -85,6 +87,71 @@ class SparkBackend(Frozen):
 BackendDecl = Annotated[PostgresBackend | SparkBackend, Field(discriminator="kind")]
 
 
+#: The identifier columns a table without ``[tables.linkage]`` is read by, when it declares them.
+LEGACY_CONCEPTS = ("first_name", "last_name", "dob", "sex", "postcode")
+_MAPPING_OPTIONS = ("record_id", "dob_format", "sex_coding", "postcode_country")
+
+
+class LinkageMapping(Frozen):
+    """``[tables.linkage]``: which of a table's own columns hold which identifier concept
+    (:mod:`fedlink.linkage.concepts`), how they are written, and the record id column. A concept
+    not named here is missing in this table (never faked)."""
+
+    record_id: str
+    dob_format: str = "auto"
+    sex_coding: str = "auto"
+    postcode_country: str = "uk"
+    #: Concept -> the columns holding it (several only for address and middle names).
+    concepts: dict[str, tuple[str, ...]]
+    #: Concept -> the key it was written under (for messages: ``nhs_number`` is ``id:nhs_number``).
+    keys: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _concept_keys(cls, data: object) -> object:
+        if not isinstance(data, dict) or "concepts" in data:
+            return data
+        if "record_id" not in data:
+            raise ValueError('[tables.linkage] needs record_id = "COLUMN": the column of each record\'s own id')
+        concepts: dict[str, tuple[str, ...]] = {}
+        keys: dict[str, str] = {}
+        for key, value in data.items():
+            if key in _MAPPING_OPTIONS:
+                continue
+            try:
+                concept = concept_name(key)
+            except BadInput as exc:
+                raise ValueError(f"tables.linkage.{key}: {exc.message}") from None
+            columns = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else ()
+            if not columns or not all(isinstance(c, str) and c for c in columns):
+                raise ValueError(f"tables.linkage.{key} must name a column (or a list of columns)")
+            if len(columns) > 1 and concept not in MULTI_COLUMN:
+                raise ValueError(
+                    f"tables.linkage.{key} names {len(columns)} columns; only address and middle_names take several"
+                )
+            if concept in concepts:
+                raise ValueError(f"tables.linkage maps {concept} twice ({keys[concept]} and {key}); keep one")
+            concepts[concept], keys[concept] = columns, key
+        return {**{k: data[k] for k in _MAPPING_OPTIONS if k in data}, "concepts": concepts, "keys": keys}
+
+    @model_validator(mode="after")
+    def _options(self) -> LinkageMapping:
+        try:
+            self.options()
+        except BadInput as exc:
+            raise ValueError(f"[tables.linkage]: {exc.message}") from None
+        return self
+
+    def options(self) -> ConceptOptions:
+        return ConceptOptions(
+            dob_format=self.dob_format, sex_coding=self.sex_coding, postcode_country=self.postcode_country
+        )
+
+    def key_of(self, concept: str) -> str:
+        """The ``node.toml`` key that maps ``concept``."""
+        return f"tables.linkage.{self.keys.get(concept, concept)}"
+
+
 class TableDecl(Frozen):
     name: str
     #: A CSV or Parquet file (DuckDB reads it in place, the default), or with ``backend``: a relation
@@ -101,6 +168,8 @@ class TableDecl(Frozen):
     #: Local identifier columns that tell this node's rows of one person apart; when given, rows
     #: beyond ``max_rows_per_person`` per person are dropped before aggregating (enforcing the bound).
     person_key: tuple[str, ...] | None = None
+    #: Which columns hold which identifier concepts for linkage (``[tables.linkage]``).
+    linkage: LinkageMapping | None = None
 
     _name = field_validator("name")(_identifier)
 
@@ -118,6 +187,18 @@ class TableDecl(Frozen):
             if column not in names:
                 raise ValueError(f"person_key column '{column}' of table '{self.name}' is not declared")
         return self
+
+    def linkage_mapping(self) -> LinkageMapping | None:
+        """The table's linkage mapping: ``[tables.linkage]``, else, for a table that declares identifier
+        columns named like the concepts (``first_name``, ``last_name``, ``dob``, ``sex``, ``postcode``)
+        and a ``record_id`` column, those; else None (the table takes no part in linkage)."""
+        if self.linkage is not None:
+            return self.linkage
+        declared = {c.name for c in self.columns if c.kind == "identifier"}
+        concepts: dict[str, tuple[str, ...]] = {name: (name,) for name in LEGACY_CONCEPTS if name in declared}
+        if "record_id" not in {c.name for c in self.columns} or not concepts:
+            return None
+        return LinkageMapping(record_id="record_id", concepts=concepts, keys={})
 
     @property
     def source_format(self) -> str:
@@ -153,6 +234,19 @@ class Approval(Frozen):
     tables: tuple[str, ...] | None = None
     #: Analysts allowed (default: whoever the project registers).
     analysts: tuple[str, ...] | None = None
+    #: Identifier concepts this node encodes for the project's linkage (default: every concept its
+    #: tables map); the project's spec may use others, which are then missing at this node.
+    linkage_concepts: tuple[str, ...] | None = None
+
+    @field_validator("linkage_concepts")
+    @classmethod
+    def _known_concepts(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        try:
+            return tuple(concept_name(name) for name in value)
+        except BadInput as exc:
+            raise ValueError(exc.message) from None
 
     @model_validator(mode="before")
     @classmethod

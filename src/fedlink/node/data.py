@@ -13,13 +13,25 @@ import pyarrow as pa
 from sqlglot import exp
 
 from fedlink.errors import ConfigError, QueryError
+from fedlink.linkage.concepts import VALID_FIELD, normalise_concepts
 from fedlink.node.backends import Backend, Columns, open_backends
-from fedlink.node.config import ColumnDecl, NodeConfig, TableDecl
+from fedlink.node.config import ColumnDecl, LinkageMapping, NodeConfig, TableDecl
 from fedlink.node.operators import run_aggregate
-from fedlink.query.catalogue import ColumnDomain, ColumnInfo, NodeCatalogue, TableInfo
+from fedlink.query.catalogue import ColumnDomain, ColumnInfo, LinkageConcept, NodeCatalogue, TableInfo
 from fedlink.query.disclosure import round_count
 from fedlink.query.plan import AggregatePlan
 from fedlink.query.results import PartialAggregates
+
+
+def concept_text(columns: Sequence[str]) -> exp.Expr:
+    """A concept's value as text: its column, or its columns joined by spaces (missing parts empty)."""
+    parts: list[exp.Expr] = []
+    for column in columns:
+        text = exp.Coalesce(
+            this=exp.cast(exp.column(column, quoted=True), "text"), expressions=[exp.Literal.string("")]
+        )
+        parts += [exp.Literal.string(" "), text] if parts else [text]
+    return parts[0] if len(parts) == 1 else exp.Concat(expressions=parts)
 
 
 class NodeData:
@@ -34,6 +46,7 @@ class NodeData:
             for table in config.tables:
                 self.backend(table).add_table(table)
                 self._check_columns(table)
+                self._check_linkage(table)
             self.catalogue = self._build_catalogue()
         except BaseException:
             self.close()
@@ -49,6 +62,50 @@ class NodeData:
         numeric = self.backend(table).numeric_columns(table)
         for column in table.columns:
             self._check_column(table, column, numeric)
+
+    def _check_linkage(self, table: TableDecl) -> None:
+        """Every column ``[tables.linkage]`` names is in the data."""
+        mapping = table.linkage_mapping()
+        if mapping is None:
+            return
+        present = self.backend(table).numeric_columns(table)
+        where = f"node '{self.config.name}', table '{table.name}'"
+        if mapping.record_id not in present:
+            raise ConfigError(
+                f"{where}: the record id column '{mapping.record_id}' (tables.linkage.record_id) is not in the data; "
+                f"fix tables.linkage.record_id in {self.config.source}"
+            )
+        for concept, columns in mapping.concepts.items():
+            for column in columns:
+                if column not in present:
+                    raise ConfigError(
+                        f"{where}: column '{column}' mapped to {concept} by {mapping.key_of(concept)} is not in the "
+                        f"data; fix {mapping.key_of(concept)} in {self.config.source} (or remove it if the table "
+                        "lacks that concept)"
+                    )
+
+    def _linkage_concepts(self, table: TableDecl, mapping: LinkageMapping) -> tuple[LinkageConcept, ...]:
+        """Each mapped concept and the share of the table's records whose value is valid once normalised
+        (read once per distinct value)."""
+        found = []
+        source = self.backend(table).relation(table)
+        for concept, columns in mapping.concepts.items():
+            valid = None
+            if not concept.startswith("subgroup:"):
+                value = concept_text(columns)
+                query = (
+                    exp.select(exp.alias_(value, "v"), exp.alias_(exp.Count(this=exp.Star()), "n"))
+                    .from_(source)
+                    .group_by(value.copy())
+                )
+                rows = self.backend(table).fetch(query)
+                counts = np.asarray(rows["n"], dtype=float)
+                if counts.sum() > 0:
+                    normalised = normalise_concepts({concept: list(rows["v"])}, mapping.options())
+                    present = normalised[VALID_FIELD.get(concept, concept)] != ""
+                    valid = round(float(counts[present].sum() / counts.sum()), 2)
+            found.append(LinkageConcept(concept=concept, columns=columns, valid=valid))
+        return tuple(found)
 
     def _check_column(self, table: TableDecl, column: ColumnDecl, numeric: dict[str, bool]) -> None:
         where = f"{self.config.source}: column '{column.name}' of table '{table.name}'"
@@ -97,12 +154,14 @@ class NodeData:
                     completeness = round(float(share), 2) if share is not None else None
                 declared = column.model_dump(include=set(ColumnDomain.model_fields))
                 columns.append(ColumnInfo(**declared, completeness=completeness))
+            mapping = table.linkage_mapping()
             tables.append(
                 TableInfo(
                     name=table.name,
                     description=table.description,
                     rows_rounded=int(round_count(count, 100)),
                     columns=tuple(columns),
+                    linkage=self._linkage_concepts(table, mapping) if mapping else (),
                 )
             )
         return NodeCatalogue(

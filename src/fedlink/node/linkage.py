@@ -2,14 +2,19 @@
 own people, and the slots the linkage unit assigns them; or, in the PSI mode (no link secret), its
 match keys hashed to secp256k1 and blinded with a scalar of its own, and other nodes' points re-blinded.
 
-The node turns the identifier columns of the tables a project may use into one list of *people*
-(records with identical identifiers are one person: at most one record per node in an entity), in a
-random order that it keeps to itself. It sends the linkage unit only keyed encodings in that order,
-and receives back one slot per person. Identifiers, record ids and the order never leave the node.
+The node reads the identifier concepts of the project's linkage spec from the columns each of its
+tables maps to them (``[tables.linkage]`` in ``node.toml``), and only the concepts its operator
+approved for the project (``linkage_concepts`` of the approval): a concept a table does not map, or
+the operator did not approve, is missing. It turns those columns of the tables the project may use
+into one list of *people* (records with identical identifiers are one person: at most one record per
+node in an entity), in a random order that it keeps to itself. It sends the linkage unit only keyed
+encodings in that order, and receives back one slot per person. Identifiers, record ids and the
+order never leave the node.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import logging
@@ -27,32 +32,51 @@ import pyarrow.parquet as pq
 from sqlglot import exp
 
 from fedlink.errors import Fault, PolicyRefused
-from fedlink.linkage.encode import EncodedRecords, TierMessages, concatenate, derive_keys, encode, match_key_rows
-from fedlink.linkage.normalise import normalise
+from fedlink.linkage.concepts import ConceptOptions, normalise_concepts, valid_counts
+from fedlink.linkage.encode import EncodedRecords, TierMessages, concatenate, match_key_rows
+from fedlink.linkage.fields import complete, derive_spec_keys, encode_spec, known_labels, subgroup_codes
+from fedlink.linkage.messages import EncodeAnswer, SubgroupLabels
 from fedlink.linkage.payload import slots_from_bytes, to_bytes
-from fedlink.linkage.schema import load_schema
-from fedlink.node.config import NodeConfig, TableDecl
-from fedlink.node.data import NodeData
+from fedlink.linkage.spec import SUBGROUPS_BUILT_IN, LinkageSpec, spec_from_text
+from fedlink.node.config import LinkageMapping, NodeConfig, TableDecl
+from fedlink.node.data import NodeData, concept_text
 from fedlink.pets import psi
 from fedlink.pets.keyagree import Envelope, LinkKeyCard, NodeKeyAgreement
+from fedlink.wire.blobs import pack
 
 log = logging.getLogger("fedlink.node")
-IDENTIFIERS = ("first_name", "last_name", "dob", "sex", "postcode")
 #: People per batch out of a backend through normalisation and encoding (bounds the working memory).
 PEOPLE_PER_BATCH = 200_000
 
 
-def _text(column: str) -> exp.Expr:
-    return exp.Coalesce(this=exp.cast(exp.column(column, quoted=True), "text"), expressions=[exp.Literal.string("")])
-
-
-def _keyed_hash(key: str) -> exp.Expr:
+def _keyed_hash(key: str, values: list[exp.Expr]) -> exp.Expr:
     """MD5 (hex) of a fresh key and a record's identifiers, separated: a secret, uniform order of people
     that the same SQL gives in every backend."""
     parts: list[exp.Expr] = [exp.Literal.string(key)]
-    for column in IDENTIFIERS:
-        parts += [exp.Literal.string("\x1f"), _text(column)]
+    for value in values:
+        parts += [exp.Literal.string("\x1f"), value.copy()]
     return exp.MD5(this=exp.Concat(expressions=parts))
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One table the project may use: its mapping, and the text of each encoded concept (empty where
+    the table does not map it)."""
+
+    table: TableDecl
+    mapping: LinkageMapping
+    values: list[exp.Expr]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What this node encodes for one link: the spec, the concepts (in slot order), how they are read."""
+
+    spec: LinkageSpec
+    concepts: tuple[str, ...]
+    missing: tuple[str, ...]
+    options: ConceptOptions
+    sources: tuple[_Source, ...]
 
 
 #: A PSI run's scalar is forgotten once the node has its slots, or after this long.
@@ -70,6 +94,9 @@ class _PsiRun:
 class LinkRequest:
     project: str
     analyst: str
+    #: The project's linkage spec (canonical JSON) and its SHA-256, as the coordinator sent them.
+    spec: str = ""
+    spec_hash: str = ""
 
 
 class NodeLinkage:
@@ -87,7 +114,8 @@ class NodeLinkage:
     def _folder(self, project: str) -> Path:
         return self.state / "linkage" / project
 
-    def linkable_tables(self, project: str, analyst: str) -> list[TableDecl]:
+    def linkable_tables(self, project: str, analyst: str) -> list[tuple[TableDecl, LinkageMapping]]:
+        """The tables the project may use that map identifier concepts, with their mappings."""
         approval = self.config.approval(project)
         if approval is None:
             raise PolicyRefused(f"node '{self.config.name}' refuses: project '{project}' is not approved by this node")
@@ -99,15 +127,61 @@ class NodeLinkage:
         tables = []
         for name in names:
             table = self.data.tables[name]
-            kinds = {c.name: c.kind for c in table.columns}
-            if all(kinds.get(column) == "identifier" for column in IDENTIFIERS):
-                tables.append(table)
+            mapping = table.linkage_mapping()
+            if mapping is not None:
+                tables.append((table, mapping))
         if not tables:
             raise PolicyRefused(
-                f"node '{self.config.name}' has no table with identifier columns "
-                f"{', '.join(IDENTIFIERS)} for '{project}'"
+                f"node '{self.config.name}' has no table mapped for linkage for '{project}'; map its identifier "
+                "columns to concepts in [tables.linkage] of its node.toml"
             )
         return tables
+
+    def _plan(self, request: LinkRequest) -> _Plan:
+        """The spec the coordinator sent (checked against its hash), and how this node reads the concepts
+        it approved for the project from its tables."""
+        if not request.spec:
+            raise PolicyRefused(f"node '{self.config.name}' received no linkage spec; the coordinator must send one")
+        if hashlib.sha256(request.spec.encode()).hexdigest() != request.spec_hash:
+            raise PolicyRefused(f"node '{self.config.name}' refuses: the linkage spec sent does not match its hash")
+        spec = spec_from_text(request.spec)
+        tables = self.linkable_tables(request.project, request.analyst)
+        approval = self.config.approval(request.project)
+        approved = None if approval is None or approval.linkage_concepts is None else set(approval.linkage_concepts)
+        wanted = [*spec.concepts, *(f"subgroup:{s}" for s in spec.subgroups if s not in SUBGROUPS_BUILT_IN)]
+        mapped = {concept for _, mapping in tables for concept in mapping.concepts}
+        concepts = tuple(c for c in wanted if c in mapped and (approved is None or c in approved))
+        options: dict[str, tuple[str, str]] = {}
+        for table, mapping in tables:
+            for concept, option, value in (
+                ("dob", "dob_format", mapping.dob_format),
+                ("sex", "sex_coding", mapping.sex_coding),
+                ("postcode", "postcode_country", mapping.postcode_country),
+            ):
+                if concept not in mapping.concepts or concept not in concepts:
+                    continue
+                held = options.setdefault(option, (value, table.name))
+                if held[0] != value:
+                    raise PolicyRefused(
+                        f"node '{self.config.name}': tables '{held[1]}' and '{table.name}' write {concept} differently "
+                        f"({option} '{held[0]}' and '{value}'); link them in separate projects or use one {option}"
+                    )
+        null = exp.cast(exp.Literal.string(""), "text")
+        sources = tuple(
+            _Source(
+                table,
+                mapping,
+                [concept_text(mapping.concepts[c]) if c in mapping.concepts else null.copy() for c in concepts],
+            )
+            for table, mapping in tables
+        )
+        return _Plan(
+            spec=spec,
+            concepts=concepts,
+            missing=tuple(c for c in spec.concepts if c not in concepts),
+            options=ConceptOptions(**{option: value for option, (value, _) in options.items()}),
+            sources=sources,
+        )
 
     def card(self) -> LinkKeyCard:
         return self.keys.card()
@@ -123,8 +197,9 @@ class NodeLinkage:
         self.keys.store(request.project, self.keys.open(envelope))
 
     def encode(self, request: LinkRequest) -> bytes:
-        """Keyed encodings of this node's people, in a random order this node keeps."""
-        tables = self.linkable_tables(request.project, request.analyst)
+        """Keyed encodings of this node's people, in a random order this node keeps, after a header
+        (:class:`EncodeAnswer`) saying which concepts it encoded and how many of their values are valid."""
+        plan = self._plan(request)
         secret = self.keys.secret(request.project)
         if secret is None:
             raise PolicyRefused(
@@ -132,13 +207,53 @@ class NodeLinkage:
             )
         folder = self._folder(request.project)
         folder.mkdir(parents=True, exist_ok=True)
-        schema = load_schema()
-        keys = derive_keys(secret, request.project, schema)
+        keys = derive_spec_keys(secret, request.project, plan.spec)
         parts: list[EncodedRecords] = []
-        self._people(tables, folder, lambda batch: parts.append(encode(normalise(batch), schema, keys)))
+        valid = dict.fromkeys(plan.concepts, 0)
+        labels: dict[str, set[str]] = {name: set() for name in plan.spec.subgroups if name not in SUBGROUPS_BUILT_IN}
+
+        def consume(batch: dict[str, list[str | None]]) -> None:
+            normalised = normalise_concepts(batch, plan.options)
+            for concept, found in valid_counts(normalised, plan.concepts).items():
+                valid[concept] += found
+            for name in labels:
+                labels[name] |= set(known_labels(name, normalised))
+            parts.append(encode_spec(normalised, plan.spec, keys))
+
+        count = self._people(plan, folder, consume)
         encoded = concatenate(parts)
+        codes = {
+            name: {str(code): label for code, label in subgroup_codes(sorted(found), keys.subgroup[name]).items()}
+            for name, found in labels.items()
+        }
+        (folder / "subgroups.json").write_text(json.dumps(codes))
         log.info("encoded %d people for project '%s'", encoded.count, request.project)
-        return to_bytes(encoded)
+        header = EncodeAnswer(
+            count=count,
+            concepts=plan.concepts,
+            missing=plan.missing,
+            valid={c: round(n / count, 2) if count else 0.0 for c, n in valid.items() if not c.startswith("subgroup:")},
+        )
+        return pack(header.model_dump_json().encode(), [to_bytes(encoded)])
+
+    def subgroup_labels(self, request: LinkRequest, codes: dict[str, tuple[int, ...]]) -> SubgroupLabels:
+        """The label of each keyed subgroup code this node knows: the fixed labels of sex and birth
+        decade, and the labels of its own records for a column subgroup (kept from encoding)."""
+        secret = self.keys.secret(request.project)
+        if secret is None or not codes:
+            return SubgroupLabels()
+        spec = spec_from_text(request.spec) if request.spec else None
+        stored_path = self._folder(request.project) / "subgroups.json"
+        stored = json.loads(stored_path.read_text()) if stored_path.exists() else {}
+        out: dict[str, dict[str, str]] = {}
+        for name, wanted in codes.items():
+            if name in SUBGROUPS_BUILT_IN and spec is not None:
+                key = derive_spec_keys(secret, request.project, spec).subgroup[name]
+                known = {str(c): label for c, label in subgroup_codes(known_labels(name), key).items()}
+            else:
+                known = stored.get(name, {})
+            out[name] = {str(code): known[str(code)] for code in wanted if str(code) in known}
+        return SubgroupLabels(labels=out)
 
     def psi_start(self, request: LinkRequest, run: str) -> tuple[int, dict[str, tuple[int, np.ndarray]]]:
         """PSI mode: draw this run's scalar and, per match-key tier, put this node's *distinct* values
@@ -146,12 +261,17 @@ class NodeLinkage:
         one, so other nodes never see how often a value occurs here). Returns the number of people and,
         per tier, the number of distinct values and each person's position (-1: a field missing); the
         blinded points themselves are fetched in batches (:meth:`psi_points`)."""
-        tables = self.linkable_tables(request.project, request.analyst)
+        plan = self._plan(request)
         folder = self._folder(request.project)
         folder.mkdir(parents=True, exist_ok=True)
-        schema = load_schema()
+        schema = plan.spec.schema
         batches: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
-        count = self._people(tables, folder, lambda batch: batches.append(match_key_rows(normalise(batch), schema)))
+
+        def consume(batch: dict[str, list[str | None]]) -> None:
+            normalised = complete(normalise_concepts(batch, plan.options), plan.spec.fields)
+            batches.append(match_key_rows(normalised, schema))
+
+        count = self._people(plan, folder, consume)
         rng = np.random.default_rng(int.from_bytes(secrets.token_bytes(16), "big"))
         tiers = {tier: TierMessages.of([b[tier] for b in batches]).shuffled(rng) for tier, _ in schema.match_keys}
         with self._lock:
@@ -187,19 +307,18 @@ class NodeLinkage:
         held = self._run(request, run)
         return [psi.reblind(blob, held.scalar, final=final) for blob in blobs]
 
-    def _people(
-        self, tables: list[TableDecl], folder: Path, consume: Callable[[dict[str, list[str | None]]], None]
-    ) -> int:
+    def _people(self, plan: _Plan, folder: Path, consume: Callable[[dict[str, list[str | None]]], None]) -> int:
         """The node's people, streamed out of each table's backend in batches: records with identical
-        identifiers (in any of ``tables``) are one person, and people come in the order of a keyed
-        hash of their identifiers under a fresh random key, so a position says nothing about anyone.
-        ``consume`` gets each batch (identifier column -> values); then records.parquet maps every
+        values of the encoded concepts (in any of the plan's tables) are one person, and people come in
+        the order of a keyed hash of those values under a fresh random key, so a position says nothing
+        about anyone. ``consume`` gets each batch (concept -> values); then records.parquet maps every
         record (source_table, record_id) to its person. Returns the number of people."""
         key = secrets.token_hex(16)
+        concepts = plan.concepts
         hashes: list[np.ndarray] = []
         count = 0
-        streams = [self._distinct(table, key) for table in tables]
-        batch: dict[str, list[str | None]] = {c: [] for c in IDENTIFIERS}
+        streams = [self._distinct(source, key) for source in plan.sources]
+        batch: dict[str, list[str | None]] = {c: [] for c in concepts}
         digests: list[bytes] = []
         last = b""
         for digest, *values in heapq.merge(*streams, key=lambda r: r[0]):
@@ -209,23 +328,24 @@ class NodeLinkage:
                 raise Fault(f"node '{self.config.name}': a backend returned people out of order; nothing was linked")
             last = digest
             digests.append(digest)
-            for column, value in zip(IDENTIFIERS, values, strict=True):
-                batch[column].append(value)
+            for concept, value in zip(concepts, values, strict=True):
+                batch[concept].append(value)
             count += 1
             if len(digests) >= PEOPLE_PER_BATCH:
                 consume(batch)
                 hashes.append(np.array(digests, dtype="S32"))
-                batch, digests = {c: [] for c in IDENTIFIERS}, []
+                batch, digests = {c: [] for c in concepts}, []
         if digests or not count:
             consume(batch)
             hashes.append(np.array(digests, dtype="S32"))
         ordered = np.concatenate(hashes) if hashes else np.zeros(0, "S32")
         schema = pa.schema([("source_table", pa.string()), ("record_id", pa.string()), ("person", pa.int64())])
         with pq.ParquetWriter(folder / "records.parquet", schema) as writer:
-            for table in tables:
+            for source in plan.sources:
+                table = source.table
                 query = exp.select(
-                    exp.alias_(exp.cast(exp.column("record_id", quoted=True), "text"), "record_id"),
-                    exp.alias_(_keyed_hash(key), "h"),
+                    exp.alias_(exp.cast(exp.column(source.mapping.record_id, quoted=True), "text"), "record_id"),
+                    exp.alias_(_keyed_hash(key, source.values), "h"),
                 ).from_(self.data.relation(table))
                 for columns in self.data.stream(table, query):
                     found = np.asarray(columns["h"], dtype="S32")
@@ -246,18 +366,19 @@ class NodeLinkage:
                     )
         return count
 
-    def _distinct(self, table: TableDecl, key: str) -> Iterator[tuple[bytes, *tuple[str | None, ...]]]:
-        """(keyed hash, identifiers...) of each distinct identifier tuple of ``table``, by hash."""
-        columns = [exp.alias_(_text(c), c) for c in IDENTIFIERS]
+    def _distinct(self, source: _Source, key: str) -> Iterator[tuple[bytes, *tuple[str | None, ...]]]:
+        """(keyed hash, concept values...) of each distinct tuple of concept values of a table, by hash."""
+        names = [f"c{i}" for i in range(len(source.values))]
+        columns = [exp.alias_(value.copy(), name) for value, name in zip(source.values, names, strict=True)]
         query = (
-            exp.select(exp.alias_(_keyed_hash(key), "h"), *columns)
-            .from_(self.data.relation(table))
+            exp.select(exp.alias_(_keyed_hash(key, source.values), "h"), *columns)
+            .from_(self.data.relation(source.table))
             .distinct()
             .order_by(exp.column("h"))
         )
-        for batch in self.data.stream(table, query):
+        for batch in self.data.stream(source.table, query):
             hashes = [str(h).encode() for h in batch["h"]]
-            values = [[None if v is None or v == "" else str(v) for v in batch[c]] for c in IDENTIFIERS]
+            values = [[None if v is None or v == "" else str(v) for v in batch[c]] for c in names]
             yield from zip(hashes, *values, strict=True)
 
     def store_slots(self, request: LinkRequest, blob: bytes, spine_id: str = "") -> int:
@@ -269,7 +390,7 @@ class NodeLinkage:
         if people is None or int(people[0]) != len(slots):
             raise PolicyRefused(f"node '{self.config.name}' received {len(slots)} slots for a different person list")
         np.save(folder / "slots.npy", slots, allow_pickle=False)
-        (folder / "spine.json").write_text(json.dumps({"spine_id": spine_id}))
+        (folder / "spine.json").write_text(json.dumps({"spine_id": spine_id, "spec_hash": request.spec_hash}))
         with self._lock:  # a PSI run of this project is over
             for key in [k for k in self._runs if k[0] == request.project]:
                 del self._runs[key]

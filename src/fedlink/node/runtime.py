@@ -448,7 +448,12 @@ class NodeRuntime:
         self.ledger.commit(query_id)
         self.register.append(
             "link_quality",
-            {"project": call.project, "spine_id": call.spine_id, "privacy_loss": {"epsilon": call.epsilon}},
+            {
+                "project": call.project,
+                "spine_id": call.spine_id,
+                "privacy_loss": {"epsilon": call.epsilon},
+                "spec_hash": call.spec_hash,
+            },
         )
 
     def _noisy_partial(self, task: QueryTask) -> PartialAggregates:

@@ -43,12 +43,24 @@ class ColumnInfo(ColumnDomain):
     completeness: float | None = None
 
 
+class LinkageConcept(Frozen):
+    """An identifier concept a table maps for linkage (``[tables.linkage]`` in its node's config)."""
+
+    concept: str
+    columns: tuple[str, ...]
+    #: Share of records whose value is valid after normalisation (a postcode of the declared country,
+    #: a complete date of birth...), rounded to 0.01.
+    valid: float | None = None
+
+
 class TableInfo(Frozen):
     name: str
     description: str = ""
     #: Row count rounded to the nearest 100, so the catalogue itself discloses nothing exact.
     rows_rounded: int
     columns: tuple[ColumnInfo, ...]
+    #: The identifier concepts the table maps for linkage, and how many of their values are valid.
+    linkage: tuple[LinkageConcept, ...] = ()
 
     def column(self, name: str) -> ColumnInfo | None:
         return next((c for c in self.columns if c.name == name), None)
