@@ -118,8 +118,10 @@ def test_the_same_plan_gives_the_same_aggregates_in_every_backend(nodes: dict, s
 def test_linkage_streams_the_same_people_and_records_from_every_backend(
     nodes: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from fedlink.linkage.spec import load_spec
     from fedlink.node import linkage as node_linkage
 
+    spec = load_spec()  # the shipped default, as the coordinator sends it
     monkeypatch.setattr(node_linkage, "PEOPLE_PER_BATCH", 200)  # several batches
     monkeypatch.setattr(node_linkage.secrets, "token_hex", lambda n=16: "00" * n)  # the same order everywhere
     seen: dict[str, tuple[list, Any]] = {}
@@ -129,7 +131,8 @@ def test_linkage_streams_the_same_people_and_records_from_every_backend(
         batches: list[dict] = []
         folder = tmp_path / backend / "records"
         folder.mkdir(parents=True)
-        count = linkage._people(list(data.config.tables), folder, batches.append)
+        request = node_linkage.LinkRequest("deprivation-mental-health", "demo-analyst", spec.text, spec.hash)
+        count = linkage._people(linkage._plan(request), folder, batches.append)
         assert count == sum(len(b["first_name"]) for b in batches) > 500 and len(batches) > 2
         records = pq.read_table(folder / "records.parquet").sort_by("record_id").to_pydict()
         assert sorted(set(records["person"])) == list(range(count)), "every person has a record"

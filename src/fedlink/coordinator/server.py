@@ -100,6 +100,8 @@ class Coordinator:
         self.journal = QueryJournal(config.register_path().parent / "queries.sqlite")
         self._pending_logged: set[str] = set()
         self._delivering: dict[str, threading.Lock] = {}
+        #: The analyst's public contexts of he+dp queries in flight, loaded once (the journal keeps them too).
+        self._loaded: dict[str, dict[Scheme, PublicContext]] = {}
         self._register_projects()
         self._recover()
         self.revocations = RevocationWatch(config.revoked_path(), self.register)
@@ -482,7 +484,9 @@ class Coordinator:
         )
         with self._lock:
             live = {n: s for n in entry.nodes if (s := self._sessions.get(n)) is not None and not s.closed.is_set()}
-        self._fan_out(live, rpc.SETTLE, TaskRef(query_id=entry.query_id).model_dump_json().encode())
+        body = TaskRef(query_id=entry.query_id).model_dump_json().encode()
+        for session in live.values():  # only tidies the nodes' outboxes: nobody waits for it
+            self._fanout.submit(session.call, rpc.SETTLE, body, self.config.coordinator.query_timeout_s)
         return finished.reply, sealed
 
     def _finisher(self, kind: str) -> Callable[[JournalEntry, dict[str, tuple[str, bytes]]], Finished]:
@@ -569,13 +573,13 @@ class Coordinator:
         plan = plan_query(request.sql, catalogue)
         check_informative(request.loss, plan, catalogue)  # before any node reserves
         project.check(analyst, [f"{n}.{plan.table}" for n in plan.nodes])
+        loaded: dict[Scheme, PublicContext] = {}
         if request.pet == "he+dp":
             missing = sorted({scheme_of(c) for c in plan.components} - set(request.contexts))
             if missing:
                 raise BadInput(f"he+dp needs the analyst's public {', '.join(m.upper() for m in missing)} context")
             # loaded once here to refuse a context that carries a secret key before anything is reserved
-            for scheme, encoded in request.contexts.items():
-                load_public_context(scheme, encoded)
+            loaded = {scheme: load_public_context(scheme, encoded) for scheme, encoded in request.contexts.items()}
         sessions = self._sessions_for(plan.nodes, f"holding table '{plan.table}'")
         task = self.new_task(
             request,
@@ -590,11 +594,15 @@ class Coordinator:
         policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
         contexts = dict(request.contexts) if task.pet == "he+dp" else {}
         self.begin(task, "horizontal", {"policy": policy.model_dump(), "contexts": contexts}, request.result_key)
-        self._reserve(sessions, task)
-        execute = ExecuteTask(query_id=task.query_id, contexts=contexts)
-        executed = self._fan_out(sessions, rpc.EXECUTE, execute.model_dump_json().encode())
-        self.decide(sessions, task, executed, "during the query")
-        reply = self.deliver(task.query_id)
+        self._loaded[task.query_id] = loaded
+        try:
+            self._reserve(sessions, task)
+            execute = ExecuteTask(query_id=task.query_id, contexts=contexts)
+            executed = self._fan_out(sessions, rpc.EXECUTE, execute.model_dump_json().encode())
+            self.decide(sessions, task, executed, "during the query")
+            reply = self.deliver(task.query_id)
+        finally:
+            self._loaded.pop(task.query_id, None)  # a result completed later loads them from the journal
         log.info(
             "query %s (%s) by analyst '%s' for project '%s' over '%s' at %d nodes (%d cells) answered in %.0f ms",
             task.query_id[:8],
@@ -615,7 +623,9 @@ class Coordinator:
         policy = DisclosurePolicy.model_validate(extra["policy"])
         replies = [Message("", *answers[n]) for n in entry.nodes]
         if task.pet == "he+dp":
-            contexts = {scheme: load_public_context(scheme, encoded) for scheme, encoded in extra["contexts"].items()}
+            contexts = self._loaded.get(entry.query_id) or {
+                scheme: load_public_context(scheme, encoded) for scheme, encoded in extra["contexts"].items()
+            }
             encrypted = self._add_encrypted(task, contexts, replies, policy)
             return Finished(rpc.ENCRYPTED_RESULT, encrypted.model_dump_json().encode(), None, task.analyst)
         partials = [PartialAggregates.model_validate_json(m.body) for m in replies if m.kind == rpc.PARTIAL]
