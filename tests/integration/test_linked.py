@@ -229,7 +229,7 @@ def test_registers_record_the_query_at_every_node_without_values(fed: InProcessF
         config = node_config(node, fed.address, fed.state)
         entries = [json.loads(line) for line in config.register_path().read_text().splitlines()]
         mine = [e for e in entries if e.get("fields", {}).get("query_id") == result.query_id]
-        assert [e["fields"]["status"] for e in mine] == ["prepared", "released"]  # the two phases of its commit
+        assert [e["fields"]["status"] for e in mine] == ["released"]
         assert all(e["fields"]["released"] is None and "LINK" in e["fields"]["query"] for e in mine)
 
 

@@ -121,8 +121,7 @@ def test_with_noise_each_node_spends_rho_once_and_the_register_says_so(
         assert after[f"{name}.support_episodes"] == pytest.approx(spent[f"{name}.support_episodes"] + 1.5)
         entries = [json.loads(line) for line in (charities.state / name / "register.jsonl").read_text().splitlines()]
         mine = [e for e in entries if e["kind"] == "query" and e["fields"]["query_id"] == fit.query_id]
-        # the two phases of its commit, once each, not once per iteration
-        assert [e["fields"]["status"] for e in mine] == ["prepared", "released"]
+        assert [e["fields"]["status"] for e in mine] == ["released"]  # once, not once per iteration
         assert all(e["fields"]["privacy_loss"] == {name: {"epsilon": 0.0, "rho": 1.5}} for e in mine)
         assert mine[0]["fields"]["query"].startswith("MODEL logistic outcome = 'housed' ~")
     public = client.register().entries("query")
@@ -183,7 +182,7 @@ def test_a_node_refuses_a_replayed_or_extra_iteration(charities: InProcessFedera
     with pytest.raises(Fault, match="holds no reservation"):
         north.model_step(step(1))
     statuses = [e.fields["status"] for e in north.register.entries() if e.kind == "query" and "replay" in str(e.fields)]
-    assert statuses == ["failed", "prepared", "released"]
+    assert statuses == ["failed", "released"]
     spent = {line.dataset: line.committed for line in north.ledger.lines()}
     was = {line.dataset: line.committed for line in before}
     assert spent["charity_north.support_episodes"] == pytest.approx(was.get("charity_north.support_episodes", 0) + 0.2)

@@ -264,7 +264,8 @@ def test_a_reservation_never_executed_is_released_after_its_ttl(
 
 def test_a_node_whose_register_cannot_be_appended_never_commits(workdir: Path) -> None:
     """The probe's truncated register: the node used to commit budget on every query, then fail, so its
-    spends appeared on no register. Now it records "prepared" before it may commit, so it refuses first."""
+    spends appeared on no register. Now it checks its register as it prepares, and records the query there
+    before it may commit, so it refuses before the coordinator decides."""
     fed = start_federation(CHARITIES, test_mode=False)
     try:
         client = connect_analyst(fed.address, workdir)

@@ -95,16 +95,19 @@ class QueryJournal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a decision must survive a power cut
             for statement in _SCHEMA:
                 self._db.execute(statement)
         except (OSError, sqlite3.Error) as exc:
             raise Fault(f"cannot open the coordinator's query journal at {self.path}: {exc}; check the folder") from exc
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; ``durable`` ones (a decision, a stored result) reach the disk before
+        this returns, the others (a start, a failure, an answer that the node also keeps until the result
+        is stored) may be lost to a power cut without harm: recovery treats them as never written."""
         with self._lock:
             try:
+                self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     yield self._db
@@ -164,8 +167,9 @@ class QueryJournal:
         return {node: (kind, bytes(body)) for node, kind, body in rows}
 
     def release(self, query_id: str, reply: str, result: bytes) -> None:
-        """Store the finished result (sealed to the analyst) and drop the nodes' answers."""
-        with self._write() as db:
+        """Store the finished result (sealed to the analyst) and drop the nodes' answers (durably: the
+        nodes drop their copies once this returns)."""
+        with self._write(durable=True) as db:
             db.execute(
                 "UPDATE query SET state = 'released', reply = ?, result = ?, settled = ? "
                 "WHERE query_id = ? AND state = 'committing'",
@@ -196,7 +200,7 @@ class QueryJournal:
             self._db.close()
 
     def _move(self, query_id: str, before: State, after: State) -> None:
-        with self._write() as db:
+        with self._write(durable=True) as db:  # a decision must survive a power cut
             changed = db.execute(
                 "UPDATE query SET state = ? WHERE query_id = ? AND state = ?", (after, query_id, before)
             ).rowcount

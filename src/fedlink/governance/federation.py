@@ -17,9 +17,9 @@ Every other expected register that is missing is a problem. Without a config, a 
 coordinator's register, nothing says which registers to expect, and the report says so.
 
 The cross-check (:func:`cross_check`) reads every ``query`` entry by query id. A node's ``released``
-means it committed budget (its ``prepared`` is the first phase of that commit); the coordinator's last
-entry for the query is its outcome. They agree when: the coordinator released the query (or withheld
-its result by disclosure control after the commit: ``suppressed``) and every node in its
+means it committed budget; the coordinator's last entry for the query is its outcome. They agree when:
+the coordinator released the query (or withheld its result by disclosure control after the commit:
+``suppressed``) and every node in its
 ``privacy_loss`` whose register is given released it too, with the same privacy loss; or the
 coordinator refused or failed it and no node committed; or the coordinator's outcome is still
 ``pending`` (awaiting a node or collection). A node's query entry the coordinator has no record of is

@@ -134,12 +134,7 @@ class Register:
             raise BadInput(f"register entry kind {kind!r} is not a lower-case name such as 'query' or 'test_mode'")
         payload = _normalised(fields)
         with _locked(self.path, exclusive=True):
-            last = _last_entry(self.path)
-            _check_head_before_append(self.path, last)
-            if last is not None and last.party != self.party:
-                raise BadInput(
-                    f"register {self.path} is kept by '{last.party}', not '{self.party}'; open it as that party"
-                )
+            last = self._appendable_after()
             seq = 1 if last is None else last.seq + 1
             prev = GENESIS if last is None else last.hash
             time = self._clock().astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -151,6 +146,20 @@ class Register:
         if collected is not None:
             collected.append(entry)
         return RegisterEntry(seq, time, self.party, kind, copy.deepcopy(payload), prev, digest)
+
+    def check_appendable(self) -> None:
+        """Raise as :meth:`append` would if the register cannot take an entry now (its end does not match
+        its head file, or another party keeps it), without writing anything."""
+        with _locked(self.path, exclusive=True):
+            self._appendable_after()
+
+    def _appendable_after(self) -> RegisterEntry | None:
+        """The last entry, once the log is known to end where its head says and to be this party's."""
+        last = _last_entry(self.path)
+        _check_head_before_append(self.path, last)
+        if last is not None and last.party != self.party:
+            raise BadInput(f"register {self.path} is kept by '{last.party}', not '{self.party}'; open it as that party")
+        return last
 
     def entries(self) -> list[RegisterEntry]:
         """Every entry, in order; raises :class:`Fault` if a line is not a valid entry (run verify)."""

@@ -4,9 +4,9 @@ A query reaches a node in phases. **Reserve**: the node checks the query against
 (project approved, table and analyst allowed, test mode allowed) and reserves the declared privacy
 loss in its persistent ledger; a refusal here costs nothing anywhere. **Execute** (prepare): before
 the task's deadline only, the node computes its partial aggregate, adds calibrated noise itself (so
-DP never depends on the coordinator's honesty), encrypts it for he+dp, records "prepared" on its own
-register, keeps the answer in its outbox (:mod:`fedlink.node.outbox`) and marks the reservation
-prepared: nothing has left the node yet. **Commit**: once every node has prepared, the coordinator
+DP never depends on the coordinator's honesty), encrypts it for he+dp, checks that its register can
+take the query's entry, keeps the answer in its outbox (:mod:`fedlink.node.outbox`) and marks the
+reservation prepared: nothing has left the node yet. **Commit**: once every node has prepared, the coordinator
 decides to commit; the node records "released" on its register (if the register cannot be appended,
 it does not commit), commits the budget and only then sends the answer. A node asked again (its
 answer was lost in a crash) sends the same answer, never a new one. An **abort** (another node
@@ -279,10 +279,11 @@ class NodeRuntime:
             raise
 
     def _prepare(self, task: QueryTask, answer: Prepared) -> None:
-        """Record "prepared" on the register (so a node whose register cannot be appended never goes on
-        to spend), keep ``answer`` in the outbox, and mark the reservation prepared."""
+        """Check that the register can take the query's entry (a node whose register cannot be appended
+        refuses here, before the coordinator decides, and never goes on to spend), keep ``answer`` in the
+        outbox, and mark the reservation prepared."""
         self._check_deadline(task)
-        self._log(task, "prepared", None)
+        self.register.check_appendable()
         self.outbox.put(task.query_id, answer)
         self.ledger.prepare(task.query_id)
         failpoint("node.prepare", self.name)
