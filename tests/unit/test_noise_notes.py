@@ -94,7 +94,7 @@ def test_a_whole_result_below_the_minimum_cohort_says_so_in_one_line() -> None:
     assert res.suppressed_cells() == 2
     [note] = [n for n in res.notes if "suppressed" in n]
     assert note == (
-        "all 2 cells suppressed by disclosure control: the whole result's noisy count is below the minimum of 10; "
+        "all cells suppressed by disclosure control: the cohort's noisy count is below the minimum of 10; "
         "no value is shown"
     )
 

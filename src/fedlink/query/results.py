@@ -207,8 +207,8 @@ def build_result(
     if whole:
         # The count itself is what is suppressed: say only that it fell below the minimum.
         notes.append(
-            f"all {total_cells} cells suppressed by disclosure control: the whole result's noisy count is below the "
-            f"minimum of {policy.min_cohort}; no value is shown"
+            f"all cells suppressed by disclosure control: the cohort's noisy count is below the minimum of "
+            f"{policy.min_cohort}; no value is shown"
         )
     elif small.any():
         # Counts and positions only: a suppressed cell's value, even its noisy count, is shown nowhere.
