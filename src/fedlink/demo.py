@@ -61,7 +61,7 @@ EXAMPLE_QUERIES: tuple[tuple[str, float, str], ...] = (
 
 
 #: (project, epsilon, SQL) the demo's --serve banner offers for a second shell: a question whose every
-#: group holds some fifty episodes or more at the default 20,000 people, so none is suppressed.
+#: group holds sixty episodes or more at the default 20,000 people, so none is suppressed.
 SECOND_SHELL_QUERY = (
     "homelessness-outcomes",
     1.0,

@@ -670,9 +670,7 @@ def demo(
         page, _ = fedlink.export_register(registers, setup.workdir / "register-site")
         err.print(f"demo: {len(registers)} transparency registers verified; public page: {page}")
         if serve:
-            commands = second_shell(
-                setup.profile, Path.cwd(), Path(sys.prefix), Path(getattr(sys, "base_prefix", sys.prefix))
-            )
+            commands = second_shell(setup.profile, Path.cwd(), Path(sys.prefix), Path(sys.base_prefix))
             err.print("federation running; Ctrl-C here stops it. To query it, open a second shell and run:")
             for command in commands:
                 err.print(f"    {command}", highlight=False)

@@ -211,7 +211,7 @@ def build_result(
             f"{policy.min_cohort}; no value is shown"
         )
     elif small.any():
-        # Counts and positions only: a suppressed cell's value, even its noisy count, is shown nowhere.
+        # How many cells, never their values: a suppressed cell's noisy count is shown nowhere either.
         notes.append(
             f"{int(small.sum()) * len(plan.aggregates)} of {total_cells} cells suppressed by disclosure control: their "
             f"group's noisy count is below {policy.suppress_below}; no value is shown for them"
