@@ -16,8 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-import fedlink
-from fedlink.demo import LocalFederation, write_profile
+from fedlink.demo import EXAMPLE_QUERIES, LocalFederation, write_profile
 from fedlink.governance.register import verify_register
 from fedlink.wire import audit
 
@@ -306,7 +305,7 @@ def demo_examples(stdout: str) -> list[tuple[list[str], list[str]]]:
     """Per example query the demo ran, in order: its table's rows and the lines under the table."""
     lines = stdout.splitlines()
     captions = [i for i, line in enumerate(lines) if line.startswith("project ")]
-    first = next(i for i, line in enumerate(lines) if line.startswith(fedlink.DEMO_QUERIES[0][2][:40]))
+    first = next(i for i, line in enumerate(lines) if line.startswith(EXAMPLE_QUERIES[0][2][:40]))
     out = []
     for n, caption in enumerate(captions):
         rows = [line for line in lines[(captions[n - 1] if n else first) : caption] if line.startswith("│")]
@@ -319,7 +318,7 @@ def assert_examples_show_numbers_and_say_what_was_suppressed(stdout: str) -> Non
     """Every example returns at least one released number; the note on suppressed cells appears
     exactly when cells are suppressed, counts them, and holds no number but the counts and threshold."""
     examples = demo_examples(stdout)
-    assert len(examples) == len(fedlink.DEMO_QUERIES)
+    assert len(examples) == len(EXAMPLE_QUERIES)
     for rows, notes in examples:
         assert any(RELEASED.search(row) for row in rows), rows
         suppressed = sum(row.count("suppressed (noisy count below 10)") for row in rows)
