@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from fedlink.analyst.profile import DEFAULT_PROFILE, PROFILE_ENV
 from fedlink.errors import BadInput, Fault
 from fedlink.wire import pki
 
@@ -47,7 +49,7 @@ EXAMPLE_QUERIES: tuple[tuple[str, float, str], ...] = (
         "homelessness-outcomes",
         0.5,
         "SELECT outcome, COUNT(*) AS episodes FROM support_episodes WHERE start_year BETWEEN 2015 AND 2025 "
-        "AND episode_type = 'rough_sleeping' GROUP BY outcome",
+        "GROUP BY outcome",
     ),
     (
         "deprivation-mental-health",
@@ -56,6 +58,31 @@ EXAMPLE_QUERIES: tuple[tuple[str, float, str], ...] = (
     ),
     ("justice-attainment", 0.5, "SELECT HISTOGRAM(sentence_months) FROM hmps.sentences"),
 )
+
+
+#: (project, epsilon, SQL) the demo's --serve banner offers for a second shell: a question whose every
+#: group holds sixty episodes or more at the default 20,000 people, so none is suppressed.
+SECOND_SHELL_QUERY = (
+    "homelessness-outcomes",
+    1.0,
+    "SELECT outcome, COUNT(*) AS episodes FROM support_episodes GROUP BY outcome",
+)
+
+
+def second_shell(profile: Path, cwd: Path, prefix: Path, base_prefix: Path) -> list[str]:
+    """The commands that query the running demo from a second shell opened in ``cwd``: activate the
+    virtual environment at ``prefix`` (when fedlink runs in one, not at ``base_prefix``), name the
+    profile unless ``fedlink`` finds it there by itself, then a query."""
+    commands = [f"cd {shlex.quote(str(cwd))}"]
+    if prefix != base_prefix:
+        activate = prefix / "bin" / "activate"
+        shown = activate.relative_to(cwd) if activate.is_relative_to(cwd) else activate
+        commands.append(f"source {shlex.quote(str(shown))}")
+    if profile.resolve() != (cwd / DEFAULT_PROFILE).resolve():
+        commands.append(f"export {PROFILE_ENV}={shlex.quote(str(profile))}")
+    project, epsilon, sql = SECOND_SHELL_QUERY
+    commands.append(f'fedlink query "{sql}" --project {project} --epsilon {epsilon:g}')
+    return commands
 
 
 def federation_dir() -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from fedlink.demo import LocalFederation, write_profile
+from fedlink.demo import EXAMPLE_QUERIES, LocalFederation, write_profile
 from fedlink.governance.register import verify_register
 from fedlink.wire import audit
 
@@ -293,12 +294,58 @@ def ledger_rows(state: Path) -> dict[str, dict[str, int]]:
     return out
 
 
+SUPPRESSED_NOTE = re.compile(
+    r"^(\d+) of (\d+) cells suppressed by disclosure control: their group's noisy count is below 10; "
+    r"no value is shown for them$"
+)
+RELEASED = re.compile(r"│\s*-?[\d,.]+ \[-?[\d,.]+, -?[\d,.]+\]\s*│")
+
+
+def demo_examples(stdout: str) -> list[tuple[list[str], list[str]]]:
+    """Per example query the demo ran, in order: its table's rows and the lines under the table."""
+    lines = stdout.splitlines()
+    captions = [i for i, line in enumerate(lines) if line.startswith("project ")]
+    first = next(i for i, line in enumerate(lines) if line.startswith(EXAMPLE_QUERIES[0][2][:40]))
+    out = []
+    for n, caption in enumerate(captions):
+        rows = [line for line in lines[(captions[n - 1] if n else first) : caption] if line.startswith("│")]
+        end = next(i for i in range(caption, len(lines)) if lines[i].startswith("intervals:"))
+        out.append((rows, lines[caption : end + 1]))
+    return out
+
+
+def assert_examples_show_numbers_and_say_what_was_suppressed(stdout: str) -> None:
+    """Every example returns at least one released number; the note on suppressed cells appears
+    exactly when cells are suppressed, counts them, and holds no number but the counts and threshold."""
+    examples = demo_examples(stdout)
+    assert len(examples) == len(EXAMPLE_QUERIES)
+    for rows, notes in examples:
+        assert any(RELEASED.search(row) for row in rows), rows
+        suppressed = sum(row.count("suppressed (noisy count below 10)") for row in rows)
+        counted = [SUPPRESSED_NOTE.match(line) for line in notes if "suppressed" in line]
+        if suppressed:
+            assert len(counted) == 1 and counted[0] is not None, notes
+            assert int(counted[0].group(1)) == suppressed and int(counted[0].group(2)) == len(rows), notes
+        else:
+            assert counted == [], notes
+
+
+def second_shell_env() -> dict[str, str]:
+    """A fresh shell's environment: without this interpreter's virtual environment on PATH."""
+    venv_bin = Path(sys.prefix, "bin").resolve()
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if p and Path(p).resolve() != venv_bin]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "FEDLINK_PROFILE")}
+    return {**env, "PATH": os.pathsep.join(path), "COLUMNS": "200"}
+
+
 def test_demo_runs_end_to_end_and_no_command_wipes_its_federation(tmp_path: Path) -> None:
-    """The demo as the README runs it, from a folder of its own (``.fedlink/`` under the current
-    folder). While it serves, a second `fedlink demo` is refused and `fedlink scenario` (no --profile)
-    runs in a folder of its own, leaving the demo's CA, ledgers and registers alone; the next demo run
-    uses the same federation again, its spent budgets included."""
-    demo = (sys.executable, "-m", "fedlink", "demo", "--people", "2000")
+    """The demo as the README runs it, at its default size, from a folder of its own (``.fedlink/``
+    under the current folder). Its examples show numbers and say what disclosure control suppressed.
+    While it serves, the banner's second-shell commands work as printed, a second `fedlink demo` is
+    refused and `fedlink scenario` (no --profile) runs in a folder of its own, leaving the demo's CA,
+    ledgers and registers alone; the next demo run uses the same federation again, its spent budgets
+    included."""
+    demo = (sys.executable, "-m", "fedlink", "demo")
     env = {**os.environ, "COLUMNS": "200"}
     serving = subprocess.Popen(
         [*demo, "--serve"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -310,38 +357,56 @@ def test_demo_runs_end_to_end_and_no_command_wipes_its_federation(tmp_path: Path
                 break
         else:
             raise AssertionError(f"the demo ended before serving (exit {serving.wait()})")
+        banner = []
+        for line in serving.stderr:  # the second shell's commands, the query last
+            banner.append(line.decode().strip())
+            if banner[-1].startswith("fedlink query "):
+                break
+        in_venv = sys.prefix != sys.base_prefix  # scripts/env.sh's .venv: activated in the second shell
+        expected = [f"cd {tmp_path}", *([f"source {Path(sys.prefix, 'bin', 'activate')}"] if in_venv else [])]
+        assert banner[:-1] == expected, banner  # cd: a shell opened anywhere
         folder = tmp_path / ".fedlink"
         ca = (folder / "pki" / "ca.crt").read_bytes()
         registers = {p: p.read_bytes() for p in folder.glob("state/*/register.jsonl")}
         spent = ledger_rows(folder / "state")
         assert len(registers) == len(NODES) + 1 and spent["charity_north"]["committed"] >= 2
 
-        assert_one_line_error(
-            cli("demo", "--people", "2000", cwd=tmp_path), 2, f"the demo federation in {folder} is in use"
-        )
+        assert_one_line_error(cli("demo", cwd=tmp_path), 2, f"the demo federation in {folder} is in use")
         scenario = cli("scenario", "homelessness", "--people", "2000", "--out", "out", "--format", "json", cwd=tmp_path)
         assert scenario.returncode == 0, scenario.stderr[-2000:]
         assert all(v > 0 for v in json.loads(scenario.stdout)["spent"].values())
         assert (tmp_path / ".fedlink-scenario" / "pki" / "ca.crt").read_bytes() != ca  # a federation of its own
         assert (folder / "pki" / "ca.crt").read_bytes() == ca
         assert {p: p.read_bytes() for p in registers} == registers and ledger_rows(folder / "state") == spent
+
+        # a second shell, as printed: `fedlink` is on PATH only once the venv is activated
+        shell = "\n".join([*banner[:-1], "command -v fedlink", banner[-1]])
+        second = subprocess.run(
+            ["bash", "-c", shell], cwd="/", env=second_shell_env(), capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.splitlines()[0] == str(Path(sys.prefix, "bin", "fedlink"))
+        assert RELEASED.search(second.stdout) and "suppressed" not in second.stdout, second.stdout
     finally:
         serving.send_signal(signal.SIGTERM)
         out, err = serving.communicate(timeout=120)
     assert serving.returncode == 0, err.decode()[-2000:]
     text = out.decode()
     assert "support_episodes" in text and "HISTOGRAM(sentence_months)" in text
+    assert_examples_show_numbers_and_say_what_was_suppressed(text)
     assert "link spine built for project homelessness-outcomes" in text
     assert "federation stopped" in err.decode()
 
-    again = cli("demo", "--people", "2000", cwd=tmp_path, timeout=300)
+    again = cli("demo", cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "using the demo federation in" in again.stderr
+    assert_examples_show_numbers_and_say_what_was_suppressed(again.stdout)
     assert (folder / "pki" / "ca.crt").read_bytes() == ca
     for path, before in registers.items():  # every register kept its history and went on from it
         assert path.read_bytes().startswith(before) and verify_register(path).ok
     rows = ledger_rows(folder / "state")
-    assert rows["charity_north"]["committed"] == 2 * spent["charity_north"]["committed"]  # spent on top, not reset
+    # spent on top, not reset: two demo runs, and the second shell's query at each charity node
+    assert rows["charity_north"]["committed"] == 2 * spent["charity_north"]["committed"] + 1
     assert_one_line_error(
         cli("demo", "--people", "3000", cwd=tmp_path), 2, "holds another demo federation's CA, budgets and registers"
     )

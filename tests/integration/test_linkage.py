@@ -13,13 +13,14 @@ import duckdb
 import numpy as np
 import pytest
 
+from fedlink.coordinator.config import load_coordinator_config
 from fedlink.query.linked import plan_linked
 from fedlink.wire import audit
 from fedlink.wire.blobs import unpack
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.transport import Reassembler
 
-from ..conftest import connect_analyst, find_leaks, identifier_values, start_federation
+from ..conftest import ROOT, connect_analyst, find_leaks, identifier_values, start_federation
 
 pytestmark = [pytest.mark.usefixtures("workdir"), pytest.mark.slow]
 PROJECT = "deprivation-mental-health"
@@ -117,10 +118,11 @@ def test_only_keyed_encodings_cross_and_no_scores_come_back(linked: dict, workdi
     assert reports[0]["mode"] == "secret" and reports[0]["matching"] == "probabilistic"
     quality = reports[0]["quality"]
     # half the quality epsilon for the match rates, half for the estimated quality
-    assert quality["epsilon"] == 0.1 and quality["scale"] == pytest.approx(len(NODES) / 0.05)
+    epsilon = load_coordinator_config(ROOT / "coordinator" / "coordinator.toml").coordinator.link_quality_epsilon
+    assert quality["epsilon"] == epsilon and quality["scale"] == pytest.approx(len(NODES) / (epsilon / 2))
     assert len(quality["pairs"]) == 3
     estimated = quality["estimated"]
-    assert estimated["epsilon"] == 0.05 and len(estimated["pairs"]) == 3
+    assert estimated["epsilon"] == epsilon / 2 and len(estimated["pairs"]) == 3
     assert set(estimated["subgroups"]) == {"sex", "birth_decade"}
     assert {"female", "male"} <= set(estimated["subgroups"]["sex"])
     text_messages = [body for kind, body in messages if body[:4] != b"FLB1"]

@@ -24,6 +24,23 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def noise_hidden_rates(quality: LinkageQuality, fmt: str = ".1%") -> int:
+    """How many of a spine's match rates read "—" or 0 when shown with ``fmt``."""
+    rates = [rate for pair in quality.pairs for rate in (pair.rate_a, pair.rate_b)]
+    return sum(rate is None or format(rate, fmt) == format(0.0, fmt) for rate in rates)
+
+
+def noise_note(quality: LinkageQuality) -> str:
+    """Why a match rate can read "—" or 0: the DP noise on small counts, with its scale."""
+    # Laplace noise of scale b exceeds t in size with probability exp(-t / b): 95% within b ln 20.
+    reach = quality.scale * math.log(20)
+    return (
+        f"a rate reads — where a node's noisy count of people fell below 1, and 0 where the pair's noisy overlap "
+        f"fell to 0 or near it: with Laplace noise of scale {quality.scale:g} on each count (95% of draws within "
+        f"±{reach:.0f}), a count under about {reach:.0f} can read 0 whatever its true size"
+    )
+
+
 class Result:
     """An aggregate table released by the federation: estimates with 95% intervals, suppression
     flags and provenance (project, privacy loss per node, disclosure policy, notes).
@@ -90,6 +107,8 @@ class Result:
             b = "—" if pair.rate_b is None else f"{pair.rate_b:.0%}"
             rates.append(f"{pair.a}->{pair.b} {a}, {pair.b}->{pair.a} {b}")
         summary = f"linkage match rates (DP, ε={quality.epsilon:g} per node): " + "; ".join(rates)
+        if noise_hidden_rates(quality, ".0%"):
+            summary += f" ({noise_note(quality)})"
         estimated = quality.estimated
         if estimated is not None and estimated.overall.f1 is not None:
             precision, recall = estimated.overall.precision, estimated.overall.recall
@@ -163,9 +182,16 @@ class Result:
         text = f"project {self.raw.project}; {self.raw.pet}; privacy loss per node: {loss}"
         return f"{text}; {self.linkage_summary()}" if self.raw.linkage else text
 
+    def suppressed_cells(self) -> int:
+        """How many cells disclosure control withheld (their values are shown nowhere)."""
+        return sum(bool(cell.suppressed) for row in self.raw.rows for cell in row.cells)
+
     def __repr__(self) -> str:
         shape = f"{len(self.raw.rows)} rows x {self.columns}"
-        return f"<fedlink Result {self.raw.table} from {len(self.nodes)} nodes: {shape}>"
+        withheld = self.suppressed_cells()
+        cells = len(self.raw.rows) * len(self.raw.value_columns)
+        suppressed = f"; {withheld} of {cells} cells suppressed (see .notes)" if withheld else ""
+        return f"<fedlink Result {self.raw.table} from {len(self.nodes)} nodes: {shape}{suppressed}>"
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)

@@ -22,6 +22,7 @@ import typer
 
 import fedlink
 from fedlink.cli import render
+from fedlink.demo import second_shell
 from fedlink.errors import FedlinkError
 
 app = typer.Typer(
@@ -669,10 +670,10 @@ def demo(
         page, _ = fedlink.export_register(registers, setup.workdir / "register-site")
         err.print(f"demo: {len(registers)} transparency registers verified; public page: {page}")
         if serve:
-            err.print(
-                f'federation running; in another shell: FEDLINK_PROFILE={setup.profile} fedlink query "..."; '
-                "Ctrl-C stops it"
-            )
+            commands = second_shell(setup.profile, Path.cwd(), Path(sys.prefix), Path(sys.base_prefix))
+            err.print("federation running; Ctrl-C here stops it. To query it, open a second shell and run:")
+            for command in commands:
+                err.print(f"    {command}", highlight=False)
             stopped = threading.Event()
             signal.signal(signal.SIGTERM, lambda *_: stopped.set())
             with contextlib.suppress(KeyboardInterrupt):

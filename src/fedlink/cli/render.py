@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 import fedlink
+from fedlink.analyst.result import noise_hidden_rates, noise_note
 
 
 def console(stderr: bool = False) -> Console:
@@ -248,13 +250,24 @@ def estimated_quality(console: Console, estimated: Any) -> None:
             _rate(counts.f1),
         )
 
-    row("all node pairs", estimated.overall)
-    for pair in estimated.pairs:
-        row(f"{pair.a} - {pair.b}", pair)
-    for name, cells in estimated.subgroups.items():
-        for label, counts in cells.items():
-            row(f"{name} = {label}", counts)
+    scopes = [("all node pairs", estimated.overall), *((f"{p.a} - {p.b}", p) for p in estimated.pairs)]
+    scopes += [
+        (f"{name} = {label}", counts) for name, cells in estimated.subgroups.items() for label, counts in cells.items()
+    ]
+    for scope, counts in scopes:
+        row(scope, counts)
     console.print(table)
+    # Laplace noise of scale b exceeds t in size with probability exp(-t / b): 95% within b ln 20.
+    reach = estimated.scale * math.log(20)
+    swamped = sum(counts.links < reach for _, counts in scopes)
+    if swamped:
+        console.print(
+            f"note: {swamped} of {len(scopes)} rows have fewer links than the noise on their expected false and "
+            f"missed links reaches (±{reach:,.0f} at 95%, Laplace scale {estimated.scale:.3g}): their precision, "
+            "recall and F1 are mostly noise",
+            markup=False,
+            highlight=False,
+        )
 
 
 def linkage_run(console: Console, report: dict[str, Any], fmt: str) -> None:
@@ -329,6 +342,14 @@ def match_rates(console: Console, quality: Any, refused: str | None = None) -> N
             "—" if pair.rate_b is None else f"{pair.rate_b:.1%}",
         )
     console.print(table)
+    hidden = noise_hidden_rates(quality)
+    if hidden:
+        shown = 2 * len(quality.pairs)
+        console.print(
+            f"note: {hidden} of {shown} match rates read 0.0% or —; {noise_note(quality)}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def scenario(console: Console, report: Any, fmt: str) -> None:

@@ -203,11 +203,19 @@ def build_result(
     small = cohort < policy.suppress_below if not noiseless else np.zeros(len(cohort), dtype=bool)
     total_cohort = float(cohort.sum())
     whole = total_cohort < policy.min_cohort and not noiseless
+    total_cells = len(keys) * len(plan.aggregates)
     if whole:
         # The count itself is what is suppressed: say only that it fell below the minimum.
-        notes.append(f"suppressed: the cohort's noisy count is below the minimum of {policy.min_cohort}")
+        notes.append(
+            f"all cells suppressed by disclosure control: the cohort's noisy count is below the minimum of "
+            f"{policy.min_cohort}; no value is shown"
+        )
     elif small.any():
-        notes.append(f"{int(small.sum())} cell(s) suppressed: noisy count below {policy.suppress_below}")
+        # How many cells, never their values: a suppressed cell's noisy count is shown nowhere either.
+        notes.append(
+            f"{int(small.sum()) * len(plan.aggregates)} of {total_cells} cells suppressed by disclosure control: their "
+            f"group's noisy count is below {policy.suppress_below}; no value is shown for them"
+        )
     if noiseless:
         notes.append("TEST MODE: no noise and no disclosure control; exact values that must never be published")
     else:
