@@ -518,3 +518,34 @@ def test_budgets_are_configured_in_rho_only() -> None:
         Project.model_validate(
             {"id": "p", "title": "t", "purpose": "x", "analysts": ["a"], "datasets": ["n.t"], "epsilon": 1.0}
         )
+
+
+def test_close_waits_for_an_operation_running_in_another_thread(tmp_path: Path) -> None:
+    """A node stopping while a settle thread reads its ledger: close() must not close the connection
+    under the running statement (SQLite can crash), and refuses new operations at once."""
+    ledger = BudgetLedger(tmp_path / "ledger.sqlite")
+    inside, finish, closed = threading.Event(), threading.Event(), threading.Event()
+
+    def settle() -> None:
+        with ledger._errors():  # an operation in flight, held open until told
+            ledger._connection().execute("SELECT COUNT(*) FROM reservation").fetchone()
+            inside.set()
+            finish.wait(30)
+            ledger._connection().execute("SELECT COUNT(*) FROM reservation").fetchone()
+
+    def stop() -> None:
+        ledger.close()
+        closed.set()
+
+    worker = threading.Thread(target=settle)
+    worker.start()
+    assert inside.wait(30)
+    closer = threading.Thread(target=stop)
+    closer.start()
+    assert not closed.wait(0.3), "close() returned while another thread's statement was running"
+    with pytest.raises(Fault, match="closed"):
+        ledger.state("q1")
+    finish.set()
+    worker.join(30)
+    closer.join(30)
+    assert closed.is_set() and not worker.is_alive()

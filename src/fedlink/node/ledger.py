@@ -141,6 +141,10 @@ class BudgetLedger:
         self.owner = uuid.uuid4().hex
         self._closed = False
         self._guard = threading.Lock()
+        #: Operations running now, so that close() never closes a connection under a running statement
+        #: (SQLite's C library may crash when a connection is closed from another thread mid-statement).
+        self._active = 0
+        self._idle = threading.Condition(self._guard)
         self._local = threading.local()
         self._connections: WeakSet[_Connection] = WeakSet()
         try:
@@ -313,7 +317,9 @@ class BudgetLedger:
         return [BudgetLine(p, d, committed, reserved, int(n)) for p, d, committed, reserved, n in rows]
 
     def close(self) -> None:
-        """Close every connection and give up this object's owner lock; call it once no thread uses it. Idempotent.
+        """Close every connection and give up this object's owner lock. Idempotent. New operations are
+        refused at once; one still running in another thread (a settle in flight) is waited for, up to
+        the busy timeout, before the connections close.
 
         Reservations still open stay reserved until a ledger is next opened (or a reservation would
         otherwise be refused), which then releases them because their owner is gone.
@@ -322,6 +328,8 @@ class BudgetLedger:
             if self._closed:
                 return
             self._closed = True
+            mine = getattr(self._local, "depth", 0)  # close() called inside an operation of this thread
+            self._idle.wait_for(lambda: self._active <= mine, timeout=BUSY_TIMEOUT_S + 1.0)
             connections = list(self._connections)
         for db in connections:
             db.close()
@@ -341,7 +349,7 @@ class BudgetLedger:
         """This thread's connection, opened on first use; it closes when the thread ends or on :meth:`close`."""
         db: _Connection | None = getattr(self._local, "db", None)
         if db is not None:
-            if self._closed:
+            if self._closed and not getattr(self._local, "depth", 0):  # an operation under way may finish
                 raise Fault(f"the budget ledger at {self.path} is closed; open it again")
             return db
         with self._guard:
@@ -365,10 +373,21 @@ class BudgetLedger:
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
+        """One operation on the ledger: counted while it runs (see :meth:`close`), SQLite's errors as a Fault."""
+        with self._guard:
+            if self._closed:
+                raise Fault(f"the budget ledger at {self.path} is closed; open it again")
+            self._active += 1
+        self._local.depth = getattr(self._local, "depth", 0) + 1
         try:
             yield
         except sqlite3.Error as exc:
             raise Fault(f"the budget ledger at {self.path} failed: {exc}; check the file and the disk") from exc
+        finally:
+            self._local.depth -= 1
+            with self._guard:
+                self._active -= 1
+                self._idle.notify_all()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
