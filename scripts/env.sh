@@ -13,10 +13,15 @@ fi
 # the interpreter's own venv and pip, so a machine needs only Python; UV=/path/to/uv uses another.
 UV_VERSION=0.13.9
 uv="${UV:-.uv/bin/uv}"
-if [ -z "${UV:-}" ] && ! { [ -x "$uv" ] && [ "$("$uv" --version)" = "uv $UV_VERSION" ]; }; then
-  rm -rf .uv
-  "$PY" -m venv .uv
-  .uv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+if [ -z "${UV:-}" ]; then
+  case "$( [ -x "$uv" ] && "$uv" --version 2>/dev/null)" in
+    "uv $UV_VERSION" | "uv $UV_VERSION "*) ;;  # "uv 0.13.9 (x86_64-unknown-linux-gnu)"
+    *)
+      rm -rf .uv
+      "$PY" -m venv .uv
+      .uv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+      ;;
+  esac
 fi
 export UV_PYTHON_DOWNLOADS=never  # the interpreter is $PY, never one uv would download
 # --locked: stop with uv's message if pyproject.toml changed without `uv lock`; --inexact: keep what is
