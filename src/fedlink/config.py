@@ -1,9 +1,19 @@
 """Reading TOML configuration files into validated models, with one-line errors.
 
-Paths in a config file may use ``${VAR}`` or ``${VAR:-default}``; a relative path is taken relative
-to the directory of the config file (a relative value of an environment variable, relative to the
-current directory), so ``fedlink node serve --config nodes/dfe/node.toml`` works from anywhere.
-Secrets are never inline: a config names the file that holds them.
+Every config model derives from :class:`ConfigModel`, and every file-level model from
+:class:`ConfigFile` (which records the file it was read from). Two field types carry the rules that
+used to be repeated per config class:
+
+- :data:`ConfigPath`: a path. ``${VAR}``, ``${VAR:-default}`` and ``$VAR`` are replaced by the
+  environment, ``~`` by the home folder, and a relative path is taken relative to the folder of the
+  config file (a relative value of an environment variable, relative to the current directory), so
+  ``fedlink node serve --config nodes/dfe/node.toml`` works from anywhere.
+- :data:`EnvStr`: a setting such as an address, with the same environment references replaced.
+
+An unset variable without a default is a one-line error naming the entry and the variable; ``$$`` is
+a literal ``$``. Free text (names, titles, purposes, descriptions) is taken as written. Secrets are
+never inline: a config names the file that holds them. :class:`TlsSection` is the one ``[tls]``
+model of the coordinator, the nodes and (flat, in its profile) the analyst.
 """
 
 from __future__ import annotations
@@ -12,37 +22,119 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BeforeValidator, ValidationError, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
 from fedlink.errors import ConfigError
+from fedlink.model import Frozen
+from fedlink.wire.transport import TlsFiles
 
-Model = TypeVar("Model", bound=BaseModel)
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+Model = TypeVar("Model", bound="ConfigModel")
+_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+#: The file a model was read from, when it was not read from one (relative paths: the current folder).
+_NO_FILE = Path("config.toml")
 
 
-def expand(value: str, source: Path) -> str:
-    """Substitute ``${VAR}`` / ``${VAR:-default}`` in ``value``."""
+class _Unset(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
 
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
+
+def _substitute(value: str, paths: bool) -> str:
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1) or match.group(3), match.group(2)
         if name in os.environ:
             env_value = os.environ[name]
-            looks_like_path = "/" in env_value or env_value.startswith(".")
+            looks_like_path = paths and ("/" in env_value or env_value.startswith("."))
             return (
                 str(Path(env_value).resolve()) if looks_like_path and not Path(env_value).is_absolute() else env_value
             )
         if default is not None:
             return default
-        raise ConfigError(f"{source}: environment variable {name} is not set; set it or give ${{{name}:-default}}")
+        raise _Unset(name)
 
-    return _VAR.sub(substitute, value)
+    return _VAR.sub(one, value)
 
 
-def resolve_path(value: str, source: Path) -> Path:
-    path = Path(expand(value, source)).expanduser()
+def expand(value: str, source: Path) -> str:
+    """Substitute ``${VAR}`` / ``${VAR:-default}`` / ``$VAR`` in ``value`` from the environment."""
+    try:
+        return _substitute(value, paths=True)
+    except _Unset as unset:
+        raise ConfigError(
+            f"{source}: environment variable {unset.name} is not set; set it or give ${{{unset.name}:-default}}"
+        ) from None
+
+
+def resolve_path(value: str | Path, source: Path) -> Path:
+    """``value`` with environment references replaced, as an absolute path (relative: to ``source``'s folder)."""
+    path = Path(expand(str(value), source)).expanduser()
     return path if path.is_absolute() else (source.parent / path).resolve()
+
+
+def _source(info: ValidationInfo) -> Path:
+    context = info.context if isinstance(info.context, dict) else {}
+    return Path(context.get("source", _NO_FILE))
+
+
+def _expanded(value: Any, info: ValidationInfo, paths: bool) -> Any:
+    if not isinstance(value, str | Path):
+        return value  # pydantic reports the wrong type
+    try:
+        text = _substitute(str(value), paths)
+    except _Unset as unset:
+        message = f"environment variable {unset.name} is not set; set it or write ${{{unset.name}:-default}}"
+        raise PydanticCustomError("unset_variable", message) from None
+    if not paths:
+        return text
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (_source(info).parent / path).resolve()
+
+
+#: A path in a config file: environment references replaced, absolute (relative to the file's folder).
+ConfigPath = Annotated[Path, BeforeValidator(lambda value, info: _expanded(value, info, paths=True))]
+#: A setting in a config file (an address, a host) with its environment references replaced.
+EnvStr = Annotated[str, BeforeValidator(lambda value, info: _expanded(value, info, paths=False))]
+
+
+class ConfigModel(Frozen):
+    """The base of every model read from a config file (immutable, unknown keys refused)."""
+
+
+class ConfigFile(ConfigModel):
+    """A whole config file: ``source`` is the file it was read from (filled in by :func:`load_model`)."""
+
+    source: Path = _NO_FILE
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and "source" not in data and isinstance(info.context, dict):
+            return {**data, "source": info.context.get("source", _NO_FILE)}
+        return data
+
+    def resolve(self, value: str) -> Path:
+        """A path-or-name value (a table's source) as a path relative to this file's folder."""
+        return resolve_path(value, self.source)
+
+
+class TlsSection(ConfigModel):
+    """``[tls]``: a party's certificate, private key and the federation CA, as PEM files."""
+
+    cert: ConfigPath
+    key: ConfigPath
+    ca: ConfigPath
+    #: The coordinator's revocation list (written by `fedlink pki revoke`); nodes take none.
+    revoked: ConfigPath | None = None
+
+    def files(self) -> TlsFiles:
+        # Path(): a section built with model_copy in code holds what it was given
+        return TlsFiles(cert=Path(self.cert), key=Path(self.key), ca=Path(self.ca))
 
 
 def _describe(error: ValidationError) -> str:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import tomli_w
+
 from fedlink.analyst.profile import DEFAULT_PROFILE, PROFILE_ENV
 from fedlink.errors import BadInput, Fault
 from fedlink.wire import pki
@@ -186,11 +188,13 @@ def export_parties(workdir: Path, parties: Path) -> list[Path]:
 
 def write_profile(workdir: Path, address: str) -> Path:
     path = workdir / "analyst.toml"
-    path.write_text(
-        f'coordinator = "{address}"\n'
-        f'cert = "pki/analyst-{ANALYST}.crt"\nkey = "pki/analyst-{ANALYST}.key"\nca = "pki/ca.crt"\n',
-        encoding="utf-8",
-    )
+    profile = {
+        "coordinator": address,
+        "cert": f"pki/analyst-{ANALYST}.crt",
+        "key": f"pki/analyst-{ANALYST}.key",
+        "ca": "pki/ca.crt",
+    }
+    path.write_text(tomli_w.dumps(profile), encoding="utf-8")
     return path
 
 

@@ -361,7 +361,7 @@ def test_export_writes_page_and_json(tmp_path: Path) -> None:
     assert (page, data) == (tmp_path / "public" / "index.html", tmp_path / "public" / "register.json")
     html = page.read_text("utf-8")
     assert "<script" not in html.lower()
-    assert "&lt;/code&gt;&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    assert "&lt;/code&gt;&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
     assert "&lt;b&gt;South&lt;/b&gt;" in html and "<b>South" not in html
     assert "<title>Federation &lt;register&gt;</title>" in html
     assert PURPOSE in html and "p-early-support" in html and "dfe.pupils" in html

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from fedlink.config import expand, load_model, resolve_path
+from fedlink.config import ConfigFile, ConfigPath, EnvStr, TlsSection, load_model
 from fedlink.errors import ConfigError
 from fedlink.wire.transport import TlsFiles
 
@@ -16,29 +16,24 @@ PROFILE_ENV = "FEDLINK_PROFILE"
 DEFAULT_PROFILE = Path(".fedlink") / "analyst.toml"
 
 
-class AnalystProfile(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class AnalystProfile(ConfigFile):
+    """The profile keeps the TLS files at its top level (``cert``, ``key``, ``ca``), not in ``[tls]``."""
 
-    coordinator: str
-    cert: str
-    key: str
-    ca: str
+    coordinator: EnvStr
+    cert: ConfigPath
+    key: ConfigPath
+    ca: ConfigPath
     coordinator_name: str | None = None
     project: str | None = None
     #: Seconds to wait for the coordinator's answer to one call (up to a week).
     timeout_s: float = Field(default=120.0, gt=0, le=604_800, allow_inf_nan=False)
-    source: Path = Path("analyst.toml")
 
     @property
     def address(self) -> str:
-        return expand(self.coordinator, self.source)
+        return self.coordinator
 
     def tls_files(self) -> TlsFiles:
-        return TlsFiles(
-            cert=resolve_path(self.cert, self.source),
-            key=resolve_path(self.key, self.source),
-            ca=resolve_path(self.ca, self.source),
-        )
+        return TlsSection(cert=self.cert, key=self.key, ca=self.ca).files()
 
 
 def find_profile(path: Path | None = None) -> Path:
@@ -56,5 +51,4 @@ def find_profile(path: Path | None = None) -> Path:
 
 
 def load_profile(path: Path) -> AnalystProfile:
-    profile = load_model(path, AnalystProfile, "analyst profile")
-    return profile.model_copy(update={"source": path.resolve()})
+    return load_model(path, AnalystProfile, "analyst profile")

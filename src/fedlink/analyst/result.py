@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 from typing import Any
 
@@ -12,6 +11,7 @@ from fedlink.linkage.messages import LinkageQuality
 from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue
 from fedlink.query.results import QueryResult
 from fedlink.query.tasks import BudgetReport
+from fedlink.templating import environment
 
 
 def format_value(value: Any) -> str:
@@ -194,18 +194,23 @@ class Result:
         return f"<fedlink Result {self.raw.table} from {len(self.nodes)} nodes: {shape}{suppressed}>"
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = []
-        for i, row in enumerate(self.raw.rows):
-            keys = "".join(f"<td>{html.escape(format_value(k))}</td>" for k in row.keys)
-            values = "".join(f"<td>{html.escape(self.cell_text(i, c))}</td>" for c in self.raw.value_columns)
-            body.append(f"<tr>{keys}{values}</tr>")
-        caption = html.escape(f"{self.sql} — {self.provenance()}")
-        notes = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
-        return (
-            f"<table><caption>{caption}</caption><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-            f"<ul>{notes}</ul>"
+        return _RESULT_HTML.render(
+            caption=f"{self.sql} — {self.provenance()}",
+            columns=self.columns,
+            rows=[
+                [format_value(k) for k in row.keys] + [self.cell_text(i, c) for c in self.raw.value_columns]
+                for i, row in enumerate(self.raw.rows)
+            ],
+            notes=self.notes,
         )
+
+
+# Jupyter's rich display of a Result: autoescaped, as the SQL, group keys and notes are user text.
+_RESULT_HTML = environment().from_string(
+    "<table><caption>{{ caption }}</caption><thead><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>"
+    "<tbody>{% for row in rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}</tbody>"
+    "</table><ul>{% for note in notes %}<li>{{ note }}</li>{% endfor %}</ul>"
+)
 
 
 class Catalogue:

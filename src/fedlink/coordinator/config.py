@@ -7,19 +7,18 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from fedlink.config import expand, load_model, resolve_path
-from fedlink.model import Frozen
+from fedlink.config import ConfigFile, ConfigModel, ConfigPath, EnvStr, TlsSection, load_model
 from fedlink.wire.transport import TlsFiles
 
 
-class CoordinatorSection(Frozen):
+class CoordinatorSection(ConfigModel):
     name: str = "coordinator"
-    listen: str = "127.0.0.1:7443"
+    listen: EnvStr = "127.0.0.1:7443"
     query_timeout_s: float = Field(default=30.0, gt=0)
     #: The project registry (TOML), relative to this file.
-    projects: str = "projects.toml"
+    projects: ConfigPath = Field(default=Path("projects.toml"), validate_default=True)
     #: The coordinator's transparency register (JSON Lines, hash-chained).
-    transparency_register: str
+    transparency_register: ConfigPath
     #: Explicit test mode: noiseless queries become possible (where nodes allow it too). Logged.
     test_mode: bool = False
     #: Epsilon every node spends (on its ``<node>.linkage`` budget line) to release a new spine's
@@ -27,24 +26,15 @@ class CoordinatorSection(Frozen):
     link_quality_epsilon: float = Field(default=0.1, ge=0)
 
 
-class TlsSection(Frozen):
-    cert: str
-    key: str
-    ca: str
-    #: Optional revocation list written by `fedlink pki revoke`.
-    revoked: str | None = None
-
-
-class RegisteredNode(Frozen):
+class RegisteredNode(ConfigModel):
     name: str
     description: str = ""
 
 
-class CoordinatorConfig(Frozen):
+class CoordinatorConfig(ConfigFile):
     coordinator: CoordinatorSection
     tls: TlsSection
     nodes: tuple[RegisteredNode, ...]
-    source: Path = Path("coordinator.toml")
 
     @model_validator(mode="after")
     def _unique(self) -> CoordinatorConfig:
@@ -55,25 +45,21 @@ class CoordinatorConfig(Frozen):
 
     @property
     def listen(self) -> str:
-        return expand(self.coordinator.listen, self.source)
+        return self.coordinator.listen
 
     def tls_files(self) -> TlsFiles:
-        return TlsFiles(
-            cert=resolve_path(self.tls.cert, self.source),
-            key=resolve_path(self.tls.key, self.source),
-            ca=resolve_path(self.tls.ca, self.source),
-        )
+        return self.tls.files()
 
+    # Path(): a section built with model_copy in code holds what it was given
     def projects_path(self) -> Path:
-        return resolve_path(self.coordinator.projects, self.source)
+        return Path(self.coordinator.projects)
 
     def register_path(self) -> Path:
-        return resolve_path(self.coordinator.transparency_register, self.source)
+        return Path(self.coordinator.transparency_register)
 
     def revoked_path(self) -> Path | None:
-        return resolve_path(self.tls.revoked, self.source) if self.tls.revoked else None
+        return Path(self.tls.revoked) if self.tls.revoked else None
 
 
 def load_coordinator_config(path: Path) -> CoordinatorConfig:
-    config = load_model(path, CoordinatorConfig, "coordinator")
-    return config.model_copy(update={"source": path.resolve()})
+    return load_model(path, CoordinatorConfig, "coordinator")

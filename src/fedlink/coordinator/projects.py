@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from fedlink.config import load_model, one_currency, resolve_path
+from fedlink.config import ConfigFile, ConfigModel, load_model, one_currency
 from fedlink.errors import AccessDenied, BadInput, ConfigError, PolicyRefused
 from fedlink.linkage.spec import LinkageSpec, load_spec
 
 
-class Project(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class Project(ConfigModel):
     id: str
     title: str
     purpose: str
@@ -47,12 +45,8 @@ class Project(BaseModel):
             )
 
 
-class ProjectRegistry(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class ProjectRegistry(ConfigFile):
     projects: tuple[Project, ...] = ()
-    #: The file this was read from: spec files are relative to its folder.
-    source: Path = Path("projects.toml")
 
     @model_validator(mode="after")
     def _unique(self) -> ProjectRegistry:
@@ -78,14 +72,14 @@ class ProjectRegistry(BaseModel):
         if project.linkage_spec == "default":
             return load_spec()
         try:
-            return load_spec(resolve_path(project.linkage_spec, self.source))
+            return load_spec(self.resolve(project.linkage_spec))
         except ConfigError as exc:
             raise ConfigError(f"project '{project.id}': {exc.message} (linkage_spec in {self.source})") from exc
 
 
 def load_projects(path: Path) -> ProjectRegistry:
     """The registry in ``path``; every project's linkage spec is read once, so a bad one fails here."""
-    registry = load_model(path, ProjectRegistry, "projects").model_copy(update={"source": path.resolve()})
+    registry = load_model(path, ProjectRegistry, "projects")
     for project in registry.projects:
         registry.spec(project)
     return registry

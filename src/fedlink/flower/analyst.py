@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import tomli_w
 from pydantic import ValidationError
 
 from fedlink.analyst.client import _schemes_for, decrypt_result, model_request
@@ -35,8 +36,26 @@ def bundle_dir() -> Path:
     return Path(__file__).parent / "bundle"
 
 
-def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def write_flower_config(path: Path, superlink: str, insecure: bool, root_certificates: Path | None) -> None:
+    """Flower's ``config.toml`` naming one SuperLink connection, ``fedlink``, as the default."""
+    connection: dict[str, object] = {"address": superlink}
+    if insecure:
+        connection["insecure"] = True
+    else:
+        connection["root-certificates"] = str(root_certificates)
+    document = {"superlink": {"default": "fedlink", "fedlink": connection}}
+    path.write_text(tomli_w.dumps(document), encoding="utf-8")
+
+
+def write_run_config(path: Path, packed_request: str, projects: Path, register: Path, test_mode: bool) -> None:
+    """The ``--run-config`` file handing a request and the coordinator's files to fedlink's ServerApp."""
+    document = {
+        "fedlink-request": packed_request,
+        "fedlink-projects": str(projects),
+        "fedlink-register": str(register),
+        "fedlink-test-mode": test_mode,
+    }
+    path.write_text(tomli_w.dumps(document), encoding="utf-8")
 
 
 class FlowerFederation:
@@ -131,21 +150,9 @@ class FlowerFederation:
         with tempfile.TemporaryDirectory(prefix="fedlink-flwr-") as folder:
             home = Path(folder) / "flwr"
             home.mkdir()
-            connection = [f"address = {_toml_string(self.superlink)}"]
-            if self.insecure:
-                connection.append("insecure = true")
-            else:
-                connection.append(f"root-certificates = {_toml_string(str(self.root_certificates))}")
-            (home / "config.toml").write_text(
-                '[superlink]\ndefault = "fedlink"\n\n[superlink.fedlink]\n' + "\n".join(connection) + "\n"
-            )
+            write_flower_config(home / "config.toml", self.superlink, self.insecure, self.root_certificates)
             run_config = Path(folder) / "run.toml"
-            run_config.write_text(
-                f"fedlink-request = {_toml_string(pack_json(request))}\n"
-                f"fedlink-projects = {_toml_string(str(self.projects))}\n"
-                f"fedlink-register = {_toml_string(str(self.register))}\n"
-                f"fedlink-test-mode = {'true' if self.test_mode else 'false'}\n"
-            )
+            write_run_config(run_config, pack_json(request), self.projects, self.register, self.test_mode)
             env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home)}
             command = [self.flwr, "run", str(bundle_dir()), "fedlink", "--stream", "--run-config", str(run_config)]
             try:

@@ -19,6 +19,7 @@ import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -26,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
-from fedlink.config import resolve_path
 from fedlink.errors import ConfigError, Fault
 from fedlink.node.config import NodeConfig, PostgresBackend, SparkBackend, TableDecl
 
@@ -210,7 +210,7 @@ class Postgres(Backend):
                 raise ConfigError(f"{self.label}: environment variable {decl.password_env} is not set")
             return value
         if decl.password_file:
-            path = resolve_path(decl.password_file, self.source)
+            path = Path(decl.password_file)  # resolved against node.toml's folder when it was read
             try:
                 return path.read_text(encoding="utf-8").strip()
             except OSError as exc:

@@ -9,10 +9,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from fedlink.config import expand, load_model, one_currency, resolve_path
+from fedlink.config import ConfigFile, ConfigModel, ConfigPath, EnvStr, TlsSection, load_model, one_currency
 from fedlink.errors import BadInput
 from fedlink.linkage.concepts import MULTI_COLUMN, ConceptOptions, concept_name
-from fedlink.model import Frozen
 from fedlink.query.catalogue import ColumnDomain
 from fedlink.query.disclosure import DisclosurePolicy
 from fedlink.wire.transport import TlsFiles
@@ -47,21 +46,21 @@ class ColumnDecl(ColumnDomain):
         return self
 
 
-class PostgresBackend(Frozen):
+class PostgresBackend(ConfigModel):
     """A PostgreSQL server holding some of this node's tables. Credentials come from a file or an
     environment variable named here, never from this file (a ``password`` key is refused)."""
 
     kind: Literal["postgresql"]
-    host: str = "localhost"
+    host: EnvStr = "localhost"
     port: int = Field(default=5432, ge=1, le=65535)
-    database: str
-    user: str
+    database: EnvStr
+    user: EnvStr
     #: A file holding the password (mode 0600, outside the repository), relative to this config.
-    password_file: str | None = None
+    password_file: ConfigPath | None = None
     #: An environment variable holding the password.
     password_env: str | None = None
     #: libpq's sslmode (e.g. "verify-full" in production).
-    sslmode: str | None = None
+    sslmode: EnvStr | None = None
     connect_timeout_s: int = Field(default=10, ge=1)
 
     @model_validator(mode="before")
@@ -75,11 +74,11 @@ class PostgresBackend(Frozen):
         return data
 
 
-class SparkBackend(Frozen):
+class SparkBackend(ConfigModel):
     """Apache Spark: ``local[N]`` on the node's machine, or a cluster URL (``spark://host:7077``)."""
 
     kind: Literal["spark"]
-    master: str = "local[*]"
+    master: EnvStr = "local[*]"
     #: Extra Spark settings (e.g. {"spark.executor.memory" = "8g"}).
     conf: dict[str, str] = Field(default_factory=dict)
 
@@ -92,7 +91,7 @@ LEGACY_CONCEPTS = ("first_name", "last_name", "dob", "sex", "postcode")
 _MAPPING_OPTIONS = ("record_id", "dob_format", "sex_coding", "postcode_country")
 
 
-class LinkageMapping(Frozen):
+class LinkageMapping(ConfigModel):
     """``[tables.linkage]``: which of a table's own columns hold which identifier concept
     (:mod:`fedlink.linkage.concepts`), how they are written, and the record id column. A concept
     not named here is missing in this table (never faked)."""
@@ -152,10 +151,11 @@ class LinkageMapping(Frozen):
         return f"tables.linkage.{self.keys.get(concept, concept)}"
 
 
-class TableDecl(Frozen):
+class TableDecl(ConfigModel):
     name: str
     #: A CSV or Parquet file (DuckDB reads it in place, the default), or with ``backend``: a relation
-    #: of that backend (``schema.table`` in PostgreSQL; a file or a catalogue table in Spark).
+    #: of that backend (``schema.table`` in PostgreSQL; a file or a catalogue table in Spark). A file's
+    #: environment references and relative path are resolved when it is read (``NodeConfig.table_path``).
     source: str
     #: The name of one of the node's [backends.<name>] (default: files read by DuckDB).
     backend: str | None = None
@@ -207,23 +207,17 @@ class TableDecl(Frozen):
         return "csv" if self.source.lower().endswith((".csv", ".csv.gz")) else "parquet"
 
 
-class NodeSection(Frozen):
+class NodeSection(ConfigModel):
     name: str
     description: str = ""
-    coordinator: str
+    coordinator: EnvStr
     #: TLS name to expect on the coordinator's certificate when it differs from the address's host.
     coordinator_name: str | None = None
 
     _name = field_validator("name")(_identifier)
 
 
-class TlsSection(Frozen):
-    cert: str
-    key: str
-    ca: str
-
-
-class Approval(Frozen):
+class Approval(ConfigModel):
     """This node's approval of a project: the node, not the coordinator, is the final authority."""
 
     project: str
@@ -255,9 +249,9 @@ class Approval(Frozen):
         return one_currency(data, f"the approval of project {project!r}")
 
 
-class PrivacySection(Frozen):
-    ledger: str
-    transparency_register: str
+class PrivacySection(ConfigModel):
+    ledger: ConfigPath
+    transparency_register: ConfigPath
     #: Allow noiseless answers when the coordinator runs in test mode (never in production).
     allow_test_mode: bool = False
     disclosure: DisclosurePolicy = DisclosurePolicy()
@@ -267,7 +261,7 @@ class PrivacySection(Frozen):
     dataset_caps: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
 
 
-class NodeConfig(Frozen):
+class NodeConfig(ConfigFile):
     node: NodeSection
     tls: TlsSection
     privacy: PrivacySection
@@ -275,11 +269,11 @@ class NodeConfig(Frozen):
     #: Database backends some tables live in, by name (tables without ``backend`` are files).
     backends: dict[str, BackendDecl] = Field(default_factory=dict)
     tables: tuple[TableDecl, ...]
-    #: The file this was read from: relative paths inside it are relative to its folder.
-    source: Path = Path("node.toml")
 
     @model_validator(mode="after")
     def _unique_tables(self) -> NodeConfig:
+        if self.tls.revoked is not None:
+            raise ValueError("tls.revoked is read by the coordinator only; remove it from node.toml")
         names = [t.name for t in self.tables]
         if len(set(names)) != len(names):
             raise ValueError("a table name is declared twice")
@@ -305,31 +299,27 @@ class NodeConfig(Frozen):
 
     @property
     def coordinator_address(self) -> str:
-        return expand(self.node.coordinator, self.source)
+        return self.node.coordinator
 
     def tls_files(self) -> TlsFiles:
-        return TlsFiles(
-            cert=resolve_path(self.tls.cert, self.source),
-            key=resolve_path(self.tls.key, self.source),
-            ca=resolve_path(self.tls.ca, self.source),
-        )
+        return self.tls.files()
 
     def table_path(self, table: TableDecl) -> Path:
-        return resolve_path(table.source, self.source)
+        return self.resolve(table.source)
 
     def backend_of(self, table: TableDecl) -> PostgresBackend | SparkBackend | None:
         return self.backends[table.backend] if table.backend is not None else None
 
+    # Path(): a section built with model_copy in code holds what it was given
     def ledger_path(self) -> Path:
-        return resolve_path(self.privacy.ledger, self.source)
+        return Path(self.privacy.ledger)
 
     def register_path(self) -> Path:
-        return resolve_path(self.privacy.transparency_register, self.source)
+        return Path(self.privacy.transparency_register)
 
     def approval(self, project: str) -> Approval | None:
         return next((a for a in self.approvals if a.project == project), None)
 
 
 def load_node_config(path: Path) -> NodeConfig:
-    config = load_model(path, NodeConfig, "node")
-    return config.model_copy(update={"source": path.resolve()})
+    return load_model(path, NodeConfig, "node")
