@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 
 from fedlink.errors import BadInput
+from fedlink.node.data import NodeData
 from fedlink.query.linked import plan_linked
 from fedlink.query.reference import reference_totals
 
@@ -127,7 +128,7 @@ OFFERED: dict[tuple[str, str], tuple[str, ...]] = {
     ("linked", "grpc"): ("test", "he+dp"),  # a linked query always runs encrypted
     ("model", "grpc"): ("test", "secagg+dp"),
     ("horizontal", "flower"): ("test", "he+dp"),  # fedlink on Flower aggregates under HE only
-    ("model", "flower"): ("test", "secagg+dp"),
+    ("model", "flower"): ("test", "secagg+dp"),  # offered; not run here (see FLOWER)
 }
 
 
@@ -257,7 +258,7 @@ def compare(rows: list[dict[str, Any]], truth: list[dict[str, float | None]], ki
                 assert abs(value - expected) <= WIDTHS * (upper - value + base) + base, (label, row, expected)
         released += checked
         assert misses <= allowed_misses(checked), (label, misses, checked)
-    assert mode.startswith("test") or released > 0, "a noisy spec must release something to compare"
+    assert mode.startswith("test") or released > 0, ("a noisy spec must release something to compare", rows)
 
 
 def ask(federation: Any, spec: Spec, mode: str) -> Any:
@@ -318,7 +319,9 @@ def load_postgres(workdir: Path) -> PostgresServer:
         for backend in ("files", "postgresql", "spark")
     ],
 )
-def backend_federation(request: pytest.FixtureRequest, workdir: Path) -> Iterator[InProcessFederation]:
+def backend_federation(
+    request: pytest.FixtureRequest, workdir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessFederation]:
     """The nodes of the table's specs, their data in one backend, behind one coordinator; the
     deprivation project linked once (dfe, dwp and nhs)."""
     backend = request.param
@@ -328,8 +331,13 @@ def backend_federation(request: pytest.FixtureRequest, workdir: Path) -> Iterato
         if reason:
             pytest.skip(reason)
         server = load_postgres(workdir)
-    if backend == "spark" and (reason := spark_unavailable()):
-        pytest.skip(reason)
+    warm = None
+    if backend == "spark":
+        if reason := spark_unavailable():
+            pytest.skip(reason)
+        # Spark's JVM is launched by a fork, which gRPC's threads in this process can break: start it
+        # (through one node's data, kept open so that the SparkContext stays) before the coordinator.
+        warm = NodeData(in_spark(node_config("dfe", "127.0.0.1:1", tmp_path_factory.mktemp("spark-warm"))))
     fed = start_federation([], timeout_s=120)
     try:
         for node in TABLES:
@@ -345,6 +353,8 @@ def backend_federation(request: pytest.FixtureRequest, workdir: Path) -> Iterato
         fed.stop()
         if server is not None:
             server.stop()
+        if warm is not None:
+            warm.close()
 
 
 @pytest.mark.parametrize(("spec", "mode"), combinations("grpc"))
@@ -372,7 +382,12 @@ def flower(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         )
 
 
-FLOWER = [p for p in combinations("flower") if p.values[0].project == HOMELESSNESS]
+#: Over Flower, the horizontal specs of the charities' table (the deployment's two SuperNodes). Each
+#: ``flwr run`` costs about a minute on 2 cores (a ServerApp and ClientApps started per run), so the
+#: model is left to tests/e2e/test_flower.py, which fits one over Flower against the pooled fit.
+FLOWER = [
+    p for p in combinations("flower") if p.values[0].kind == "horizontal" and p.values[0].table == "support_episodes"
+]
 
 
 @pytest.mark.xdist_group("spec-flower")
