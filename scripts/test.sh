@@ -13,6 +13,6 @@ rm -rf "$site"
 tiers=(-n 2 --cov --cov-append --cov-report= --cov-fail-under=0)
 python -m coverage erase &&
   python -m pytest "${tiers[@]}" tests/unit tests/statistical "$@" &&
-  python -m pytest "${tiers[@]}" --dist loadgroup tests/spec "$@" &&
+  python -m pytest "${tiers[@]}" --dist loadscope tests/spec "$@" &&
   python -m pytest "${tiers[@]}" --dist loadfile tests/integration tests/faults "$@" &&
   exec python -m pytest -n 2 --dist loadfile --cov --cov-append --cov-report=term tests/e2e "$@"

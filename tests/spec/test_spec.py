@@ -15,14 +15,15 @@ share of intervals that miss the truth is within what a 95% rate allows (the bin
 below 1e-6), so no run can flake by chance. A combination the product does not offer (a linked query in
 plain dp, dp over Flower) is refused with a one-line error and spends nothing: that is in the table too.
 
-Cost: one federation per backend, shared by every spec and mode (module-scoped, so pytest runs each
-backend's tests together), and one Flower deployment; ``xdist_group`` keeps each on one worker.
+Cost: one federation per backend, shared by every spec and mode (a test class per backend with a
+class-scoped federation), and one Flower deployment; ``--dist loadscope`` keeps each class on one worker.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -318,23 +319,13 @@ def load_postgres(workdir: Path) -> PostgresServer:
     return server
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        pytest.param(backend, marks=pytest.mark.xdist_group(f"spec-{backend}"))
-        for backend in ("files", "postgresql", "spark")
-    ],
-)
-def backend_federation(
-    request: pytest.FixtureRequest, workdir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[InProcessFederation]:
-    """The nodes of the table's specs, their data in one backend, behind one coordinator; the
+@contextmanager
+def backend_federation(backend: str, workdir: Path, scratch: Path) -> Iterator[InProcessFederation]:
+    """The nodes of the table's specs, their data in ``backend``, behind one coordinator; the
     deprivation project linked once (dfe, dwp and nhs)."""
-    backend = request.param
     server = None
     if backend == "postgresql":
-        reason = PostgresServer.unavailable()
-        if reason:
+        if reason := PostgresServer.unavailable():
             pytest.skip(reason)
         server = load_postgres(workdir)
     warm = None
@@ -343,7 +334,7 @@ def backend_federation(
             pytest.skip(reason)
         # Spark's JVM is launched by a fork, which gRPC's threads in this process can break: start it
         # (through one node's data, kept open so that the SparkContext stays) before the coordinator.
-        warm = NodeData(in_spark(node_config("dfe", "127.0.0.1:1", tmp_path_factory.mktemp("spark-warm"))))
+        warm = NodeData(in_spark(node_config("dfe", "127.0.0.1:1", scratch)))
     fed = start_federation([], timeout_s=120)
     try:
         for node in TABLES:
@@ -363,29 +354,42 @@ def backend_federation(
             warm.close()
 
 
-@pytest.mark.parametrize(("spec", "mode"), combinations("grpc"))
-def test_spec_over_grpc(backend_federation: InProcessFederation, workdir: Path, spec: Spec, mode: str) -> None:
-    analyst = connect_analyst(backend_federation.address, workdir)
-    check(analyst, backend_federation, workdir, spec, mode)
+class OverGrpc:
+    """Every spec in every mode over fedlink's own transport, on one backend (a test class per backend:
+    ``--dist loadscope`` keeps a class on one worker, so its federation starts once)."""
+
+    backend = ""
+
+    @pytest.fixture(scope="class")
+    def federation(self, workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessFederation]:
+        with backend_federation(self.backend, workdir, tmp_path_factory.mktemp(f"spec-{self.backend}")) as fed:
+            yield fed
+
+    @pytest.mark.parametrize(("spec", "mode"), combinations("grpc"))
+    def test_spec(self, federation: InProcessFederation, workdir: Path, spec: Spec, mode: str) -> None:
+        check(connect_analyst(federation.address, workdir), federation, workdir, spec, mode)
+
+    def test_a_linked_query_in_plain_dp_is_refused_and_spends_nothing(
+        self, federation: InProcessFederation, workdir: Path
+    ) -> None:
+        spec = next(s for s in SPECS if s.kind == "linked")
+        analyst = connect_analyst(federation.address, workdir)
+        before = analyst.budget().rows()
+        with pytest.raises(BadInput, match="he\\+dp"):
+            ask(analyst, spec, "dp")
+        assert analyst.budget().rows() == before
 
 
-@pytest.fixture(scope="module")
-def flower(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """fedlink on a Flower deployment (a SuperLink, SuperNodes for the charities and dfe; files backend)."""
-    pytest.importorskip("flwr", reason="Flower is not installed (pip install 'fedlink[flower]')")
-    from fedlink.flower import FlowerFederation
+class TestFiles(OverGrpc):
+    backend = "files"
 
-    from ..flower_deploy import FlowerDeployment
 
-    with FlowerDeployment(tmp_path_factory.mktemp("flower"), workdir, FLOWER_NODES, configs=ROOT) as deployment:
-        yield FlowerFederation(
-            deployment.superlink,
-            analyst="demo-analyst",
-            projects=ROOT / "coordinator" / "projects.toml",
-            register=deployment.root / "coordinator" / "register.jsonl",
-            insecure=True,
-            test_mode=True,
-        )
+class TestPostgreSQL(OverGrpc):
+    backend = "postgresql"
+
+
+class TestSpark(OverGrpc):
+    backend = "spark"
 
 
 #: Over Flower: the two-node spec in test mode and a noisy spec under he+dp. Each ``flwr run`` costs
@@ -395,25 +399,32 @@ FLOWER = [p for p in combinations("flower") if p.id in ("grouped-count-sum-avg-t
 FLOWER_NODES = [*CHARITIES, "dfe"]
 
 
-@pytest.mark.xdist_group("spec-flower")
-@pytest.mark.parametrize(("spec", "mode"), FLOWER)
-def test_spec_over_flower(flower: Any, workdir: Path, spec: Spec, mode: str) -> None:
-    check(flower, None, workdir, spec, mode)
+class TestFlower:
+    """Specs over fedlink on a Flower deployment (a SuperLink, SuperNodes for the charities and dfe;
+    files backend)."""
 
+    @pytest.fixture(scope="class")
+    def flower(self, workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+        pytest.importorskip("flwr", reason="Flower is not installed (pip install 'fedlink[flower]')")
+        from fedlink.flower import FlowerFederation
 
-@pytest.mark.parametrize("kind", ["linked"])
-def test_a_linked_query_in_plain_dp_is_refused_and_spends_nothing(
-    backend_federation: InProcessFederation, workdir: Path, kind: str
-) -> None:
-    spec = next(s for s in SPECS if s.kind == kind)
-    analyst = connect_analyst(backend_federation.address, workdir)
-    before = analyst.budget().rows()
-    with pytest.raises(BadInput, match="he\\+dp"):
-        ask(analyst, spec, "dp")
-    assert analyst.budget().rows() == before
+        from ..flower_deploy import FlowerDeployment
 
+        root = tmp_path_factory.mktemp("flower")
+        with FlowerDeployment(root, workdir, FLOWER_NODES, configs=ROOT) as deployment:
+            yield FlowerFederation(
+                deployment.superlink,
+                analyst="demo-analyst",
+                projects=ROOT / "coordinator" / "projects.toml",
+                register=deployment.root / "coordinator" / "register.jsonl",
+                insecure=True,
+                test_mode=True,
+            )
 
-@pytest.mark.xdist_group("spec-flower")
-def test_plain_dp_over_flower_is_refused(flower: Any) -> None:
-    with pytest.raises(BadInput, match="he\\+dp"):
-        ask(flower, SPECS[0], "dp")
+    @pytest.mark.parametrize(("spec", "mode"), FLOWER)
+    def test_spec(self, flower: Any, workdir: Path, spec: Spec, mode: str) -> None:
+        check(flower, None, workdir, spec, mode)
+
+    def test_plain_dp_over_flower_is_refused(self, flower: Any) -> None:
+        with pytest.raises(BadInput, match="he\\+dp"):
+            ask(flower, SPECS[0], "dp")
