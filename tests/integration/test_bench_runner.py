@@ -4,6 +4,7 @@ so it sits here rather than in the unit tier next to the report's tests (tests/u
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,15 @@ import fedlink
 from fedlink.bench.runner import run
 
 
-def test_the_runner_merges_the_suites_and_fails_when_pytest_fails(tmp_path: Path) -> None:
+def test_the_runner_merges_the_suites_and_fails_when_pytest_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two tiny suites in a scratch repository: one passes, one fails; the run writes what it measured,
     records the machine, and raises Fault (exit code 1) naming the failed suite."""
+    # Under pytest-xdist the suites' pytest would inherit PYTEST_XDIST_WORKER, and pytest-benchmark in it
+    # would then take itself for a worker and measure nothing; `fedlink bench run` is never run that way.
+    for name in [n for n in os.environ if n.startswith("PYTEST_XDIST_")]:
+        monkeypatch.delenv(name)
     suites = tmp_path / "benchmarks"
     suites.mkdir()
     (suites / "test_bench_ok.py").write_text(

@@ -361,8 +361,9 @@ class OverGrpc:
     backend = ""
 
     @pytest.fixture(scope="class")
-    def federation(self, workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessFederation]:
-        with backend_federation(self.backend, workdir, tmp_path_factory.mktemp(f"spec-{self.backend}")) as fed:
+    @classmethod
+    def federation(cls, workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessFederation]:
+        with backend_federation(cls.backend, workdir, tmp_path_factory.mktemp(f"spec-{cls.backend}")) as fed:
             yield fed
 
     @pytest.mark.parametrize(("spec", "mode"), combinations("grpc"))
@@ -404,7 +405,8 @@ class TestFlower:
     files backend)."""
 
     @pytest.fixture(scope="class")
-    def flower(self, workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    @classmethod
+    def flower(cls, workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         pytest.importorskip("flwr", reason="Flower is not installed (pip install 'fedlink[flower]')")
         from fedlink.flower import FlowerFederation
 
