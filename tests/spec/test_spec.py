@@ -12,8 +12,11 @@ and means to floating point (he+dp sums to CKKS's approximation, 1e-6 relative).
 count and sum lies within six half-widths of its 95% interval of the truth (a derived bound: for the
 heaviest tail used, one node's Laplace noise, the chance of a miss is 20**-6 = 1.6e-8 a value), and the
 share of intervals that miss the truth is within what a 95% rate allows (the binomial tail beyond it is
-below 1e-6), so no run can flake by chance. A combination the product does not offer (a linked query in
-plain dp, dp over Flower) is refused with a one-line error and spends nothing: that is in the table too.
+below 1e-6), so a correct release fails these checks by chance in well under one run in 10,000. The
+noise is not seeded (OpenDP draws it from the system, as at a node); the data are (``conftest.SEED``).
+Specs whose cells are a few dozen rows run in test mode only (``Spec.noisy``): disclosure control
+suppresses their noisy release by design. A combination the product does not offer (a linked query in
+plain dp, dp over Flower) is refused as bad input; over gRPC, with no budget spent.
 
 Cost: one federation per backend, shared by every spec and mode (a test class per backend with a
 class-scoped federation), and one Flower deployment; ``--dist loadscope`` keeps each class on one worker.
