@@ -1,9 +1,11 @@
 """Developer tasks, run in the project's .venv (made from uv.lock by scripts/env.sh): nothing here
-builds another environment. ``bash scripts/test.sh`` runs ``lint`` and ``docs`` and then pytest.
+builds another environment. ``bash scripts/test.sh`` runs ``lint``, ``docs`` and ``tests``.
 
     nox -l                          list the sessions
     nox -s lint docs                what CI checks before the tests
-    nox -s tests -- tests/unit -x   pytest with any arguments
+    nox -s tests                    every test tier, as CI runs them (DEVELOPERS.md, "Test tiers")
+    nox -s tests -- -x              the same, arguments after -- going to each tier's pytest
+    nox -s pytest -- tests/unit -x  plain pytest with any arguments
     nox -s demo -- --people 5000    the demo (as bash scripts/demo.sh)
     nox -s bench -- --quick         the benchmark suites (fedlink bench run)
     nox -s lock                     re-resolve uv.lock after editing dependencies in pyproject.toml
@@ -35,9 +37,34 @@ def docs(session: nox.Session) -> None:
         session.run("mkdocs", "build", "--strict", "--site-dir", site, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
+#: The test tiers, fastest first, each on two xdist workers: (paths, how xdist shares them out). The spec
+#: tier's federations are class-scoped (``loadscope``); integration and end-to-end files start servers
+#: per module (``loadfile``).
+TIERS: list[tuple[list[str], str]] = [
+    (["tests/unit", "tests/statistical"], "load"),
+    (["tests/spec"], "loadscope"),
+    (["tests/integration", "tests/faults"], "loadfile"),
+    (["tests/e2e"], "loadfile"),
+]
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """pytest; arguments after ``--`` go to it."""
+    """Every tier under one coverage measurement (subprocesses included); the first failing tier stops
+    the run; the last prints the total and fails below the floor in pyproject.toml."""
+    session.run("python", "-m", "coverage", "erase")
+    for i, (paths, dist) in enumerate(TIERS):
+        last = i == len(TIERS) - 1
+        report = ["--cov-report=term"] if last else ["--cov-report=", "--cov-fail-under=0"]
+        session.run(
+            "python", "-m", "pytest", "-n", "2", "--dist", dist, "--cov", "--cov-append", *report,
+            *paths, *session.posargs,
+        )  # fmt: skip
+
+
+@nox.session
+def pytest(session: nox.Session) -> None:
+    """Plain pytest; arguments after ``--`` go to it."""
     session.run("python", "-m", "pytest", *session.posargs)
 
 

@@ -1,4 +1,4 @@
-"""Database servers the backend tests start and stop themselves: a private PostgreSQL cluster made
+"""Database servers the backend and spec tests start and stop themselves: a private PostgreSQL cluster made
 with the installed PostgreSQL binaries (Debian's ``postgresql`` package; ``.ci/run`` installs it), on
 a free loopback port, with a password user; and a check for a usable Spark (pyspark and a JVM)."""
 
@@ -13,6 +13,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fedlink.node.config import NodeConfig, PostgresBackend, SparkBackend
 
 
 def _bindir() -> Path | None:
@@ -153,3 +155,22 @@ def spark_unavailable() -> str | None:
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         return "Spark needs a Java runtime (Debian: apt-get install openjdk-17-jre-headless)"
     return None
+
+
+def in_postgres(config: NodeConfig, server: PostgresServer) -> NodeConfig:
+    backend = PostgresBackend(
+        kind="postgresql",
+        port=server.port,
+        host="127.0.0.1",
+        database=server.database,
+        user=server.user,
+        password_file=str(server.password_file),
+    )
+    tables = tuple(t.model_copy(update={"backend": "db", "source": f"{config.name}.{t.name}"}) for t in config.tables)
+    return config.model_copy(update={"backends": {"db": backend}, "tables": tables})
+
+
+def in_spark(config: NodeConfig) -> NodeConfig:
+    tables = tuple(t.model_copy(update={"backend": "lake", "source": str(config.table_path(t))}) for t in config.tables)
+    backend = SparkBackend(kind="spark", master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})
+    return config.model_copy(update={"backends": {"lake": backend}, "tables": tables})

@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from fedlink.errors import ConfigError, Fault
-from fedlink.node.config import NodeConfig, PostgresBackend, SparkBackend
+from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
 from fedlink.query.catalogue import FederationCatalogue, NodeStatus
 from fedlink.query.sql import plan_query
 
 from ..conftest import node_config
-from ..servers import PostgresServer, spark_unavailable
+from ..servers import PostgresServer, in_postgres, in_spark, spark_unavailable
 
 pytestmark = [pytest.mark.usefixtures("workdir"), pytest.mark.slow]
 TABLES = {"dfe": ["pupils"], "dwp": ["claims"], "nhs": ["diagnoses", "prescriptions"]}
@@ -50,25 +50,6 @@ def postgres(workdir: Path) -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
-
-
-def in_postgres(config: NodeConfig, server: PostgresServer) -> NodeConfig:
-    backend = PostgresBackend(
-        kind="postgresql",
-        port=server.port,
-        host="127.0.0.1",
-        database=server.database,
-        user=server.user,
-        password_file=str(server.password_file),
-    )
-    tables = tuple(t.model_copy(update={"backend": "db", "source": f"{config.name}.{t.name}"}) for t in config.tables)
-    return config.model_copy(update={"backends": {"db": backend}, "tables": tables})
-
-
-def in_spark(config: NodeConfig) -> NodeConfig:
-    tables = tuple(t.model_copy(update={"backend": "lake", "source": str(config.table_path(t))}) for t in config.tables)
-    backend = SparkBackend(kind="spark", master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})
-    return config.model_copy(update={"backends": {"lake": backend}, "tables": tables})
 
 
 @pytest.fixture(scope="module")

@@ -363,20 +363,27 @@ class Spark(Backend):
                 from pyspark.sql import SparkSession
             except ImportError as exc:
                 raise ConfigError(f"{self.label} needs pyspark: pip install 'fedlink[spark]'") from exc
-            builder = (
-                SparkSession.builder.master(self.decl.master)
-                .appName(f"fedlink-node-{self.config.name}")
-                .config("spark.ui.enabled", "false")
-                .config("spark.sql.session.timeZone", "UTC")
-                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-                .config("spark.sql.execution.arrow.maxRecordsPerBatch", "50000")
-            )
-            for key, value in self.decl.conf.items():
+            settings = {
+                "spark.ui.enabled": "false",
+                "spark.sql.session.timeZone": "UTC",
+                "spark.sql.execution.arrow.pyspark.enabled": "true",
+                "spark.sql.execution.arrow.maxRecordsPerBatch": "50000",
+                **self.decl.conf,
+            }
+            builder = SparkSession.builder.master(self.decl.master).appName(f"fedlink-node-{self.config.name}")
+            for key, value in settings.items():
                 builder = builder.config(key, value)
             # Python workers run this interpreter unless the operator chose one (a cluster's own setting)
             os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
             try:
-                self._session = builder.getOrCreate()
+                # A session of its own over the process's one SparkContext: temporary views belong to a
+                # session, so two nodes in one process (tests, benchmarks) never read each other's tables
+                # (both name their view t_<table>). Its SQL settings are set again: a new session starts
+                # from the context's, which the first session's builder fixed.
+                self._session = builder.getOrCreate().newSession()
+                for key, value in settings.items():
+                    if key.startswith("spark.sql."):
+                        self._session.conf.set(key, value)
             except Exception as exc:
                 raise self._fault(exc) from exc
             self._session.sparkContext.setLogLevel("ERROR")

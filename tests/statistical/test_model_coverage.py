@@ -42,6 +42,7 @@ from fedlink.query.model import (
     summary,
 )
 
+pytestmark = pytest.mark.statistical
 NODES = ("charity_north", "charity_south")
 ROWS_PER_PERSON = 3  # the demo's support_episodes
 #: Fits a setting: a logistic fit draws noise 16 times, a linear one twice.
