@@ -191,7 +191,6 @@ def test_a_node_refuses_a_replayed_or_extra_iteration(charities: InProcessFedera
 def test_no_nodes_statistics_cross_the_wire(workdir: Path) -> None:
     """Wire audit of a fit: each node's statistics (in the fixed point they are sent in) appear in no
     message, only masked; the positive control finds them in an unmasked vector."""
-    from fedlink.coordinator.models import fit_model
     from fedlink.node.data import NodeData
     from fedlink.node.operators import model_statistics
     from fedlink.pets import secagg
@@ -206,7 +205,7 @@ def test_no_nodes_statistics_cross_the_wire(workdir: Path) -> None:
             request = ModelRequest(
                 formula=FORMULA, table="support_episodes", project=PROJECT, iterations=1, noiseless=True
             )
-            _, body = fit_model(fed.coordinator, request, "demo-analyst")  # unsealed: no result key given
+            _, body = fed.coordinator.fit_model(request, "demo-analyst")  # unsealed: no result key given
             fit = ModelResult.model_validate_json(body)
         finally:
             fed.stop()

@@ -157,7 +157,7 @@ class Federation:
         he = None
         if pet == "he+dp":
             # A fresh key pair per query; only the public contexts leave this process.
-            he = AnalystKeys(_schemes_for(sql))
+            he = AnalystKeys(schemes_for(sql))
             request = request.model_copy(update={"contexts": he.public_contexts()})
         stored = QueryKeys(
             request.query_id, "query", self.address, result_key, he=he.secret_contexts() if he is not None else {}
@@ -359,7 +359,7 @@ def _open(
     raise Fault(f"the coordinator answered with '{reply.kind}', not a result; upgrade it")
 
 
-def _schemes_for(sql: str) -> list[Scheme]:
+def schemes_for(sql: str) -> list[Scheme]:
     """Counts need BFV; a SUM or AVG also needs CKKS (a malformed query is left to the coordinator)."""
     schemes: list[Scheme] = ["bfv"]
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedlink.analyst.client import _schemes_for, decrypt_result, model_request
+from fedlink.analyst.client import decrypt_result, model_request, schemes_for
 from fedlink.analyst.result import Result
 from fedlink.errors import BadInput, ConfigError, Fault, Timeout, error_from_code
 from fedlink.pets.he import AnalystKeys
@@ -97,7 +97,7 @@ class FlowerFederation:
             request = QueryRequest(sql=sql, project=project, loss=loss, noiseless=noiseless, pet="he+dp")
         except ValidationError as exc:
             raise BadInput(f"invalid query request ({exc.errors()[0]['msg']})") from exc
-        keys = AnalystKeys(_schemes_for(sql))  # fresh per query; only the public contexts leave
+        keys = AnalystKeys(schemes_for(sql))  # fresh per query; only the public contexts leave
         request = request.model_copy(update={"contexts": keys.public_contexts()})
         answer = self.run({"analyst": self.analyst, "query": request.model_dump(mode="json")})
         if answer.get("kind") == "encrypted":

@@ -34,9 +34,9 @@ from fedlink.pets.chain import ChainParams
 from fedlink.query.catalogue import FederationCatalogue, TableInfo
 from fedlink.query.plan import Aggregate, BoolOp, CellLayout, GroupKey, Predicate, predicate_columns
 from fedlink.query.sql import (
-    _AGGREGATE_HELP,
+    AGGREGATE_HELP,
     MAX_CELLS,
-    _Binder,
+    Binder,
     chain,
     check_column_names,
     check_query_text,
@@ -132,7 +132,7 @@ class _Source:
     def __init__(self, table: TableInfo, nodes: tuple[str, ...], qualifiers: set[str]) -> None:
         self.table = table
         self.nodes = nodes
-        self.binder = _Binder(table, qualifiers)
+        self.binder = Binder(table, qualifiers)
         self.conditions: list[Predicate] = []
 
 
@@ -249,14 +249,14 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
         target = item.this if isinstance(item, exp.Alias) else item
         label = item.alias if isinstance(item, exp.Alias) else target.sql().lower()
         if isinstance(target, exp.Star):
-            raise QueryError(f"SELECT * would release rows; {_AGGREGATE_HELP}")
+            raise QueryError(f"SELECT * would release rows; {AGGREGATE_HELP}")
         if isinstance(target, exp.Column):
             owner = _owner(target, sources)
             info = owner.binder.column(target, "a selected column")
             if owner is not group_owner or info.name not in {g.column for g in group_by}:
                 raise QueryError(
                     f"'{shown(target.sql())}' is selected but not grouped, which would release row values; add it to "
-                    f"GROUP BY or {_AGGREGATE_HELP}"
+                    f"GROUP BY or {AGGREGATE_HELP}"
                 )
             continue
         columns = list(target.find_all(exp.Column))
@@ -268,7 +268,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
         agg = owner.binder.aggregate(target, label)
         aggregates.append(agg.model_copy(update={"column": f"{owner.nodes[0]}.{owner.table.name}.{agg.column}"}))
     if not aggregates:
-        raise QueryError(f"a query must compute at least one aggregate; {_AGGREGATE_HELP}")
+        raise QueryError(f"a query must compute at least one aggregate; {AGGREGATE_HELP}")
     if sum(a.func == "histogram" for a in aggregates) > 1 or (
         any(a.func == "histogram" for a in aggregates) and len(aggregates) > 1
     ):
