@@ -22,12 +22,13 @@ from pathlib import Path
 
 
 def main(config_path: str) -> None:
-    from fedlink.linkage.encode import EncodedRecords, concatenate, derive_keys, encode
-    from fedlink.linkage.normalise import normalise
-    from fedlink.linkage.schema import load_schema
+    from fedlink.linkage.concepts import normalise_concepts
+    from fedlink.linkage.encode import EncodedRecords, concatenate
+    from fedlink.linkage.fields import derive_spec_keys, encode_spec
+    from fedlink.linkage.spec import load_spec
     from fedlink.node.config import NodeConfig
     from fedlink.node.data import NodeData
-    from fedlink.node.linkage import NodeLinkage
+    from fedlink.node.linkage import LinkRequest, NodeLinkage
     from fedlink.query.catalogue import FederationCatalogue, NodeStatus
     from fedlink.query.sql import plan_query
 
@@ -55,13 +56,16 @@ def main(config_path: str) -> None:
         report["query_rows"] = int(sum(answer.vectors["rows:*"]))
         report["query_peak_rss_mib"] = peak_mib()
 
-        schema = load_schema()
-        keys = derive_keys(b"a benchmark link secret, 32 byte", "bench", schema)
+        spec = load_spec().resolve(set(config.tables[0].linkage_mapping().concepts))  # as a coordinator sends it
+        keys = derive_spec_keys(b"a benchmark link secret, 32 byte", "bench", spec)
         linkage = NodeLinkage(config, data, Path(tempfile.mkdtemp()))
+        plan = linkage._plan(LinkRequest("bench", "bench-analyst", spec.text, spec.hash))
         parts: list[EncodedRecords] = []
         started = time.perf_counter()
         linkage._people(
-            list(config.tables), Path(tempfile.mkdtemp()), lambda b: parts.append(encode(normalise(b), schema, keys))
+            plan,
+            Path(tempfile.mkdtemp()),
+            lambda b: parts.append(encode_spec(normalise_concepts(b, plan.options), spec, keys)),
         )
         report["encode_people"] = concatenate(parts).count
         report["encode_seconds"] = time.perf_counter() - started

@@ -82,6 +82,7 @@ def base_config(name: str, source: str, folder: Path, pki_dir: Path) -> dict[str
             "ca": str(pki_dir / "ca.crt"),
         },
         "privacy": {"ledger": str(folder / "ledger.sqlite"), "transparency_register": str(folder / "register.jsonl")},
+        "approvals": [{"project": "bench", "rho": 1.0}],
         "tables": [
             {
                 "name": "events",
