@@ -143,7 +143,7 @@ def test_bad_models_cost_nothing(charities: InProcessFederation, workdir: Path) 
     for formula, error, text in cases:
         with pytest.raises(error, match=text):
             client.fit(formula, table="support_episodes", project=PROJECT, rho=0.5)
-    with pytest.raises(BadInput, match="--rho"):
+    with pytest.raises(BadInput, match="`rho=R`"):
         client.fit(FORMULA, table="support_episodes", project=PROJECT)
     with pytest.raises(BadInput, match="two or more nodes"):
         client.fit("fsm = 1 ~ attainment8", table="pupils", project="deprivation-mental-health", rho=0.5)

@@ -350,11 +350,6 @@ def test_the_rows_axis_gets_its_own_table_apart_from_the_shapes(tmp_path: Path) 
     assert "Encrypted aggregation costs" not in text, "the rows axis is not a shape of the he+dp / dp table"
 
 
-def test_the_facade_exposes_the_runner_and_the_report_writer() -> None:
-    assert fedlink.write_benchmark_report is write_report
-    assert fedlink.run_benchmarks is run
-
-
 def test_the_runner_records_the_machine() -> None:
     machine = machine_info()
     assert machine["cpu"] and machine["cores"] >= 1 and machine["python"].count(".") == 2

@@ -163,7 +163,7 @@ def test_a_declared_loss_is_positive_and_finite_or_refused(epsilon: float | None
     try:
         loss = declared_loss(epsilon, rho)
     except BadInput as exc:
-        assert exc.message.startswith(("--epsilon", "--rho", "give --epsilon"))
+        assert exc.message.startswith(("`epsilon`", "`rho`", "give `epsilon`"))
     else:
         assert loss.is_finite and (loss.is_zero or (loss.epsilon > 0) != (loss.rho > 0))
 

@@ -142,14 +142,14 @@ class Federation:
         """
         check_query_text(sql)  # before anything is parsed, keyed or sent
         if pet not in ("dp", "he+dp"):
-            raise BadInput(f"unknown --pet '{pet}'; use he+dp (default: encrypted aggregation) or dp")
+            raise BadInput(f"unknown `pet` '{pet}'; use he+dp (default: encrypted aggregation) or dp")
         loss = declared_loss(epsilon, rho)
         try:
             request = QueryRequest(sql=sql, project=project or self.project or "", loss=loss, noiseless=noiseless)
         except ValidationError as exc:
             raise BadInput(f"invalid query request ({exc.errors()[0]['msg']})") from exc
         if not request.project:
-            raise BadInput("every query belongs to a project: pass --project P (or set project in your profile)")
+            raise BadInput("every query belongs to a project: pass `project=P` (or set project in your profile)")
         result_key, public_result_key = new_result_key()
         request = request.model_copy(update={"pet": pet, "query_id": new_call_id(), "result_key": public_result_key})
         if is_linked(sql):
@@ -172,7 +172,7 @@ class Federation:
         """A LINK query: planned here first (so a bad query costs nothing and the key fits the chain),
         then run by the encrypted chain; only this process can decrypt the masked cells."""
         if request.pet != "he+dp":
-            raise BadInput("linked queries always run encrypted (he+dp); drop --pet dp")
+            raise BadInput("linked queries always run encrypted (he+dp); drop `pet=dp`")
         catalogue = FederationCatalogue.model_validate_json(self._call(rpc.CATALOGUE).body)
         plan = plan_linked(request.sql, catalogue)
         chain = ChainKeys(plan.params)
@@ -235,7 +235,7 @@ class Federation:
         """
         chosen = project or self.project
         if not chosen:
-            raise BadInput("linkage belongs to a project: pass --project P (or set project in your profile)")
+            raise BadInput("linkage belongs to a project: pass `project=P` (or set project in your profile)")
         check_name(chosen, "project name")
         if mode not in ("secret", "psi"):
             raise BadInput(f"unknown linkage mode '{mode}'; use 'secret' (the default) or 'psi'")
@@ -320,7 +320,7 @@ def model_request(
     if family not in ("logistic", "gaussian"):
         raise BadInput(f"unknown family '{family}'; use logistic or gaussian")
     if not project:
-        raise BadInput("every model belongs to a project: pass --project P (or set project in your profile)")
+        raise BadInput("every model belongs to a project: pass `project=P` (or set project in your profile)")
     loss = declared_loss(rho=rho)
     if iterations is not None and not 1 <= iterations <= 50:
         raise BadInput("iterations must be between 1 and 50")

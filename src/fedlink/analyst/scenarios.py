@@ -225,7 +225,7 @@ def run_scenario(
         raise BadInput(f"unknown scenario '{name}'; choose one of {', '.join(SCENARIOS)}")
     epsilon = scenario.epsilon if epsilon is None else epsilon
     if epsilon <= 0:
-        raise BadInput("give a positive --epsilon per query")
+        raise BadInput("give a positive `epsilon` per query")
     require("charts", "fedlink scenario")  # before the first query: a missing package costs no budget
     say = progress or (lambda _: None)
     out_dir.mkdir(parents=True, exist_ok=True)

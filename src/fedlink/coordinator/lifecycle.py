@@ -85,9 +85,9 @@ class QueryLifecycle:
     def check_loss(self, loss: PrivacyLoss, noiseless: bool) -> None:
         """Refuse a request without a privacy loss, or a noiseless one outside test mode."""
         if noiseless and not self.test_mode:
-            raise BadInput("noiseless queries need a federation in test mode; declare --epsilon or --rho instead")
+            raise BadInput("noiseless queries need a federation in test mode; declare `epsilon` or `rho` instead")
         if loss.is_zero and not noiseless:
-            raise BadInput("declare the query's privacy loss: --epsilon E (pure DP) or --rho R (zCDP)")
+            raise BadInput("declare the query's privacy loss: `epsilon=E` (pure DP) or `rho=R` (zCDP)")
 
     def new_task(self, request: QueryRequest | ModelRequest, extra_s: float = 0.0, **fields: Any) -> QueryTask:
         """The task of a request, with its id (the analyst's, or a fresh one) and its deadline (the

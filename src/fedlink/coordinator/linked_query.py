@@ -49,7 +49,7 @@ def run_linked_query(
     project = projects.get(request.project)
     queries.check_loss(request.loss, request.noiseless)
     if request.pet != "he+dp":
-        raise BadInput("linked queries always run encrypted (he+dp); drop --pet dp")
+        raise BadInput("linked queries always run encrypted (he+dp); drop `pet=dp`")
     catalogue = queries.roster.catalogue()
     plan = plan_linked(request.sql, catalogue)
     check_informative(request.loss, plan, catalogue)  # before any node reserves

@@ -50,7 +50,7 @@ def fit_model(
     project = projects.get(request.project)
     queries.check_loss(request.loss, request.noiseless)
     if request.loss.epsilon > 0:
-        raise BadInput("a model's noise is Gaussian: declare its privacy loss as --rho R (zCDP), not --epsilon")
+        raise BadInput("a model's noise is Gaussian: declare its privacy loss as `rho=R` (zCDP), not `epsilon`")
     catalogue = queries.roster.catalogue()
     plan = plan_model(request.formula, request.table, catalogue, request.family, request.iterations)
     check_informative(request.loss, plan, catalogue)  # before any node reserves

@@ -67,7 +67,7 @@ class FlowerFederation:
         if insecure and host not in _LOOPBACK:
             raise BadInput(
                 f"insecure (no TLS) is only for tests on loopback, not {host}; give the SuperLink's CA as "
-                "root_certificates (--root-certificates)"
+                "`root_certificates`"
             )
         self.superlink, self.analyst = superlink, analyst
         self.projects, self.register = Path(projects), Path(register)
@@ -90,7 +90,7 @@ class FlowerFederation:
         """An encrypted (he+dp) aggregate query run by fedlink's ServerApp on the Flower federation; ``pet``
         is accepted for the same call shape as :meth:`fedlink.Federation.query`, and only he+dp runs."""
         if pet != "he+dp":
-            raise BadInput("over Flower, queries run encrypted: drop --pet or pass --pet he+dp")
+            raise BadInput("over Flower, queries run encrypted: drop `pet` or pass `pet=he+dp`")
         check_query_text(sql)
         loss = declared_loss(epsilon, rho)
         try:

@@ -148,7 +148,7 @@ class NodeRuntime:
                     f"node '{self.name}' refuses: a model's statistics are only released summed with other nodes'"
                 )
             if task.loss.epsilon > 0:
-                raise BadInput("a model's noise is Gaussian: declare its privacy loss as --rho R (zCDP), not --epsilon")
+                raise BadInput("a model's noise is Gaussian: declare its privacy loss as `rho=R` (zCDP), not `epsilon`")
             tables = [table]
         else:
             table = self.data.tables.get(plan.table)
@@ -174,7 +174,7 @@ class NodeRuntime:
         if task.noiseless and not self.config.privacy.allow_test_mode:
             raise PolicyRefused(f"node '{self.name}' refuses: it does not allow noiseless test mode")
         if task.loss.is_zero and not task.noiseless:
-            raise BadInput("a query must declare its privacy loss: --epsilon E or --rho R")
+            raise BadInput("a query must declare its privacy loss: `epsilon=E` or `rho=R`")
         if isinstance(plan, LinkedPlan) and self.linkage.spine_id(task.project) is None:
             raise PolicyRefused(
                 f"node '{self.name}' holds no link spine for project '{task.project}'; run `fedlink link --project "
