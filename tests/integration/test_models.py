@@ -15,7 +15,7 @@ import pytest
 
 from fedlink.errors import BadInput, Fault, PolicyRefused, QueryError
 from fedlink.pets.keyagree import LinkKeyCard
-from fedlink.query.model import plan_model
+from fedlink.query.formula import plan_model
 from fedlink.query.tasks import ModelOutput, ModelStep, PrivacyLoss, QueryTask
 from fedlink.wire.blobs import unpack as unpack_blobs
 

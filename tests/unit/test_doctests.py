@@ -1,4 +1,4 @@
-"""Every docstring example in the package runs: those that need no federation here, the analyst
+"""Every docstring example in the source runs: those that need no federation here, the analyst
 client's and results' against a live test federation in tests/integration/test_api.py."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 
 import fedlink
 
-SRC = Path(fedlink.__file__).parent
+#: The source folder: the library and any package beside it (the tools).
+SRC = Path(fedlink.__file__).parent.parent
 #: Their examples call a connected federation (``fed``); tests/integration/test_api.py runs them.
 NEED_A_FEDERATION = frozenset({"fedlink.analyst.client", "fedlink.analyst.result"})
 
@@ -20,7 +21,7 @@ def modules_with_examples() -> list[str]:
     names = []
     for path in sorted(SRC.rglob("*.py")):
         if ">>>" in path.read_text(encoding="utf-8"):
-            parts = path.relative_to(SRC.parent).with_suffix("").parts
+            parts = path.relative_to(SRC).with_suffix("").parts
             names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return names
 

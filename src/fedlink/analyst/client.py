@@ -22,7 +22,7 @@ from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
 from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
 from fedlink.errors import BadInput, ConfigError, Fault, QueryError
 from fedlink.linkage.messages import LinkCall, LinkMode, LinkReport
-from fedlink.pets.chain import ChainKeys
+from fedlink.pets.chain import MAX_MULTIPLICATIONS, ChainKeys, ChainParams
 from fedlink.pets.he import AnalystKeys, Scheme
 from fedlink.pets.sealed import new_key as new_result_key
 from fedlink.pets.sealed import open_sealed
@@ -174,8 +174,8 @@ class Federation:
         if request.pet != "he+dp":
             raise BadInput("linked queries always run encrypted (he+dp); drop `pet=dp`")
         catalogue = FederationCatalogue.model_validate_json(self._call(rpc.CATALOGUE).body)
-        plan = plan_linked(request.sql, catalogue)
-        chain = ChainKeys(plan.params)
+        plan = plan_linked(request.sql, catalogue, MAX_MULTIPLICATIONS)
+        chain = ChainKeys(ChainParams.for_chain(plan.multiplications, sums=plan.sums))
         stored = QueryKeys(request.query_id, "linked", self.address, result_key, chain=chain.secret_key_bytes())
         request = request.model_copy(update={"link_key": chain.public_key()})
         reply = self._run(stored, rpc.QUERY, request.model_dump_json().encode())
@@ -350,7 +350,9 @@ def _open(
         if chain is None:
             if stored.chain is None:
                 raise Fault(f"no chain key was kept for query {stored.query_id[:8]}; its result cannot be opened")
-            chain = ChainKeys(encrypted.plan.params, stored.chain)
+            chain = ChainKeys(
+                ChainParams.for_chain(encrypted.plan.multiplications, sums=encrypted.plan.sums), stored.chain
+            )
         return Result(decrypt_linked(encrypted, cells, chain))
     if reply.kind == rpc.RESULT and stored.kind == "model":
         return ModelResult.model_validate_json(body)

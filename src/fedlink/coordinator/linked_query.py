@@ -20,10 +20,11 @@ from fedlink.coordinator.linkage import load_spine_meta
 from fedlink.coordinator.projects import ProjectRegistry
 from fedlink.errors import BadInput, Fault, FedlinkError
 from fedlink.linkage.messages import LinkageQuality
-from fedlink.pets.chain import ChainEvaluator
+from fedlink.pets.chain import MAX_MULTIPLICATIONS, ChainEvaluator, ChainParams
 from fedlink.query.disclosure import DisclosurePolicy
 from fedlink.query.floor import check_informative
-from fedlink.query.linked import LinkedPlan, plan_linked
+from fedlink.query.linked import plan_linked
+from fedlink.query.linked_plan import LinkedPlan
 from fedlink.query.results import LinkedEncryptedResult
 from fedlink.query.tasks import LinkedOutput, LinkedStep, QueryRequest, QueryTask
 from fedlink.wire import rpc
@@ -51,12 +52,13 @@ def run_linked_query(
     if request.pet != "he+dp":
         raise BadInput("linked queries always run encrypted (he+dp); drop `pet=dp`")
     catalogue = queries.roster.catalogue()
-    plan = plan_linked(request.sql, catalogue)
+    plan = plan_linked(request.sql, catalogue, MAX_MULTIPLICATIONS)
     check_informative(request.loss, plan, catalogue)  # before any node reserves
     project.check(analyst, plan.datasets())
     if not request.link_key:
         raise BadInput("a linked query needs the analyst's public key for the chain; upgrade the analyst client")
-    ChainEvaluator(plan.params, request.link_key)  # refuses a key that does not fit the plan, before reserving
+    params = ChainParams.for_chain(plan.multiplications, sums=plan.sums)
+    ChainEvaluator(params, request.link_key)  # refuses a key that does not fit the plan, before reserving
     meta = load_spine_meta(spines, project.id)
     if meta is None:
         raise BadInput(f"project '{project.id}' has no link spine yet; run `fedlink link --project {project.id}`")
@@ -138,7 +140,7 @@ def finish_linked(entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) ->
     output = LinkedOutput.model_validate_json(header)
     if output.noiseless != task.noiseless or sum(output.streams.values()) != len(plan.components) * plan.cells:
         raise Fault("the last node of the chain answered inconsistently; nothing was released")
-    evaluator = ChainEvaluator(plan.params, extra["link_key"])
+    evaluator = ChainEvaluator(ChainParams.for_chain(plan.multiplications, sums=plan.sums), extra["link_key"])
     for blob in blobs:
         evaluator.load(blob)  # the analyst receives only ciphertexts of this query's parameters
     quality = extra.get("linkage")

@@ -27,7 +27,8 @@ from fedlink.pets import secagg
 from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.query.disclosure import DisclosurePolicy
 from fedlink.query.floor import check_informative
-from fedlink.query.model import ModelPlan, newton_fit, plan_model, summary
+from fedlink.query.formula import plan_model
+from fedlink.query.model import ModelPlan, newton_fit, summary
 from fedlink.query.tasks import ModelOutput, ModelRequest, ModelResult, ModelStep, QueryTask
 from fedlink.wire import rpc
 from fedlink.wire.blobs import unpack as unpack_blobs

@@ -198,3 +198,10 @@ def noise_coverage(spec: NoiseSpec, nodes: int = 1, level: float = 0.95) -> floa
     Laplace of scale 2). Exact, except for integer noise held on cells (scales in the thousands and
     more), where it is a lower bound."""
     return _interval(spec, nodes, level)[1]
+
+
+def iteration_noise(sensitivity: float, iterations: int, rho: float) -> NoiseSpec:
+    """The Gaussian noise a node adds to a model's statistics at each of ``iterations`` releases of L2
+    ``sensitivity`` (:meth:`fedlink.query.model.ModelPlan.sensitivity`): ``rho / iterations`` each,
+    calibrated and certified by OpenDP."""
+    return calibrate(sensitivity, rho=rho / iterations, integer=False)

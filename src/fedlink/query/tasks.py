@@ -14,7 +14,7 @@ from fedlink.model import Frozen
 from fedlink.pets.dp import NoiseSpec
 from fedlink.pets.he import Scheme
 from fedlink.pets.keyagree import LinkKeyCard
-from fedlink.query.linked import LinkedPlan
+from fedlink.query.linked_plan import LinkedPlan
 from fedlink.query.model import Family, ModelPlan
 from fedlink.query.plan import AggregatePlan
 from fedlink.query.sql import check_name, check_query_text
