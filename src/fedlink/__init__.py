@@ -1,21 +1,24 @@
 """fedlink: linked statistics across departments without raw data leaving source.
 
-The public surface for analysts::
+This package exports the analyst's objects only::
 
     import fedlink
     fed = fedlink.connect(profile=".fedlink/analyst.toml")
     fed.catalog()
     fed.query("SELECT region, COUNT(*) FROM support_episodes GROUP BY region").to_pandas()
 
-and for operators, the functions the ``fedlink`` command runs: :func:`serve_coordinator`,
-:func:`serve_node`, :func:`synthesize`, :func:`run_demo` and the ``pki_*`` helpers.
+:func:`connect` gives a :class:`Federation` (fedlink's own mTLS gRPC transport); :class:`FlowerFederation`
+runs the same queries through a Flower SuperLink. Both return :class:`Result`, :class:`ModelResult`,
+:class:`LinkReport`, :class:`Catalogue`, :class:`Budget` and :class:`RegisterView` objects, and raise the
+errors below. The operators' and tooling functions that the ``fedlink`` command runs are imported from
+their own modules: :mod:`fedlink.services` (serve a node or a coordinator), :mod:`fedlink.wire.pki`,
+:mod:`fedlink.governance`, :mod:`fedlink.synth`, :mod:`fedlink.demo`, :mod:`fedlink.bench`.
+
+The cryptographic and DP libraries (TenSEAL, OpenDP) load when a query first needs them, not here.
 """
 
-from __future__ import annotations
-
-from importlib import import_module
-from typing import Any
-
+from fedlink.analyst.client import Federation, connect
+from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
 from fedlink.errors import (
     AccessDenied,
     BadInput,
@@ -26,65 +29,34 @@ from fedlink.errors import (
     NodeUnavailable,
     PolicyRefused,
     QueryError,
+    ResultPending,
     Timeout,
 )
+from fedlink.flower.analyst import FlowerFederation
+from fedlink.linkage.messages import LinkReport
+from fedlink.query.tasks import ModelResult
 
 __version__ = "0.1.0"
-
-# Heavy modules load on first use, so `import fedlink` and `fedlink --help` stay fast.
-_LAZY = {
-    "connect": "fedlink.analyst.client",
-    "Federation": "fedlink.analyst.client",
-    "Result": "fedlink.analyst.result",
-    "Catalogue": "fedlink.analyst.result",
-    "ModelResult": "fedlink.query.tasks",
-    "FlowerFederation": "fedlink.flower",
-    "format_value": "fedlink.analyst.result",
-    "serve_coordinator": "fedlink.services",
-    "serve_node": "fedlink.services",
-    "synthesize": "fedlink.synth",
-    "load_corruption_config": "fedlink.synth",
-    "run_demo": "fedlink.demo",
-    "prepare_demo": "fedlink.demo",
-    "DEMO_QUERIES": "fedlink.demo:EXAMPLE_QUERIES",
-    "pki_init": "fedlink.wire.pki:init_ca",
-    "pki_issue": "fedlink.wire.pki:issue",
-    "pki_revoke": "fedlink.wire.pki:revoke",
-    "verify_register": "fedlink.governance.register",
-    "export_register": "fedlink.governance.export",
-    "find_registers": "fedlink.governance.register",
-    "verify_federation": "fedlink.governance.federation",
-    "evaluate_linkage": "fedlink.linkage.evaluate:evaluate_files",
-    "run_linkage": "fedlink.linkage.run:run_files",
-    "LOW_VALID_SHARE": "fedlink.linkage.concepts:LOW_VALID_SHARE",
-    "run_scenario": "fedlink.analyst.scenarios",
-    "require_extra": "fedlink.extras:require",
-    "SCENARIOS": "fedlink.analyst.scenarios",
-    "DemoTruth": "fedlink.analyst.scenarios",
-    "run_benchmarks": "fedlink.bench.runner:run",
-    "write_benchmark_report": "fedlink.bench.report:write_report",
-}
 
 __all__ = [
     "AccessDenied",
     "BadInput",
+    "Budget",
     "BudgetExhausted",
+    "Catalogue",
     "ConfigError",
-    "FedlinkError",
     "Fault",
+    "Federation",
+    "FedlinkError",
+    "FlowerFederation",
+    "LinkReport",
+    "ModelResult",
     "NodeUnavailable",
     "PolicyRefused",
     "QueryError",
+    "RegisterView",
+    "Result",
+    "ResultPending",
     "Timeout",
-    *_LAZY,
+    "connect",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
-        raise AttributeError(f"module 'fedlink' has no attribute {name!r}")
-    module, _, attr = target.partition(":")
-    value = getattr(import_module(module), attr or name)
-    globals()[name] = value
-    return value

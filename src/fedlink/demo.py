@@ -339,9 +339,9 @@ def _open_workdir(workdir: Path, wanted: dict[str, object]) -> _DemoFolder:
     """Hold ``workdir`` for a demo with these settings: a new or empty folder is claimed (to be
     prepared), a folder prepared with the same settings is reused; anything else is refused."""
     if workdir.exists() and not workdir.is_dir():
-        raise BadInput(f"{workdir} is a file; choose a folder for --workdir")
+        raise BadInput(f"{workdir} is a file; choose a folder for `workdir`")
     if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).exists():
-        raise BadInput(f"{workdir} exists and was not made by `fedlink demo`; choose another --workdir")
+        raise BadInput(f"{workdir} exists and was not made by `fedlink demo`; choose another `workdir`")
     workdir.mkdir(parents=True, exist_ok=True)
     handle = (workdir / LOCK).open("a+b")
     try:
@@ -351,8 +351,8 @@ def _open_workdir(workdir: Path, wanted: dict[str, object]) -> _DemoFolder:
         holder = handle.read().decode(errors="replace").strip() or "another process"
         handle.close()
         raise BadInput(
-            f"the demo federation in {workdir} is in use (process {holder}); query it with --profile "
-            f"{workdir / 'analyst.toml'}, stop it first, or choose another --workdir"
+            f"the demo federation in {workdir} is in use (process {holder}); query it with "
+            f"`profile={workdir / 'analyst.toml'}`, stop it first, or choose another `workdir`"
         ) from None
     handle.truncate(0)
     handle.write(str(os.getpid()).encode())
@@ -380,7 +380,7 @@ def _holds(workdir: Path, wanted: dict[str, object]) -> bool:
     keep = f"{workdir} holds another demo federation's CA, budgets and registers, which fedlink never deletes"
     if not isinstance(done, dict):
         raise BadInput(
-            f"{keep} (made by an earlier fedlink, or its preparation was interrupted); choose another --workdir, "
+            f"{keep} (made by an earlier fedlink, or its preparation was interrupted); choose another `workdir`, "
             f"or delete {workdir} yourself to start over"
         )
     made = ["fedlink", "demo", "--people", str(done.get("people")), "--seed", str(done.get("seed"))]
@@ -389,7 +389,7 @@ def _holds(workdir: Path, wanted: dict[str, object]) -> bool:
         made[2:2] = ["--prepare-only"]
         made += ["--coordinator-host", host, "--coordinator-port", port]
     raise BadInput(
-        f"{keep} (made by `{' '.join(made)}`); run that to use it, choose another --workdir, or delete {workdir} "
+        f"{keep} (made by `{' '.join(made)}`); run that to use it, choose another `workdir`, or delete {workdir} "
         "yourself to start over"
     )
 

@@ -71,7 +71,7 @@ def test_linkage_evaluate_reports_quality_by_subgroup(workdir: Path, tmp_path: P
     table = cli("linkage", "evaluate", *inputs, "--truth", str(truth))
     assert table.returncode == 0 and "f1" in table.stdout
     assert_one_line_error(
-        cli("linkage", "evaluate", "--input", inputs[1], "--truth", str(truth)), 2, "at least two --input files"
+        cli("linkage", "evaluate", "--input", inputs[1], "--truth", str(truth)), 2, "at least two input files (--input)"
     )
 
 
@@ -110,4 +110,4 @@ def test_linkage_run_prints_estimated_and_measured_quality_and_writes_links(work
     table = cli("linkage", "run", *inputs, *mapping)
     assert table.returncode == 0 and "estimated" in table.stdout and "measured" not in table.stdout
     assert_one_line_error(cli("linkage", "run", *inputs, "--map", "dob=birthday"), 2, "no input has column 'birthday'")
-    assert_one_line_error(cli("linkage", "run", *inputs[:2]), 2, "at least two --input files")
+    assert_one_line_error(cli("linkage", "run", *inputs[:2]), 2, "at least two input files (--input)")

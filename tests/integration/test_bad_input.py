@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import fedlink
+from fedlink.analyst.scenarios import run_scenario
 from fedlink.query.sql import MAX_QUERY_CHARS
 from fedlink.query.tasks import ModelRequest, PrivacyLoss, QueryRequest
 from fedlink.wire import rpc
@@ -151,5 +152,5 @@ def test_a_scenario_missing_its_chart_package_spends_nothing(
     before = _state(federation)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     with pytest.raises(fedlink.BadInput, match=r"needs matplotlib, .* pip install 'fedlink\[charts\]'"):
-        fedlink.run_scenario(client, "homelessness", tmp_path)
+        run_scenario(client, "homelessness", tmp_path)
     assert _state(federation) == before

@@ -114,7 +114,7 @@ def test_only_ciphertexts_and_public_keys_leave_their_owners(workdir: Path, monk
         loaded.append(context.is_private() or context.has_secret_key())
         return context
 
-    monkeypatch.setattr(he.ts, "context_from", recording_context_from)
+    monkeypatch.setattr(ts, "context_from", recording_context_from)
     keys_made: list[he.AnalystKeys] = []
     real_keys = he.AnalystKeys
 
@@ -229,5 +229,5 @@ def test_pet_is_on_the_register(federation: InProcessFederation, workdir: Path) 
     assert [q["fields"]["pet"] for q in queries[-2:]] == ["dp", "he+dp"]
     assert queries[-1]["fields"]["encrypted_for"] == "demo-analyst" and queries[-1]["fields"]["released"] is None
     assert queries[-2]["fields"]["released"]["rows"]
-    with pytest.raises(fedlink.BadInput, match="unknown --pet"):
+    with pytest.raises(fedlink.BadInput, match="unknown `pet`"):
         client.query("SELECT COUNT(*) FROM support_episodes", project=PROJECT, epsilon=0.5, pet="none")  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import pytest
 
 from fedlink.errors import BadInput, Fault, PolicyRefused, QueryError
 from fedlink.pets.keyagree import LinkKeyCard
-from fedlink.query.model import plan_model
+from fedlink.query.formula import plan_model
 from fedlink.query.tasks import ModelOutput, ModelStep, PrivacyLoss, QueryTask
 from fedlink.wire.blobs import unpack as unpack_blobs
 
@@ -143,7 +143,7 @@ def test_bad_models_cost_nothing(charities: InProcessFederation, workdir: Path) 
     for formula, error, text in cases:
         with pytest.raises(error, match=text):
             client.fit(formula, table="support_episodes", project=PROJECT, rho=0.5)
-    with pytest.raises(BadInput, match="--rho"):
+    with pytest.raises(BadInput, match="`rho=R`"):
         client.fit(FORMULA, table="support_episodes", project=PROJECT)
     with pytest.raises(BadInput, match="two or more nodes"):
         client.fit("fsm = 1 ~ attainment8", table="pupils", project="deprivation-mental-health", rho=0.5)
@@ -191,7 +191,6 @@ def test_a_node_refuses_a_replayed_or_extra_iteration(charities: InProcessFedera
 def test_no_nodes_statistics_cross_the_wire(workdir: Path) -> None:
     """Wire audit of a fit: each node's statistics (in the fixed point they are sent in) appear in no
     message, only masked; the positive control finds them in an unmasked vector."""
-    from fedlink.coordinator.models import fit_model
     from fedlink.node.data import NodeData
     from fedlink.node.operators import model_statistics
     from fedlink.pets import secagg
@@ -206,7 +205,7 @@ def test_no_nodes_statistics_cross_the_wire(workdir: Path) -> None:
             request = ModelRequest(
                 formula=FORMULA, table="support_episodes", project=PROJECT, iterations=1, noiseless=True
             )
-            _, body = fit_model(fed.coordinator, request, "demo-analyst")  # unsealed: no result key given
+            _, body = fed.coordinator.fit_model(request, "demo-analyst")  # unsealed: no result key given
             fit = ModelResult.model_validate_json(body)
         finally:
             fed.stop()

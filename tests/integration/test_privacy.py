@@ -74,7 +74,7 @@ def test_queries_must_declare_a_project_and_a_privacy_loss(federation: InProcess
         client.query(SQL, epsilon=1.0)
     with pytest.raises(BadInput, match="unknown project 'nope'"):
         client.query(SQL, project="nope", epsilon=1.0)
-    with pytest.raises(BadInput, match="give --epsilon or --rho, not both"):
+    with pytest.raises(BadInput, match="give `epsilon` or `rho`, not both"):
         client.query(SQL, project=PROJECT, epsilon=1.0, rho=1.0)
     with pytest.raises(PolicyRefused, match=r"not registered for dataset dfe\.pupils"):
         client.query("SELECT COUNT(*) FROM pupils", project=PROJECT, epsilon=1.0)

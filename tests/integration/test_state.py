@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-import fedlink
 from fedlink.coordinator.config import load_coordinator_config
 from fedlink.coordinator.server import Coordinator
-from fedlink.demo import LOCK, prepare_demo
+from fedlink.demo import LOCK, prepare_demo, run_demo
 from fedlink.errors import BadInput, ConfigError, FedlinkError
 from fedlink.governance.register import verify_register
 from fedlink.node.agent import NodeAgent
@@ -217,10 +216,10 @@ def test_the_demo_never_remakes_a_folder_holding_a_federation(tmp_path: Path) ->
     assert refused.value.message == (
         f"{folder} holds another demo federation's CA, budgets and registers, which fedlink never deletes (made by "
         "`fedlink demo --prepare-only --people 300 --seed 3 --coordinator-host localhost --coordinator-port 7443`); "
-        f"run that to use it, choose another --workdir, or delete {folder} yourself to start over"
+        f"run that to use it, choose another `workdir`, or delete {folder} yourself to start over"
     )
     with pytest.raises(BadInput, match="holds another demo federation's CA"):
-        fedlink.run_demo(folder, people=300, seed=3)  # prepared for parties elsewhere: not run here
+        run_demo(folder, people=300, seed=3)  # prepared for parties elsewhere: not run here
     assert (folder / "pki" / pki.CA_CERT).read_bytes() == ca and state.read_text() == "kept\n"
 
     with (folder / LOCK).open("a+b") as held:  # a federation running from the folder holds this lock

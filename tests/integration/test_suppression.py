@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import fedlink
+from fedlink.analyst.scenarios import DemoTruth, run_scenario
 from fedlink.cli import render
 from fedlink.query.disclosure import DisclosurePolicy
 
@@ -130,7 +131,7 @@ def test_a_scenario_shows_no_value_of_a_suppressed_cell(
 ) -> None:
     """The published table (CSV), the chart's data and the DEMO ONLY comparison with the ground truth."""
     client = connect_analyst(strict.address, workdir)
-    report = fedlink.run_scenario(client, "homelessness", tmp_path, truth=fedlink.DemoTruth(workdir))
+    report = run_scenario(client, "homelessness", tmp_path, truth=DemoTruth(workdir))
     assert report.truth and all(v is None for values in report.truth.values() for v in values)
     assert all(row[2] is None and row[3] is None and row[4] is None for row in report.table.rows)
     published = report.published.read_text().splitlines()[1:]

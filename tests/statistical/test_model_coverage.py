@@ -30,17 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from fedlink.pets.dp import add_noise
+from fedlink.pets.dp import add_noise, iteration_noise
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
-from fedlink.query.model import (
-    MAX_STEP,
-    Family,
-    accumulate,
-    iteration_noise,
-    newton_fit,
-    plan_model,
-    summary,
-)
+from fedlink.query.formula import plan_model
+from fedlink.query.model import MAX_STEP, Family, accumulate, newton_fit, summary
 
 pytestmark = pytest.mark.statistical
 NODES = ("charity_north", "charity_south")
@@ -107,7 +100,7 @@ def simulate(family: Family, rho: float, iterations: int | None, rows_per_node: 
     formula, coefficients = LOGISTIC if family == "logistic" else GAUSSIAN
     plan = plan_model(formula, "support_episodes", CATALOGUE, family, iterations)
     truth = np.asarray(coefficients)
-    spec = iteration_noise(plan, ROWS_PER_PERSON, rho)
+    spec = iteration_noise(plan.sensitivity(ROWS_PER_PERSON), plan.iterations, rho)
     rng = np.random.default_rng(seed)
     covered, shares, withheld = [], [], []
     for _ in range(fits):
@@ -179,7 +172,7 @@ def test_a_clipped_linear_fit_gets_no_interval() -> None:
     rng = np.random.default_rng(12)
     x0, x1 = rng.random(20_000), rng.random(20_000) * 0.01  # x1 barely varies: its coefficient is huge
     rows = {"y": np.clip(0.1 + 0.2 * x0 + 30 * x1, 0, 1), "x0": x0, "x1": x1}
-    spec = iteration_noise(plan, 1, 1e6)
+    spec = iteration_noise(plan.sensitivity(1), plan.iterations, 1e6)
 
     def run_round(_: int, beta: np.ndarray) -> tuple[np.ndarray, float]:
         return add_noise(accumulate(plan, [rows], beta), spec), spec.scale

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-import fedlink
 from fedlink.bench.report import ReportResult, write_report
-from fedlink.bench.runner import machine_info, run
+from fedlink.bench.runner import machine_info
 from fedlink.errors import BadInput
 
 pytest.importorskip("matplotlib", reason="the report's plots need matplotlib")
@@ -348,11 +347,6 @@ def test_the_rows_axis_gets_its_own_table_apart_from_the_shapes(tmp_path: Path) 
     assert "| 1,000 | 200 ms | 50.0 ms | 2.00 ms | 4.00× | 100× |" in text
     assert "he+dp COUNT GROUP BY over 2 nodes with 100,000 rows each: 300 ms." in result.headlines
     assert "Encrypted aggregation costs" not in text, "the rows axis is not a shape of the he+dp / dp table"
-
-
-def test_the_facade_exposes_the_runner_and_the_report_writer() -> None:
-    assert fedlink.write_benchmark_report is write_report
-    assert fedlink.run_benchmarks is run
 
 
 def test_the_runner_records_the_machine() -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tenseal import sealapi
 
 from fedlink.errors import BadInput, Fault
 from fedlink.pets import chain, pool
@@ -104,8 +105,8 @@ def test_a_cell_reveals_its_sum_and_nothing_about_single_slots() -> None:
     vector = np.zeros(params.slots, dtype=np.int64)
     vector[:50] = 1
     cell = evaluator.finish(evaluator.encrypt(vector), np.ones(params.slots, dtype=np.int64), None, 1, [3])[0]
-    ciphertext = chain._load(chain.sealapi.Ciphertext(), params.context(), cell)
-    plain = chain.sealapi.Plaintext()
+    ciphertext = chain._load(sealapi.Ciphertext(), params.context(), cell)
+    plain = sealapi.Plaintext()
     keys._decryptor.decrypt(ciphertext, plain)
     slots = np.asarray(keys._encoder.decode_uint64(plain), dtype=np.int64)
     t = params.plain_modulus

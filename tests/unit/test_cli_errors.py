@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fedlink.cli.main import with_flags
+from fedlink.errors import BadInput
 from fedlink.governance.register import Register
 from fedlink.wire import pki
 
@@ -65,3 +67,26 @@ def test_what_was_an_internal_error_is_one_line_of_bad_input(files: Path, args: 
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and text in lines[0], proc.stderr
+
+
+def test_library_errors_name_parameters_and_the_cli_names_its_flags(files: Path) -> None:
+    with pytest.raises(BadInput) as raised:
+        pki.init_ca(files / "pki")  # a CA is there already
+    assert raised.value.message.endswith("use another `pki_dir` or delete it deliberately")
+    proc = _cli("pki", "init", "--dir", str(files / "pki"))
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("use another --dir or delete it deliberately")
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("declare `epsilon=E` (pure DP) or `rho=R` (zCDP)", "declare --epsilon E (pure DP) or --rho R (zCDP)"),
+        ("at least two input files (`inputs`)", "at least two input files (--input)"),
+        ("pass `source=FILE`", "pass --from FILE"),
+        # a command to run, and a name the command line has no flag for, stay as written
+        ("run `fedlink link --project p` first", "run `fedlink link --project p` first"),
+        ("column `region` is unknown", "column `region` is unknown"),
+    ],
+)
+def test_the_cli_spells_parameters_as_flags(message: str, shown: str) -> None:
+    assert with_flags(message) == shown

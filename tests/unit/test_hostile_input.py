@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from fedlink.errors import BadInput, QueryError
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
 from fedlink.query.floor import check_informative
-from fedlink.query.linked import LinkedPlan, plan_linked
-from fedlink.query.model import ModelPlan, plan_model
+from fedlink.query.formula import plan_model
+from fedlink.query.linked import plan_linked
+from fedlink.query.linked_plan import LinkedPlan
+from fedlink.query.model import ModelPlan
 from fedlink.query.plan import AggregatePlan
 from fedlink.query.sql import MAX_QUERY_CHARS, plan_query
 from fedlink.query.tasks import PrivacyLoss, QueryRequest, declared_loss
@@ -163,7 +165,7 @@ def test_a_declared_loss_is_positive_and_finite_or_refused(epsilon: float | None
     try:
         loss = declared_loss(epsilon, rho)
     except BadInput as exc:
-        assert exc.message.startswith(("--epsilon", "--rho", "give --epsilon"))
+        assert exc.message.startswith(("`epsilon`", "`rho`", "give `epsilon`"))
     else:
         assert loss.is_finite and (loss.is_zero or (loss.epsilon > 0) != (loss.rho > 0))
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from fedlink.errors import BadInput, QueryError
-from fedlink.pets.chain import ChainParams
+from fedlink.pets.chain import MAX_MULTIPLICATIONS, ChainParams
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
 from fedlink.query.linked import is_linked, plan_linked
+from fedlink.query.linked_plan import LinkedPlan
 from fedlink.query.plan import Between, BoolOp, Comparison
 
 IDS = (ColumnInfo(name="record_id", kind="identifier"), ColumnInfo(name="first_name", kind="identifier"))
@@ -39,6 +40,10 @@ EPISODES = TableInfo(
 )
 
 
+def _params(plan: LinkedPlan) -> ChainParams:
+    return ChainParams.for_chain(plan.multiplications, sums=plan.sums)
+
+
 def _catalogue(*nodes: tuple[str, tuple[TableInfo, ...]]) -> FederationCatalogue:
     return FederationCatalogue(
         nodes=tuple(NodeStatus(node=n, live=True, catalogue=NodeCatalogue(node=n, tables=t)) for n, t in nodes)
@@ -63,7 +68,7 @@ def test_link_binds_conditions_to_their_tables_and_orders_the_chain() -> None:
     )
     assert claims.where == Comparison(column="flag", op="=", value=1)
     assert plan.group_node == "dfe" and plan.nodes == ("dwp", "dfe"), "the group-by node runs last"
-    assert plan.cells == 3 and plan.multiplications == 1 and plan.params == ChainParams(8192, (60, 60, 58), 26)
+    assert plan.cells == 3 and plan.multiplications == 1 and _params(plan) == ChainParams(8192, (60, 60, 58), 26)
     assert plan.noise_sources == 1 and plan.datasets() == ["dfe.pupils", "dwp.claims"]
 
 
@@ -122,13 +127,16 @@ def test_bad_linked_queries_are_refused_with_a_reason(sql: str, message: str | N
 def test_a_chain_too_long_for_the_parameters_is_refused() -> None:
     many = _catalogue(*((f"n{i}", (TableInfo(name=f"t{i}", rows_rounded=100, columns=IDS),)) for i in range(8)))
     sql = "SELECT COUNT(*) FROM " + " LINK ".join(f"t{i}" for i in range(8))
-    with pytest.raises(BadInput, match="7 encrypted multiplications"):
-        plan_linked(sql, many)
-    assert plan_linked(" LINK ".join(sql.split(" LINK ")[:7]), many).params == ChainParams(16384, (60,) * 6, 26)
+    with pytest.raises(BadInput, match="7 encrypted multiplications, more than 6"):
+        plan_linked(sql, many, MAX_MULTIPLICATIONS)  # refused by the planner, given the PET's limit
+    with pytest.raises(BadInput, match="7 encrypted multiplications, more than 6"):
+        _params(plan_linked(sql, many))  # and by the PET itself
+    shorter = plan_linked(" LINK ".join(sql.split(" LINK ")[:7]), many, MAX_MULTIPLICATIONS)
+    assert _params(shorter) == ChainParams(16384, (60,) * 6, 26)
 
 
 def test_sums_get_room_for_fixed_point_values_and_counts_the_cheapest_ring() -> None:
-    counts = plan_linked("SELECT COUNT(*) FROM dfe.pupils LINK dwp.claims", CAT).params
-    sums = plan_linked("SELECT AVG(dfe.pupils.score) AS s FROM dfe.pupils LINK dwp.claims", CAT).params
+    counts = _params(plan_linked("SELECT COUNT(*) FROM dfe.pupils LINK dwp.claims", CAT))
+    sums = _params(plan_linked("SELECT AVG(dfe.pupils.score) AS s FROM dfe.pupils LINK dwp.claims", CAT))
     assert (counts.plain_bits, sums.plain_bits) == (26, 30)
     assert counts.coeff_bits == sums.coeff_bits == (60, 60, 58), "one product: two 60-bit primes of data"

@@ -8,9 +8,10 @@ import pytest
 
 from fedlink.errors import QueryError
 from fedlink.pets import secagg
-from fedlink.pets.dp import add_noise
+from fedlink.pets.dp import add_noise, iteration_noise
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
-from fedlink.query.model import ModelPlan, accumulate, column_scale, iteration_noise, newton_fit, plan_model, summary
+from fedlink.query.formula import plan_model
+from fedlink.query.model import ModelPlan, accumulate, column_scale, newton_fit, summary
 from fedlink.query.tasks import ModelResult
 
 COLUMNS = (
@@ -76,7 +77,7 @@ def test_sensitivity_bounds_one_rows_change() -> None:
 
 def _fit(plan: ModelPlan, nodes: list[dict[str, np.ndarray]], rho: float = 0.0) -> np.ndarray:
     """Newton-Raphson over per-node statistics, with each node's DP noise when ``rho`` > 0."""
-    spec = iteration_noise(plan, 1, rho) if rho else None
+    spec = iteration_noise(plan.sensitivity(1), plan.iterations, rho) if rho else None
 
     def run_round(iteration: int, beta: np.ndarray) -> tuple[np.ndarray, float]:
         parts = [accumulate(plan, [rows], beta) for rows in nodes]

@@ -20,8 +20,8 @@ from fedlink.governance.records import (
     without_comments,
 )
 from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
+from fedlink.query.formula import plan_model
 from fedlink.query.linked import plan_linked
-from fedlink.query.model import plan_model
 from fedlink.query.sql import plan_query
 
 NAME = "Aisha Khan"

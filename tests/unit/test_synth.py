@@ -426,7 +426,7 @@ def test_non_empty_output_directory_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "taken"
     out.mkdir()
     (out / "something").write_text("x")
-    with pytest.raises(BadInput, match="is not empty; choose a new --out or delete it"):
+    with pytest.raises(BadInput, match="is not empty; choose a new `out` or delete it"):
         synthesize(200, 1, out, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 

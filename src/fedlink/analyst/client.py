@@ -22,7 +22,7 @@ from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
 from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
 from fedlink.errors import BadInput, ConfigError, Fault, QueryError
 from fedlink.linkage.messages import LinkCall, LinkMode, LinkReport
-from fedlink.pets.chain import ChainKeys
+from fedlink.pets.chain import MAX_MULTIPLICATIONS, ChainKeys, ChainParams
 from fedlink.pets.he import AnalystKeys, Scheme
 from fedlink.pets.sealed import new_key as new_result_key
 from fedlink.pets.sealed import open_sealed
@@ -142,14 +142,14 @@ class Federation:
         """
         check_query_text(sql)  # before anything is parsed, keyed or sent
         if pet not in ("dp", "he+dp"):
-            raise BadInput(f"unknown --pet '{pet}'; use he+dp (default: encrypted aggregation) or dp")
+            raise BadInput(f"unknown `pet` '{pet}'; use he+dp (default: encrypted aggregation) or dp")
         loss = declared_loss(epsilon, rho)
         try:
             request = QueryRequest(sql=sql, project=project or self.project or "", loss=loss, noiseless=noiseless)
         except ValidationError as exc:
             raise BadInput(f"invalid query request ({exc.errors()[0]['msg']})") from exc
         if not request.project:
-            raise BadInput("every query belongs to a project: pass --project P (or set project in your profile)")
+            raise BadInput("every query belongs to a project: pass `project=P` (or set project in your profile)")
         result_key, public_result_key = new_result_key()
         request = request.model_copy(update={"pet": pet, "query_id": new_call_id(), "result_key": public_result_key})
         if is_linked(sql):
@@ -157,7 +157,7 @@ class Federation:
         he = None
         if pet == "he+dp":
             # A fresh key pair per query; only the public contexts leave this process.
-            he = AnalystKeys(_schemes_for(sql))
+            he = AnalystKeys(schemes_for(sql))
             request = request.model_copy(update={"contexts": he.public_contexts()})
         stored = QueryKeys(
             request.query_id, "query", self.address, result_key, he=he.secret_contexts() if he is not None else {}
@@ -172,10 +172,10 @@ class Federation:
         """A LINK query: planned here first (so a bad query costs nothing and the key fits the chain),
         then run by the encrypted chain; only this process can decrypt the masked cells."""
         if request.pet != "he+dp":
-            raise BadInput("linked queries always run encrypted (he+dp); drop --pet dp")
+            raise BadInput("linked queries always run encrypted (he+dp); drop `pet=dp`")
         catalogue = FederationCatalogue.model_validate_json(self._call(rpc.CATALOGUE).body)
-        plan = plan_linked(request.sql, catalogue)
-        chain = ChainKeys(plan.params)
+        plan = plan_linked(request.sql, catalogue, MAX_MULTIPLICATIONS)
+        chain = ChainKeys(ChainParams.for_chain(plan.multiplications, sums=plan.sums))
         stored = QueryKeys(request.query_id, "linked", self.address, result_key, chain=chain.secret_key_bytes())
         request = request.model_copy(update={"link_key": chain.public_key()})
         reply = self._run(stored, rpc.QUERY, request.model_dump_json().encode())
@@ -235,7 +235,7 @@ class Federation:
         """
         chosen = project or self.project
         if not chosen:
-            raise BadInput("linkage belongs to a project: pass --project P (or set project in your profile)")
+            raise BadInput("linkage belongs to a project: pass `project=P` (or set project in your profile)")
         check_name(chosen, "project name")
         if mode not in ("secret", "psi"):
             raise BadInput(f"unknown linkage mode '{mode}'; use 'secret' (the default) or 'psi'")
@@ -320,7 +320,7 @@ def model_request(
     if family not in ("logistic", "gaussian"):
         raise BadInput(f"unknown family '{family}'; use logistic or gaussian")
     if not project:
-        raise BadInput("every model belongs to a project: pass --project P (or set project in your profile)")
+        raise BadInput("every model belongs to a project: pass `project=P` (or set project in your profile)")
     loss = declared_loss(rho=rho)
     if iterations is not None and not 1 <= iterations <= 50:
         raise BadInput("iterations must be between 1 and 50")
@@ -350,7 +350,9 @@ def _open(
         if chain is None:
             if stored.chain is None:
                 raise Fault(f"no chain key was kept for query {stored.query_id[:8]}; its result cannot be opened")
-            chain = ChainKeys(encrypted.plan.params, stored.chain)
+            chain = ChainKeys(
+                ChainParams.for_chain(encrypted.plan.multiplications, sums=encrypted.plan.sums), stored.chain
+            )
         return Result(decrypt_linked(encrypted, cells, chain))
     if reply.kind == rpc.RESULT and stored.kind == "model":
         return ModelResult.model_validate_json(body)
@@ -359,7 +361,7 @@ def _open(
     raise Fault(f"the coordinator answered with '{reply.kind}', not a result; upgrade it")
 
 
-def _schemes_for(sql: str) -> list[Scheme]:
+def schemes_for(sql: str) -> list[Scheme]:
     """Counts need BFV; a SUM or AVG also needs CKKS (a malformed query is left to the coordinator)."""
     schemes: list[Scheme] = ["bfv"]
     try:

@@ -45,8 +45,8 @@ def find_profile(path: Path | None = None) -> Path:
     if DEFAULT_PROFILE.exists():
         return DEFAULT_PROFILE
     raise ConfigError(
-        "no analyst profile; pass --profile FILE, set FEDLINK_PROFILE, or pass --coordinator with --cert, "
-        "--key and --ca (`fedlink demo --serve` writes one)"
+        "no analyst profile; pass `profile=FILE`, set FEDLINK_PROFILE, or pass `coordinator` with `cert`, "
+        "`key` and `ca` (`fedlink demo --serve` writes one)"
     )
 
 

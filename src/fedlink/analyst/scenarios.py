@@ -29,6 +29,7 @@ from fedlink.analyst.client import Federation
 from fedlink.analyst.result import Result
 from fedlink.errors import BadInput
 from fedlink.extras import require
+from fedlink.pets.chain import MAX_MULTIPLICATIONS
 from fedlink.query.catalogue import FederationCatalogue
 from fedlink.query.linked import is_linked, plan_linked
 from fedlink.query.reference import reference_totals
@@ -225,7 +226,7 @@ def run_scenario(
         raise BadInput(f"unknown scenario '{name}'; choose one of {', '.join(SCENARIOS)}")
     epsilon = scenario.epsilon if epsilon is None else epsilon
     if epsilon <= 0:
-        raise BadInput("give a positive --epsilon per query")
+        raise BadInput("give a positive `epsilon` per query")
     require("charts", "fedlink scenario")  # before the first query: a missing package costs no budget
     say = progress or (lambda _: None)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -427,7 +428,7 @@ def _true_counts(scenario: Scenario, catalogue: FederationCatalogue, truth: Demo
     for query in scenario.queries:
         if not is_linked(query.sql):
             continue
-        plan = plan_linked(query.sql, catalogue)
+        plan = plan_linked(query.sql, catalogue, MAX_MULTIPLICATIONS)
         tables, keys = {}, {}
         for source in plan.sources:
             for node in source.nodes:

@@ -106,7 +106,7 @@ def _resolve(source: Path) -> Path:
         found = [p for p in source.glob("*.json") if not p.name.startswith(".")]
         if not found:
             raise BadInput(
-                f"no benchmark results (*.json) in {source}: run `fedlink bench run` first, or pass --from FILE"
+                f"no benchmark results (*.json) in {source}: run `fedlink bench run` first, or pass `source=FILE`"
             )
         return max(found, key=lambda p: (p.stat().st_mtime, p.name))
     if not source.exists():
@@ -158,7 +158,7 @@ def load(sources: Sequence[Path]) -> Loaded:
     measured in several files (a quick run, then a full run of one suite) is taken from the last file
     that holds it, so a report can combine runs without counting a case twice."""
     if not sources:
-        raise BadInput("no benchmark results given: pass --from FILE_OR_DIR")
+        raise BadInput("no benchmark results given: pass `source=FILE_OR_DIR`")
     paths = [_resolve(Path(s)) for s in sources]
     loaded = Loaded(paths, [], None, {}, {}, {})
     latest: dict[tuple[str, str], Bench] = {}

@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -22,7 +23,6 @@ import typer
 
 import fedlink
 from fedlink.cli import render
-from fedlink.demo import second_shell
 from fedlink.errors import FedlinkError
 
 app = typer.Typer(
@@ -70,6 +70,42 @@ def _say(prefix: str) -> Callable[[str], None]:
     return lambda message: err.print(render.styled(prefix, "dim", f" {message}"), highlight=False)
 
 
+#: Library errors name a parameter in backquotes (`epsilon`, `epsilon=E`); the command line says its flag.
+PARAMETER_FLAGS = {
+    "project": "--project",
+    "epsilon": "--epsilon",
+    "rho": "--rho",
+    "pet": "--pet",
+    "profile": "--profile",
+    "coordinator": "--coordinator",
+    "cert": "--cert",
+    "key": "--key",
+    "ca": "--ca",
+    "root_certificates": "--root-certificates",
+    "inputs": "--input",
+    "mapping": "--map",
+    "truth": "--truth",
+    "source": "--from",
+    "out": "--out",
+    "out_dir": "--out",
+    "pki_dir": "--dir",
+    "workdir": "--workdir",
+}
+_PARAMETER = re.compile(r"`(\w+)(?:=([^`]*))?`")
+
+
+def with_flags(message: str) -> str:
+    """``message`` with each parameter it names spelled as the command line's flag (`epsilon=E` -> --epsilon E)."""
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if name not in PARAMETER_FLAGS:
+            return match.group(0)
+        return PARAMETER_FLAGS[name] if value is None else f"{PARAMETER_FLAGS[name]} {value}"
+
+    return _PARAMETER.sub(flag, message)
+
+
 def handles_errors(func: F) -> F:
     """Turn a FedlinkError into one line on stderr and exit code 2 (bad input) or 1 (fault)."""
 
@@ -80,7 +116,7 @@ def handles_errors(func: F) -> F:
         except FedlinkError as exc:
             if _state["debug"]:
                 raise
-            err.print(render.styled("error:", "bold red", f" {exc.message}"), highlight=False)
+            err.print(render.styled("error:", "bold red", f" {with_flags(exc.message)}"), highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except Exception as exc:  # a bug: still one line, and the traceback on request
             if _state["debug"]:
@@ -122,8 +158,10 @@ def synth(
     ] = None,
 ) -> None:
     """Generate a synthetic population, six departments' tables and a ground-truth file."""
-    rates = fedlink.load_corruption_config(corruption) if corruption else None
-    summary = fedlink.synthesize(people, seed, out_dir, rates=rates)
+    from fedlink.synth import load_corruption_config, synthesize
+
+    rates = load_corruption_config(corruption) if corruption else None
+    summary = synthesize(people, seed, out_dir, rates=rates)
     out.print(
         f"wrote {summary.people:,} people to {summary.out} in {summary.elapsed_seconds:.1f}s (ground truth in "
         f"{summary.out / 'truth'}: give it to no node)"
@@ -136,7 +174,9 @@ def pki_init(
     directory: Annotated[Path, typer.Option("--dir", help="Folder for the CA.")] = Path(".fedlink/pki"),
 ) -> None:
     """Create the federation CA."""
-    path = fedlink.pki_init(directory)
+    from fedlink.wire.pki import init_ca
+
+    path = init_ca(directory)
     out.print(f"federation CA written to {path} (keep {directory / 'ca.key'} offline)")
 
 
@@ -149,7 +189,9 @@ def pki_issue(
     host: Annotated[list[str] | None, typer.Option(help="Extra DNS name or IP the party serves on.")] = None,
 ) -> None:
     """Issue a certificate signed by the federation CA."""
-    issued = fedlink.pki_issue(directory, role, name, tuple(host or ()))
+    from fedlink.wire.pki import issue
+
+    issued = issue(directory, role, name, tuple(host or ()))
     out.print(f"issued {issued.identity}: {issued.cert_path} and {issued.key_path}")
 
 
@@ -160,7 +202,9 @@ def pki_revoke(
     directory: Annotated[Path, typer.Option("--dir", help="Folder of the CA.")] = Path(".fedlink/pki"),
 ) -> None:
     """Revoke a certificate: the coordinator ends its live sessions within seconds and refuses it after."""
-    identity = fedlink.pki_revoke(directory, cert)
+    from fedlink.wire.pki import revoke
+
+    identity = revoke(directory, cert)
     out.print(f"revoked {identity}")
 
 
@@ -175,7 +219,9 @@ def node_serve(
     ready_file: ReadyFile = None,
 ) -> None:
     """Load the node's tables, dial out to the coordinator and serve aggregate operators."""
-    fedlink.serve_node(config, ready_file)
+    from fedlink.services import serve_node
+
+    serve_node(config, ready_file)
 
 
 @coordinator_app.command("serve")
@@ -185,7 +231,9 @@ def coordinator_serve(
     ready_file: ReadyFile = None,
 ) -> None:
     """Accept nodes and analysts over mTLS gRPC, plan and route queries."""
-    fedlink.serve_coordinator(config, ready_file)
+    from fedlink.services import serve_coordinator
+
+    serve_coordinator(config, ready_file)
 
 
 # --- analyst --------------------------------------------------------------------------------------
@@ -473,8 +521,10 @@ def linkage_run(
 ) -> None:
     """Link files with the federation's code and print the estimated quality (no labels needed);
     with --truth also the measured quality."""
+    from fedlink.linkage.run import run_files
+
     with render.stage_progress(err) as advance:
-        report = fedlink.run_linkage(inputs, tuple(mapping or ()), spec, truth, links, progress=advance)
+        report = run_files(inputs, tuple(mapping or ()), spec, truth, links, progress=advance)
     render.linkage_run(out, report, fmt.value)
 
 
@@ -491,9 +541,9 @@ def linkage_evaluate(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Encode and link files locally against a ground truth: precision, recall, F1, error rates by subgroup."""
-    report = fedlink.evaluate_linkage(
-        schema, inputs, truth, threshold=threshold, subgroup_columns=tuple(subgroup or ())
-    )
+    from fedlink.linkage.evaluate import evaluate_files
+
+    report = evaluate_files(schema, inputs, truth, threshold=threshold, subgroup_columns=tuple(subgroup or ()))
     render.linkage_quality(out, report, fmt.value)
 
 
@@ -518,7 +568,10 @@ def register_verify(
 ) -> None:
     """Check every register's chain and head, that none expected is missing, and that the coordinator's
     and the nodes' registers agree on every query's outcome (exit 1 otherwise)."""
-    report = fedlink.verify_federation(fedlink.find_registers(paths), config=config, published=published)
+    from fedlink.governance.federation import verify_federation
+    from fedlink.governance.register import find_registers
+
+    report = verify_federation(find_registers(paths), config=config, published=published)
     for party in report.parties:
         if party.ok:
             line = f"       {party.party}: {party.entries} entries, chain intact ({party.path})"
@@ -545,7 +598,10 @@ def register_export(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for index.html and register.json.")],
 ) -> None:
     """Write the public transparency page (static HTML) and its JSON from the registers."""
-    html_path, json_path = fedlink.export_register(fedlink.find_registers(paths), out_dir)
+    from fedlink.governance.export import export_register
+    from fedlink.governance.register import find_registers
+
+    html_path, json_path = export_register(find_registers(paths), out_dir)
     out.print(f"wrote {html_path} and {json_path}")
 
 
@@ -564,8 +620,10 @@ def bench_run(
     ] = None,
 ) -> None:
     """Run the pytest-benchmark suites under benchmarks/ and record the machine with their results."""
+    from fedlink.bench.runner import run as run_benchmarks
+
     progress = _say("bench:") if err.is_terminal else None
-    result = fedlink.run_benchmarks(out_dir, quick=quick, progress=progress, only=tuple(suite or ()))
+    result = run_benchmarks(out_dir, quick=quick, progress=progress, only=tuple(suite or ()))
     out.print(
         f"wrote {result.json_path} ({result.benchmarks} benchmarks, {result.mode} run, {result.seconds:.0f} s); "
         f"pytest's output: {result.log_path}; next: fedlink bench report",
@@ -589,7 +647,9 @@ def bench_report(
     ),
 ) -> None:
     """Write the benchmark report: machine, overhead ratios, medians and spreads, log-log plots."""
-    result = fedlink.write_benchmark_report(source or None, report)
+    from fedlink.bench.report import write_report
+
+    result = write_report(source or None, report)
     out.print(f"wrote {result.path} ({result.benchmarks} benchmarks) and {len(result.plots)} plot(s)", highlight=False)
     for line in result.headlines:
         out.print(f"  {line}", highlight=False)
@@ -633,8 +693,12 @@ def demo(
     The working folder is never deleted or remade; to start over, choose another --workdir or delete
     it yourself.
     """
+    from fedlink.demo import EXAMPLE_QUERIES, prepare_demo, run_demo, second_shell
+    from fedlink.governance.export import export_register
+    from fedlink.governance.federation import verify_federation
+
     if prepare_only:
-        profile = fedlink.prepare_demo(
+        profile = prepare_demo(
             workdir,
             people,
             seed,
@@ -645,12 +709,12 @@ def demo(
         )
         err.print(f"demo: prepared; analyst profile {profile}")
         return
-    setup = fedlink.run_demo(workdir, people, seed, progress=_say("demo:"))
+    setup = run_demo(workdir, people, seed, progress=_say("demo:"))
     try:
         fed = fedlink.connect(profile=setup.profile)
         render.catalogue(out, fed.catalog(), "table")
         try:
-            for project, epsilon, sql in fedlink.DEMO_QUERIES:
+            for project, epsilon, sql in EXAMPLE_QUERIES:
                 render.result(out, fed.query(sql, project=project, epsilon=epsilon), "table")
         except fedlink.BudgetExhausted as exc:
             raise fedlink.BudgetExhausted(
@@ -661,13 +725,13 @@ def demo(
         with render.stage_progress(err) as advance:
             render.link_report(out, fed.link("homelessness-outcomes", on_progress=advance), "table")
         registers = setup.federation.registers()
-        verified = fedlink.verify_federation(registers)
+        verified = verify_federation(registers)
         if not verified.ok:
             state = setup.federation.state
             raise fedlink.Fault(
                 f"the registers failed ({verified.problem_summary()}); see `fedlink register verify {state}`"
             )
-        page, _ = fedlink.export_register(registers, setup.workdir / "register-site")
+        page, _ = export_register(registers, setup.workdir / "register-site")
         err.print(f"demo: {len(registers)} transparency registers verified; public page: {page}")
         if serve:
             commands = second_shell(setup.profile, Path.cwd(), Path(sys.prefix), Path(sys.base_prefix))
@@ -720,20 +784,24 @@ def scenario(
     seven nodes), runs the scenario and stops it, and also shows the error against the synthetic ground
     truth (demo only).
     """
-    fedlink.require_extra("charts", "fedlink scenario")  # before the demo starts or a query is sent
+    from fedlink.analyst.scenarios import DemoTruth, run_scenario
+    from fedlink.demo import run_demo
+    from fedlink.extras import require
+
+    require("charts", "fedlink scenario")  # before the demo starts or a query is sent
     say = _say("scenario:") if err.is_terminal else None
     names = [s.value for s in ScenarioName if s is not ScenarioName.all] if name is ScenarioName.all else [name.value]
 
     def run_all(fed: Any, truth: Any = None) -> None:
-        reports = [fedlink.run_scenario(fed, one, out_dir, epsilon, truth=truth, progress=say) for one in names]
+        reports = [run_scenario(fed, one, out_dir, epsilon, truth=truth, progress=say) for one in names]
         render.scenarios(out, reports, fmt.value)
 
     if profile is not None:
         run_all(fedlink.connect(profile=profile))
         return
-    setup = fedlink.run_demo(workdir, people, seed, progress=say or (lambda _: None))
+    setup = run_demo(workdir, people, seed, progress=say or (lambda _: None))
     try:
-        run_all(fedlink.connect(profile=setup.profile), fedlink.DemoTruth(setup.workdir))
+        run_all(fedlink.connect(profile=setup.profile), DemoTruth(setup.workdir))
     finally:
         setup.federation.stop()
 

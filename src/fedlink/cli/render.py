@@ -22,7 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 import fedlink
-from fedlink.analyst.result import noise_hidden_rates, noise_note
+from fedlink.analyst.result import format_value, noise_hidden_rates, noise_note
+from fedlink.linkage.concepts import LOW_VALID_SHARE
 
 
 def console(stderr: bool = False) -> Console:
@@ -62,9 +63,7 @@ def result(console: Console, res: fedlink.Result, fmt: str) -> None:
     for column in res.raw.value_columns:
         table.add_column(f"{column} [95% interval]", justify="right")
     for i, row in enumerate(res.raw.rows):
-        table.add_row(
-            *(fedlink.format_value(k) for k in row.keys), *(res.cell_text(i, c) for c in res.raw.value_columns)
-        )
+        table.add_row(*(format_value(k) for k in row.keys), *(res.cell_text(i, c) for c in res.raw.value_columns))
     console.print(table)
 
 
@@ -112,8 +111,8 @@ def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:
         return
     rows = []
     for status in cat.raw.nodes:
-        for table in status.catalogue.tables if status.catalogue else ():
-            for col in table.columns:
+        for info in status.catalogue.tables if status.catalogue else ():
+            for col in info.columns:
                 domain = ""
                 if col.categories is not None:
                     shown = ", ".join(map(str, col.categories[:6]))
@@ -126,8 +125,8 @@ def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:
                     [
                         status.node,
                         "live" if status.live else "down",
-                        table.name,
-                        f"~{table.rows_rounded:,}",
+                        info.name,
+                        f"~{info.rows_rounded:,}",
                         col.name,
                         col.kind,
                         domain,
@@ -146,7 +145,7 @@ def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:
         for status in cat.raw.nodes
         for info in (status.catalogue.tables if status.catalogue else ())
         for concept in info.linkage
-        if concept.valid is not None and concept.valid < fedlink.LOW_VALID_SHARE
+        if concept.valid is not None and concept.valid < LOW_VALID_SHARE
     ]
     if down:
         caption += f"; down: {', '.join(down)}"
@@ -157,7 +156,7 @@ def catalogue(console: Console, cat: fedlink.Catalogue, fmt: str) -> None:
         table.add_row(*row)
     console.print(table)
     linkage = [
-        [status.node, info.name, concept.concept, ", ".join(concept.columns), concept.valid]
+        (status.node, info.name, concept.concept, ", ".join(concept.columns), concept.valid)
         for status in cat.raw.nodes
         for info in (status.catalogue.tables if status.catalogue else ())
         for concept in info.linkage
@@ -335,9 +334,9 @@ def match_rates(console: Console, quality: Any, refused: str | None = None) -> N
         table.add_row(
             pair.a,
             pair.b,
-            fedlink.format_value(round(quality.people[pair.a])),
-            fedlink.format_value(round(quality.people[pair.b])),
-            fedlink.format_value(round(pair.overlap)),
+            format_value(round(quality.people[pair.a])),
+            format_value(round(quality.people[pair.b])),
+            format_value(round(pair.overlap)),
             "—" if pair.rate_a is None else f"{pair.rate_a:.1%}",
             "—" if pair.rate_b is None else f"{pair.rate_b:.1%}",
         )
@@ -368,7 +367,7 @@ def scenario(console: Console, report: Any, fmt: str) -> None:
             column, justify="left" if column in ("area", "cohorts", "group", "outcome", "category") else "right"
         )
     for row in report.table.rows:
-        table.add_row(*(fedlink.format_value(v) for v in row))
+        table.add_row(*(format_value(v) for v in row))
     console.print(table)
     linked = next((r for r in report.results.values() if r.linkage is not None), None)
     if linked is not None:
@@ -406,7 +405,7 @@ def scenario(console: Console, report: Any, fmt: str) -> None:
             column = result.raw.value_columns[0]
             for i, true in enumerate(report.truth[query.key]):
                 keys = " / ".join(str(k) for k in result.raw.rows[i].keys) or "all"
-                errors.add_row(query.title, keys, result.cell_text(i, column), fedlink.format_value(true))
+                errors.add_row(query.title, keys, result.cell_text(i, column), format_value(true))
         console.print(errors)
     console.print(f"chart: {report.chart}", highlight=False)
 

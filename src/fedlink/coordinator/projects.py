@@ -57,7 +57,7 @@ class ProjectRegistry(ConfigFile):
 
     def get(self, project: str | None) -> Project:
         if not project:
-            raise BadInput("every query belongs to a project: pass --project P (or set project in your profile)")
+            raise BadInput("every query belongs to a project: pass `project=P` (or set project in your profile)")
         found = next((p for p in self.projects if p.id == project), None)
         if found is None:
             known = ", ".join(p.id for p in self.projects) or "none"

@@ -1,15 +1,19 @@
-"""The coordinator's view of connected nodes: one open stream each, with calls multiplexed over it."""
+"""The coordinator's view of connected nodes: one open stream each, with calls multiplexed over it
+(:class:`NodeSession`), and the roster of registered nodes whose live sessions every call fans out to
+(:class:`NodeRoster`)."""
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from fedlink.errors import NodeUnavailable, Timeout
-from fedlink.query.catalogue import NodeCatalogue
+from fedlink.coordinator.config import RegisteredNode
+from fedlink.coordinator.revocation import raise_if_call_revoked
+from fedlink.errors import FedlinkError, NodeUnavailable, Timeout
+from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
 from fedlink.wire import rpc
 from fedlink.wire.fedlink_pb2 import Frame
 from fedlink.wire.transport import Message, frames, messages, new_call_id
@@ -91,3 +95,109 @@ class NodeSession:
             if not future.done():
                 future.set_exception(error)
         self._outbound.put(_CLOSE)
+
+
+#: What settles a query: still sent for an analyst revoked mid-call (an abort, or the commit of a query
+#: already decided, whose result is then kept).
+_SETTLING = frozenset({rpc.ABORT, rpc.COMMIT, rpc.SETTLE, rpc.PENDING})
+
+
+class NodeRoster:
+    """The registered nodes, the live session and last catalogue of each, and calls to them in parallel.
+
+    ``refresh_revocations`` is called before a query picks its nodes, so that a node revoked a moment
+    ago takes part in nothing more; ``timeout_s`` bounds a call to a node unless the caller says more.
+    """
+
+    def __init__(
+        self, registered: Iterable[RegisteredNode], refresh_revocations: Callable[[], object], timeout_s: float
+    ) -> None:
+        self.registered = {n.name: n for n in registered}
+        self.timeout_s = timeout_s
+        self._refresh = refresh_revocations
+        self._sessions: dict[str, NodeSession] = {}
+        self._catalogues: dict[str, NodeCatalogue] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fanout")
+
+    def attach(self, session: NodeSession) -> NodeSession | None:
+        """Make ``session`` its node's live session; returns the one it replaces (for the caller to close)."""
+        with self._lock:
+            previous = self._sessions.get(session.name)
+            self._sessions[session.name] = session
+            self._catalogues[session.name] = session.catalogue
+        return previous
+
+    def live(self, nodes: Iterable[str] | None = None) -> dict[str, NodeSession]:
+        """The open sessions of ``nodes`` (default: every node), skipping those that are down."""
+        with self._lock:
+            names = list(self._sessions) if nodes is None else list(nodes)
+            found = {n: self._sessions.get(n) for n in names}
+        return {n: s for n, s in found.items() if s is not None and not s.closed.is_set()}
+
+    def live_nodes(self) -> set[str]:
+        return set(self.live())
+
+    def catalogue(self) -> FederationCatalogue:
+        """Every registered node, whether it is live, and the catalogue it last announced."""
+        live = self.live_nodes()
+        with self._lock:
+            statuses = tuple(
+                NodeStatus(node=name, live=name in live, catalogue=self._catalogues.get(name))
+                for name in self.registered
+            )
+        return FederationCatalogue(nodes=statuses)
+
+    def sessions_for(self, nodes: Iterable[str], needed_for: str = "") -> dict[str, NodeSession]:
+        """The live session of every node in ``nodes``, or NodeUnavailable naming those that are down
+        (``needed_for`` says why they are needed, e.g. "holding table 't'")."""
+        self._refresh()  # a node revoked a moment ago takes part in nothing more
+        with self._lock:
+            sessions = {name: self._sessions.get(name) for name in nodes}
+        down = sorted(name for name, s in sessions.items() if s is None or s.closed.is_set())
+        why = f" {needed_for}" if needed_for else ""
+        for name in down:
+            session = sessions[name]
+            if session is not None and session.revoked is not None:
+                raise NodeUnavailable(f"node '{name}'{why} cannot take part: {session.revoked}")
+        if down:
+            raise NodeUnavailable(
+                f"node {', '.join(repr(d) for d in down)}{why} is not connected; start it "
+                "with `fedlink node serve --config nodes/<node>/node.toml` and retry"
+            )
+        return {name: s for name, s in sessions.items() if s is not None}
+
+    def call_each(
+        self, calls: Mapping[str, tuple[NodeSession, bytes]], kind: str, timeout_s: float | None = None
+    ) -> dict[str, Message | FedlinkError]:
+        """Call every node of ``calls`` (its session and body) in parallel; each answer is a reply or
+        that node's error. Nothing more is asked of any node for an analyst revoked mid-call, but what
+        settles a query still goes out."""
+        if kind not in _SETTLING:
+            raise_if_call_revoked()
+        timeout = timeout_s or self.timeout_s
+        futures = {name: self._pool.submit(s.call, kind, body, timeout) for name, (s, body) in calls.items()}
+        answers: dict[str, Message | FedlinkError] = {}
+        for name, future in futures.items():
+            try:
+                answers[name] = future.result()
+            except FedlinkError as exc:
+                answers[name] = exc
+        return answers
+
+    def fan_out(self, sessions: Mapping[str, NodeSession], kind: str, body: bytes) -> dict[str, Message | FedlinkError]:
+        """Call every node of ``sessions`` in parallel with the same body."""
+        return self.call_each({name: (session, body) for name, session in sessions.items()}, kind)
+
+    def notify(self, sessions: Mapping[str, NodeSession], kind: str, body: bytes) -> None:
+        """Send ``body`` to every node of ``sessions`` without waiting for the answers (a tidy-up)."""
+        for session in sessions.values():
+            self._pool.submit(session.call, kind, body, self.timeout_s)
+
+    def close(self) -> None:
+        """End every session and stop calling nodes."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)

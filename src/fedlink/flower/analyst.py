@@ -16,7 +16,7 @@ from typing import Any
 import tomli_w
 from pydantic import ValidationError
 
-from fedlink.analyst.client import _schemes_for, decrypt_result, model_request
+from fedlink.analyst.client import decrypt_result, model_request, schemes_for
 from fedlink.analyst.result import Result
 from fedlink.errors import BadInput, ConfigError, Fault, Timeout, error_from_code
 from fedlink.pets.he import AnalystKeys
@@ -86,7 +86,7 @@ class FlowerFederation:
         if insecure and host not in _LOOPBACK:
             raise BadInput(
                 f"insecure (no TLS) is only for tests on loopback, not {host}; give the SuperLink's CA as "
-                "root_certificates (--root-certificates)"
+                "`root_certificates`"
             )
         self.superlink, self.analyst = superlink, analyst
         self.projects, self.register = Path(projects), Path(register)
@@ -109,14 +109,14 @@ class FlowerFederation:
         """An encrypted (he+dp) aggregate query run by fedlink's ServerApp on the Flower federation; ``pet``
         is accepted for the same call shape as :meth:`fedlink.Federation.query`, and only he+dp runs."""
         if pet != "he+dp":
-            raise BadInput("over Flower, queries run encrypted: drop --pet or pass --pet he+dp")
+            raise BadInput("over Flower, queries run encrypted: drop `pet` or pass `pet=he+dp`")
         check_query_text(sql)
         loss = declared_loss(epsilon, rho)
         try:
             request = QueryRequest(sql=sql, project=project, loss=loss, noiseless=noiseless, pet="he+dp")
         except ValidationError as exc:
             raise BadInput(f"invalid query request ({exc.errors()[0]['msg']})") from exc
-        keys = AnalystKeys(_schemes_for(sql))  # fresh per query; only the public contexts leave
+        keys = AnalystKeys(schemes_for(sql))  # fresh per query; only the public contexts leave
         request = request.model_copy(update={"contexts": keys.public_contexts()})
         answer = self.run({"analyst": self.analyst, "query": request.model_dump(mode="json")})
         if answer.get("kind") == "encrypted":

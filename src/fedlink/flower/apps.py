@@ -22,6 +22,7 @@ import base64
 import gzip
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,8 @@ from flwr.serverapp import Grid, ServerApp
 from pydantic import ValidationError
 
 from fedlink.coordinator.config import CoordinatorConfig, RegisteredNode
-from fedlink.coordinator.models import fit_model
 from fedlink.coordinator.server import Coordinator
-from fedlink.coordinator.sessions import NodeSession
+from fedlink.coordinator.sessions import NodeRoster, NodeSession
 from fedlink.errors import BadInput, ConfigError, Fault, FedlinkError, Timeout, error_from_code
 from fedlink.governance.records import refusals_recorded
 from fedlink.node.agent import answer
@@ -164,39 +164,22 @@ for _kind in OPERATORS:
 # --- the ServerApp --------------------------------------------------------------------------------------
 class FlowerSession(NodeSession):
     """A node reached through Flower: its catalogue and its SuperNode's id (calls go through
-    :meth:`FlowerCoordinator._call_each`, all nodes in one ``send_and_receive``)."""
+    :meth:`FlowerRoster.call_each`, all nodes in one ``send_and_receive``)."""
 
     def __init__(self, name: str, catalogue: NodeCatalogue, node_id: int) -> None:
         super().__init__(name, catalogue)
         self.node_id = node_id
 
 
-class FlowerCoordinator(Coordinator):
-    """fedlink's coordinator whose node sessions are SuperNodes behind a Flower ``Grid``."""
+class FlowerRoster(NodeRoster):
+    """The nodes as SuperNodes behind a Flower ``Grid``: every call to them is one ``send_and_receive``."""
 
-    def __init__(self, config: CoordinatorConfig, grid: Grid, timeout_s: float) -> None:
-        super().__init__(config)
+    def __init__(self, grid: Grid, timeout_s: float) -> None:
+        super().__init__((), lambda: None, timeout_s)
         self.grid = grid
-        self.timeout_s = timeout_s
 
-    def join(self) -> list[str]:
-        """Ask every SuperNode for its node's catalogue and attach it; returns the nodes' names."""
-        node_ids = list(self.grid.get_node_ids())
-        if not node_ids:
-            raise Fault("no SuperNode is connected to this SuperLink; start the nodes' SuperNodes first")
-        replies = self._send({node_id: (CATALOGUE, b"") for node_id in node_ids})
-        names = []
-        for node_id, reply in replies.items():
-            if isinstance(reply, FedlinkError):
-                raise reply
-            catalogue = NodeCatalogue.model_validate_json(reply.body)
-            # Flower authenticates SuperNodes (--enable-supernode-auth); the node's name is its catalogue's
-            self.registered.setdefault(catalogue.node, RegisteredNode(name=catalogue.node))
-            self.attach(FlowerSession(catalogue.node, catalogue, node_id))
-            names.append(catalogue.node)
-        return sorted(names)
-
-    def _send(self, calls: dict[int, tuple[str, bytes]]) -> dict[int, wire.Message | FedlinkError]:
+    def send(self, calls: dict[int, tuple[str, bytes]]) -> dict[int, wire.Message | FedlinkError]:
+        """Send each SuperNode (by id) its operator and body; each answer is a reply or that node's error."""
         messages = [
             Message(_content(kind, body), dst_node_id=node_id, message_type=f"query.{kind}")
             for node_id, (kind, body) in calls.items()
@@ -217,12 +200,37 @@ class FlowerCoordinator(Coordinator):
             out.setdefault(node_id, Timeout(f"a SuperNode did not answer within {self.timeout_s:g} s"))
         return out
 
-    def _call_each(
-        self, calls: dict[str, tuple[NodeSession, bytes]], kind: str, timeout_s: float | None = None
+    def call_each(
+        self, calls: Mapping[str, tuple[NodeSession, bytes]], kind: str, timeout_s: float | None = None
     ) -> dict[str, wire.Message | FedlinkError]:
         by_id = {s.node_id: name for name, (s, _) in calls.items() if isinstance(s, FlowerSession)}
-        answers = self._send({s.node_id: (kind, body) for s, body in calls.values() if isinstance(s, FlowerSession)})
+        answers = self.send({s.node_id: (kind, body) for s, body in calls.values() if isinstance(s, FlowerSession)})
         return {by_id[node_id]: reply for node_id, reply in answers.items()}
+
+
+class FlowerCoordinator(Coordinator):
+    """fedlink's coordinator whose node sessions are SuperNodes behind a Flower ``Grid``."""
+
+    def __init__(self, config: CoordinatorConfig, grid: Grid, timeout_s: float) -> None:
+        self.flower = FlowerRoster(grid, timeout_s)
+        super().__init__(config, roster=self.flower)
+
+    def join(self) -> list[str]:
+        """Ask every SuperNode for its node's catalogue and attach it; returns the nodes' names."""
+        node_ids = list(self.flower.grid.get_node_ids())
+        if not node_ids:
+            raise Fault("no SuperNode is connected to this SuperLink; start the nodes' SuperNodes first")
+        replies = self.flower.send({node_id: (CATALOGUE, b"") for node_id in node_ids})
+        names = []
+        for node_id, reply in replies.items():
+            if isinstance(reply, FedlinkError):
+                raise reply
+            catalogue = NodeCatalogue.model_validate_json(reply.body)
+            # Flower authenticates SuperNodes (--enable-supernode-auth); the node's name is its catalogue's
+            self.registered.setdefault(catalogue.node, RegisteredNode(name=catalogue.node))
+            self.attach(FlowerSession(catalogue.node, catalogue, node_id))
+            names.append(catalogue.node)
+        return sorted(names)
 
 
 def coordinator_config(run_config: dict[str, Any]) -> CoordinatorConfig:
@@ -263,7 +271,7 @@ def main(grid: Grid, context: Context) -> None:
             asked = "model" if "model" in request else "query"
             with refusals_recorded(coordinator.register, analyst, asked, json.dumps(request.get(asked)).encode()):
                 if asked == "model":
-                    reply, body = fit_model(coordinator, ModelRequest.model_validate(request["model"]), analyst)
+                    reply, body = coordinator.fit_model(ModelRequest.model_validate(request["model"]), analyst)
                     kind = "model"
                 else:
                     reply, body = coordinator.run_query(QueryRequest.model_validate(request["query"]), analyst)

@@ -24,7 +24,7 @@ towards the code of each of its two records, once if they agree).
 ...                       np.array([-1, -1, -1], np.int8), np.array([True, True, False]), 3)]
 >>> report = estimate_quality([np.array([0, 1]), np.array([0, 1, 2])], scored)
 >>> round(report.overall.precision, 3), round(report.overall.recall, 3)
-(0.945, 0.996)
+(0.945, 0.99)
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ def evaluate_files(
     by_subgroup (``"column=value"`` -> the same measures), counts, timings (seconds), comparisons.
     """
     if len(inputs) < 2:
-        raise BadInput("linkage evaluation needs at least two --input files")
+        raise BadInput("linkage evaluation needs at least two input files (`inputs`)")
     schema = load_schema(schema_path)
     keys = derive_keys(secret or secrets.token_bytes(32), _PROJECT, schema)
     needs = schema.input_columns

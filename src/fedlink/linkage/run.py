@@ -156,7 +156,7 @@ def _inputs(paths: Sequence[Path], mapping: ColumnMap, con: duckdb.DuckDBPyConne
     if not any(inp.values for inp in out):
         raise BadInput(
             f"no identifier columns found in {out[0].path}: name them like the concepts "
-            f"({', '.join(STANDARD_CONCEPTS)}) or map them with --map CONCEPT=COLUMN"
+            f"({', '.join(STANDARD_CONCEPTS)}) or map them with a `mapping` entry CONCEPT=COLUMN"
         )
     return out
 
@@ -193,7 +193,7 @@ def _truth(path: Path, inputs: Sequence[_Input], con: duckdb.DuckDBPyConnection)
             if inp.record_ids is None:
                 raise BadInput(
                     f"truth file {path} names records by record_id, but {inp.path} has no record id column; "
-                    "map it with --map record_id=COLUMN"
+                    "map it with a `mapping` entry record_id=COLUMN"
                 )
             for r, rid in enumerate(inp.record_ids):
                 if rid is not None and rid in truth:
@@ -228,7 +228,7 @@ def run_files(
     """Link ``inputs`` locally and report the estimated (and, with ``truth``, measured) quality; see
     the module docstring. ``secret`` defaults to a fresh random link secret."""
     if len(inputs) < 2:
-        raise BadInput("linkage needs at least two --input files")
+        raise BadInput("linkage needs at least two input files (`inputs`)")
     say = progress or (lambda stage, done, total: None)
     columns = ColumnMap.parse(mapping)
     started = time.perf_counter()
@@ -299,7 +299,7 @@ def run_files(
         "timings": {"encode": round(encode_seconds, 3), "link": round(link_seconds, 3)},
     }
     if estimated is None:
-        report["note"] = "a clk spec has no fitted model, so no label-free estimate; pass --truth to measure"
+        report["note"] = "a clk spec has no fitted model, so no label-free estimate; pass `truth` to measure"
     if true_rows is not None:
         truths = [
             _person_truth(rows, person, len(entity))

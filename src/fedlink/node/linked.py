@@ -19,9 +19,9 @@ from fedlink.errors import Fault, QueryError
 from fedlink.node.config import TableDecl
 from fedlink.node.data import NodeData
 from fedlink.node.operators import position, predicate_sql
-from fedlink.pets.chain import ChainEvaluator
+from fedlink.pets.chain import ChainEvaluator, ChainParams
 from fedlink.pets.dp import add_noise, calibrate
-from fedlink.query.linked import LinkedPlan, LinkedSource, columns_at
+from fedlink.query.linked_plan import LinkedPlan, LinkedSource, columns_at
 from fedlink.query.plan import Component
 from fedlink.query.tasks import LinkedOutput, LinkedStep, Noise, PrivacyLoss
 
@@ -183,7 +183,7 @@ def _source_sql(
 
 def _unit(plan: LinkedPlan, bound: float, spine_size: int) -> float:
     """The finest fixed-point unit at which a sum over the whole spine cannot wrap around."""
-    room = plan.params.max_total / 4
+    room = ChainParams.for_chain(plan.multiplications, sums=plan.sums).max_total / 4
     for unit in _UNITS:
         if spine_size * bound / unit <= room:
             return unit
@@ -229,7 +229,7 @@ def run_step(
     noiseless: bool,
 ) -> tuple[LinkedOutput, list[bytes]]:
     """This node's step of the chain: encrypt, OR in, multiply, or (last) finish and add DP noise."""
-    evaluator = ChainEvaluator(plan.params, step.public_key)
+    evaluator = ChainEvaluator(ChainParams.for_chain(plan.multiplications, sums=plan.sums), step.public_key)
     chunks = evaluator.chunks(step.spine_size)
     units = dict(step.units)
     incoming = _split(step, blobs, chunks) if step.role != "first" else {}

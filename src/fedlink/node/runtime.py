@@ -45,11 +45,11 @@ from fedlink.linkage.messages import QualityCall
 from fedlink.node.linked import fetch_rows, node_vectors, run_step, validate_linked
 from fedlink.node.operators import model_statistics, validate_model, validate_plan
 from fedlink.pets import secagg
-from fedlink.pets.dp import add_noise, calibrate
+from fedlink.pets.dp import add_noise, calibrate, iteration_noise
 from fedlink.pets.he import PublicContext, Scheme, encrypt, load_public_context
 from fedlink.query.catalogue import NodeCatalogue
-from fedlink.query.linked import LinkedPlan
-from fedlink.query.model import ModelPlan, iteration_noise
+from fedlink.query.linked_plan import LinkedPlan
+from fedlink.query.model import ModelPlan
 from fedlink.query.plan import AggregatePlan, Component
 from fedlink.query.results import EncryptedPartial, Noise, PartialAggregates, scheme_of
 from fedlink.query.tasks import (
@@ -148,7 +148,7 @@ class NodeRuntime:
                     f"node '{self.name}' refuses: a model's statistics are only released summed with other nodes'"
                 )
             if task.loss.epsilon > 0:
-                raise BadInput("a model's noise is Gaussian: declare its privacy loss as --rho R (zCDP), not --epsilon")
+                raise BadInput("a model's noise is Gaussian: declare its privacy loss as `rho=R` (zCDP), not `epsilon`")
             tables = [table]
         else:
             table = self.data.tables.get(plan.table)
@@ -174,7 +174,7 @@ class NodeRuntime:
         if task.noiseless and not self.config.privacy.allow_test_mode:
             raise PolicyRefused(f"node '{self.name}' refuses: it does not allow noiseless test mode")
         if task.loss.is_zero and not task.noiseless:
-            raise BadInput("a query must declare its privacy loss: --epsilon E or --rho R")
+            raise BadInput("a query must declare its privacy loss: `epsilon=E` or `rho=R`")
         if isinstance(plan, LinkedPlan) and self.linkage.spine_id(task.project) is None:
             raise PolicyRefused(
                 f"node '{self.name}' holds no link spine for project '{task.project}'; run `fedlink link --project "
@@ -410,7 +410,7 @@ class NodeRuntime:
             values = model_statistics(self.data.backend(table), plan, table, self.name, beta)
             output = ModelOutput(noiseless=True)
             if not task.noiseless:
-                spec = iteration_noise(plan, table.max_rows_per_person, task.loss.rho)
+                spec = iteration_noise(plan.sensitivity(table.max_rows_per_person), plan.iterations, task.loss.rho)
                 values = add_noise(values, spec)
                 output = ModelOutput(noise_sd=spec.scale)
             keys = self.linkage.keys

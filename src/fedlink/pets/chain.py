@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tenseal import sealapi
 
 from fedlink.errors import BadInput, Fault
 from fedlink.pets import pool
@@ -108,6 +107,8 @@ class ChainParams:
 
 @lru_cache(maxsize=8)
 def _context(poly_degree: int, coeff_bits: tuple[int, ...], plain_bits: int) -> Any:
+    from tenseal import sealapi
+
     parms = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.BFV)
     parms.set_poly_modulus_degree(poly_degree)
     parms.set_coeff_modulus(sealapi.CoeffModulus.Create(poly_degree, list(coeff_bits)))
@@ -161,6 +162,8 @@ class ChainKeys:
 
     def __init__(self, params: ChainParams, secret: bytes | None = None) -> None:
         """A fresh key pair for ``params``, or with ``secret`` the key :meth:`secret_key_bytes` saved."""
+        from tenseal import sealapi
+
         self.params = params
         context = params.context()
         if secret is None:
@@ -178,6 +181,8 @@ class ChainKeys:
 
     def total(self, blob: bytes) -> int:
         """Decrypt one masked cell and add its slots modulo t: the noisy aggregate, centred."""
+        from tenseal import sealapi
+
         ciphertext = _load(sealapi.Ciphertext(), self.params.context(), blob)
         if ciphertext.is_ntt_form():
             raise Fault("a result cell arrived in NTT form; the last node of the chain must finish it")
@@ -191,6 +196,8 @@ class ChainKeys:
 
     def noise_budget(self, blob: bytes) -> int:
         """Bits of noise budget a ciphertext has left (tests check the parameters with it)."""
+        from tenseal import sealapi
+
         ciphertext = _load(sealapi.Ciphertext(), self.params.context(), blob)
         if ciphertext.is_ntt_form():
             sealapi.Evaluator(self.params.context()).transform_from_ntt_inplace(ciphertext)
@@ -211,6 +218,8 @@ class ChainEvaluator:
     """
 
     def __init__(self, params: ChainParams, public_key: str) -> None:
+        from tenseal import sealapi
+
         self.params = params
         self.public_key = public_key
         self.context = params.context()
@@ -229,6 +238,8 @@ class ChainEvaluator:
         return max(1, -(-length // self.params.slots))
 
     def _plain(self, values: np.ndarray) -> Any:
+        from tenseal import sealapi
+
         padded = np.zeros(self.params.slots, dtype=np.int64)
         padded[: len(values)] = values
         plain = sealapi.Plaintext()
@@ -237,6 +248,8 @@ class ChainEvaluator:
 
     def _encrypted(self, values: np.ndarray | None) -> Any:
         """A fresh encryption of ``values`` (of zero when None)."""
+        from tenseal import sealapi
+
         ciphertext = sealapi.Ciphertext()
         if values is None:
             self._encryptor.encrypt_zero(ciphertext)
@@ -246,6 +259,8 @@ class ChainEvaluator:
 
     def load(self, blob: bytes) -> Any:
         """A ciphertext of this query's parameters (raises :class:`Fault` for anything else)."""
+        from tenseal import sealapi
+
         return _load(sealapi.Ciphertext(), self.context, blob)
 
     def _ntt(self, blob: bytes) -> Any:
@@ -262,6 +277,8 @@ class ChainEvaluator:
 
     def _times(self, ciphertext: Any, values: np.ndarray) -> Any:
         """ciphertext (NTT form) times a non-zero plaintext chunk, as a new NTT-form ciphertext."""
+        from tenseal import sealapi
+
         plain = self._plain(values)
         self._evaluator.transform_to_ntt_inplace(plain, ciphertext.parms_id())
         out = sealapi.Ciphertext()

@@ -31,11 +31,8 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
-import opendp.prelude as dp
 
 from fedlink.errors import BadInput
-
-dp.enable_features("contrib")
 
 Mechanism = Literal["laplace", "gaussian"]
 
@@ -52,7 +49,18 @@ class NoiseSpec:
         return {"mechanism": self.mechanism, "scale": self.scale, "integer": self.integer}
 
 
+@lru_cache(maxsize=1)
+def _opendp() -> Any:
+    """OpenDP's prelude with its contrib features on, loaded on first use (importing it takes most of a
+    second, which ``import fedlink`` and the command line should not pay)."""
+    import opendp.prelude as dp
+
+    dp.enable_features("contrib")
+    return dp
+
+
 def _measurement(mechanism: Mechanism, integer: bool, scale: float) -> Any:
+    dp = _opendp()
     atom = dp.atom_domain(T=int) if integer else dp.atom_domain(T=float, nan=False)
     metric_t = int if integer else float
     metric = dp.l1_distance(T=metric_t) if mechanism == "laplace" else dp.l2_distance(T=metric_t)
@@ -66,7 +74,7 @@ def calibrate(sensitivity: float, epsilon: float = 0.0, rho: float = 0.0, intege
     Exactly one of ``epsilon`` (Laplace) or ``rho`` (Gaussian) must be positive.
     """
     if (epsilon > 0) == (rho > 0):
-        raise BadInput("give exactly one privacy loss: --epsilon E (pure DP) or --rho R (zCDP), positive")
+        raise BadInput("give exactly one privacy loss: `epsilon=E` (pure DP) or `rho=R` (zCDP), positive")
     if sensitivity <= 0:
         raise BadInput("sensitivity must be positive")
     mechanism: Mechanism = "laplace" if epsilon > 0 else "gaussian"
@@ -190,3 +198,10 @@ def noise_coverage(spec: NoiseSpec, nodes: int = 1, level: float = 0.95) -> floa
     Laplace of scale 2). Exact, except for integer noise held on cells (scales in the thousands and
     more), where it is a lower bound."""
     return _interval(spec, nodes, level)[1]
+
+
+def iteration_noise(sensitivity: float, iterations: int, rho: float) -> NoiseSpec:
+    """The Gaussian noise a node adds to a model's statistics at each of ``iterations`` releases of L2
+    ``sensitivity`` (:meth:`fedlink.query.model.ModelPlan.sensitivity`): ``rho / iterations`` each,
+    calibrated and certified by OpenDP."""
+    return calibrate(sensitivity, rho=rho / iterations, integer=False)

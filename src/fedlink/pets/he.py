@@ -24,8 +24,6 @@ from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
-import tenseal as ts
-from tenseal import sealapi
 
 from fedlink.errors import BadInput, Fault
 
@@ -40,6 +38,8 @@ CKKS_MODULI = [60, 40, 40, 60]
 @lru_cache(maxsize=1)
 def plain_modulus() -> int:
     """A 40-bit prime congruent to 1 modulo 2 * POLY_DEGREE (needed for BFV batching)."""
+    from tenseal import sealapi
+
     return int(sealapi.PlainModulus.Batching(POLY_DEGREE, 40).value())
 
 
@@ -54,6 +54,8 @@ class AnalystKeys:
 
     def __init__(self, schemes: Sequence[Scheme], restored: dict[str, bytes] | None = None) -> None:
         """Fresh keys for ``schemes``, or with ``restored`` the keys :meth:`secret_contexts` saved."""
+        import tenseal as ts
+
         self._contexts: dict[str, Any] = {}
         if restored is not None:
             self._contexts = {scheme: ts.context_from(blob) for scheme, blob in restored.items()}
@@ -78,6 +80,8 @@ class AnalystKeys:
         }
 
     def decrypt(self, scheme: Scheme, chunks: Sequence[str], length: int) -> np.ndarray:
+        import tenseal as ts
+
         ctx = self._contexts[scheme]
         values: list[float] = []
         for chunk in chunks:
@@ -108,6 +112,8 @@ class PublicContext:
 
 def load_public_context(scheme: Scheme, encoded: str) -> PublicContext:
     """Load a context received from an analyst, refusing one that carries a secret key."""
+    import tenseal as ts
+
     try:
         context = ts.context_from(base64.b64decode(encoded))
     except Exception as exc:
@@ -119,6 +125,8 @@ def load_public_context(scheme: Scheme, encoded: str) -> PublicContext:
 
 def encrypt(public: PublicContext, values: np.ndarray) -> list[str]:
     """Encrypt a vector (split into :data:`SLOTS`-sized ciphertexts), base64-encoded."""
+    import tenseal as ts
+
     chunks = []
     for start in range(0, max(len(values), 1), SLOTS):
         part = values[start : start + SLOTS]
@@ -132,6 +140,8 @@ def encrypt(public: PublicContext, values: np.ndarray) -> list[str]:
 
 def add(public: PublicContext, operands: Sequence[Sequence[str]]) -> list[str]:
     """Element-wise sum of several encrypted vectors of the same layout (done by the coordinator)."""
+    import tenseal as ts
+
     if not operands or len({len(o) for o in operands}) != 1:
         raise Fault("nodes returned encrypted vectors of different shapes; nothing was released")
     load = ts.bfv_vector_from if public.scheme == "bfv" else ts.ckks_vector_from

@@ -27,7 +27,7 @@ import math
 
 from fedlink.errors import BadInput
 from fedlink.query.catalogue import FederationCatalogue
-from fedlink.query.linked import LinkedPlan
+from fedlink.query.linked_plan import LinkedPlan
 from fedlink.query.model import ModelPlan
 from fedlink.query.plan import AggregatePlan
 from fedlink.query.tasks import PrivacyLoss

@@ -21,22 +21,19 @@ or, when unambiguous, ``column``.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 from sqlglot.tokens import Tokenizer, TokenType
 
-from fedlink.errors import QueryError
+from fedlink.errors import BadInput, QueryError
 from fedlink.governance.records import without_comments
-from fedlink.model import Frozen
-from fedlink.pets.chain import ChainParams
 from fedlink.query.catalogue import FederationCatalogue, TableInfo
-from fedlink.query.plan import Aggregate, BoolOp, CellLayout, GroupKey, Predicate, predicate_columns
+from fedlink.query.linked_plan import LinkedPlan, LinkedSource
+from fedlink.query.plan import Aggregate, BoolOp, GroupKey, Predicate
 from fedlink.query.sql import (
-    _AGGREGATE_HELP,
+    AGGREGATE_HELP,
     MAX_CELLS,
-    _Binder,
+    Binder,
     chain,
     check_column_names,
     check_query_text,
@@ -68,71 +65,11 @@ def _as_comma_join(sql: str) -> str:
     return sql
 
 
-class LinkedSource(Frozen):
-    """One table of a linked query, at the node(s) holding it, with the conditions on its rows."""
-
-    table: str
-    nodes: tuple[str, ...]
-    where: Predicate | None = None
-
-    def qualified(self, column: str) -> str:
-        return f"{self.nodes[0]}.{self.table}.{column}"
-
-
-class LinkedPlan(CellLayout):
-    """A linked aggregate: aggregates name columns as ``node.table.column``; the group-by columns
-    (bare names) belong to ``sources[group_source]``."""
-
-    kind: Literal["linked"] = "linked"
-    sources: tuple[LinkedSource, ...]
-    group_source: int | None = None
-
-    @property
-    def table(self) -> str:
-        return " LINK ".join(s.table if len(s.nodes) > 1 else f"{s.nodes[0]}.{s.table}" for s in self.sources)
-
-    @property
-    def union(self) -> tuple[str, ...]:
-        """Nodes holding the first table together (a person at any of them counts once)."""
-        return self.sources[0].nodes if len(self.sources[0].nodes) > 1 else ()
-
-    @property
-    def group_node(self) -> str | None:
-        return self.sources[self.group_source].nodes[0] if self.group_source is not None else None
-
-    @property
-    def nodes(self) -> tuple[str, ...]:
-        """The chain: the holders of a FROM table held by several nodes first, the group-by node last."""
-        group = self.group_node
-        union = list(self.union)
-        others = sorted({n for s in self.sources for n in s.nodes} - set(union) - {group})
-        return (*union, *others, *([group] if group else []))
-
-    @property
-    def multiplications(self) -> int:
-        return len(self.nodes) - 1
-
-    @property
-    def params(self) -> ChainParams:
-        return ChainParams.for_chain(self.multiplications, sums=any(c.kind == "sum" for c in self.components))
-
-    @property
-    def noise_sources(self) -> int:
-        """One node (the last of the chain) adds the noise of a linked result."""
-        return 1
-
-    def sources_at(self, node: str) -> list[LinkedSource]:
-        return [s for s in self.sources if node in s.nodes]
-
-    def datasets(self) -> list[str]:
-        return sorted({f"{n}.{s.table}" for s in self.sources for n in s.nodes})
-
-
 class _Source:
     def __init__(self, table: TableInfo, nodes: tuple[str, ...], qualifiers: set[str]) -> None:
         self.table = table
         self.nodes = nodes
-        self.binder = _Binder(table, qualifiers)
+        self.binder = Binder(table, qualifiers)
         self.conditions: list[Predicate] = []
 
 
@@ -212,8 +149,10 @@ def _single_node(source: _Source, what: str) -> str:
     return source.nodes[0]
 
 
-def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
-    """Parse a LINK query and bind it to the catalogue."""
+def plan_linked(sql: str, catalogue: FederationCatalogue, max_multiplications: int | None = None) -> LinkedPlan:
+    """Parse a LINK query and bind it to the catalogue. ``max_multiplications`` is the encrypted
+    chain's limit (:data:`fedlink.pets.chain.MAX_MULTIPLICATIONS`, passed in so that the plan needs no
+    PET): a longer chain is refused here, before anything is encrypted."""
     tree = parse_sql(_as_comma_join(sql), allow_joins=True)
     sources = _sources(tree, catalogue)
 
@@ -249,14 +188,14 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
         target = item.this if isinstance(item, exp.Alias) else item
         label = item.alias if isinstance(item, exp.Alias) else target.sql().lower()
         if isinstance(target, exp.Star):
-            raise QueryError(f"SELECT * would release rows; {_AGGREGATE_HELP}")
+            raise QueryError(f"SELECT * would release rows; {AGGREGATE_HELP}")
         if isinstance(target, exp.Column):
             owner = _owner(target, sources)
             info = owner.binder.column(target, "a selected column")
             if owner is not group_owner or info.name not in {g.column for g in group_by}:
                 raise QueryError(
                     f"'{shown(target.sql())}' is selected but not grouped, which would release row values; add it to "
-                    f"GROUP BY or {_AGGREGATE_HELP}"
+                    f"GROUP BY or {AGGREGATE_HELP}"
                 )
             continue
         columns = list(target.find_all(exp.Column))
@@ -268,7 +207,7 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
         agg = owner.binder.aggregate(target, label)
         aggregates.append(agg.model_copy(update={"column": f"{owner.nodes[0]}.{owner.table.name}.{agg.column}"}))
     if not aggregates:
-        raise QueryError(f"a query must compute at least one aggregate; {_AGGREGATE_HELP}")
+        raise QueryError(f"a query must compute at least one aggregate; {AGGREGATE_HELP}")
     if sum(a.func == "histogram" for a in aggregates) > 1 or (
         any(a.func == "histogram" for a in aggregates) and len(aggregates) > 1
     ):
@@ -296,15 +235,9 @@ def plan_linked(sql: str, catalogue: FederationCatalogue) -> LinkedPlan:
         raise QueryError(
             f"the linked query has {plan.cells} cells, more than {MAX_LINKED_CELLS}; group by fewer categories"
         )
-    assert plan.params  # refuses a chain too long for the parameters
+    if max_multiplications is not None and plan.multiplications > max_multiplications:
+        raise BadInput(
+            f"the query needs {plan.multiplications} encrypted multiplications, more than {max_multiplications}; "
+            "link fewer tables or nodes in one query"
+        )
     return plan
-
-
-def columns_at(plan: LinkedPlan, source: LinkedSource) -> set[str]:
-    """The columns of ``source`` the plan reads (predicates, group-by, aggregates)."""
-    used = predicate_columns(source.where)
-    if plan.group_source is not None and plan.sources[plan.group_source] == source:
-        used |= {g.column for g in plan.group_by}
-    prefix = f"{source.nodes[0]}.{source.table}."
-    used |= {a.column.removeprefix(prefix) for a in plan.aggregates if a.column and a.column.startswith(prefix)}
-    return used

@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 
 from fedlink.node.operators import predicate_sql
-from fedlink.query.linked import LinkedPlan
+from fedlink.query.linked_plan import LinkedPlan
 
 
 def _reader(path: Path) -> str:

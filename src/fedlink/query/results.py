@@ -14,7 +14,7 @@ from fedlink.model import Frozen
 from fedlink.pets.dp import noise_halfwidth
 from fedlink.query.catalogue import Category
 from fedlink.query.disclosure import DisclosurePolicy, round_count, round_down, round_up
-from fedlink.query.linked import LinkedPlan
+from fedlink.query.linked_plan import LinkedPlan
 from fedlink.query.plan import Aggregate, AggregatePlan, Component, histogram_labels
 from fedlink.query.tasks import Noise, PrivacyLoss
 

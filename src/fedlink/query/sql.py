@@ -50,7 +50,7 @@ MAX_QUERY_CHARS = 16_384
 MAX_NAME_CHARS = 200
 #: Integer literals must fit the 64-bit integers every backend compares with.
 _INT64 = 2**63 - 1
-_AGGREGATE_HELP = "use COUNT(*), COUNT(col), SUM(col), AVG(col) or HISTOGRAM(col)"
+AGGREGATE_HELP = "use COUNT(*), COUNT(col), SUM(col), AVG(col) or HISTOGRAM(col)"
 _COMPARISONS: dict[type[exp.Expr], str] = {
     exp.EQ: "=",
     exp.NEQ: "!=",
@@ -148,12 +148,12 @@ def parse_sql(sql: str, allow_joins: bool = False) -> exp.Select:
         raise QueryError("exactly one SQL statement is allowed; remove the extra statements")
     tree = present[0]
     if not isinstance(tree, exp.Select):
-        raise QueryError(f"only SELECT queries are allowed, not {tree.key.upper()}; {_AGGREGATE_HELP}")
+        raise QueryError(f"only SELECT queries are allowed, not {tree.key.upper()}; {AGGREGATE_HELP}")
     for clause, message in _UNSUPPORTED_CLAUSES.items():
         if tree.args.get(clause) and not (allow_joins and clause == "joins"):
             raise QueryError(message)
     if tree.args.get("distinct"):
-        raise QueryError(f"DISTINCT would release row values; {_AGGREGATE_HELP}")
+        raise QueryError(f"DISTINCT would release row values; {AGGREGATE_HELP}")
     for node in tree.find_all(exp.Subquery, exp.Union, exp.Intersect, exp.Except):
         raise QueryError(f"{node.key.upper()} is not supported; write a single SELECT over one table")
     for part in tree.walk():
@@ -197,7 +197,7 @@ def _ordered(info: ColumnInfo) -> bool:
     return bool(info.categories) and all(not isinstance(c, str) for c in info.categories or ())
 
 
-class _Binder:
+class Binder:
     """Resolves names against one table's declarations, refusing identifiers and unknown columns."""
 
     def __init__(self, table: TableInfo, qualifiers: set[str]) -> None:
@@ -206,7 +206,7 @@ class _Binder:
 
     def column(self, node: exp.Expr, purpose: str) -> ColumnInfo:
         if isinstance(node, exp.Star):
-            raise QueryError(f"SELECT * would release rows; {_AGGREGATE_HELP}")
+            raise QueryError(f"SELECT * would release rows; {AGGREGATE_HELP}")
         if not isinstance(node, exp.Column):
             raise QueryError(f"{purpose} must be a column name, not {shown(node.sql())}")
         prefix = ".".join(p.name for p in node.parts[:-1])
@@ -310,8 +310,8 @@ class _Binder:
                 raise QueryError(f"HISTOGRAM needs a numeric column with declared bins; '{info.name}' has none")
             return Aggregate(func="histogram", column=info.name, label=label, bins=info.bins)
         if isinstance(node, exp.AggFunc | exp.Anonymous):
-            raise QueryError(f"unsupported aggregate {shown(node.sql())}; {_AGGREGATE_HELP}")
-        raise QueryError(f"'{shown(node.sql())}' is not an aggregate or a GROUP BY column; {_AGGREGATE_HELP}")
+            raise QueryError(f"unsupported aggregate {shown(node.sql())}; {AGGREGATE_HELP}")
+        raise QueryError(f"'{shown(node.sql())}' is not an aggregate or a GROUP BY column; {AGGREGATE_HELP}")
 
 
 def check_column_names(group_by: list[GroupKey], aggregates: list[Aggregate]) -> None:
@@ -368,7 +368,7 @@ def plan_query(sql: str, catalogue: FederationCatalogue) -> AggregatePlan:
     """Parse ``sql`` and bind it to the catalogue, giving the plan every node will run."""
     tree = parse_sql(sql)
     table, nodes, qualifiers = _resolve_table(tree, catalogue)
-    binder = _Binder(table, qualifiers)
+    binder = Binder(table, qualifiers)
 
     group_nodes = tree.args["group"].expressions if tree.args.get("group") else []
     group_by: list[GroupKey] = []
@@ -389,12 +389,12 @@ def plan_query(sql: str, catalogue: FederationCatalogue) -> AggregatePlan:
             if info.name not in grouped:
                 raise QueryError(
                     f"'{info.name}' is selected but not grouped, which would release row values; add it to "
-                    f"GROUP BY or {_AGGREGATE_HELP}"
+                    f"GROUP BY or {AGGREGATE_HELP}"
                 )
             continue
         aggregates.append(binder.aggregate(target, label))
     if not aggregates:
-        raise QueryError(f"a query must compute at least one aggregate; {_AGGREGATE_HELP}")
+        raise QueryError(f"a query must compute at least one aggregate; {AGGREGATE_HELP}")
     if sum(a.func == "histogram" for a in aggregates) > 1:
         raise QueryError("at most one HISTOGRAM per query; run the others as separate queries")
     if any(a.func == "histogram" for a in aggregates) and len(aggregates) > 1:

@@ -14,7 +14,7 @@ from fedlink.model import Frozen
 from fedlink.pets.dp import NoiseSpec
 from fedlink.pets.he import Scheme
 from fedlink.pets.keyagree import LinkKeyCard
-from fedlink.query.linked import LinkedPlan
+from fedlink.query.linked_plan import LinkedPlan
 from fedlink.query.model import Family, ModelPlan
 from fedlink.query.plan import AggregatePlan
 from fedlink.query.sql import check_name, check_query_text
@@ -61,12 +61,12 @@ def declared_loss(epsilon: object = None, rho: object = None) -> PrivacyLoss:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise BadInput(f"--{name} must be a number, not {value!r}")
+            raise BadInput(f"`{name}` must be a number, not {value!r}")
         if not (math.isfinite(value) and value > 0):
-            raise BadInput(f"--{name} must be a positive, finite number, not {value!r}; e.g. --{name} 1")
+            raise BadInput(f"`{name}` must be a positive, finite number, not {value!r}; e.g. `{name}=1`")
         numbers[name] = float(value)
     if len(numbers) > 1:
-        raise BadInput("give --epsilon or --rho, not both")
+        raise BadInput("give `epsilon` or `rho`, not both")
     return PrivacyLoss(epsilon=numbers.get("epsilon", 0.0), rho=numbers.get("rho", 0.0))
 
 
@@ -204,7 +204,7 @@ class QueryRequest(Frozen):
     @model_validator(mode="after")
     def _one_measure(self) -> QueryRequest:
         if self.loss.epsilon > 0 and self.loss.rho > 0:
-            raise ValueError("give --epsilon or --rho, not both")
+            raise ValueError("give `epsilon` or `rho`, not both")
         if not self.loss.is_finite:
             raise ValueError("the privacy loss must be a finite number")
         return self

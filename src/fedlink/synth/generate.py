@@ -157,9 +157,9 @@ def _check_arguments(people: int, seed: int) -> None:
 
 def _check_output_directory(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise BadInput(f"output path {out} is a file; choose a new --out directory")
+        raise BadInput(f"output path {out} is a file; choose a new directory for `out`")
     if out.is_dir() and any(out.iterdir()):
-        raise BadInput(f"output directory {out} is not empty; choose a new --out or delete it")
+        raise BadInput(f"output directory {out} is not empty; choose a new `out` or delete it")
 
 
 class _Step:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 Sink = Callable[[str, bytes], None]
 _sinks: list[Sink] = []
+#: The sinks :func:`install_from_env` added (a forked child inherits its parent's, which it keeps).
+_env_sinks: set[Sink] = set()
 _lock = threading.Lock()
 ENV = "FEDLINK_WIRE_AUDIT"
 
@@ -47,7 +49,7 @@ def recording() -> Iterator[list[tuple[str, bytes]]]:
 def install_from_env() -> None:
     """Append to ``$FEDLINK_WIRE_AUDIT/<pid>.audit`` when that variable is set (once per process)."""
     folder = os.environ.get(ENV)
-    if not folder or any(getattr(s, "_fedlink_env_sink", False) for s in _sinks):
+    if not folder or any(s in _sinks for s in _env_sinks):
         return
     path = Path(folder) / f"{os.getpid()}.audit"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +60,7 @@ def install_from_env() -> None:
         with _lock:
             handle.write(header + data)
 
-    sink._fedlink_env_sink = True  # type: ignore[attr-defined]
+    _env_sinks.add(sink)
     _sinks.append(sink)
 
 

@@ -77,7 +77,7 @@ def init_ca(pki_dir: Path, name: str = "fedlink federation CA", days: int = 3650
             f"cannot create the CA folder {pki_dir} ({exc.strerror}); choose a folder you can write"
         ) from exc
     if (pki_dir / CA_KEY).exists() or (pki_dir / CA_CERT).exists():
-        raise BadInput(f"a CA already exists in {pki_dir}; use another --dir or delete it deliberately")
+        raise BadInput(f"a CA already exists in {pki_dir}; use another `pki_dir` or delete it deliberately")
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)

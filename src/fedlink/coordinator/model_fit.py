@@ -15,30 +15,31 @@ import json
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import ValidationError
 
 from fedlink.coordinator.journal import Finished, JournalEntry
+from fedlink.coordinator.lifecycle import QueryLifecycle
+from fedlink.coordinator.projects import ProjectRegistry
 from fedlink.errors import BadInput, Fault, FedlinkError
 from fedlink.pets import secagg
 from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.query.disclosure import DisclosurePolicy
 from fedlink.query.floor import check_informative
-from fedlink.query.model import ModelPlan, newton_fit, plan_model, summary
+from fedlink.query.formula import plan_model
+from fedlink.query.model import ModelPlan, newton_fit, summary
 from fedlink.query.tasks import ModelOutput, ModelRequest, ModelResult, ModelStep, QueryTask
 from fedlink.wire import rpc
 from fedlink.wire.blobs import unpack as unpack_blobs
 from fedlink.wire.transport import Message
 
-if TYPE_CHECKING:
-    from fedlink.coordinator.server import Coordinator
-
 log = logging.getLogger("fedlink.coordinator")
 
 
-def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> tuple[str, bytes]:
+def fit_model(
+    queries: QueryLifecycle, projects: ProjectRegistry, request: ModelRequest, analyst: str
+) -> tuple[str, bytes]:
     """Fit ``request``'s model over every node holding its table; returns the reply kind and the
     released :class:`ModelResult` (sealed to the analyst when the request carried a result key).
 
@@ -47,11 +48,11 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
     answer at once. A node failing after the commit stops the fit there: the estimate so far is
     released (its budget was spent), with a note saying so."""
     started = time.perf_counter()
-    project = coordinator.projects.get(request.project)
-    coordinator._check_loss(request.loss, request.noiseless, coordinator.config.coordinator.test_mode)
+    project = projects.get(request.project)
+    queries.check_loss(request.loss, request.noiseless)
     if request.loss.epsilon > 0:
-        raise BadInput("a model's noise is Gaussian: declare its privacy loss as --rho R (zCDP), not --epsilon")
-    catalogue = coordinator.catalogue()
+        raise BadInput("a model's noise is Gaussian: declare its privacy loss as `rho=R` (zCDP), not `epsilon`")
+    catalogue = queries.roster.catalogue()
     plan = plan_model(request.formula, request.table, catalogue, request.family, request.iterations)
     check_informative(request.loss, plan, catalogue)  # before any node reserves
     if len(plan.nodes) < 2:
@@ -60,9 +61,8 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
             "(each node's statistics are released only inside their sum)"
         )
     project.check(analyst, [f"{n}.{plan.table}" for n in plan.nodes])
-    sessions = coordinator._sessions_for(plan.nodes, f"holding table '{plan.table}'")
-    timeout = coordinator.config.coordinator.query_timeout_s
-    task = coordinator.new_task(
+    sessions = queries.roster.sessions_for(plan.nodes, f"holding table '{plan.table}'")
+    task = queries.new_task(
         request,
         plan=plan,
         analyst=analyst,
@@ -71,37 +71,35 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
         loss=request.loss,
         noiseless=request.noiseless,
         pet="secagg+dp",
-        extra_s=timeout * plan.iterations,
+        extra_s=queries.timeout_s * plan.iterations,
     )
     policy = DisclosurePolicy.strictest(s.catalogue.disclosure for s in sessions.values())
-    coordinator.begin(task, "model", {"policy": policy.model_dump(), "formula": request.formula}, request.result_key)
-    coordinator._reserve(sessions, task)
+    extra = {"policy": policy.model_dump(), "formula": request.formula}
+    run = queries.begin(task, "model", extra, request.result_key, sessions)
 
-    cards = coordinator._fan_out(sessions, rpc.LINK_CARD, b"")
+    cards = run.fan_out(rpc.LINK_CARD, b"")
     broken = {n: a for n, a in cards.items() if isinstance(a, FedlinkError)}
     if broken:
         name, error = next(iter(broken.items()))
-        raise coordinator.fail(sessions, task, f"node '{name}' sent no key card ({error.message}); nothing was spent")
+        raise run.fail(f"node '{name}' sent no key card ({error.message}); nothing was spent")
     signed = [LinkKeyCard.model_validate_json(a.body) for a in cards.values() if isinstance(a, Message)]
 
     def step(iteration: int, beta: np.ndarray) -> dict[str, Message | FedlinkError]:
-        calls = {}
-        for name, session in sessions.items():
+        bodies = {}
+        for name in sessions:
             body = ModelStep(
                 query_id=task.query_id,
                 iteration=iteration,
                 beta=tuple(beta.tolist()),
                 cards=tuple(c for c in signed if c.node != name),
             )
-            calls[name] = (session, body.model_dump_json().encode())
-        return coordinator._call_each(calls, rpc.MODEL_STEP)
+            bodies[name] = body.model_dump_json().encode()
+        return run.call_each(bodies, rpc.MODEL_STEP)
 
-    coordinator.decide(sessions, task, step(0, np.zeros(plan.width)), "at iteration 1")
-    answers = coordinator.collect(task.query_id)
+    run.decide(step(0, np.zeros(plan.width)), "at iteration 1")
+    answers = run.collect()
     if set(answers) != set(plan.nodes):
-        return coordinator.deliver(task.query_id)  # a node owes its first statistics: the result is pending
-    entry = coordinator.journal.get(task.query_id)
-    assert entry is not None
+        return run.deliver()  # a node owes its first statistics: the result is pending
     rounds = [_summed(plan, task, {n: body for n, (_, body) in answers.items()})]
     notes: list[str] = []
 
@@ -125,7 +123,7 @@ def fit_model(coordinator: Coordinator, request: ModelRequest, analyst: str) -> 
             "at the start, so the fit so far is released"
         )
     finished = _finished(plan, task, policy, rounds, notes)
-    reply = coordinator.release(entry, finished)
+    reply = run.release(finished)
     log.info(
         "model %s (%s, %d iterations) by analyst '%s' for project '%s' over '%s' at %d nodes fitted in %.0f ms",
         task.query_id[:8],

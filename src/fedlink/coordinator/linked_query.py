@@ -11,50 +11,55 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import Literal
 
 from fedlink.coordinator.journal import Finished, JournalEntry
+from fedlink.coordinator.lifecycle import QueryLifecycle
 from fedlink.coordinator.linkage import load_spine_meta
+from fedlink.coordinator.projects import ProjectRegistry
 from fedlink.errors import BadInput, Fault, FedlinkError
 from fedlink.linkage.messages import LinkageQuality
-from fedlink.pets.chain import ChainEvaluator
+from fedlink.pets.chain import MAX_MULTIPLICATIONS, ChainEvaluator, ChainParams
 from fedlink.query.disclosure import DisclosurePolicy
 from fedlink.query.floor import check_informative
-from fedlink.query.linked import LinkedPlan, plan_linked
+from fedlink.query.linked import plan_linked
+from fedlink.query.linked_plan import LinkedPlan
 from fedlink.query.results import LinkedEncryptedResult
 from fedlink.query.tasks import LinkedOutput, LinkedStep, QueryRequest, QueryTask
 from fedlink.wire import rpc
 from fedlink.wire.blobs import pack, unpack
-
-if TYPE_CHECKING:
-    from fedlink.coordinator.server import Coordinator
 
 log = logging.getLogger("fedlink.coordinator")
 #: A chain step over a million people moves and multiplies hundreds of ciphertexts: allow it time.
 STEP_TIMEOUT_S = 600.0
 
 
-def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: str) -> tuple[str, bytes]:
-    """Run a LINK query; returns the reply kind and the packed :class:`LinkedEncryptedResult` with its
-    masked cells (sealed to the analyst when the request carried a result key).
+def run_linked_query(
+    queries: QueryLifecycle, projects: ProjectRegistry, spines: Path, request: QueryRequest, analyst: str
+) -> tuple[str, bytes]:
+    """Run a LINK query over the link spines kept in ``spines``; returns the reply kind and the packed
+    :class:`LinkedEncryptedResult` with its masked cells (sealed to the analyst when the request carried
+    a result key).
 
-    Two-phase, like every query (:mod:`fedlink.coordinator.server`): each node of the chain reserves,
+    Two-phase, like every query (:mod:`fedlink.coordinator.lifecycle`): each node of the chain reserves,
     then runs its step and prepares; the middle nodes' ciphertexts travel on at once, the last node's
     noisy cells wait in its outbox; once all have prepared the coordinator decides and every node
     commits, the last one sending its cells."""
     started = time.perf_counter()
-    project = coordinator.projects.get(request.project)
-    coordinator._check_loss(request.loss, request.noiseless, coordinator.config.coordinator.test_mode)
+    project = projects.get(request.project)
+    queries.check_loss(request.loss, request.noiseless)
     if request.pet != "he+dp":
-        raise BadInput("linked queries always run encrypted (he+dp); drop --pet dp")
-    catalogue = coordinator.catalogue()
-    plan = plan_linked(request.sql, catalogue)
+        raise BadInput("linked queries always run encrypted (he+dp); drop `pet=dp`")
+    catalogue = queries.roster.catalogue()
+    plan = plan_linked(request.sql, catalogue, MAX_MULTIPLICATIONS)
     check_informative(request.loss, plan, catalogue)  # before any node reserves
     project.check(analyst, plan.datasets())
     if not request.link_key:
         raise BadInput("a linked query needs the analyst's public key for the chain; upgrade the analyst client")
-    ChainEvaluator(plan.params, request.link_key)  # refuses a key that does not fit the plan, before reserving
-    meta = load_spine_meta(coordinator.spines_path(), project.id)
+    params = ChainParams.for_chain(plan.multiplications, sums=plan.sums)
+    ChainEvaluator(params, request.link_key)  # refuses a key that does not fit the plan, before reserving
+    meta = load_spine_meta(spines, project.id)
     if meta is None:
         raise BadInput(f"project '{project.id}' has no link spine yet; run `fedlink link --project {project.id}`")
     outside = sorted(set(plan.nodes) - set(meta.nodes))
@@ -63,10 +68,10 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
             f"the link spine of '{project.id}' does not cover node(s) {', '.join(outside)}; rebuild it with "
             f"`fedlink link --project {project.id}`"
         )
-    sessions = coordinator._sessions_for(plan.nodes, "holding a linked table")
+    sessions = queries.roster.sessions_for(plan.nodes, "holding a linked table")
     chain = plan.nodes
-    step_timeout = max(coordinator.config.coordinator.query_timeout_s, STEP_TIMEOUT_S)
-    task = coordinator.new_task(
+    step_timeout = max(queries.timeout_s, STEP_TIMEOUT_S)
+    task = queries.new_task(
         request,
         plan=plan,
         analyst=analyst,
@@ -84,8 +89,7 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
         "linkage": None if meta.quality is None else meta.quality.model_dump(mode="json"),
         "linkage_note": meta.quality_refused,
     }
-    coordinator.begin(task, "linked", extra, request.result_key)
-    coordinator._reserve(sessions, task)
+    run = queries.begin(task, "linked", extra, request.result_key, sessions)
 
     output = LinkedOutput(streams={}, chunks=0)
     blobs: list[bytes] = []
@@ -102,13 +106,13 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
             units=output.units,
         )
         body = pack(step.model_dump_json().encode(), blobs)
-        answer = coordinator._call_each({node: (sessions[node], body)}, rpc.LINKED_STEP, step_timeout)[node]
+        answer = run.call_each({node: body}, rpc.LINKED_STEP, step_timeout)[node]
         if isinstance(answer, FedlinkError) or role == "last":
-            coordinator.decide(sessions, task, {node: answer}, "during the linked query")
+            run.decide({node: answer}, "during the linked query")
         else:
             header, blobs = unpack(answer.body)
             output = LinkedOutput.model_validate_json(header)
-    reply = coordinator.deliver(task.query_id)
+    reply = run.deliver()
     log.info(
         "linked query %s by '%s' for '%s' over %s (%d cells, %d people in the spine) answered in %.0f ms",
         task.query_id[:8],
@@ -122,7 +126,7 @@ def run_linked_query(coordinator: Coordinator, request: QueryRequest, analyst: s
     return reply
 
 
-def finish_linked(coordinator: Coordinator, entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) -> Finished:
+def finish_linked(entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) -> Finished:
     """The analyst's linked result from the last node's committed cells (the other nodes' commits carry
     nothing): checked to be ciphertexts of this query's parameters, packed with their header."""
     task = QueryTask.model_validate_json(entry.task)
@@ -136,7 +140,7 @@ def finish_linked(coordinator: Coordinator, entry: JournalEntry, answers: dict[s
     output = LinkedOutput.model_validate_json(header)
     if output.noiseless != task.noiseless or sum(output.streams.values()) != len(plan.components) * plan.cells:
         raise Fault("the last node of the chain answered inconsistently; nothing was released")
-    evaluator = ChainEvaluator(plan.params, extra["link_key"])
+    evaluator = ChainEvaluator(ChainParams.for_chain(plan.multiplications, sums=plan.sums), extra["link_key"])
     for blob in blobs:
         evaluator.load(blob)  # the analyst receives only ciphertexts of this query's parameters
     quality = extra.get("linkage")
