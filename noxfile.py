@@ -25,9 +25,11 @@ nox.options.error_on_missing_interpreters = True
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff and mypy, as CI runs them."""
-    session.run("ruff", "check", "src", "tests", "benchmarks")
+    """ruff, mypy and the layering contracts (import-linter, ``[tool.importlinter]`` in pyproject.toml)."""
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
     session.run("mypy", "src")
+    session.run("lint-imports")
 
 
 @nox.session

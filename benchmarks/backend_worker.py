@@ -22,6 +22,7 @@ from pathlib import Path
 
 
 def main(config_path: str) -> None:
+    from fedlink.language.sql import plan_query
     from fedlink.linkage.concepts import normalise_concepts
     from fedlink.linkage.encode import EncodedRecords, concatenate
     from fedlink.linkage.fields import derive_spec_keys, encode_spec
@@ -29,8 +30,7 @@ def main(config_path: str) -> None:
     from fedlink.node.config import NodeConfig
     from fedlink.node.data import NodeData
     from fedlink.node.linkage import LinkRequest, NodeLinkage
-    from fedlink.query.catalogue import FederationCatalogue, NodeStatus
-    from fedlink.query.sql import plan_query
+    from fedlink.plan.catalogue import FederationCatalogue, NodeStatus
 
     def peak_mib() -> float:
         """This process's own high-water mark of resident memory (VmHWM; ru_maxrss would also count the

@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import fedlink
+from fedlink import pki
 from fedlink.coordinator.config import CoordinatorConfig
 from fedlink.coordinator.server import Coordinator
 from fedlink.node.agent import NodeAgent
 from fedlink.node.config import NodeConfig
-from fedlink.query.tasks import Pet
-from fedlink.wire import pki
+from fedlink.protocol.tasks import Pet
 
 PROJECT = "bench"
 ANALYST = "bench-analyst"

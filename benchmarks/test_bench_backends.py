@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from fedlink import pki
 from fedlink.node.config import NodeConfig, PostgresBackend, SparkBackend
-from fedlink.wire import pki
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.servers import PostgresServer, spark_unavailable

@@ -37,7 +37,7 @@ import pytest
 from fedlink.linkage.encode import derive_keys, encode
 from fedlink.linkage.normalise import IDENTIFIER_COLUMNS, normalise
 from fedlink.linkage.schema import load_schema
-from fedlink.synth import synthesize
+from fedlink_tools.synth import synthesize
 
 LARGE = os.environ.get("FEDLINK_BENCH_LARGE") == "1"
 PEER_PYTHON = Path(os.environ.get("FEDLINK_PEERS_PYTHON", "/tmp/peers-venv/bin/python"))

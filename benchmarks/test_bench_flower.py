@@ -35,7 +35,7 @@ from federation import REPORT
 pytest.importorskip("flwr", reason="Flower is not installed (pip install 'fedlink[flower]')")
 
 import fedlink
-from fedlink.demo import ANALYST, LocalFederation, federation_dir, prepare_demo
+from fedlink_tools.demo import ANALYST, LocalFederation, federation_dir, prepare_demo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.flower_deploy import FlowerDeployment

@@ -50,12 +50,12 @@ from fedlink.linkage.quality import pairwise_quality
 from fedlink.linkage.run import run_files
 from fedlink.linkage.schema import SHIPPED_SCHEMAS, load_schema
 from fedlink.linkage.spec import load_spec
-from fedlink.synth import default_corruption, synthesize
-from fedlink.synth.corrupt import record_identities
-from fedlink.synth.draws import stream
-from fedlink.synth.namebook import build_name_book
-from fedlink.synth.population import build_population
-from fedlink.synth.recording import RECORDING_STYLES
+from fedlink_tools.synth import default_corruption, synthesize
+from fedlink_tools.synth.corrupt import record_identities
+from fedlink_tools.synth.draws import stream
+from fedlink_tools.synth.namebook import build_name_book
+from fedlink_tools.synth.population import build_population
+from fedlink_tools.synth.recording import RECORDING_STYLES
 
 LARGE = os.environ.get("FEDLINK_BENCH_LARGE") == "1"
 PEERS_PYTHON = Path(os.environ.get("FEDLINK_PEERS_PYTHON", "/tmp/peers-venv/bin/python"))

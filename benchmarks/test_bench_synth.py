@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from fedlink.synth import SynthSummary, synthesize
+from fedlink_tools.synth import SynthSummary, synthesize
 
 LARGE = os.environ.get("FEDLINK_BENCH_LARGE") == "1"
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 
 import fedlink
+from fedlink import pki
 from fedlink.coordinator.config import load_coordinator_config
 from fedlink.coordinator.server import Coordinator
-from fedlink.demo import federation_dir, node_names, prepare_pki
 from fedlink.node.agent import NodeAgent
 from fedlink.node.config import NodeConfig, load_node_config
 from fedlink.node.data import NodeData
-from fedlink.synth import synthesize
-from fedlink.wire import pki
+from fedlink_tools.demo import federation_dir, node_names, prepare_pki
+from fedlink_tools.synth import synthesize
 
 REPO_ROOT = federation_dir()
 NODES = node_names(REPO_ROOT)
@@ -186,7 +186,7 @@ def without_sealed_results(frames: list[bytes]) -> list[bytes]:
     the sealed magic, and its further chunks): AES-GCM output, random bytes in which short names turn up
     by chance. ``tests/integration/test_linked.py`` opens such a result with the analyst's key, so it is
     known to hold only the result the analyst may see."""
-    from fedlink.wire.fedlink_pb2 import Frame
+    from fedlink.protocol.fedlink_pb2 import Frame
 
     sealed: set[tuple[str, str]] = set()
     kept = []

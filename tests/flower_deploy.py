@@ -24,7 +24,7 @@ class FlowerDeployment:
     workdir: Path
     nodes: list[str]
     #: The folder holding ``nodes/<name>/node.toml`` (the tests' copies switch test mode on).
-    configs: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1])
+    configs: Path = field(default_factory=lambda: Path(__file__).resolve().parents[1] / "examples" / "federation")
     port: int = 0
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 

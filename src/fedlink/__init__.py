@@ -11,8 +11,8 @@ This package exports the analyst's objects only::
 runs the same queries through a Flower SuperLink. Both return :class:`Result`, :class:`ModelResult`,
 :class:`LinkReport`, :class:`Catalogue`, :class:`Budget` and :class:`RegisterView` objects, and raise the
 errors below. The operators' and tooling functions that the ``fedlink`` command runs are imported from
-their own modules: :mod:`fedlink.services` (serve a node or a coordinator), :mod:`fedlink.wire.pki`,
-:mod:`fedlink.governance`, :mod:`fedlink.synth`, :mod:`fedlink.demo`, :mod:`fedlink.bench`.
+their own modules: :mod:`fedlink.services` (serve a node or a coordinator), :mod:`fedlink.pki`,
+:mod:`fedlink.governance`, :mod:`fedlink_tools.synth`, :mod:`fedlink_tools.demo`, :mod:`fedlink_tools.bench`.
 
 The cryptographic and DP libraries (TenSEAL, OpenDP) load when a query first needs them, not here.
 """
@@ -33,8 +33,8 @@ from fedlink.errors import (
     Timeout,
 )
 from fedlink.flower.analyst import FlowerFederation
-from fedlink.linkage.messages import LinkReport
-from fedlink.query.tasks import ModelResult
+from fedlink.protocol.linkage import LinkReport
+from fedlink.protocol.tasks import ModelResult
 
 __version__ = "0.1.0"
 

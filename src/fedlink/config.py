@@ -7,7 +7,8 @@ used to be repeated per config class:
 - :data:`ConfigPath`: a path. ``${VAR}``, ``${VAR:-default}`` and ``$VAR`` are replaced by the
   environment, ``~`` by the home folder, and a relative path is taken relative to the folder of the
   config file (a relative value of an environment variable, relative to the current directory), so
-  ``fedlink node serve --config nodes/dfe/node.toml`` works from anywhere.
+  ``fedlink node serve --config examples/federation/nodes/dfe/node.toml`` works
+from anywhere.
 - :data:`EnvStr`: a setting such as an address, with the same environment references replaced.
 
 An unset variable without a default is a one-line error naming the entry and the variable; ``$$`` is
@@ -28,8 +29,8 @@ from pydantic import BeforeValidator, ValidationError, ValidationInfo, model_val
 from pydantic_core import PydanticCustomError
 
 from fedlink.errors import ConfigError
-from fedlink.model import Frozen
-from fedlink.wire.transport import TlsFiles
+from fedlink.frozen import Frozen
+from fedlink.pki import TlsFiles
 
 Model = TypeVar("Model", bound="ConfigModel")
 _VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")

@@ -16,9 +16,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from fedlink.demo import EXAMPLE_QUERIES, LocalFederation, write_profile
-from fedlink.governance.register import verify_register
-from fedlink.wire import audit
+from fedlink.protocol import audit
+from fedlink.transparency.register import verify_register
+from fedlink_tools.demo import EXAMPLE_QUERIES, LocalFederation, write_profile
 
 from ..conftest import NODES, ROOT, find_leaks, identifier_values, without_sealed_results
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from fedlink.demo import LocalFederation, node_names, prepare_demo
+from fedlink_tools.demo import LocalFederation, node_names, prepare_demo
 
 yaml = pytest.importorskip("yaml", reason="the compose file is YAML: pip install pyyaml (a test extra)")
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: what the image copies to /app
+ROOT = Path(__file__).resolve().parents[2]  # the repository (the image copies examples/federation to /app)
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
@@ -57,7 +57,7 @@ def test_the_compose_file_follows_the_compose_specification() -> None:
 def test_the_topology_is_the_demo_federation_with_state_on_named_volumes() -> None:
     doc = compose()
     services = doc["services"]
-    nodes = node_names(ROOT)
+    nodes = node_names(ROOT / "examples" / "federation")
     assert {s.replace("-", "_") for s in services} == {"init", "coordinator", "analyst", *nodes}
     for node in nodes:
         name = node.replace("_", "-")
@@ -118,7 +118,7 @@ def test_the_dockerfile_passes_our_checks_and_hadolint(tmp_path: Path) -> None:
 @dataclass
 class Mapped:
     """A service's file system as its container would see it: a folder per service under ``root`` in
-    which each mount point is a link to its volume's folder (``/app`` to the repository)."""
+    which each mount point is a link to its volume's folder (``/app`` to the demo federation's configs)."""
 
     root: Path
     volumes: dict[str, Path] = field(default_factory=dict)
@@ -132,7 +132,7 @@ class Mapped:
         top = self.root / "fs" / str(id(service))
         if not top.exists():
             (top / "tmp").mkdir(parents=True)
-            (top / "app").symlink_to(ROOT)
+            (top / "app").symlink_to(ROOT / "examples" / "federation")
             for spec in service.get("volumes", []):
                 name, target, *_ = spec.split(":")
                 link = top / target.lstrip("/")
@@ -313,7 +313,7 @@ def namespaces() -> Iterator[Namespaces]:
     reason = _netns_unavailable()
     if reason:
         pytest.skip(f"multi-host test skipped: {reason}")
-    spaces = Namespaces(["coordinator", *node_names(ROOT), "analyst"])
+    spaces = Namespaces(["coordinator", *node_names(ROOT / "examples" / "federation"), "analyst"])
     try:
         spaces.create()
         yield spaces
@@ -324,9 +324,9 @@ def namespaces() -> Iterator[Namespaces]:
 def test_a_scenario_across_network_namespaces_and_a_node_restarted_mid_way(
     namespaces: Namespaces, tmp_path: Path
 ) -> None:
-    from fedlink.governance.register import verify_register
+    from fedlink.transparency.register import verify_register
 
-    nodes = node_names(ROOT)
+    nodes = node_names(ROOT / "examples" / "federation")
     coordinator_host = namespaces.host("coordinator")
     workdir, parties = tmp_path / "fedlink", tmp_path / "parties"
     profile = prepare_demo(workdir, 6_000, 7, coordinator_host, 7443, parties=parties)
@@ -337,7 +337,11 @@ def test_a_scenario_across_network_namespaces_and_a_node_restarted_mid_way(
         return namespaces.prefix(party), env
 
     federation = LocalFederation(
-        workdir=tmp_path, root=ROOT, nodes=nodes, listen=f"{namespaces.address('coordinator')}:7443", launcher=launcher
+        workdir=tmp_path,
+        root=ROOT / "examples" / "federation",
+        nodes=nodes,
+        listen=f"{namespaces.address('coordinator')}:7443",
+        launcher=launcher,
     )
     state = federation.state
 

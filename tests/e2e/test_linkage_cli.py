@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from fedlink.demo import LocalFederation, write_profile
+from fedlink_tools.demo import LocalFederation, write_profile
 
 from ..conftest import NODES, ROOT
 from .test_cli import assert_one_line_error, cli

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from fedlink.demo import write_profile
+from fedlink_tools.demo import write_profile
 
 from ..conftest import InProcessFederation
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 import fedlink
-from fedlink.demo import LocalFederation
 from fedlink.errors import Fault, FedlinkError, ResultPending
 from fedlink.faults import ENV
-from fedlink.governance.register import Register
 from fedlink.node.ledger import BudgetLedger
+from fedlink.transparency.register import Register
+from fedlink_tools.demo import LocalFederation
 
 from ..conftest import ANALYST, ROOT
 

@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fedlink.errors import ConfigError, Fault
+from fedlink.language.sql import plan_query
 from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
-from fedlink.query.catalogue import FederationCatalogue, NodeStatus
-from fedlink.query.sql import plan_query
+from fedlink.plan.catalogue import FederationCatalogue, NodeStatus
 
 from ..conftest import node_config
 from ..servers import PostgresServer, in_postgres, in_spark, spark_unavailable
@@ -126,9 +126,9 @@ def test_linkage_streams_the_same_people_and_records_from_every_backend(
 def test_linked_rows_come_from_the_link_table_in_each_backend(nodes: dict, tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from fedlink.node.linked import fetch_rows
-    from fedlink.query.catalogue import FederationCatalogue
-    from fedlink.query.linked import plan_linked
+    from fedlink.language.linked_query import plan_linked
+    from fedlink.node.linked_query import fetch_rows
+    from fedlink.plan.catalogue import FederationCatalogue
 
     data = nodes["files"]["dfe"]
     records = pq.read_table(data.config.table_path(data.config.tables[0])).column("record_id").to_pylist()
@@ -163,7 +163,7 @@ def test_linked_rows_come_from_the_link_table_in_each_backend(nodes: dict, tmp_p
 
 def test_a_backend_that_is_down_is_one_line_and_costs_no_budget(workdir: Path, tmp_path: Path) -> None:
     from fedlink.node.runtime import NodeRuntime
-    from fedlink.query.tasks import PrivacyLoss, QueryTask
+    from fedlink.protocol.tasks import PrivacyLoss, QueryTask
 
     server = PostgresServer.start()
     try:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 import fedlink
-from fedlink.analyst.scenarios import run_scenario
-from fedlink.query.sql import MAX_QUERY_CHARS
-from fedlink.query.tasks import ModelRequest, PrivacyLoss, QueryRequest
-from fedlink.wire import rpc
+from fedlink.language.sql import MAX_QUERY_CHARS
+from fedlink.protocol import rpc
+from fedlink.protocol.tasks import ModelRequest, PrivacyLoss, QueryRequest
+from fedlink_tools.scenarios import run_scenario
 
 from ..conftest import InProcessFederation, connect_analyst, node_config, start_federation
 

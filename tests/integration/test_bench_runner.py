@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import fedlink
-from fedlink.bench.runner import run
+from fedlink_tools.bench.runner import run
 
 
 def test_the_runner_merges_the_suites_and_fails_when_pytest_fails(

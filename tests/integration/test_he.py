@@ -15,10 +15,10 @@ import tenseal as ts
 
 import fedlink
 from fedlink.pets import he
-from fedlink.query.results import EncryptedPartial
-from fedlink.wire import audit, rpc
-from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.transport import Reassembler
+from fedlink.protocol import audit, rpc
+from fedlink.protocol.fedlink_pb2 import Frame
+from fedlink.protocol.results import EncryptedPartial
+from fedlink.protocol.transport import Reassembler
 
 from ..conftest import InProcessFederation, connect_analyst, start_federation
 
@@ -182,10 +182,10 @@ def test_only_ciphertexts_and_public_keys_leave_their_owners(workdir: Path, monk
 
 def test_every_ciphertext_a_node_sends_decrypts_under_the_analysts_key(workdir: Path) -> None:
     """What the wire audit masks as opaque payloads are real ciphertexts for this query's key."""
+    from fedlink.language.sql import plan_query
     from fedlink.node.runtime import NodeRuntime
-    from fedlink.query.catalogue import FederationCatalogue, NodeStatus
-    from fedlink.query.sql import plan_query
-    from fedlink.query.tasks import PrivacyLoss, QueryTask
+    from fedlink.plan.catalogue import FederationCatalogue, NodeStatus
+    from fedlink.protocol.tasks import PrivacyLoss, QueryTask
 
     from ..conftest import node_config
 

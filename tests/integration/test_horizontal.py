@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 import fedlink
+from fedlink import pki
 from fedlink.errors import AccessDenied, Fault, NodeUnavailable, QueryError
 from fedlink.node.agent import NodeAgent
 from fedlink.node.data import NodeData
-from fedlink.query.plan import AggregatePlan
-from fedlink.query.results import PartialAggregates
-from fedlink.wire import pki
+from fedlink.plan.aggregate import AggregatePlan
+from fedlink.protocol.results import PartialAggregates
 
 from ..conftest import ANALYST, NODES, InProcessFederation, connect_analyst, node_config, start_federation
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from fedlink.coordinator.config import load_coordinator_config
-from fedlink.query.linked import plan_linked
-from fedlink.wire import audit
-from fedlink.wire.blobs import unpack
-from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.transport import Reassembler
+from fedlink.language.linked_query import plan_linked
+from fedlink.protocol import audit
+from fedlink.protocol.blobs import unpack
+from fedlink.protocol.fedlink_pb2 import Frame
+from fedlink.protocol.transport import Reassembler
 
 from ..conftest import ROOT, connect_analyst, find_leaks, identifier_values, start_federation
 
@@ -283,7 +283,7 @@ def test_the_wire_carries_no_unblinded_key_and_no_identifier(psi_linked: dict, w
     # neither a point nor its x-coordinate (the only part a digest depends on), at any byte offset
     assert _found(wire, {p[:32] for p in points}) == set()
     sent = next(body for kind, body in messages if kind == "link_psi_blind")
-    from fedlink.wire.blobs import unpack
+    from fedlink.protocol.blobs import unpack
 
     blinded = unpack(sent)[1][0][:64]
     assert blinded not in points
@@ -293,7 +293,7 @@ def test_the_wire_carries_no_unblinded_key_and_no_identifier(psi_linked: dict, w
 
 
 def test_linked_statistics_run_unchanged_on_a_psi_spine(psi_linked: dict) -> None:
-    from fedlink.query.reference import reference_totals
+    from fedlink.node.engines.reference import reference_totals
 
     from .test_linked import spine_keys
 

@@ -16,11 +16,11 @@ import pytest
 
 from fedlink.coordinator.config import CoordinatorConfig, CoordinatorSection, RegisteredNode, TlsSection
 from fedlink.coordinator.server import Coordinator
-from fedlink.demo import prepare_pki
 from fedlink.linkage.febrl import febrl4_folder
 from fedlink.node.agent import NodeAgent
 from fedlink.node.config import load_node_config
 from fedlink.node.data import NodeData
+from fedlink_tools.demo import prepare_pki
 
 from ..conftest import connect_analyst
 

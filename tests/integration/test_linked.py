@@ -10,10 +10,10 @@ import duckdb
 import numpy as np
 import pytest
 
-from fedlink.query.linked import plan_linked
-from fedlink.query.reference import reference_totals
-from fedlink.query.results import LinkedEncryptedResult
-from fedlink.query.tasks import LinkedOutput, LinkedStep
+from fedlink.language.linked_query import plan_linked
+from fedlink.node.engines.reference import reference_totals
+from fedlink.protocol.results import LinkedEncryptedResult
+from fedlink.protocol.tasks import LinkedOutput, LinkedStep
 
 from ..conftest import InProcessFederation, connect_analyst, node_config, start_federation
 
@@ -163,10 +163,10 @@ def test_nothing_but_ciphertexts_crosses_the_wire(fed: InProcessFederation, work
     from fedlink.analyst import client
     from fedlink.pets.chain import ChainKeys
     from fedlink.pets.sealed import open_sealed
-    from fedlink.wire import audit
-    from fedlink.wire.blobs import unpack
-    from fedlink.wire.fedlink_pb2 import Frame
-    from fedlink.wire.transport import Reassembler
+    from fedlink.protocol import audit
+    from fedlink.protocol.blobs import unpack
+    from fedlink.protocol.fedlink_pb2 import Frame
+    from fedlink.protocol.transport import Reassembler
 
     from ..conftest import find_leaks, identifier_values
 
@@ -260,8 +260,8 @@ def test_with_perfect_identifiers_linked_counts_equal_the_ground_truth(
     """No identifier corruption: the spine is the truth, so noiseless linked counts are the true ones."""
     import shutil
 
-    from fedlink.synth import synthesize
-    from fedlink.synth.config import CorruptionRates, rate_names
+    from fedlink_tools.synth import synthesize
+    from fedlink_tools.synth.config import CorruptionRates, rate_names
 
     from ..conftest import SEED
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from fedlink.errors import BadInput, Fault, PolicyRefused, QueryError
+from fedlink.language.model_formula import plan_model
 from fedlink.pets.keyagree import LinkKeyCard
-from fedlink.query.formula import plan_model
-from fedlink.query.tasks import ModelOutput, ModelStep, PrivacyLoss, QueryTask
-from fedlink.wire.blobs import unpack as unpack_blobs
+from fedlink.protocol.blobs import unpack as unpack_blobs
+from fedlink.protocol.tasks import ModelOutput, ModelStep, PrivacyLoss, QueryTask
 
 from ..conftest import InProcessFederation, connect_analyst, start_federation
 
@@ -192,10 +192,10 @@ def test_no_nodes_statistics_cross_the_wire(workdir: Path) -> None:
     """Wire audit of a fit: each node's statistics (in the fixed point they are sent in) appear in no
     message, only masked; the positive control finds them in an unmasked vector."""
     from fedlink.node.data import NodeData
-    from fedlink.node.operators import model_statistics
+    from fedlink.node.engines.operators import model_statistics
     from fedlink.pets import secagg
-    from fedlink.query.tasks import ModelRequest, ModelResult
-    from fedlink.wire import audit
+    from fedlink.protocol import audit
+    from fedlink.protocol.tasks import ModelRequest, ModelResult
 
     from ..conftest import node_config
 

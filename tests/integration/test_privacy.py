@@ -14,12 +14,12 @@ import pytest
 
 import fedlink
 from fedlink.errors import AccessDenied, BadInput, BudgetExhausted, Fault, PolicyRefused
-from fedlink.governance.register import verify_register
+from fedlink.language.sql import plan_query
 from fedlink.node.config import Approval
 from fedlink.node.runtime import NodeRuntime
-from fedlink.query.catalogue import FederationCatalogue, NodeStatus
-from fedlink.query.sql import plan_query
-from fedlink.query.tasks import PrivacyLoss, QueryTask
+from fedlink.plan.catalogue import FederationCatalogue, NodeStatus
+from fedlink.protocol.tasks import PrivacyLoss, QueryTask
+from fedlink.transparency.register import verify_register
 
 from ..conftest import InProcessFederation, connect_analyst, node_config, start_federation
 
@@ -167,7 +167,7 @@ CRASHING_NODE = """
 import os, sys
 from fedlink.node.config import NodeConfig
 from fedlink.node.runtime import NodeRuntime
-from fedlink.query.tasks import QueryTask
+from fedlink.protocol.tasks import QueryTask
 runtime = NodeRuntime(NodeConfig.model_validate_json(sys.argv[1]))
 runtime.reserve(QueryTask.model_validate_json(sys.argv[2]))
 os._exit(9)  # the node dies between reserve and commit
@@ -228,7 +228,7 @@ def test_every_use_is_on_the_registers_and_they_verify(workdir: Path) -> None:
 
 
 def fedlink_register(path: Path) -> list:
-    from fedlink.governance.register import Register
+    from fedlink.transparency.register import Register
 
     return Register(path, path.parent.name).entries()
 

@@ -13,7 +13,7 @@ import pytest
 from fedlink.errors import BadInput, BudgetExhausted, PolicyRefused, QueryError
 from fedlink.governance import Register, export_register
 from fedlink.governance.federation import verify_federation
-from fedlink.governance.register import head_path
+from fedlink.transparency.register import head_path
 
 from ..conftest import NODES, InProcessFederation, connect_analyst, start_federation
 from ..unit.test_register_federation import rewrite_whole

@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 
 import fedlink
+from fedlink import pki
 from fedlink.coordinator.revocation import RevocationWatch
 from fedlink.errors import AccessDenied, ConfigError, FedlinkError, NodeUnavailable
-from fedlink.governance.register import Register, RegisterEntry
 from fedlink.node.agent import NodeAgent
 from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
-from fedlink.wire import pki, rpc
-from fedlink.wire.transport import Message
+from fedlink.protocol import rpc
+from fedlink.protocol.transport import Message
+from fedlink.transparency.register import Register, RegisterEntry
 
 from ..conftest import ANALYST, InProcessFederation, connect_analyst, node_config, start_federation
 

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from fedlink import pki
 from fedlink.coordinator.config import load_coordinator_config
 from fedlink.coordinator.server import Coordinator
-from fedlink.demo import LOCK, prepare_demo, run_demo
 from fedlink.errors import BadInput, ConfigError, FedlinkError
-from fedlink.governance.register import verify_register
 from fedlink.node.agent import NodeAgent
 from fedlink.node.config import NodeConfig
 from fedlink.node.data import NodeData
 from fedlink.node.runtime import NodeRuntime
-from fedlink.wire import pki
+from fedlink.transparency.register import verify_register
+from fedlink_tools.demo import LOCK, prepare_demo, run_demo
 
 from ..conftest import ROOT, connect_analyst, node_config, start_federation
 

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 import fedlink
-from fedlink.analyst.scenarios import DemoTruth, run_scenario
 from fedlink.cli import render
-from fedlink.query.disclosure import DisclosurePolicy
+from fedlink.plan.disclosure import DisclosurePolicy
+from fedlink_tools.scenarios import DemoTruth, run_scenario
 
 from ..conftest import InProcessFederation, connect_analyst, node_config, start_federation
 

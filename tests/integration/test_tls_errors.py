@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import fedlink
+from fedlink import pki
 from fedlink.node.agent import NodeAgent
 from fedlink.node.data import NodeData
-from fedlink.wire import pki
-from fedlink.wire.transport import TlsFiles
+from fedlink.pki import TlsFiles
 
 from ..conftest import ANALYST, InProcessFederation, node_config, start_federation
 from ..servers import free_port
@@ -168,7 +168,7 @@ def test_a_node_retrying_says_why(workdir: Path, tmp_path: Path) -> None:
 _DYING = """
 import sys, threading
 from pathlib import Path
-from fedlink.wire.transport import TlsFiles, make_server
+from fedlink.protocol.transport import make_server
 pki = Path(sys.argv[1])
 def handler(inbound, context):
     next(inbound)

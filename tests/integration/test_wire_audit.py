@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 
 import fedlink
-from fedlink.wire import audit
+from fedlink.protocol import audit
 
 from ..conftest import (
     NODES,

@@ -4,7 +4,7 @@ Spark), over every transport (fedlink's own gRPC, Flower) and in every PET mode 
 it, and compared with a plaintext reference computed independently of the nodes' operators:
 
 - horizontal queries and the model with DuckDB over the departments' own files (``Spec.reference``);
-- linked queries with the plaintext reference engine (:func:`fedlink.query.reference.reference_totals`)
+- linked queries with the plaintext reference engine (:func:`fedlink.node.engines.reference.reference_totals`)
   joined on the spine the nodes kept at linkage.
 
 In the federation's explicit noiseless test mode the answer equals the reference: counts exactly, sums
@@ -36,9 +36,9 @@ import numpy as np
 import pytest
 
 from fedlink.errors import BadInput
+from fedlink.language.linked_query import plan_linked
 from fedlink.node.data import NodeData
-from fedlink.query.linked import plan_linked
-from fedlink.query.reference import reference_totals
+from fedlink.node.engines.reference import reference_totals
 
 from ..conftest import ROOT, InProcessFederation, connect_analyst, node_config, start_federation
 from ..servers import PostgresServer, in_postgres, in_spark, spark_unavailable

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from fedlink.language.model_formula import plan_model
 from fedlink.pets.dp import add_noise, iteration_noise
-from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
-from fedlink.query.formula import plan_model
-from fedlink.query.model import MAX_STEP, Family, accumulate, newton_fit, summary
+from fedlink.plan.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
+from fedlink.plan.model import MAX_STEP, Family, accumulate, newton_fit, summary
 
 pytestmark = pytest.mark.statistical
 NODES = ("charity_north", "charity_south")

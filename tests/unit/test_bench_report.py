@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from fedlink.bench.report import ReportResult, write_report
-from fedlink.bench.runner import machine_info
 from fedlink.errors import BadInput
+from fedlink_tools.bench.report import ReportResult, write_report
+from fedlink_tools.bench.runner import machine_info
 
 pytest.importorskip("matplotlib", reason="the report's plots need matplotlib")
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from fedlink import pki
 from fedlink.cli.main import with_flags
 from fedlink.errors import BadInput
-from fedlink.governance.register import Register
-from fedlink.wire import pki
+from fedlink.transparency.register import Register
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,10 +12,10 @@ import numpy as np
 
 import fedlink
 from fedlink.cli import render
-from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.plan import Aggregate, AggregatePlan, GroupKey
-from fedlink.query.results import build_result
-from fedlink.query.tasks import PrivacyLoss
+from fedlink.plan.aggregate import Aggregate, AggregatePlan, GroupKey
+from fedlink.plan.disclosure import DisclosurePolicy
+from fedlink.protocol.results import build_result
+from fedlink.protocol.tasks import PrivacyLoss
 
 # Each would be eaten, restyled or raise MarkupError if Rich read it as markup.
 BRACKETED = ("[[nodes]]", "[tls]", "'.[test]'", "[/x]", "[bold red]", "[link=https://example.org]")

@@ -9,10 +9,10 @@ import pytest
 
 from fedlink.errors import BadInput
 from fedlink.pets.dp import NoiseSpec, add_noise, calibrate, noise_coverage, noise_halfwidth
-from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.plan import Aggregate, AggregatePlan, GroupKey
-from fedlink.query.results import Noise, build_result, combine
-from fedlink.query.tasks import PrivacyLoss
+from fedlink.plan.aggregate import Aggregate, AggregatePlan, GroupKey
+from fedlink.plan.disclosure import DisclosurePolicy
+from fedlink.protocol.results import Noise, build_result, combine
+from fedlink.protocol.tasks import PrivacyLoss
 
 REPS = 2000
 # Coverage over REPS independent releases is Binomial(REPS, p) around the interval's exact coverage p
@@ -124,7 +124,7 @@ def _plan() -> AggregatePlan:
 def _release(plan: AggregatePlan, truth: dict[str, np.ndarray], epsilon: float, noiseless: bool = False):  # type: ignore[no-untyped-def]
     from fedlink.node.config import TableDecl
     from fedlink.node.runtime import sensitivity
-    from fedlink.query.results import PartialAggregates
+    from fedlink.protocol.results import PartialAggregates
 
     table = TableDecl(name="t", source="t.csv", columns=())
     partials = []

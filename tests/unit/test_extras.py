@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import fedlink
-from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.plan import Aggregate, AggregatePlan
-from fedlink.query.results import build_result
-from fedlink.query.tasks import PrivacyLoss
+from fedlink.plan.aggregate import Aggregate, AggregatePlan
+from fedlink.plan.disclosure import DisclosurePolicy
+from fedlink.protocol.results import build_result
+from fedlink.protocol.tasks import PrivacyLoss
 
 
 def _result() -> fedlink.Result:

@@ -12,16 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedlink.coordinator.floor import check_informative
 from fedlink.errors import BadInput, QueryError
-from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
-from fedlink.query.floor import check_informative
-from fedlink.query.formula import plan_model
-from fedlink.query.linked import plan_linked
-from fedlink.query.linked_plan import LinkedPlan
-from fedlink.query.model import ModelPlan
-from fedlink.query.plan import AggregatePlan
-from fedlink.query.sql import MAX_QUERY_CHARS, plan_query
-from fedlink.query.tasks import PrivacyLoss, QueryRequest, declared_loss
+from fedlink.language.linked_query import plan_linked
+from fedlink.language.model_formula import plan_model
+from fedlink.language.sql import MAX_QUERY_CHARS, plan_query
+from fedlink.plan.aggregate import AggregatePlan
+from fedlink.plan.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
+from fedlink.plan.linked_query import LinkedPlan
+from fedlink.plan.model import ModelPlan
+from fedlink.protocol.tasks import PrivacyLoss, QueryRequest, declared_loss
 
 COLUMNS = (
     ColumnInfo(name="first_name", kind="identifier"),

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from fedlink import pki
 from fedlink.errors import AccessDenied
 from fedlink.pets.keyagree import NodeKeyAgreement
-from fedlink.wire import pki
 
 
 def _nodes(tmp_path: Path, names: list[str], ca_dir: str = "pki") -> dict[str, NodeKeyAgreement]:

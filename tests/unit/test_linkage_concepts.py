@@ -332,7 +332,7 @@ def test_fedlink_catalog_warns_about_a_concept_mostly_invalid(tmp_path: Path) ->
 
     import fedlink
     from fedlink.cli import render
-    from fedlink.query.catalogue import FederationCatalogue, NodeStatus
+    from fedlink.plan.catalogue import FederationCatalogue, NodeStatus
 
     data = _node_data(tmp_path, country="uk")
     try:

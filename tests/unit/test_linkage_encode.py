@@ -32,8 +32,8 @@ from fedlink.linkage.normalise import (
     normalise_text,
 )
 from fedlink.linkage.schema import SHIPPED_SCHEMAS, LinkageSchema, load_schema
-from fedlink.synth import synthesize
-from fedlink.synth.recording import RECORDING_STYLES, format_dates
+from fedlink_tools.synth import synthesize
+from fedlink_tools.synth.recording import RECORDING_STYLES, format_dates
 
 SECRET = bytes(range(32))
 PROJECT = "test-project"

@@ -33,7 +33,7 @@ from fedlink.linkage.match import (
 from fedlink.linkage.normalise import IDENTIFIER_COLUMNS, normalise
 from fedlink.linkage.quality import pairwise_quality
 from fedlink.linkage.schema import SHIPPED_SCHEMAS, load_schema
-from fedlink.synth import synthesize
+from fedlink_tools.synth import synthesize
 
 # ---------------------------------------------------------------------------------------------- helpers
 

@@ -27,7 +27,7 @@ from fedlink.linkage.probabilistic import (
 from fedlink.linkage.quality import pairwise_quality
 from fedlink.linkage.run import run_files
 from fedlink.linkage.spec import load_spec, parse_spec
-from fedlink.synth import synthesize
+from fedlink_tools.synth import synthesize
 
 SPEC = load_spec().resolve({"id:nhs_number"})
 KEYS = derive_spec_keys(b"a link secret of 32 bytes.......", "test", SPEC)

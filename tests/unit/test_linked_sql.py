@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from fedlink.errors import BadInput, QueryError
+from fedlink.language.linked_query import is_linked, plan_linked
 from fedlink.pets.chain import MAX_MULTIPLICATIONS, ChainParams
-from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
-from fedlink.query.linked import is_linked, plan_linked
-from fedlink.query.linked_plan import LinkedPlan
-from fedlink.query.plan import Between, BoolOp, Comparison
+from fedlink.plan.aggregate import Between, BoolOp, Comparison
+from fedlink.plan.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
+from fedlink.plan.linked_query import LinkedPlan
 
 IDS = (ColumnInfo(name="record_id", kind="identifier"), ColumnInfo(name="first_name", kind="identifier"))
 PUPILS = TableInfo(

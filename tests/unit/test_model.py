@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from fedlink.errors import QueryError
+from fedlink.language.model_formula import plan_model
 from fedlink.pets import secagg
 from fedlink.pets.dp import add_noise, iteration_noise
-from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
-from fedlink.query.formula import plan_model
-from fedlink.query.model import ModelPlan, accumulate, column_scale, newton_fit, summary
-from fedlink.query.tasks import ModelResult
+from fedlink.plan.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
+from fedlink.plan.model import ModelPlan, accumulate, column_scale, newton_fit, summary
+from fedlink.protocol.tasks import ModelResult
 
 COLUMNS = (
     ColumnInfo(name="y", kind="category", categories=(0, 1)),

@@ -12,12 +12,12 @@ import numpy as np
 
 import fedlink
 from fedlink.cli import render
-from fedlink.demo import SECOND_SHELL_QUERY, second_shell
-from fedlink.linkage.messages import EstimatedCounts, EstimatedPair, EstimatedQuality, LinkageQuality, PairMatch
-from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.plan import Aggregate, AggregatePlan, GroupKey
-from fedlink.query.results import build_result
-from fedlink.query.tasks import PrivacyLoss
+from fedlink.plan.aggregate import Aggregate, AggregatePlan, GroupKey
+from fedlink.plan.disclosure import DisclosurePolicy
+from fedlink.protocol.linkage import EstimatedCounts, EstimatedPair, EstimatedQuality, LinkageQuality, PairMatch
+from fedlink.protocol.results import build_result
+from fedlink.protocol.tasks import PrivacyLoss
+from fedlink_tools.demo import SECOND_SHELL_QUERY, second_shell
 
 NOTE = re.compile(
     r"^(\d+) of (\d+) cells suppressed by disclosure control: their group's noisy count is below 10; "

@@ -18,7 +18,7 @@ from fedlink.linkage.encode import EncodedRecords, derive_keys, encode, match_ke
 from fedlink.linkage.normalise import normalise
 from fedlink.linkage.schema import load_schema
 from fedlink.pets import psi
-from fedlink.synth import synthesize
+from fedlink_tools.synth import synthesize
 
 from .test_linkage_match import departments
 

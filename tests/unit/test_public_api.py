@@ -62,8 +62,8 @@ def _loaded_by(code: str) -> set[str]:
 def test_importing_fedlink_loads_no_operator_demo_or_benchmark_code(code: str) -> None:
     loaded = _loaded_by(code)
     assert "fedlink.analyst.client" in loaded  # the positive control: the analyst's client is there
-    operators = ["fedlink.services", "fedlink.node", "fedlink.coordinator", "fedlink.demo", "fedlink.synth"]
-    tooling = ["fedlink.bench"]
+    operators = ["fedlink.services", "fedlink.node", "fedlink.coordinator", "fedlink_tools.demo", "fedlink_tools.synth"]
+    tooling = ["fedlink_tools.bench"]
     libraries = ["tenseal", "opendp", "flwr"]  # loaded when a query first needs them
     unwanted = operators + tooling + libraries
     assert not {m for m in loaded for u in unwanted if m == u or m.startswith(u + ".")}

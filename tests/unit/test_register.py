@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from fedlink.errors import BadInput, Fault
 from fedlink.governance import Register, RegisterEntry, export_register, read_register, verify_register
-from fedlink.governance.register import GENESIS, canonical, entry_hash, head_path
+from fedlink.transparency.register import GENESIS, canonical, entry_hash, head_path
 
 SCRIPT_QUERY = "SELECT fsm, COUNT(*) FROM pupils WHERE note = '</code><script>alert(\"x\")</script>' GROUP BY fsm"
 PURPOSE = "Does early family support improve attainment at 16?"

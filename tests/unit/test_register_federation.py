@@ -14,7 +14,7 @@ import pytest
 from fedlink.errors import BadInput
 from fedlink.governance import Register, export_register
 from fedlink.governance.federation import cross_check, expected_from_config, verify_federation
-from fedlink.governance.register import GENESIS, canonical, entry_hash, head_path, read_register
+from fedlink.transparency.register import GENESIS, canonical, entry_hash, head_path, read_register
 
 from .test_register import stepping_clock
 

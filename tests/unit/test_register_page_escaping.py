@@ -12,9 +12,9 @@ from pathlib import Path
 
 from fedlink.analyst.result import Result
 from fedlink.governance import Register, export_register
-from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.results import Cell, QueryResult, ResultRow
-from fedlink.query.tasks import PrivacyLoss
+from fedlink.plan.disclosure import DisclosurePolicy
+from fedlink.protocol.results import Cell, QueryResult, ResultRow
+from fedlink.protocol.tasks import PrivacyLoss
 
 from .test_register import stepping_clock
 

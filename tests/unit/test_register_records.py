@@ -12,17 +12,17 @@ from hypothesis import strategies as st
 
 from fedlink.errors import AccessDenied, BudgetExhausted, Fault, QueryError
 from fedlink.governance import Register
-from fedlink.governance.records import (
+from fedlink.language.linked_query import plan_linked
+from fedlink.language.model_formula import plan_model
+from fedlink.language.sql import plan_query
+from fedlink.plan.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
+from fedlink.transparency.records import (
     MAX_RECORDED_QUERY,
     bounded,
     refusal_fields,
     refusals_recorded,
     without_comments,
 )
-from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
-from fedlink.query.formula import plan_model
-from fedlink.query.linked import plan_linked
-from fedlink.query.sql import plan_query
 
 NAME = "Aisha Khan"
 

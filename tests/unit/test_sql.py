@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedlink.errors import QueryError
-from fedlink.query.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
-from fedlink.query.plan import Between, BoolOp, Comparison, InList, IsNull, Not
-from fedlink.query.sql import plan_query
+from fedlink.language.sql import plan_query
+from fedlink.plan.aggregate import Between, BoolOp, Comparison, InList, IsNull, Not
+from fedlink.plan.catalogue import ColumnInfo, FederationCatalogue, NodeCatalogue, NodeStatus, TableInfo
 
 REGIONS = ("North", "South")
 EPISODES = TableInfo(

@@ -20,13 +20,13 @@ from hypothesis import strategies as st
 
 from fedlink.errors import BadInput, ConfigError
 from fedlink.linkage.nicknames import FORMAL_OF, NICKNAMES, formal_names_of
-from fedlink.synth import CorruptionRates, default_corruption, layout, load_corruption_config, synthesize
-from fedlink.synth import departments as dept
-from fedlink.synth.corrupt import dob_typo, typo
-from fedlink.synth.geography import NORTHERN_REGIONS, REGIONS
-from fedlink.synth.layout import NODES, TABLES, TableRef
-from fedlink.synth.names import ORIGINS, strip_accents
-from fedlink.synth.recording import RECORDING_STYLES, RecordingStyle, format_dates
+from fedlink_tools.synth import CorruptionRates, default_corruption, layout, load_corruption_config, synthesize
+from fedlink_tools.synth import departments as dept
+from fedlink_tools.synth.corrupt import dob_typo, typo
+from fedlink_tools.synth.geography import NORTHERN_REGIONS, REGIONS
+from fedlink_tools.synth.layout import NODES, TABLES, TableRef
+from fedlink_tools.synth.names import ORIGINS, strip_accents
+from fedlink_tools.synth.recording import RECORDING_STYLES, RecordingStyle, format_dates
 
 PEOPLE = 3_000
 SEED = 11

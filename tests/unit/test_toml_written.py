@@ -6,8 +6,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from fedlink.demo import write_profile
 from fedlink.flower.analyst import write_flower_config, write_run_config
+from fedlink_tools.demo import write_profile
 
 HOSTILE = "a \"quoted\" C:\\path\\ with\nnewline\ttab # not a comment ’ ü \\u0041 'single'"
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fedlink import pki
 from fedlink.config import expand, load_model, resolve_path
 from fedlink.errors import BadInput, ConfigError
 from fedlink.node.config import NodeConfig, load_node_config
-from fedlink.wire import pki
-from fedlink.wire.transport import CHUNK, MAX_GRPC_MESSAGE, Message, Reassembler, frames
+from fedlink.protocol.transport import CHUNK, MAX_GRPC_MESSAGE, Message, Reassembler, frames
 
 BASE = '[node]\nname = "dfe"\ncoordinator = "x"\n[tls]\ncert="a"\nkey="b"\nca="c"\n[privacy]\nledger="l"\n'
 BASE += 'transparency_register="r"\n'

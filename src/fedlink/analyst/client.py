@@ -21,20 +21,20 @@ from fedlink.analyst.keystore import KeyStore, QueryKeys
 from fedlink.analyst.profile import AnalystProfile, find_profile, load_profile
 from fedlink.analyst.result import Budget, Catalogue, RegisterView, Result
 from fedlink.errors import BadInput, ConfigError, Fault, QueryError
-from fedlink.linkage.messages import LinkCall, LinkMode, LinkReport
+from fedlink.language.linked_query import is_linked, plan_linked
+from fedlink.language.sql import check_name, check_query_text, parse_sql
 from fedlink.pets.chain import MAX_MULTIPLICATIONS, ChainKeys, ChainParams
 from fedlink.pets.he import AnalystKeys, Scheme
 from fedlink.pets.sealed import new_key as new_result_key
 from fedlink.pets.sealed import open_sealed
-from fedlink.query.catalogue import FederationCatalogue
-from fedlink.query.linked import is_linked, plan_linked
-from fedlink.query.model import Family
-from fedlink.query.results import EncryptedResult, LinkedEncryptedResult, QueryResult, build_result, scheme_of
-from fedlink.query.sql import check_name, check_query_text, parse_sql
-from fedlink.query.tasks import BudgetReport, ModelRequest, ModelResult, Pet, QueryRequest, TaskRef, declared_loss
-from fedlink.wire import rpc
-from fedlink.wire.blobs import unpack
-from fedlink.wire.transport import (
+from fedlink.plan.catalogue import FederationCatalogue
+from fedlink.plan.model import Family
+from fedlink.protocol import rpc
+from fedlink.protocol.blobs import unpack
+from fedlink.protocol.linkage import LinkCall, LinkMode, LinkReport
+from fedlink.protocol.results import EncryptedResult, LinkedEncryptedResult, QueryResult, build_result, scheme_of
+from fedlink.protocol.tasks import BudgetReport, ModelRequest, ModelResult, Pet, QueryRequest, TaskRef, declared_loss
+from fedlink.protocol.transport import (
     ANALYST,
     Message,
     TlsFiles,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from fedlink.errors import BadInput, ConfigError
-from fedlink.wire.pki import write_private
+from fedlink.pki import write_private
 
 QueryKind = Literal["query", "linked", "model"]
 _ID = re.compile(r"[0-9a-f]{32}")

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from fedlink.config import ConfigFile, ConfigPath, EnvStr, TlsSection, load_model
 from fedlink.errors import ConfigError
-from fedlink.wire.transport import TlsFiles
+from fedlink.pki import TlsFiles
 
 PROFILE_ENV = "FEDLINK_PROFILE"
 DEFAULT_PROFILE = Path(".fedlink") / "analyst.toml"

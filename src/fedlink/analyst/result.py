@@ -7,10 +7,10 @@ from typing import Any
 
 from fedlink.errors import BadInput
 from fedlink.extras import require
-from fedlink.linkage.messages import LinkageQuality
-from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue
-from fedlink.query.results import QueryResult
-from fedlink.query.tasks import BudgetReport
+from fedlink.plan.catalogue import FederationCatalogue, NodeCatalogue
+from fedlink.protocol.linkage import LinkageQuality
+from fedlink.protocol.results import QueryResult
+from fedlink.protocol.tasks import BudgetReport
 from fedlink.templating import environment
 
 

@@ -158,7 +158,7 @@ def synth(
     ] = None,
 ) -> None:
     """Generate a synthetic population, six departments' tables and a ground-truth file."""
-    from fedlink.synth import load_corruption_config, synthesize
+    from fedlink_tools.synth import load_corruption_config, synthesize
 
     rates = load_corruption_config(corruption) if corruption else None
     summary = synthesize(people, seed, out_dir, rates=rates)
@@ -174,7 +174,7 @@ def pki_init(
     directory: Annotated[Path, typer.Option("--dir", help="Folder for the CA.")] = Path(".fedlink/pki"),
 ) -> None:
     """Create the federation CA."""
-    from fedlink.wire.pki import init_ca
+    from fedlink.pki import init_ca
 
     path = init_ca(directory)
     out.print(f"federation CA written to {path} (keep {directory / 'ca.key'} offline)")
@@ -189,7 +189,7 @@ def pki_issue(
     host: Annotated[list[str] | None, typer.Option(help="Extra DNS name or IP the party serves on.")] = None,
 ) -> None:
     """Issue a certificate signed by the federation CA."""
-    from fedlink.wire.pki import issue
+    from fedlink.pki import issue
 
     issued = issue(directory, role, name, tuple(host or ()))
     out.print(f"issued {issued.identity}: {issued.cert_path} and {issued.key_path}")
@@ -202,7 +202,7 @@ def pki_revoke(
     directory: Annotated[Path, typer.Option("--dir", help="Folder of the CA.")] = Path(".fedlink/pki"),
 ) -> None:
     """Revoke a certificate: the coordinator ends its live sessions within seconds and refuses it after."""
-    from fedlink.wire.pki import revoke
+    from fedlink.pki import revoke
 
     identity = revoke(directory, cert)
     out.print(f"revoked {identity}")
@@ -569,7 +569,7 @@ def register_verify(
     """Check every register's chain and head, that none expected is missing, and that the coordinator's
     and the nodes' registers agree on every query's outcome (exit 1 otherwise)."""
     from fedlink.governance.federation import verify_federation
-    from fedlink.governance.register import find_registers
+    from fedlink.transparency.register import find_registers
 
     report = verify_federation(find_registers(paths), config=config, published=published)
     for party in report.parties:
@@ -599,7 +599,7 @@ def register_export(
 ) -> None:
     """Write the public transparency page (static HTML) and its JSON from the registers."""
     from fedlink.governance.export import export_register
-    from fedlink.governance.register import find_registers
+    from fedlink.transparency.register import find_registers
 
     html_path, json_path = export_register(find_registers(paths), out_dir)
     out.print(f"wrote {html_path} and {json_path}")
@@ -620,7 +620,7 @@ def bench_run(
     ] = None,
 ) -> None:
     """Run the pytest-benchmark suites under benchmarks/ and record the machine with their results."""
-    from fedlink.bench.runner import run as run_benchmarks
+    from fedlink_tools.bench.runner import run as run_benchmarks
 
     progress = _say("bench:") if err.is_terminal else None
     result = run_benchmarks(out_dir, quick=quick, progress=progress, only=tuple(suite or ()))
@@ -647,7 +647,7 @@ def bench_report(
     ),
 ) -> None:
     """Write the benchmark report: machine, overhead ratios, medians and spreads, log-log plots."""
-    from fedlink.bench.report import write_report
+    from fedlink_tools.bench.report import write_report
 
     result = write_report(source or None, report)
     out.print(f"wrote {result.path} ({result.benchmarks} benchmarks) and {len(result.plots)} plot(s)", highlight=False)
@@ -693,9 +693,9 @@ def demo(
     The working folder is never deleted or remade; to start over, choose another --workdir or delete
     it yourself.
     """
-    from fedlink.demo import EXAMPLE_QUERIES, prepare_demo, run_demo, second_shell
     from fedlink.governance.export import export_register
     from fedlink.governance.federation import verify_federation
+    from fedlink_tools.demo import EXAMPLE_QUERIES, prepare_demo, run_demo, second_shell
 
     if prepare_only:
         profile = prepare_demo(
@@ -784,9 +784,9 @@ def scenario(
     seven nodes), runs the scenario and stops it, and also shows the error against the synthetic ground
     truth (demo only).
     """
-    from fedlink.analyst.scenarios import DemoTruth, run_scenario
-    from fedlink.demo import run_demo
     from fedlink.extras import require
+    from fedlink_tools.demo import run_demo
+    from fedlink_tools.scenarios import DemoTruth, run_scenario
 
     require("charts", "fedlink scenario")  # before the demo starts or a query is sent
     say = _say("scenario:") if err.is_terminal else None

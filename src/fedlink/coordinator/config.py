@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from fedlink.config import ConfigFile, ConfigModel, ConfigPath, EnvStr, TlsSection, load_model
-from fedlink.wire.transport import TlsFiles
+from fedlink.pki import TlsFiles
 
 
 class CoordinatorSection(ConfigModel):

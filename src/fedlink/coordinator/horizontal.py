@@ -12,15 +12,17 @@ import json
 import logging
 import time
 
+from fedlink.coordinator.floor import check_informative
 from fedlink.coordinator.journal import Finished, JournalEntry
 from fedlink.coordinator.lifecycle import QueryLifecycle, released_table
 from fedlink.coordinator.projects import ProjectRegistry
 from fedlink.errors import BadInput, Fault
+from fedlink.language.sql import plan_query
 from fedlink.pets.he import PublicContext, Scheme, add, load_public_context
-from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.floor import check_informative
-from fedlink.query.plan import AggregatePlan
-from fedlink.query.results import (
+from fedlink.plan.aggregate import AggregatePlan
+from fedlink.plan.disclosure import DisclosurePolicy
+from fedlink.protocol import rpc
+from fedlink.protocol.results import (
     EncryptedPartial,
     EncryptedResult,
     PartialAggregates,
@@ -28,10 +30,8 @@ from fedlink.query.results import (
     combine,
     scheme_of,
 )
-from fedlink.query.sql import plan_query
-from fedlink.query.tasks import ExecuteTask, QueryRequest, QueryTask
-from fedlink.wire import rpc
-from fedlink.wire.transport import Message
+from fedlink.protocol.tasks import ExecuteTask, QueryRequest, QueryTask
+from fedlink.protocol.transport import Message
 
 log = logging.getLogger("fedlink.coordinator")
 

@@ -33,12 +33,12 @@ from fedlink.coordinator.revocation import raise_if_call_revoked
 from fedlink.coordinator.sessions import NodeRoster, NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, ResultPending
 from fedlink.faults import failpoint
-from fedlink.governance.register import Register
 from fedlink.pets.sealed import seal
-from fedlink.query.results import QueryResult
-from fedlink.query.tasks import ModelRequest, PendingReport, PrivacyLoss, QueryRequest, QueryTask, TaskRef
-from fedlink.wire import rpc
-from fedlink.wire.transport import Message, new_call_id
+from fedlink.protocol import rpc
+from fedlink.protocol.results import QueryResult
+from fedlink.protocol.tasks import ModelRequest, PendingReport, PrivacyLoss, QueryRequest, QueryTask, TaskRef
+from fedlink.protocol.transport import Message, new_call_id
+from fedlink.transparency.register import Register
 
 log = logging.getLogger("fedlink.coordinator")
 

@@ -26,11 +26,20 @@ from pathlib import Path
 import numpy as np
 
 from fedlink.errors import Fault, FedlinkError
+from fedlink.frozen import Frozen
 from fedlink.linkage.cluster import assign_slots, cluster
 from fedlink.linkage.concepts import LOW_VALID_SHARE
 from fedlink.linkage.encode import EncodedRecords
 from fedlink.linkage.estimate import ExpectedCounts, QualityEstimate, estimate_quality
-from fedlink.linkage.messages import (
+from fedlink.linkage.payload import from_bytes, slots_to_bytes
+from fedlink.linkage.probabilistic import FellegiSunter, link_probabilistic
+from fedlink.linkage.spec import LinkageSpec, load_spec
+from fedlink.pets import psi
+from fedlink.pets.dp import add_noise, calibrate
+from fedlink.pets.keyagree import LinkKeyCard
+from fedlink.protocol import rpc
+from fedlink.protocol.blobs import pack, unpack
+from fedlink.protocol.linkage import (
     EncodeAnswer,
     EnvelopeCall,
     Envelopes,
@@ -49,16 +58,7 @@ from fedlink.linkage.messages import (
     SlotsCall,
     SubgroupLabels,
 )
-from fedlink.linkage.payload import from_bytes, slots_to_bytes
-from fedlink.linkage.probabilistic import FellegiSunter, link_probabilistic
-from fedlink.linkage.spec import LinkageSpec, load_spec
-from fedlink.model import Frozen
-from fedlink.pets import psi
-from fedlink.pets.dp import add_noise, calibrate
-from fedlink.pets.keyagree import LinkKeyCard
-from fedlink.wire import rpc
-from fedlink.wire.blobs import pack, unpack
-from fedlink.wire.transport import Message
+from fedlink.protocol.transport import Message
 
 log = logging.getLogger("fedlink.coordinator")
 FanOut = Callable[[dict[str, bytes], str], dict[str, Message | FedlinkError]]

@@ -14,21 +14,21 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from fedlink.coordinator.floor import check_informative
 from fedlink.coordinator.journal import Finished, JournalEntry
 from fedlink.coordinator.lifecycle import QueryLifecycle
 from fedlink.coordinator.linkage import load_spine_meta
 from fedlink.coordinator.projects import ProjectRegistry
 from fedlink.errors import BadInput, Fault, FedlinkError
-from fedlink.linkage.messages import LinkageQuality
+from fedlink.language.linked_query import plan_linked
 from fedlink.pets.chain import MAX_MULTIPLICATIONS, ChainEvaluator, ChainParams
-from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.floor import check_informative
-from fedlink.query.linked import plan_linked
-from fedlink.query.linked_plan import LinkedPlan
-from fedlink.query.results import LinkedEncryptedResult
-from fedlink.query.tasks import LinkedOutput, LinkedStep, QueryRequest, QueryTask
-from fedlink.wire import rpc
-from fedlink.wire.blobs import pack, unpack
+from fedlink.plan.disclosure import DisclosurePolicy
+from fedlink.plan.linked_query import LinkedPlan
+from fedlink.protocol import rpc
+from fedlink.protocol.blobs import pack, unpack
+from fedlink.protocol.linkage import LinkageQuality
+from fedlink.protocol.results import LinkedEncryptedResult
+from fedlink.protocol.tasks import LinkedOutput, LinkedStep, QueryRequest, QueryTask
 
 log = logging.getLogger("fedlink.coordinator")
 #: A chain step over a million people moves and multiplies hundreds of ciphertexts: allow it time.

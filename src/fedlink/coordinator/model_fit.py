@@ -19,20 +19,20 @@ import time
 import numpy as np
 from pydantic import ValidationError
 
+from fedlink.coordinator.floor import check_informative
 from fedlink.coordinator.journal import Finished, JournalEntry
 from fedlink.coordinator.lifecycle import QueryLifecycle
 from fedlink.coordinator.projects import ProjectRegistry
 from fedlink.errors import BadInput, Fault, FedlinkError
+from fedlink.language.model_formula import plan_model
 from fedlink.pets import secagg
 from fedlink.pets.keyagree import LinkKeyCard
-from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.query.floor import check_informative
-from fedlink.query.formula import plan_model
-from fedlink.query.model import ModelPlan, newton_fit, summary
-from fedlink.query.tasks import ModelOutput, ModelRequest, ModelResult, ModelStep, QueryTask
-from fedlink.wire import rpc
-from fedlink.wire.blobs import unpack as unpack_blobs
-from fedlink.wire.transport import Message
+from fedlink.plan.disclosure import DisclosurePolicy
+from fedlink.plan.model import ModelPlan, newton_fit, summary
+from fedlink.protocol import rpc
+from fedlink.protocol.blobs import unpack as unpack_blobs
+from fedlink.protocol.tasks import ModelOutput, ModelRequest, ModelResult, ModelStep, QueryTask
+from fedlink.protocol.transport import Message
 
 log = logging.getLogger("fedlink.coordinator")
 

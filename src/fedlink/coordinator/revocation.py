@@ -24,10 +24,10 @@ from pathlib import Path
 import grpc
 
 from fedlink.errors import AccessDenied, ConfigError, FedlinkError
-from fedlink.governance.register import Register
-from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.pki import Identity, Revocation, revocations, revoked_message
-from fedlink.wire.transport import StreamHandler
+from fedlink.pki import Identity, Revocation, revocations, revoked_message
+from fedlink.protocol.fedlink_pb2 import Frame
+from fedlink.protocol.transport import StreamHandler
+from fedlink.transparency.register import Register
 
 log = logging.getLogger("fedlink.coordinator")
 #: Seconds between two looks at the revocation list.

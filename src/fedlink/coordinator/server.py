@@ -30,16 +30,16 @@ from fedlink.coordinator.projects import load_projects
 from fedlink.coordinator.revocation import RevocationWatch
 from fedlink.coordinator.sessions import NodeRoster, NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError
-from fedlink.governance.records import refusals_recorded
-from fedlink.governance.register import Register
-from fedlink.linkage.messages import LinkCall, LinkMode, LinkReport
-from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue
-from fedlink.query.linked import is_linked
-from fedlink.query.tasks import BudgetLineInfo, BudgetReport, ModelRequest, QueryRequest, TaskRef
-from fedlink.wire import rpc
-from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.pki import Identity
-from fedlink.wire.transport import Message, frames, make_server, messages, peer_identity
+from fedlink.language.linked_query import is_linked
+from fedlink.pki import Identity
+from fedlink.plan.catalogue import FederationCatalogue, NodeCatalogue
+from fedlink.protocol import rpc
+from fedlink.protocol.fedlink_pb2 import Frame
+from fedlink.protocol.linkage import LinkCall, LinkMode, LinkReport
+from fedlink.protocol.tasks import BudgetLineInfo, BudgetReport, ModelRequest, QueryRequest, TaskRef
+from fedlink.protocol.transport import Message, frames, make_server, messages, peer_identity
+from fedlink.transparency.records import refusals_recorded
+from fedlink.transparency.register import Register
 
 log = logging.getLogger("fedlink.coordinator")
 

@@ -13,10 +13,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from fedlink.coordinator.config import RegisteredNode
 from fedlink.coordinator.revocation import raise_if_call_revoked
 from fedlink.errors import FedlinkError, NodeUnavailable, Timeout
-from fedlink.query.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
-from fedlink.wire import rpc
-from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.transport import Message, frames, messages, new_call_id
+from fedlink.plan.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
+from fedlink.protocol import rpc
+from fedlink.protocol.fedlink_pb2 import Frame
+from fedlink.protocol.transport import Message, frames, messages, new_call_id
 
 _CLOSE = object()
 

@@ -19,11 +19,11 @@ from pydantic import ValidationError
 from fedlink.analyst.client import decrypt_result, model_request, schemes_for
 from fedlink.analyst.result import Result
 from fedlink.errors import BadInput, ConfigError, Fault, Timeout, error_from_code
+from fedlink.language.sql import check_query_text
 from fedlink.pets.he import AnalystKeys
-from fedlink.query.model import Family
-from fedlink.query.results import EncryptedResult, QueryResult
-from fedlink.query.sql import check_query_text
-from fedlink.query.tasks import ModelResult, QueryRequest, declared_loss
+from fedlink.plan.model import Family
+from fedlink.protocol.results import EncryptedResult, QueryResult
+from fedlink.protocol.tasks import ModelResult, QueryRequest, declared_loss
 
 #: Flower's telemetry and update checks off, for every Flower process fedlink starts.
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}

@@ -35,14 +35,14 @@ from fedlink.coordinator.config import CoordinatorConfig, RegisteredNode
 from fedlink.coordinator.server import Coordinator
 from fedlink.coordinator.sessions import NodeRoster, NodeSession
 from fedlink.errors import BadInput, ConfigError, Fault, FedlinkError, Timeout, error_from_code
-from fedlink.governance.records import refusals_recorded
 from fedlink.node.agent import answer
 from fedlink.node.config import load_node_config
 from fedlink.node.runtime import RESERVATION_TTL_S, NodeRuntime
-from fedlink.query.catalogue import NodeCatalogue
-from fedlink.query.tasks import ExecuteTask, ModelRequest, ModelStep, QueryRequest, QueryTask
-from fedlink.wire import rpc
-from fedlink.wire import transport as wire
+from fedlink.plan.catalogue import NodeCatalogue
+from fedlink.protocol import rpc
+from fedlink.protocol import transport as wire
+from fedlink.protocol.tasks import ExecuteTask, ModelRequest, ModelStep, QueryRequest, QueryTask
+from fedlink.transparency.records import refusals_recorded
 
 log = logging.getLogger("fedlink.flower")
 CATALOGUE = "catalogue"

@@ -10,7 +10,7 @@ export_register([("coordinator", register.path)], Path("public"))
 from __future__ import annotations
 
 from fedlink.governance.export import export_register
-from fedlink.governance.register import (
+from fedlink.transparency.register import (
     Register,
     RegisterEntry,
     VerifyReport,

@@ -4,7 +4,7 @@
 writes ``index.html`` (self-contained: inline CSS and an inline SVG chart, no script, no external
 address, a Content-Security-Policy that forbids both) and ``register.json`` (every entry of every
 register, with its verify report and head hash). Publishing the head hashes is what lets anyone
-detect a register rewritten later (see :mod:`fedlink.governance.register`).
+detect a register rewritten later (see :mod:`fedlink.transparency.register`).
 
 The page is rendered from Jinja2 templates (``templates/`` beside this module) with autoescaping on,
 so every value from a register (query text, purposes and names are user input) is escaped by the
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from fedlink.errors import BadInput
-from fedlink.governance.register import RegisterEntry, VerifyReport, read_register
 from fedlink.templating import environment
+from fedlink.transparency.register import RegisterEntry, VerifyReport, read_register
 
 FORMAT = "fedlink-register-export/1"
 MARKER = ".fedlink-register-export"

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlink.errors import BadInput
-from fedlink.governance.register import RegisterEntry, read_register
+from fedlink.transparency.register import RegisterEntry, read_register
 
 #: The name the coordinator's section gives it unless configured otherwise.
 DEFAULT_COORDINATOR = "coordinator"

@@ -25,7 +25,7 @@ One-to-one
 Exact links carry score 1.0 and the index of their tier in ``via``; Dice links carry ``FUZZY``.
 
 The default threshold (:data:`DEFAULT_THRESHOLD`, 0.65) was measured on DfE, DWP and NHS of
-:func:`fedlink.synth.synthesize` with the default corruption and the default schema: the best F1
+:func:`fedlink_tools.synth.synthesize` with the default corruption and the default schema: the best F1
 falls from about 0.55-0.6 at 50,000 people (F1 0.992) to 0.65-0.7 at 1,000,000 (F1 0.986), since
 the more people, the more chance look-alikes each record meets; 0.65 is within 0.003 of the best F1
 at every size measured. ``test_quality_by_threshold`` in ``benchmarks/test_bench_match.py`` repeats

@@ -81,9 +81,9 @@ from typing import Any, Final, Literal
 from pydantic import Field, ValidationError
 
 from fedlink.errors import ConfigError
+from fedlink.frozen import Frozen
 from fedlink.linkage.concepts import DERIVED_FIELDS, FIELDS_OF, VALID_FIELD, concepts_of
 from fedlink.linkage.schema import DEFAULT_SCHEMA_PATH, MATCH_KEY_MACS, SCHEMA_VERSION, LinkageSchema, parse_schema
-from fedlink.model import Frozen
 
 DEFAULT_SPEC_PATH: Final = Path(__file__).with_name("default_spec.json")
 SPEC_VERSION: Final = 2

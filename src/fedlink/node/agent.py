@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING
 import grpc
 
 from fedlink.errors import AccessDenied, ConfigError, Fault, FedlinkError
-from fedlink.linkage.messages import (
+from fedlink.node.config import NodeConfig
+from fedlink.node.data import NodeData
+from fedlink.node.runtime import NodeRuntime
+from fedlink.protocol.linkage import (
     EnvelopeCall,
     Envelopes,
     InitiateCall,
@@ -32,17 +35,14 @@ from fedlink.linkage.messages import (
     QualityCall,
     SlotsCall,
 )
-from fedlink.node.config import NodeConfig
-from fedlink.node.data import NodeData
-from fedlink.node.runtime import NodeRuntime
 
 if TYPE_CHECKING:
     from fedlink.node.linkage import LinkRequest
-from fedlink.query.tasks import ExecuteTask, LinkedStep, ModelStep, QueryTask, TaskRef
-from fedlink.wire import rpc
-from fedlink.wire.blobs import pack, unpack
-from fedlink.wire.fedlink_pb2 import Frame
-from fedlink.wire.transport import (
+from fedlink.protocol import rpc
+from fedlink.protocol.blobs import pack, unpack
+from fedlink.protocol.fedlink_pb2 import Frame
+from fedlink.protocol.tasks import ExecuteTask, LinkedStep, ModelStep, QueryTask, TaskRef
+from fedlink.protocol.transport import (
     NODE_SESSION,
     Message,
     connection_error,

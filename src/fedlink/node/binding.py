@@ -28,10 +28,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from fedlink.errors import ConfigError
-from fedlink.governance.register import Register, read_register
-from fedlink.model import Frozen
+from fedlink.frozen import Frozen
 from fedlink.node.config import NodeConfig
-from fedlink.wire.pki import fingerprint, issued_by
+from fedlink.pki import fingerprint, issued_by
+from fedlink.transparency.register import Register, read_register
 
 #: Register entries that only a node with a ledger can have written.
 _BUDGET_KINDS = ("query", "link_quality")

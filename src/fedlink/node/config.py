@@ -12,9 +12,9 @@ from pydantic import Field, field_validator, model_validator
 from fedlink.config import ConfigFile, ConfigModel, ConfigPath, EnvStr, TlsSection, load_model, one_currency
 from fedlink.errors import BadInput
 from fedlink.linkage.concepts import MULTI_COLUMN, ConceptOptions, concept_name
-from fedlink.query.catalogue import ColumnDomain
-from fedlink.query.disclosure import DisclosurePolicy
-from fedlink.wire.transport import TlsFiles
+from fedlink.pki import TlsFiles
+from fedlink.plan.catalogue import ColumnDomain
+from fedlink.plan.disclosure import DisclosurePolicy
 
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -1,4 +1,4 @@
-"""A node's data, wherever it lives (:mod:`fedlink.node.backends`: files through DuckDB, PostgreSQL,
+"""A node's data, wherever it lives (:mod:`fedlink.node.engines.backends`: files through DuckDB, PostgreSQL,
 Spark), and the catalogue it publishes about it."""
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from sqlglot import exp
 
 from fedlink.errors import ConfigError, QueryError
 from fedlink.linkage.concepts import VALID_FIELD, normalise_concepts
-from fedlink.node.backends import Backend, Columns, open_backends
 from fedlink.node.config import ColumnDecl, LinkageMapping, NodeConfig, TableDecl
-from fedlink.node.operators import run_aggregate
-from fedlink.query.catalogue import ColumnDomain, ColumnInfo, LinkageConcept, NodeCatalogue, TableInfo
-from fedlink.query.disclosure import round_count
-from fedlink.query.plan import AggregatePlan
-from fedlink.query.results import PartialAggregates
+from fedlink.node.engines.backends import Backend, Columns, open_backends
+from fedlink.node.engines.operators import run_aggregate
+from fedlink.plan.aggregate import AggregatePlan
+from fedlink.plan.catalogue import ColumnDomain, ColumnInfo, LinkageConcept, NodeCatalogue, TableInfo
+from fedlink.plan.disclosure import round_count
+from fedlink.protocol.results import PartialAggregates
 
 
 def concept_text(columns: Sequence[str]) -> exp.Expr:

@@ -35,14 +35,14 @@ from fedlink.errors import Fault, PolicyRefused
 from fedlink.linkage.concepts import ConceptOptions, normalise_concepts, valid_counts
 from fedlink.linkage.encode import EncodedRecords, TierMessages, concatenate, match_key_rows
 from fedlink.linkage.fields import complete, derive_spec_keys, encode_spec, known_labels, subgroup_codes
-from fedlink.linkage.messages import EncodeAnswer, SubgroupLabels
 from fedlink.linkage.payload import slots_from_bytes, to_bytes
 from fedlink.linkage.spec import SUBGROUPS_BUILT_IN, LinkageSpec, spec_from_text
 from fedlink.node.config import LinkageMapping, NodeConfig, TableDecl
 from fedlink.node.data import NodeData, concept_text
 from fedlink.pets import psi
 from fedlink.pets.keyagree import Envelope, LinkKeyCard, NodeKeyAgreement
-from fedlink.wire.blobs import pack
+from fedlink.protocol.blobs import pack
+from fedlink.protocol.linkage import EncodeAnswer, SubgroupLabels
 
 log = logging.getLogger("fedlink.node")
 #: People per batch out of a backend through normalisation and encoding (bounds the working memory).

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedlink.errors import BadInput, Fault
-from fedlink.wire.blobs import pack, unpack
+from fedlink.protocol.blobs import pack, unpack
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 

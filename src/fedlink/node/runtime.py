@@ -32,27 +32,29 @@ import numpy as np
 
 from fedlink.errors import BadInput, Fault, FedlinkError, PolicyRefused, Timeout
 from fedlink.faults import failpoint
-from fedlink.governance.register import Register
 from fedlink.node.binding import check_state
 from fedlink.node.config import NodeConfig, TableDecl
 from fedlink.node.data import NodeData
 from fedlink.node.ledger import BudgetLedger, Spend
 from fedlink.node.outbox import Outbox, Prepared
+from fedlink.transparency.register import Register
 
 if TYPE_CHECKING:
     from fedlink.node.linkage import NodeLinkage
-from fedlink.linkage.messages import QualityCall
-from fedlink.node.linked import fetch_rows, node_vectors, run_step, validate_linked
-from fedlink.node.operators import model_statistics, validate_model, validate_plan
+from fedlink.node.engines.operators import model_statistics, validate_model, validate_plan
+from fedlink.node.linked_query import fetch_rows, node_vectors, run_step, validate_linked
 from fedlink.pets import secagg
 from fedlink.pets.dp import add_noise, calibrate, iteration_noise
 from fedlink.pets.he import PublicContext, Scheme, encrypt, load_public_context
-from fedlink.query.catalogue import NodeCatalogue
-from fedlink.query.linked_plan import LinkedPlan
-from fedlink.query.model import ModelPlan
-from fedlink.query.plan import AggregatePlan, Component
-from fedlink.query.results import EncryptedPartial, Noise, PartialAggregates, scheme_of
-from fedlink.query.tasks import (
+from fedlink.plan.aggregate import AggregatePlan, Component
+from fedlink.plan.catalogue import NodeCatalogue
+from fedlink.plan.linked_query import LinkedPlan
+from fedlink.plan.model import ModelPlan
+from fedlink.protocol import rpc
+from fedlink.protocol.blobs import pack
+from fedlink.protocol.linkage import QualityCall
+from fedlink.protocol.results import EncryptedPartial, Noise, PartialAggregates, scheme_of
+from fedlink.protocol.tasks import (
     BudgetLineInfo,
     BudgetReport,
     LinkedOutput,
@@ -63,8 +65,6 @@ from fedlink.query.tasks import (
     PendingReport,
     QueryTask,
 )
-from fedlink.wire import rpc
-from fedlink.wire.blobs import pack
 
 log = logging.getLogger("fedlink.node")
 #: A reservation the coordinator neither executes nor aborts within this time is released.
@@ -371,7 +371,7 @@ class NodeRuntime:
         """This node's statistics for one Newton-Raphson iteration of a model: computed on its own rows,
         with Gaussian noise for rho / iterations (unless noiseless), in fixed point under pairwise masks
         with every other node of the plan, so only the sum over all nodes can be read. The answer is a
-        :class:`ModelOutput` header and the masked vector (:func:`fedlink.wire.blobs.pack`).
+        :class:`ModelOutput` header and the masked vector (:func:`fedlink.protocol.blobs.pack`).
 
         The first iteration's statistics are prepared (kept in the outbox, None returned) and leave only
         with the commit of the whole budget (:meth:`commit`); later iterations answer at once. The node

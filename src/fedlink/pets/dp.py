@@ -202,6 +202,6 @@ def noise_coverage(spec: NoiseSpec, nodes: int = 1, level: float = 0.95) -> floa
 
 def iteration_noise(sensitivity: float, iterations: int, rho: float) -> NoiseSpec:
     """The Gaussian noise a node adds to a model's statistics at each of ``iterations`` releases of L2
-    ``sensitivity`` (:meth:`fedlink.query.model.ModelPlan.sensitivity`): ``rho / iterations`` each,
+    ``sensitivity`` (:meth:`fedlink.plan.model.ModelPlan.sensitivity`): ``rho / iterations`` each,
     calibrated and certified by OpenDP."""
     return calibrate(sensitivity, rho=rho / iterations, integer=False)

@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedlink.errors import AccessDenied, Fault
-from fedlink.model import Frozen
-from fedlink.wire.pki import identity_from_pem, write_private
+from fedlink.frozen import Frozen
+from fedlink.pki import identity_from_pem, write_private
 
 SECRET_BYTES = 32
 
