@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -50,9 +51,30 @@ def _pool() -> ProcessPoolExecutor:
     global _POOL
     with _LOCK:
         if _POOL is None:
-            _POOL = ProcessPoolExecutor(max_workers=workers(), mp_context=multiprocessing.get_context("spawn"))
+            _POOL = ProcessPoolExecutor(
+                max_workers=workers(),
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_follow_parent,
+                initargs=(os.getpid(),),
+            )
             atexit.register(_POOL.shutdown, wait=False, cancel_futures=True)
         return _POOL
+
+
+#: How often a worker checks that the process that started it is alive.
+PARENT_CHECK_S = 1.0
+
+
+def _follow_parent(parent: int) -> None:
+    """In each worker: end when the parent process is gone. A node killed outright (SIGKILL, a crash)
+    runs no atexit hook, and its idle workers would otherwise wait on the pool's queue for ever."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="fedlink-pool-parent", daemon=True).start()
 
 
 def _drop(reason: BaseException) -> None:
