@@ -94,7 +94,8 @@ def _expanded(value: Any, info: ValidationInfo, paths: bool) -> Any:
     if not paths:
         return text
     path = Path(text).expanduser()
-    return path if path.is_absolute() else (_source(info).parent / path).resolve()
+    # a string, which pydantic's Path accepts in Python and in JSON mode alike (JSON mode refuses a Path)
+    return str(path if path.is_absolute() else (_source(info).parent / path).resolve())
 
 
 #: A path in a config file: environment references replaced, absolute (relative to the file's folder).

@@ -168,6 +168,7 @@ def test_a_node_retrying_says_why(workdir: Path, tmp_path: Path) -> None:
 _DYING = """
 import sys, threading
 from pathlib import Path
+from fedlink.pki import TlsFiles
 from fedlink.protocol.transport import make_server
 pki = Path(sys.argv[1])
 def handler(inbound, context):

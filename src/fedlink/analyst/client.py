@@ -231,7 +231,7 @@ class Federation:
         >>> [row["employment"] for row in res.rows()]
         ['employed', 'unemployed', 'inactive']
         >>> res.linkage.epsilon, len(res.linkage.pairs), res.privacy_loss["dwp"]["epsilon"]
-        (0.1, 6, 1.0)
+        (1.0, 6, 1.0)
         """
         chosen = project or self.project
         if not chosen:
