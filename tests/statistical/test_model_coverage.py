@@ -135,7 +135,11 @@ def test_95_percent_intervals_cover_the_true_coefficients(
     family: Family, rho: float, iterations: int | None, rows_per_node: int, noise_dominates: bool
 ) -> None:
     result = simulate(family, rho, iterations, rows_per_node, fits=FITS[family], seed=round(rho * 100) + len(family))
-    assert result.withheld == []  # enough rows here for every fit to have an honest interval
+    # Enough rows here for every fit to have an honest interval, save the convergence check's rare
+    # alarms: its threshold is chi-squared's 0.9999 quantile, and a 4-iteration logistic fit is now and
+    # then truly unsettled (1 in 600 seen). More than 1% withheld, or any other reason, is a failure.
+    assert len(result.withheld) <= 0.01 * len(result.covered), result.withheld[:3]
+    assert all("had not converged" in reason for reason in result.withheld), result.withheld[:3]
     coverage = result.covered.mean()
     assert 0.93 <= coverage <= 0.97, f"pooled coverage {coverage:.3f}"
     assert result.covered.mean(axis=0).min() >= 0.91, f"coverage per coefficient {result.covered.mean(axis=0)}"
