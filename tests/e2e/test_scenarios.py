@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from fedlink.coordinator.config import load_coordinator_config
+from fedlink_tools.demo import federation_dir
+
 from .test_cli import cli
 
 pytestmark = pytest.mark.slow
@@ -47,7 +50,8 @@ def test_deprivation(tmp_path: Path) -> None:
     # DP noise (scale 12 at epsilon 0.25) plus linkage error (recall ~0.98): well within 10% here
     assert abs(released["value"] - truth) <= 0.1 * truth
     linkage = report["results"]["unexposed:england:all"]["linkage"]
-    assert linkage["epsilon"] == 0.1 and len(linkage["pairs"]) == 3
+    configured = load_coordinator_config(federation_dir() / "coordinator" / "coordinator.toml")
+    assert linkage["epsilon"] == configured.coordinator.link_quality_epsilon and len(linkage["pairs"]) == 3
 
 
 def test_justice(tmp_path: Path) -> None:
