@@ -23,7 +23,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Self, TypeVar
 
 from pydantic import BeforeValidator, ValidationError, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
@@ -119,6 +119,14 @@ class ConfigFile(ConfigModel):
         if isinstance(data, dict) and "source" not in data and isinstance(info.context, dict):
             return {**data, "source": info.context.get("source", _NO_FILE)}
         return data
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, context: Any | None = None, **kwargs: Any) -> Self:
+        """Validate ``obj``; a dict built in code that names its ``source`` file has its relative paths
+        resolved against that file's folder, as if it had been read from there."""
+        if context is None and isinstance(obj, dict) and obj.get("source") is not None:
+            context = {"source": Path(str(obj["source"]))}
+        return super().model_validate(obj, *args, context=context, **kwargs)
 
     def resolve(self, value: str) -> Path:
         """A path-or-name value (a table's source) as a path relative to this file's folder."""

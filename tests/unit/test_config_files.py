@@ -56,6 +56,26 @@ def test_relative_paths_are_relative_to_the_config_folder_wherever_fedlink_runs(
     assert config.register_path() == Path("/srv/state/register.jsonl")
 
 
+def test_a_config_built_in_code_resolves_against_the_source_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dict that names its ``source`` file (a benchmark's or an embedding program's) resolves its
+    relative paths against that file's folder, not the current folder, as if read from there."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "nodes" / "dfe"
+    config = NodeConfig.model_validate(
+        {
+            "node": {"name": "dfe", "coordinator": "c:1"},
+            "tls": {"cert": "c.crt", "key": "c.key", "ca": "/pki/ca.crt"},
+            "privacy": {"ledger": "state/ledger.sqlite", "transparency_register": "state/register.jsonl"},
+            "tables": [],
+            "source": str(folder / "node.toml"),
+        }
+    )
+    assert config.ledger_path() == folder / "state" / "ledger.sqlite"
+    assert config.tls_files().cert == folder / "c.crt"
+
+
 def test_environment_references_in_paths_and_addresses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDLINK_TEST_HOST", "10.0.0.7")
     monkeypatch.setenv("FEDLINK_TEST_PKI", str(tmp_path / "pki"))
