@@ -39,18 +39,16 @@ def docs(session: nox.Session) -> None:
         session.run("mkdocs", "build", "--strict", "--site-dir", site, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
-#: The test tiers, fastest first: (paths, how xdist shares them out over two workers, or None to run
-#: in one process; measured for coverage). The spec tier's federations are class-scoped
-#: (``loadscope``); integration files start servers per module (``loadfile``). The end-to-end tier runs
-#: in one process and unmeasured: each of its tests already runs a whole federation of processes, so two
-#: at once on two cores gain nothing (613 s on two workers in a fresh clone's CI run, where one process
-#: took 409 s earlier the same day), and coverage's tracing of its many short ``fedlink`` processes adds
-#: time for little gain.
-TIERS: list[tuple[list[str], str | None, bool]] = [
+#: The test tiers, fastest first, each on two xdist workers: (paths, how xdist shares them out, measured
+#: for coverage). The spec tier's federations are class-scoped (``loadscope``); integration and
+#: end-to-end files start servers per module (``loadfile``). Coverage is measured over the tiers that
+#: test the library's code paths; the end-to-end tier runs the ``fedlink`` command as a user does, in
+#: many short processes, where coverage's tracing would cost about a third more time for little gain.
+TIERS: list[tuple[list[str], str, bool]] = [
     (["tests/unit", "tests/statistical"], "load", True),
     (["tests/spec"], "loadscope", True),
     (["tests/integration", "tests/faults"], "loadfile", True),
-    (["tests/e2e"], None, False),
+    (["tests/e2e"], "loadfile", False),
 ]
 
 
@@ -66,8 +64,7 @@ def tests(session: nox.Session) -> None:
         if measured:
             report = ["--cov-report=term"] if i == last_measured else ["--cov-report=", "--cov-fail-under=0"]
             coverage = ["--cov", "--cov-append", *report]
-        workers = ["-n", "2", "--dist", dist] if dist else []
-        session.run("python", "-m", "pytest", *workers, *coverage, *paths, *session.posargs)
+        session.run("python", "-m", "pytest", "-n", "2", "--dist", dist, *coverage, *paths, *session.posargs)
 
 
 @nox.session
