@@ -170,6 +170,10 @@ class TableDecl(ConfigModel):
     person_key: tuple[str, ...] | None = None
     #: Which columns hold which identifier concepts for linkage (``[tables.linkage]``).
     linkage: LinkageMapping | None = None
+    #: The legal gateways under which this dataset may be shared for research (for example "Digital
+    #: Economy Act 2017, Part 5, Chapter 5"); an application claims one of them per dataset.
+    legal_gateways: tuple[str, ...] = ()
+    update_frequency: UpdateFrequency = "unknown"
 
     _name = field_validator("name")(_identifier)
 
@@ -205,6 +209,37 @@ class TableDecl(ConfigModel):
         if self.format:
             return self.format
         return "csv" if self.source.lower().endswith((".csv", ".csv.gz")) else "parquet"
+
+
+#: How often a dataset is refreshed: the words of the EU "frequency" vocabulary that DCAT's
+#: ``accrualPeriodicity`` uses (``http://publications.europa.eu/resource/authority/frequency/``).
+UpdateFrequency = Literal[
+    "daily", "weekly", "monthly", "quarterly", "biannual", "annual", "irregular", "never", "unknown"
+]
+
+#: The teams a project must consult at a node (the checklist's rows): who owns the information asset,
+#: who speaks for data protection, who for ethics, who runs the technical side.
+ContactRole = Literal["information asset owner", "data protection", "ethics", "technical", "other"]
+
+
+class Team(ConfigModel):
+    """One team or person to consult at this node about a project (``[[contacts.teams]]``)."""
+
+    role: ContactRole
+    name: str
+    email: str = ""
+    notes: str = ""
+
+
+class Contacts(ConfigModel):
+    """How to ask this node for its data, published in the catalogue and a project's checklist
+    (``[contacts]``). Public by design: put team inboxes here, never a person's private details."""
+
+    #: The inbox where applicants ask about this node's data.
+    inbox: str = ""
+    #: How to apply: a sentence or an address of the department's own guidance.
+    how_to_apply: str = ""
+    teams: tuple[Team, ...] = ()
 
 
 class NodeSection(ConfigModel):
@@ -266,6 +301,7 @@ class NodeConfig(ConfigFile):
     tls: TlsSection
     privacy: PrivacySection
     approvals: tuple[Approval, ...] = ()
+    contacts: Contacts = Contacts()
     #: Database backends some tables live in, by name (tables without ``backend`` are files).
     backends: dict[str, BackendDecl] = Field(default_factory=dict)
     tables: tuple[TableDecl, ...]
