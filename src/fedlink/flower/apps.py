@@ -22,6 +22,7 @@ import base64
 import gzip
 import json
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,7 @@ class FlowerRoster(NodeRoster):
             for node_id, (kind, body) in calls.items()
         ]
         out: dict[int, wire.Message | FedlinkError] = {}
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout_s):
+        for reply in self._exchange(messages):
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 out[node_id] = Fault(f"Flower could not run a fedlink operator: {reply.error.reason}")
@@ -199,6 +200,25 @@ class FlowerRoster(NodeRoster):
         for node_id in calls:
             out.setdefault(node_id, Timeout(f"a SuperNode did not answer within {self.timeout_s:g} s"))
         return out
+
+    def _exchange(self, messages: list[Message]) -> list[Message]:
+        """Push the messages and pull their replies until all are in or the timeout passes. Flower's
+        ``Grid.send_and_receive`` sleeps 3 s between pulls, and a query or a model fit takes several
+        rounds; polling from 50 ms, backing off to 0.5 s, returns a round about as soon as its last
+        reply lands while keeping the SuperLink's load from an idle wait small."""
+        waiting = set(self.grid.push_messages(messages))
+        deadline = time.monotonic() + self.timeout_s
+        pause = 0.05
+        replies: list[Message] = []
+        while waiting:
+            pulled = list(self.grid.pull_messages(waiting))
+            replies += pulled
+            waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.5)
+        return replies
 
     def call_each(
         self, calls: Mapping[str, tuple[NodeSession, bytes]], kind: str, timeout_s: float | None = None
