@@ -56,11 +56,15 @@ def _rejection(decision: NodeDecision) -> str:
 class ApplicationStore:
     """The applications in ``path``; changes are recorded on ``register`` (when given)."""
 
-    def __init__(self, path: Path, register: Register | None = None, clock: Callable[[], date] = today) -> None:
+    def __init__(self, path: Path, register: Register | None = None, clock: Callable[[], date] | None = None) -> None:
+        """``clock``: today's date (default: the UTC date, looked up at each call)."""
         self.path = path
         self.register = register
         self._clock = clock
         self._lock = threading.Lock()
+
+    def _today(self) -> date:
+        return self._clock() if self._clock is not None else today()
 
     def records(self) -> list[ProjectRecord]:
         try:
@@ -126,7 +130,7 @@ class ApplicationStore:
             identifiers = tuple(concept_name(i) for i in app.identifiers)
         except BadInput as exc:
             raise BadInput(f"`identifiers`: {exc.message}") from None
-        if app.end_date < self._clock():
+        if app.end_date < self._today():
             raise BadInput(f"`end_date` {app.end_date.isoformat()} has passed; give a date ahead")
         approvers = set(app.nodes)
         if app.spine_of is not None:
@@ -218,7 +222,7 @@ class ApplicationStore:
 
     def retire_due(self) -> list[ProjectRecord]:
         """Retire every application whose end date has passed (recorded once each)."""
-        today_ = self._clock()
+        today_ = self._today()
         with self._lock:
             records = self.records()
             retired = []

@@ -209,7 +209,12 @@ class Coordinator:
                     reason = f"its end date {project.end_date.isoformat()} has passed"
                     self.register.append("project_retired", {"project": project.id, "reason": reason})
         if changed:
-            self.projects = load_projects(self.config.projects_path(), self.config.applications_path())
+            self._reload_projects()
+
+    def _reload_projects(self) -> None:
+        """The registry with the applications' current states; newly active projects go on the register."""
+        self.projects = load_projects(self.config.projects_path(), self.config.applications_path())
+        self._register_new_projects()
 
     def apply_project(self, application: ProjectApplication, analyst: str) -> ProjectRecord:
         """Store ``analyst``'s application as pending once every node holding its datasets has checked
@@ -225,6 +230,7 @@ class Coordinator:
 
         registered = {p.id: p for p in self.projects.projects}
         record = self.applications.apply(application, analyst, registered, set(self.registered), check)
+        self._reload_projects()
         self._sync(record.approvers)
         return self.applications.get(record.id) or record
 
@@ -265,14 +271,13 @@ class Coordinator:
             for project, decision in NodeDecisions.model_validate_json(answer.body).decisions.items():
                 if decision.node == node:  # a node speaks for itself only
                     decisions.setdefault(project, {})[node] = decision
-        before = {r.id: r.state for r in records}
+        before = {r.id: r for r in records}
         changed = False
         for project, by_node in decisions.items():
-            if project in before:
-                changed |= self.applications.decided(project, by_node).state != before[project]
+            if project in before:  # a new decision or state changes why a query is refused, too
+                changed |= self.applications.decided(project, by_node) != before[project]
         if changed:
-            self.projects = load_projects(self.config.projects_path(), self.config.applications_path())
-            self._register_new_projects()
+            self._reload_projects()
 
     def _sync_quietly(self, nodes: list[str]) -> None:
         try:

@@ -119,7 +119,7 @@ def check_claims(config: NodeConfig, application: ProjectApplication) -> None:
             declared = "; ".join(table.legal_gateways) or "none"
             raise BadInput(
                 f"dataset {claim.dataset} declares no legal gateway {claim.legal_gateway!r} (it declares: "
-                f"{declared}); claim one of those in `gateways`"
+                f"{declared}); claim one of those in `datasets`"
             )
 
 

@@ -175,9 +175,15 @@ class ProjectRecord(Frozen):
     def decision(self, node: str) -> NodeDecision | None:
         return next((d for d in self.decisions if d.node == node), None)
 
+    def approved_by(self, node: str) -> bool:
+        """Whether ``node`` approved the project (and, when it reuses a link spine, that reuse)."""
+        d = self.decision(node)
+        spine = self.application.spine_of
+        return d is not None and d.decision == "approved" and (spine is None or d.spine_of == spine)
+
     def outstanding(self) -> list[str]:
         """The approvers that have not approved yet."""
-        return [n for n in self.approvers if (d := self.decision(n)) is None or d.decision != "approved"]
+        return [n for n in self.approvers if not self.approved_by(n)]
 
 
 class ProjectRef(Frozen):
