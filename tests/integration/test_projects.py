@@ -212,3 +212,37 @@ def test_a_spine_serves_another_project_only_with_every_nodes_consent(fed: InPro
             with pytest.raises(PolicyRefused, match=r"charity_south' refuses.*may not use the link spine of project"):
                 analyst.query(linked, project="reuse-by-hand", noiseless=True)
     assert analyst.query(linked, project="reuse-by-hand", noiseless=True).raw.rows[0].cells[0].value == reused
+
+
+def test_the_analyst_commands(fed: InProcessFederation, workdir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fedlink.cli.main import app
+
+    pki = workdir / "pki"
+    connection = [
+        "--coordinator", fed.address, "--cert", str(pki / "analyst-demo-analyst.crt"),
+        "--key", str(pki / "analyst-demo-analyst.key"), "--ca", str(pki / "ca.crt"),
+    ]  # fmt: skip
+    runner = CliRunner()
+    applied = runner.invoke(
+        app,
+        [
+            "project", "apply", "--id", "by-cli", "--title", "By the CLI", "--purpose", "One", "--purpose", "Two",
+            "--public-benefit", "Shown", "--dataset", f"charity_north.support_episodes={GATEWAY}",
+            "--output", "Counts", "--end-date", (date.today() + timedelta(days=5)).isoformat(), "--json",
+            *connection,
+        ],
+    )  # fmt: skip
+    assert applied.exit_code == 0, applied.output
+    assert '"state": "pending"' in applied.output and '"approvers": [\n    "charity_north"\n  ]' in applied.output
+    bad = runner.invoke(app, ["project", "apply", "--id", "x", "--title", "t", "--purpose", "p", "--public-benefit",
+                              "b", "--dataset", "charity_north.support_episodes", "--output", "o", "--end-date",
+                              "2099-01-01", *connection])  # fmt: skip
+    assert bad.exit_code == 2 and "must be NODE.TABLE=GATEWAY" in bad.output
+    decide(fed, "charity_north", "by-cli")
+    status = runner.invoke(app, ["project", "status", "by-cli", *connection])
+    assert status.exit_code == 0 and "active" in status.output and "charity_north: approved" in status.output
+    out = tmp_path / "checklist.md"
+    done = runner.invoke(app, ["project", "checklist", "by-cli", "--out", str(out), *connection])
+    assert done.exit_code == 0 and "Checklist for project by\\-cli" in out.read_text(encoding="utf-8")

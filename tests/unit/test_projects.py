@@ -219,3 +219,30 @@ def test_the_register_page_shows_each_step_escaped(tmp_path: Path) -> None:
     for step in ("applied", "decision reported", "activated"):
         assert f"<td>{step}</td>" in page
     assert GATEWAY in page
+
+
+def test_the_node_commands_review_and_decide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from fedlink.cli.main import app
+    from fedlink.node.config import load_node_config
+
+    from ..conftest import ROOT
+
+    monkeypatch.setenv("FEDLINK_STATE", str(tmp_path))  # the demo node.toml keeps its state there
+    monkeypatch.setenv("COLUMNS", "250")
+    path = ROOT / "nodes" / "charity_north" / "node.toml"
+    config = load_node_config(path)
+    assert config.approvals_path() == tmp_path / "charity_north" / "approvals.toml"
+    told(config, pending_record())
+    runner = CliRunner()
+    review = runner.invoke(app, ["project", "review", "--config", str(path)])
+    assert review.exit_code == 0 and "p1: <script>" in review.output and "pending" in review.output
+    approve = runner.invoke(app, ["project", "approve", "p1", "--config", str(path), "--min-cohort", "40"])
+    assert approve.exit_code == 0, approve.output
+    assert load_node_config(path).approval("p1") == Approval(
+        project="p1", rho=2.0, tables=("support_episodes",), linkage_concepts=("first_name", "dob"), min_cohort=40
+    )
+    again = runner.invoke(app, ["project", "reject", "p1", "--config", str(path)])
+    assert again.exit_code == 2 and "error: project 'p1' was already approved at node 'charity_north'" in again.output
+    assert "nothing awaits" in runner.invoke(app, ["project", "review", "--config", str(path)]).output
