@@ -170,11 +170,11 @@ def test_a_project_is_retired_at_its_end_date(
 
 def test_the_checklist_names_contacts_gateways_and_approvals(fed: InProcessFederation, workdir: Path) -> None:
     analyst = connect_analyst(fed.address, workdir)
-    markdown = analyst.checklist("outcomes-a")
+    markdown = render_checklist(analyst.project_status("outcomes-a"))
     assert "data\\-requests@charity\\-north\\.example" in markdown  # the inbox, escaped for Markdown
     assert "| \\[ \\] |" not in markdown and "| [ ] | data protection |" in markdown
     assert f"{GATEWAY[:6]}" in markdown and "first\\_name" in markdown and "approved" in markdown
-    page = analyst.checklist("outcomes-a", "html")
+    page = render_checklist(analyst.project_status("outcomes-a"), "html")
     assert page.count('<article id="node-') == 2 and "dpo@charity-north.example" in page
     record = analyst.project_status("outcomes-b")
     assert "no ethics approval yet" in render_checklist(record, "html")

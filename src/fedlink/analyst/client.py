@@ -353,13 +353,6 @@ class Federation:
             raise BadInput(f"no application '{project}' at this coordinator")
         return found[0]
 
-    def checklist(self, project: str, fmt: str = "md") -> str:
-        """The project's checklist (``md`` or ``html``): each node's contacts and teams to consult, the
-        legal gateway per dataset, the identifiers requested and where each approval stands."""
-        from fedlink.governance.checklist import render_checklist
-
-        return render_checklist(self.project_status(project), fmt)
-
 
 def project_application(**fields: Any) -> ProjectApplication:
     """A :class:`ProjectApplication` from keyword arguments; a bad value is one BadInput naming it."""

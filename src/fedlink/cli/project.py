@@ -156,7 +156,9 @@ def checklist(
 ) -> None:
     """Every participating node's contacts and teams to consult, the legal gateway per dataset, the
     identifiers requested and the state of each approval."""
-    text = _connect(profile, coordinator, cert, key, ca).checklist(project_id, fmt)
+    from fedlink.governance.checklist import render_checklist
+
+    text = render_checklist(_connect(profile, coordinator, cert, key, ca).project_status(project_id), fmt)
     if out_file is None:
         out.file.write(text)
         return
