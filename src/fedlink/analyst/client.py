@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import numpy as np
@@ -32,6 +33,7 @@ from fedlink.plan.model import Family
 from fedlink.protocol import rpc
 from fedlink.protocol.blobs import unpack
 from fedlink.protocol.linkage import LinkCall, LinkMode, LinkReport
+from fedlink.protocol.projects import ProjectApplication, ProjectList, ProjectRecord, ProjectRef
 from fedlink.protocol.results import EncryptedResult, LinkedEncryptedResult, QueryResult, build_result, scheme_of
 from fedlink.protocol.tasks import BudgetReport, ModelRequest, ModelResult, Pet, QueryRequest, TaskRef, declared_loss
 from fedlink.protocol.transport import (
@@ -302,6 +304,64 @@ class Federation:
         """
         reply = self._call(rpc.BUDGET)
         return Budget(BudgetReport.model_validate_json(reply.body))
+
+    # --- projects as a workflow -------------------------------------------------------------------
+    def apply(
+        self,
+        id: str,
+        *,
+        title: str,
+        purposes: Sequence[str],
+        public_benefit: str,
+        datasets: Mapping[str, str],
+        outputs: Sequence[str],
+        end_date: date | str,
+        identifiers: Sequence[str] = (),
+        rho: float = 0.0,
+        analysts: Sequence[str] = (),
+        spine_of: str | None = None,
+    ) -> ProjectRecord:
+        """Apply for a project: ``datasets`` maps each ``node.table`` to the legal gateway claimed for
+        it (one its node declares). Every node named must be connected: each checks its own datasets.
+        The answer is the stored application, pending until every node has approved it."""
+        application = project_application(
+            id=id,
+            title=title,
+            purposes=tuple(purposes),
+            public_benefit=public_benefit,
+            datasets=tuple({"dataset": d, "legal_gateway": g} for d, g in datasets.items()),
+            outputs=tuple(outputs),
+            end_date=end_date,
+            identifiers=tuple(identifiers),
+            rho=rho,
+            analysts=tuple(analysts),
+            spine_of=spine_of,
+        )
+        reply = self._call(rpc.PROJECT_APPLY, application.model_dump_json().encode())
+        return ProjectRecord.model_validate_json(reply.body)
+
+    def projects(self) -> list[ProjectRecord]:
+        """Every project applied for at this coordinator, with its state and each node's decision."""
+        reply = self._call(rpc.PROJECT_STATUS, ProjectRef(project="").model_dump_json().encode())
+        return list(ProjectList.model_validate_json(reply.body).projects)
+
+    def project_status(self, project: str) -> ProjectRecord:
+        """One application's state and each node's decision, as the nodes report it now."""
+        reply = self._call(rpc.PROJECT_STATUS, ProjectRef(project=project).model_dump_json().encode())
+        found = ProjectList.model_validate_json(reply.body).projects
+        if not found:
+            raise BadInput(f"no application '{project}' at this coordinator")
+        return found[0]
+
+
+def project_application(**fields: Any) -> ProjectApplication:
+    """A :class:`ProjectApplication` from keyword arguments; a bad value is one BadInput naming it."""
+    try:
+        return ProjectApplication.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = str(first["loc"][0]) if first["loc"] else "application"
+        raise BadInput(f"`{where}`: {first['msg']}") from None
 
 
 def model_request(

@@ -830,3 +830,9 @@ def run() -> None:
         where = f"`{context.command_path} --help`" if context is not None else "`fedlink --help`"
         err.print(f"error: {str(show()).rstrip('.')}; see {where}", highlight=False, markup=False)
         sys.exit(code)
+
+
+# The `project` group lives in its own module, which builds on the helpers above (imported last for that).
+from fedlink.cli.project import project_app  # noqa: E402
+
+app.add_typer(project_app, name="project")

@@ -57,6 +57,10 @@ class CoordinatorConfig(ConfigFile):
     def register_path(self) -> Path:
         return Path(self.coordinator.transparency_register)
 
+    def applications_path(self) -> Path:
+        """The machine-written store of project applications (``fedlink project apply``), beside the register."""
+        return self.register_path().parent / "applications.toml"
+
     def revoked_path(self) -> Path | None:
         return Path(self.tls.revoked) if self.tls.revoked else None
 

@@ -106,6 +106,7 @@ def finish_horizontal(
         encrypted = _add_encrypted(task, contexts, replies, policy)
         return Finished(rpc.ENCRYPTED_RESULT, encrypted.model_dump_json().encode(), None, task.analyst)
     partials = [PartialAggregates.model_validate_json(m.body) for m in replies if m.kind == rpc.PARTIAL]
+    policy = DisclosurePolicy.strictest([policy, *(p.disclosure for p in partials if p.disclosure is not None)])
     noiseless = _agreed_noiseless(task, [p.noiseless for p in partials], len(replies))
     result = build_result(
         task.plan,
@@ -132,6 +133,7 @@ def _add_encrypted(
 ) -> EncryptedResult:
     assert isinstance(task.plan, AggregatePlan)
     partials = [EncryptedPartial.model_validate_json(m.body) for m in replies if m.kind == rpc.ENCRYPTED_PARTIAL]
+    policy = DisclosurePolicy.strictest([policy, *(p.disclosure for p in partials if p.disclosure is not None)])
     noiseless = _agreed_noiseless(task, [p.noiseless for p in partials], len(replies))
     sums = {c.key: add(contexts[scheme_of(c)], [p.ciphertexts[c.key] for p in partials]) for c in task.plan.components}
     return EncryptedResult(

@@ -59,14 +59,15 @@ def run_linked_query(
         raise BadInput("a linked query needs the analyst's public key for the chain; upgrade the analyst client")
     params = ChainParams.for_chain(plan.multiplications, sums=plan.sums)
     ChainEvaluator(params, request.link_key)  # refuses a key that does not fit the plan, before reserving
-    meta = load_spine_meta(spines, project.id)
+    spine = project.spine_of or project.id  # broader use: a project may run over another's spine
+    meta = load_spine_meta(spines, spine)
     if meta is None:
-        raise BadInput(f"project '{project.id}' has no link spine yet; run `fedlink link --project {project.id}`")
+        raise BadInput(f"project '{spine}' has no link spine yet; run `fedlink link --project {spine}`")
     outside = sorted(set(plan.nodes) - set(meta.nodes))
     if outside:
         raise BadInput(
-            f"the link spine of '{project.id}' does not cover node(s) {', '.join(outside)}; rebuild it with "
-            f"`fedlink link --project {project.id}`"
+            f"the link spine of '{spine}' does not cover node(s) {', '.join(outside)}; rebuild it with "
+            f"`fedlink link --project {spine}`"
         )
     sessions = queries.roster.sessions_for(plan.nodes, "holding a linked table")
     chain = plan.nodes
@@ -81,6 +82,7 @@ def run_linked_query(
         noiseless=request.noiseless,
         pet="he+dp",
         extra_s=step_timeout * len(chain),
+        spine_of=project.spine_of,
     )
     policy = DisclosurePolicy.strictest(sessions[n].catalogue.disclosure for n in chain)
     extra = {

@@ -5,13 +5,18 @@ budget it asks of each, and its linkage spec (``linkage_spec``: ``"default"`` fo
 a spec file relative to ``projects.toml``; :mod:`fedlink.linkage.spec`). Registration here is
 necessary, not sufficient: every node approves projects in its own config, caps their budgets and
 chooses which identifier concepts it encodes for them; the node is the final authority.
+
+Projects applied for with ``fedlink project apply`` (:mod:`fedlink.coordinator.applications`) join the
+registry once every node they need has approved them; until then, and after their end date, asking
+for them is refused with the reason.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from fedlink.config import ConfigFile, ConfigModel, load_model, one_currency
 from fedlink.errors import AccessDenied, BadInput, ConfigError, PolicyRefused
@@ -29,6 +34,10 @@ class Project(ConfigModel):
     rho: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     #: "default" (the shipped linkage spec) or a spec file, relative to projects.toml.
     linkage_spec: str = "default"
+    #: The last day the project may run; after it the project is retired and its queries refused.
+    end_date: date | None = None
+    #: The project whose link spine this one reuses (broader use; every node of that spine consents).
+    spine_of: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -45,8 +54,14 @@ class Project(ConfigModel):
             )
 
 
+def today() -> date:
+    return datetime.now(UTC).date()
+
+
 class ProjectRegistry(ConfigFile):
     projects: tuple[Project, ...] = ()
+    #: Applications not (or no longer) active, by id: why asking for them is refused.
+    _closed: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique(self) -> ProjectRegistry:
@@ -58,11 +73,27 @@ class ProjectRegistry(ConfigFile):
     def get(self, project: str | None) -> Project:
         if not project:
             raise BadInput("every query belongs to a project: pass `project=P` (or set project in your profile)")
+        if project in self._closed:
+            raise PolicyRefused(self._closed[project])
         found = next((p for p in self.projects if p.id == project), None)
+        if found is not None and found.end_date is not None and today() > found.end_date:
+            raise PolicyRefused(
+                f"project '{project}' ended on {found.end_date.isoformat()} and is retired; its queries are refused"
+            )
         if found is None:
             known = ", ".join(p.id for p in self.projects) or "none"
             raise BadInput(f"unknown project '{project}'; registered projects: {known}")
         return found
+
+    def with_applications(self, active: tuple[Project, ...], closed: dict[str, str]) -> ProjectRegistry:
+        """This registry plus the active applications, refusing the others with their reasons."""
+        registry = self.model_copy(update={"projects": (*self.projects, *active)})
+        registry.refuse(closed)
+        return registry
+
+    def refuse(self, closed: dict[str, str]) -> None:
+        """Refuse asking for each project in ``closed`` with its reason (applications not active)."""
+        self._closed = dict(closed)
 
     def of_analyst(self, analyst: str) -> list[Project]:
         return [p for p in self.projects if analyst in p.analysts]
@@ -77,9 +108,15 @@ class ProjectRegistry(ConfigFile):
             raise ConfigError(f"project '{project.id}': {exc.message} (linkage_spec in {self.source})") from exc
 
 
-def load_projects(path: Path) -> ProjectRegistry:
-    """The registry in ``path``; every project's linkage spec is read once, so a bad one fails here."""
+def load_projects(path: Path, applications: Path | None = None) -> ProjectRegistry:
+    """The registry in ``path``, with the active projects of the application store ``applications``;
+    every project's linkage spec is read once, so a bad one fails here."""
     registry = load_model(path, ProjectRegistry, "projects")
+    if applications is not None:
+        from fedlink.coordinator.applications import ApplicationStore  # it builds on this module
+
+        active, closed = ApplicationStore(applications).projects()
+        registry = registry.with_applications(active, closed)
     for project in registry.projects:
         registry.spec(project)
     return registry

@@ -22,11 +22,12 @@ from pathlib import Path
 import grpc
 from pydantic import ValidationError
 
+from fedlink.coordinator.applications import ApplicationStore
 from fedlink.coordinator.config import CoordinatorConfig
 from fedlink.coordinator.horizontal import finish_horizontal, run_query
 from fedlink.coordinator.journal import Finished, JournalEntry, QueryJournal
 from fedlink.coordinator.lifecycle import QueryLifecycle
-from fedlink.coordinator.projects import load_projects
+from fedlink.coordinator.projects import load_projects, today
 from fedlink.coordinator.revocation import RevocationWatch
 from fedlink.coordinator.sessions import NodeRoster, NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError
@@ -36,6 +37,14 @@ from fedlink.plan.catalogue import FederationCatalogue, NodeCatalogue
 from fedlink.protocol import rpc
 from fedlink.protocol.fedlink_pb2 import Frame
 from fedlink.protocol.linkage import LinkCall, LinkMode, LinkReport
+from fedlink.protocol.projects import (
+    NodeDecision,
+    NodeDecisions,
+    ProjectApplication,
+    ProjectList,
+    ProjectRecord,
+    ProjectRef,
+)
 from fedlink.protocol.tasks import BudgetLineInfo, BudgetReport, ModelRequest, QueryRequest, TaskRef
 from fedlink.protocol.transport import Message, frames, make_server, messages, peer_identity
 from fedlink.transparency.records import refusals_recorded
@@ -66,8 +75,10 @@ class Coordinator:
         timeout = config.coordinator.query_timeout_s
         self.roster = roster or NodeRoster(config.nodes, lambda: self.revocations.refresh(), timeout)
         self.registered = self.roster.registered
-        self.projects = load_projects(config.projects_path())
         self.register = Register(config.register_path(), config.coordinator.name)
+        self.applications = ApplicationStore(config.applications_path(), self.register)
+        self.applications.retire_due()
+        self.projects = load_projects(config.projects_path(), config.applications_path())
         self._register_projects()
         self.queries = QueryLifecycle(
             self.roster,
@@ -88,11 +99,9 @@ class Coordinator:
         entries = self.register.entries()
         self._joined = {str(e.fields.get("node")) for e in entries if e.kind == "node_joined"}
         self.register.append("startup", {"nodes": sorted(self.registered)})
-        seen = {json.dumps(e.fields, sort_keys=True) for e in entries if e.kind == "project"}
-        for project in self.projects.projects:
-            fields = project.model_dump(mode="json")
-            if json.dumps(fields, sort_keys=True) not in seen:
-                self.register.append("project", fields)
+        self._register_new_projects()
+        self._retired = {str(e.fields.get("project")) for e in entries if e.kind == "project_retired"}
+        self._retire_due()
         if self.config.coordinator.test_mode:
             log.warning("TEST MODE: noiseless queries are possible where nodes allow them; never use with real data")
             self.register.append("test_mode", {"enabled": True})
@@ -183,10 +192,106 @@ class Coordinator:
         session.send(Message(hello.call_id, rpc.WELCOME, b""))
         settle = threading.Thread(target=self.queries.settle, args=(session,), daemon=True, name="pending")
         settle.start()
+        threading.Thread(target=self._sync_quietly, args=([session.name],), daemon=True, name="projects").start()
         yield from session.outbound_frames()
         if session.revoked is not None:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, session.revoked)
         log.info("node '%s' disconnected", session.name)
+
+    # --- projects as a workflow (:mod:`fedlink.coordinator.applications`) ---------------------------
+    def _retire_due(self) -> None:
+        """Retire applications and registered projects whose end date has passed (recorded once each)."""
+        changed = bool(self.applications.retire_due())
+        for project in self.projects.projects:
+            if project.end_date is not None and today() > project.end_date and project.id not in self._retired:
+                self._retired.add(project.id)
+                if self.applications.get(project.id) is None:  # an application's retirement is recorded already
+                    reason = f"its end date {project.end_date.isoformat()} has passed"
+                    self.register.append("project_retired", {"project": project.id, "reason": reason})
+        if changed:
+            self._reload_projects()
+
+    def _reload_projects(self) -> None:
+        """The registry with the applications' current states; newly active projects go on the register."""
+        self.projects = load_projects(self.config.projects_path(), self.config.applications_path())
+        self._register_new_projects()
+
+    def apply_project(self, application: ProjectApplication, analyst: str) -> ProjectRecord:
+        """Store ``analyst``'s application as pending once every node holding its datasets has checked
+        its claims (those nodes must be connected), and send it to them for their decision."""
+
+        def check(record: ProjectRecord) -> None:
+            nodes = record.application.nodes
+            live = self.roster.sessions_for(nodes, f"named by project '{record.id}'")
+            body = record.model_dump_json().encode()
+            for answer in self.roster.fan_out(live, rpc.PROJECT_CHECK, body).values():
+                if isinstance(answer, FedlinkError):
+                    raise answer
+
+        registered = {p.id: p for p in self.projects.projects}
+        record = self.applications.apply(application, analyst, registered, set(self.registered), check)
+        self._reload_projects()
+        self._sync(record.approvers)
+        return self.applications.get(record.id) or record
+
+    def project_status(self, project: str = "") -> ProjectList:
+        """Every application (or ``project``'s), after asking its live approvers for their decisions."""
+        records = self.applications.records()
+        if project:
+            records = [r for r in records if r.id == project]
+            if not records:
+                raise BadInput(f"no application '{project}' at this coordinator; see `fedlink project status`")
+        self._sync({n for r in records for n in r.approvers})
+        wanted = {r.id for r in records}
+        return ProjectList(projects=tuple(r for r in self.applications.records() if r.id in wanted))
+
+    def _refresh_project(self, project: str | None) -> None:
+        """Before a query: retire what is due, and ask a pending application's approvers again."""
+        self._retire_due()
+        record = self.applications.get(project) if project else None
+        if record is not None and record.state == "pending":
+            self._sync(record.approvers)
+
+    def _sync(self, nodes: set[str] | list[str] | tuple[str, ...]) -> None:
+        """Send each live node of ``nodes`` the applications naming it, take its decisions, move the
+        applications on (activate, reject) and reload the registry if any changed state."""
+        self._retire_due()
+        records = self.applications.records()
+        live = self.roster.live([n for n in nodes if n in self.registered])
+        calls = {
+            node: (session, ProjectList(projects=tuple(r for r in records if node in r.approvers)))
+            for node, session in live.items()
+        }
+        decisions: dict[str, dict[str, NodeDecision]] = {}
+        bodies = {node: (session, listed.model_dump_json().encode()) for node, (session, listed) in calls.items()}
+        for node, answer in self.roster.call_each(bodies, rpc.PROJECT_SYNC).items():
+            if isinstance(answer, FedlinkError):
+                log.warning("node '%s' did not report its project decisions: %s", node, answer.message)
+                continue
+            for project, decision in NodeDecisions.model_validate_json(answer.body).decisions.items():
+                if decision.node == node:  # a node speaks for itself only
+                    decisions.setdefault(project, {})[node] = decision
+        before = {r.id: r for r in records}
+        changed = False
+        for project, by_node in decisions.items():
+            if project in before:  # a new decision or state changes why a query is refused, too
+                changed |= self.applications.decided(project, by_node) != before[project]
+        if changed:
+            self._reload_projects()
+
+    def _sync_quietly(self, nodes: list[str]) -> None:
+        try:
+            self._sync(nodes)
+        except FedlinkError as exc:
+            log.warning("could not ask %s about projects: %s", ", ".join(nodes), exc.message)
+
+    def _register_new_projects(self) -> None:
+        """Record every project of the registry not yet on the register as it is now (once per version)."""
+        seen = {json.dumps(e.fields, sort_keys=True) for e in self.register.entries() if e.kind == "project"}
+        for project in self.projects.projects:
+            fields = project.model_dump(mode="json", exclude_none=True)
+            if json.dumps(fields, sort_keys=True) not in seen:
+                self.register.append("project", fields)
 
     # --- analysts ---------------------------------------------------------------------------------
     def catalogue(self) -> FederationCatalogue:
@@ -201,6 +306,7 @@ class Coordinator:
     ) -> LinkReport:
         """Build the project's link spine across the nodes that hold its datasets (``mode``: a shared
         link secret, or ECDH PSI with no shared secret)."""
+        self._refresh_project(project_id)
         project = self.projects.get(project_id)
         project.check(analyst, [])
         nodes = sorted({dataset.split(".", 1)[0] for dataset in project.datasets})
@@ -267,18 +373,21 @@ class Coordinator:
 
     def run_query(self, request: QueryRequest, analyst: str = "analyst") -> tuple[str, bytes]:
         """Run a horizontal query (:mod:`fedlink.coordinator.horizontal`); returns the reply kind and body."""
+        self._refresh_project(request.project)
         return run_query(self.queries, self.projects, request, analyst)
 
     def run_linked_query(self, request: QueryRequest, analyst: str) -> tuple[str, bytes]:
         """Run a LINK query (:mod:`fedlink.coordinator.linked_query`); returns the reply kind and body."""
         from fedlink.coordinator.linked_query import run_linked_query  # the chain's HE stack loads on first use
 
+        self._refresh_project(request.project)
         return run_linked_query(self.queries, self.projects, self.spines_path(), request, analyst)
 
     def fit_model(self, request: ModelRequest, analyst: str) -> tuple[str, bytes]:
         """Fit a federated model (:mod:`fedlink.coordinator.model_fit`); returns the reply kind and body."""
         from fedlink.coordinator.model_fit import fit_model
 
+        self._refresh_project(request.project)
         return fit_model(self.queries, self.projects, request, analyst)
 
     def public_register(self) -> bytes:
@@ -352,6 +461,12 @@ class Coordinator:
             return Message(request.call_id, kind, body)
         if request.kind == rpc.BUDGET:
             return Message(request.call_id, rpc.RESULT, self.budget(analyst).model_dump_json().encode())
+        if request.kind == rpc.PROJECT_APPLY:
+            record = self.apply_project(ProjectApplication.model_validate_json(request.body), analyst)
+            return Message(request.call_id, rpc.RESULT, record.model_dump_json().encode())
+        if request.kind == rpc.PROJECT_STATUS:
+            found = self.project_status(ProjectRef.model_validate_json(request.body).project)
+            return Message(request.call_id, rpc.RESULT, found.model_dump_json().encode())
         if request.kind == rpc.REGISTER:
             return Message(request.call_id, rpc.RESULT, self.public_register())
         raise BadInput(f"unknown request '{request.kind}'; upgrade the analyst client")

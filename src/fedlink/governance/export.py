@@ -154,6 +154,7 @@ def _page(parties: list[_Party], title: str, generated: str) -> str:
         generated=generated,
         parties=parties,
         projects=_projects(parties),
+        workflow=_workflow(parties),
         datasets=_datasets(parties),
         spending=_privacy_loss(own, others),
         chart=_chart(_series(own, others)),
@@ -189,6 +190,60 @@ def _projects(parties: list[_Party]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+#: The steps of a project's life (``fedlink project ...``), by register entry kind: what the page calls them.
+_WORKFLOW = {
+    "project_applied": "applied",
+    "project_approved": "approved by the node",
+    "project_decision": "decision reported",
+    "project_activated": "activated",
+    "project_rejected": "rejected",
+    "project_retired": "retired",
+    "spine_reuse": "link spine reuse approved",
+}
+#: The state a coordinator's step leaves a project in.
+_STATES = {"project_applied": "pending", "project_activated": "active", "project_rejected": "rejected"}
+
+
+def _workflow(parties: list[_Party]) -> list[dict[str, Any]]:
+    """Each applied-for project with every recorded step of its life (application, each node's decision,
+    activation, rejection, retirement, spine reuse) in time order, and the state they leave it in."""
+    found: dict[str, dict[str, Any]] = {}
+    for p in parties:
+        for entry in p.entries:
+            if entry.kind not in _WORKFLOW:
+                continue
+            key = str(entry.fields.get("project", ""))
+            project = found.setdefault(key, {"id": key, "title": "", "state": "", "applied": None, "steps": []})
+            if entry.kind == "project_applied":
+                project["title"] = str(entry.fields.get("title", ""))
+                project["applied"] = {
+                    "purposes": _strings(entry.fields.get("purposes")),
+                    "public_benefit": str(entry.fields.get("public_benefit", "")),
+                    "datasets": sorted((str(k), str(v)) for k, v in dict(entry.fields.get("datasets") or {}).items()),
+                    "identifiers": _strings(entry.fields.get("identifiers")),
+                    "outputs": _strings(entry.fields.get("outputs")),
+                    "end_date": str(entry.fields.get("end_date", "")),
+                }
+            details = [(k, _cell(v)) for k, v in sorted(entry.fields.items()) if k not in ("project", "title")]
+            project["steps"].append(
+                {
+                    "time": _time(entry),
+                    "party": p.party,
+                    "step": _WORKFLOW[entry.kind],
+                    "kind": entry.kind,
+                    "details": details,
+                }
+            )
+    for project in found.values():
+        project["steps"].sort(key=lambda step: step["time"].recorded)
+        for step in project["steps"]:
+            if step["kind"] == "project_retired":
+                project["state"] = "retired"
+            elif step["kind"] in _STATES and project["state"] != "retired":
+                project["state"] = _STATES[step["kind"]]
+    return [found[key] for key in sorted(found)]
 
 
 def _datasets(parties: list[_Party]) -> list[tuple[str, list[str]]]:
@@ -432,7 +487,7 @@ def _events(parties: list[_Party]) -> list[dict[str, Any]]:
         }
         for p in parties
         for entry in p.entries
-        if entry.kind not in ("project", "query")
+        if entry.kind not in ("project", "query") and entry.kind not in _WORKFLOW
     ]
 
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 from fedlink.protocol import rpc
 from fedlink.protocol.blobs import pack, unpack
 from fedlink.protocol.fedlink_pb2 import Frame
+from fedlink.protocol.projects import ProjectList, ProjectRecord
 from fedlink.protocol.tasks import ExecuteTask, LinkedStep, ModelStep, QueryTask, TaskRef
 from fedlink.protocol.transport import (
     NODE_SESSION,
@@ -149,6 +150,16 @@ def _linked_step(runtime: NodeRuntime, message: Message) -> Message:
     return Message(message.call_id, rpc.RESULT, pack(output.model_dump_json().encode(), out_blobs))
 
 
+def _projects(runtime: NodeRuntime, message: Message) -> Message:
+    from fedlink.node import approvals
+
+    if message.kind == rpc.PROJECT_CHECK:
+        approvals.check_claims(runtime.config, ProjectRecord.model_validate_json(message.body).application)
+        return Message(message.call_id, rpc.ACK, b"")
+    decisions = approvals.sync(runtime.config, ProjectList.model_validate_json(message.body))
+    return Message(message.call_id, rpc.RESULT, decisions.model_dump_json().encode())
+
+
 LINK_HANDLERS: dict[str, Callable[[NodeRuntime, Message], Message]] = {
     rpc.LINK_QUALITY: _link_quality,
     rpc.LINKED_STEP: _linked_step,
@@ -192,6 +203,8 @@ def answer(runtime: NodeRuntime, message: Message) -> Message:
         return LINK_HANDLERS[message.kind](runtime, message)
     if message.kind == rpc.BUDGET:
         return Message(message.call_id, rpc.RESULT, runtime.budget().model_dump_json().encode())
+    if message.kind in (rpc.PROJECT_CHECK, rpc.PROJECT_SYNC):
+        return _projects(runtime, message)
     raise Fault(f"node '{runtime.name}' does not run operator '{message.kind}'")
 
 

@@ -277,6 +277,12 @@ class Approval(ConfigModel):
         except BadInput as exc:
             raise ValueError(exc.message) from None
 
+    #: Minimum cohort for this project: a horizontal query whose noisy count of this node's people is
+    #: below it is answered with every cell suppressed (stricter than ``[privacy.disclosure]`` only).
+    min_cohort: int | None = Field(default=None, ge=0)
+    #: The project whose link spine this project may reuse (broader use): this node's consent to it.
+    spine_of: str | None = None
+
     @model_validator(mode="before")
     @classmethod
     def _one_currency(cls, data: object) -> object:
@@ -353,8 +359,19 @@ class NodeConfig(ConfigFile):
     def register_path(self) -> Path:
         return Path(self.privacy.transparency_register)
 
+    def approvals_path(self) -> Path:
+        """The node's machine-written decisions (``fedlink project approve|reject``), beside its ledger."""
+        return self.ledger_path().with_name("approvals.toml")
+
+    def all_approvals(self) -> tuple[Approval, ...]:
+        """The approvals in this file, then those decided with ``fedlink project approve`` (read afresh
+        when that store changes, so a running node honours a decision at once)."""
+        from fedlink.node.approvals import decided_approvals  # the store's module imports this one
+
+        return (*self.approvals, *decided_approvals(self.approvals_path(), {a.project for a in self.approvals}))
+
     def approval(self, project: str) -> Approval | None:
-        return next((a for a in self.approvals if a.project == project), None)
+        return next((a for a in self.all_approvals() if a.project == project), None)
 
 
 def load_node_config(path: Path) -> NodeConfig:

@@ -169,7 +169,7 @@ class NodeData:
             description=self.config.node.description,
             tables=tuple(tables),
             disclosure=self.config.privacy.disclosure,
-            projects=tuple(a.project for a in self.config.approvals),
+            projects=tuple(a.project for a in self.config.all_approvals()),
         )
 
     def aggregate(self, plan: AggregatePlan) -> PartialAggregates:

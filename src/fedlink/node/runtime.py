@@ -48,6 +48,7 @@ from fedlink.pets.dp import add_noise, calibrate, iteration_noise
 from fedlink.pets.he import PublicContext, Scheme, encrypt, load_public_context
 from fedlink.plan.aggregate import AggregatePlan, Component
 from fedlink.plan.catalogue import NodeCatalogue
+from fedlink.plan.disclosure import DisclosurePolicy
 from fedlink.plan.linked_query import LinkedPlan
 from fedlink.plan.model import ModelPlan
 from fedlink.protocol import rpc
@@ -106,7 +107,7 @@ class NodeRuntime:
             "startup",
             {
                 "tables": sorted(self.data.tables),
-                "approved_projects": [a.project for a in config.approvals],
+                "approved_projects": [a.project for a in config.all_approvals()],
                 "allow_test_mode": config.privacy.allow_test_mode,
             },
         )
@@ -175,10 +176,18 @@ class NodeRuntime:
             raise PolicyRefused(f"node '{self.name}' refuses: it does not allow noiseless test mode")
         if task.loss.is_zero and not task.noiseless:
             raise BadInput("a query must declare its privacy loss: `epsilon=E` or `rho=R`")
-        if isinstance(plan, LinkedPlan) and self.linkage.spine_id(task.project) is None:
+        # broader use: a project runs over another's spine only where the node consented to that reuse
+        # in its approval and approves the spine's own project
+        reused = isinstance(plan, LinkedPlan) and task.spine_of is not None
+        if reused and (approval.spine_of != task.spine_of or self.config.approval(task.spine_project) is None):
             raise PolicyRefused(
-                f"node '{self.name}' holds no link spine for project '{task.project}'; run `fedlink link --project "
-                f"{task.project}`"
+                f"node '{self.name}' refuses: project '{task.project}' may not use the link spine of project "
+                f"'{task.spine_of}'; this node has not approved that reuse"
+            )
+        if isinstance(plan, LinkedPlan) and self.linkage.spine_id(task.spine_project) is None:
+            raise PolicyRefused(
+                f"node '{self.name}' holds no link spine for project '{task.spine_project}'; run `fedlink link "
+                f"--project {task.spine_project}`"
             )
         return tables
 
@@ -237,12 +246,12 @@ class NodeRuntime:
 
     def _fetch_linked(self, task: QueryTask) -> list[dict[str, np.ndarray]]:
         assert isinstance(task.plan, LinkedPlan)
-        spine_id = self.linkage.spine_id(task.project)
+        spine_id = self.linkage.spine_id(task.spine_project)
         if spine_id is None:
-            raise Fault(f"node '{self.name}' lost its link spine for '{task.project}'; run `fedlink link` again")
-        records, slots = self.linkage.slots(task.project)
+            raise Fault(f"node '{self.name}' lost its link spine for '{task.spine_project}'; run `fedlink link` again")
+        records, slots = self.linkage.slots(task.spine_project)
         tables = [self.data.tables[s.table] for s in task.plan.sources_at(self.name)]
-        link = self.data.link_table(task.project, spine_id, tables, records, slots)
+        link = self.data.link_table(task.spine_project, spine_id, tables, records, slots)
         return fetch_rows(task.plan, self.name, self.data, link)
 
     def _drop_prepared(self, query_id: str) -> Future[list[dict[str, np.ndarray]]] | None:
@@ -349,11 +358,11 @@ class NodeRuntime:
             plan = task.plan
             if not isinstance(plan, LinkedPlan):
                 raise BadInput("a linked step arrived for a query that is not linked")
-            held = self.linkage.spine_id(task.project)
+            held = self.linkage.spine_id(task.spine_project)
             if held != step.spine_id:
                 raise Fault(
-                    f"node '{self.name}' holds slots of another link spine for '{task.project}'; rebuild it with "
-                    f"`fedlink link --project {task.project}`"
+                    f"node '{self.name}' holds slots of another link spine for '{task.spine_project}'; rebuild it "
+                    f"with `fedlink link --project {task.spine_project}`"
                 )
             vectors = node_vectors(plan, self.name, prepared.result(), step.spine_size)
             output, out_blobs = run_step(plan, self.name, step, vectors, blobs, task.loss, task.noiseless)
@@ -461,8 +470,9 @@ class NodeRuntime:
         assert isinstance(task.plan, AggregatePlan)
         table = self.data.tables[task.plan.table]
         exact = self.data.aggregate(task.plan)
+        disclosure = self._project_disclosure(task.project)
         if task.noiseless:
-            return exact.model_copy(update={"noiseless": True})
+            return exact.model_copy(update={"noiseless": True, "disclosure": disclosure})
         components = task.plan.components
         share = 1.0 / len(components)  # sequential composition over the components
         vectors: dict[str, tuple[float, ...]] = {}
@@ -477,7 +487,16 @@ class NodeRuntime:
             noisy = add_noise(np.asarray(exact.vectors[component.key]), spec)
             vectors[component.key] = tuple(noisy.tolist())
             noise[component.key] = Noise(mechanism=spec.mechanism, scale=spec.scale, integer=spec.integer)
-        return PartialAggregates(node=self.name, vectors=vectors, noise=noise)
+        return PartialAggregates(node=self.name, vectors=vectors, noise=noise, disclosure=disclosure)
+
+    def _project_disclosure(self, project: str) -> DisclosurePolicy | None:
+        """This node's disclosure policy for ``project`` when its approval is stricter than the node's own
+        (a minimum cohort): it travels with the node's answer, and the strictest policy applies."""
+        approval = self.config.approval(project)
+        policy = self.config.privacy.disclosure
+        if approval is None or approval.min_cohort is None or approval.min_cohort <= policy.min_cohort:
+            return None
+        return policy.model_copy(update={"min_cohort": approval.min_cohort})
 
     def _encrypt(self, task: QueryTask, noisy: PartialAggregates, contexts: Mapping[Scheme, str]) -> EncryptedPartial:
         assert isinstance(task.plan, AggregatePlan)
@@ -490,7 +509,13 @@ class NodeRuntime:
             if scheme not in loaded:
                 loaded[scheme] = load_public_context(scheme, contexts[scheme])
             ciphertexts[component.key] = encrypt(loaded[scheme], np.asarray(noisy.vectors[component.key]))
-        return EncryptedPartial(node=self.name, ciphertexts=ciphertexts, noise=noisy.noise, noiseless=noisy.noiseless)
+        return EncryptedPartial(
+            node=self.name,
+            ciphertexts=ciphertexts,
+            noise=noisy.noise,
+            noiseless=noisy.noiseless,
+            disclosure=noisy.disclosure,
+        )
 
     def abandon_open(self) -> None:
         """The coordinator's session ended: release every reservation not yet prepared (whoever was to
@@ -531,7 +556,7 @@ class NodeRuntime:
             totals[line.dataset] = (spent + line.committed, reserved + line.reserved)
         caps = self.config.privacy.dataset_caps
         out = []
-        for approval in self.config.approvals:
+        for approval in self.config.all_approvals():
             linkage = (LINKAGE_DATASET,) if (approval.project, self._dataset(LINKAGE_DATASET)) in used else ()
             for table in (*(approval.tables or tuple(self.data.tables)), *linkage):
                 dataset = self._dataset(table)

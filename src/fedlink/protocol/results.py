@@ -29,6 +29,9 @@ class PartialAggregates(Frozen):
     vectors: dict[str, tuple[float, ...]]
     noise: dict[str, Noise] = Field(default_factory=dict)
     noiseless: bool = False
+    #: The node's disclosure policy for the query's project when stricter than its catalogue's (an
+    #: approval's minimum cohort); the result gets the strictest policy of all.
+    disclosure: DisclosurePolicy | None = None
 
     def check(self, plan: AggregatePlan) -> None:
         expected = {c.key for c in plan.components}
@@ -50,6 +53,8 @@ class EncryptedPartial(Frozen):
     ciphertexts: dict[str, list[str]]
     noise: dict[str, Noise] = Field(default_factory=dict)
     noiseless: bool = False
+    #: As in :class:`PartialAggregates`.
+    disclosure: DisclosurePolicy | None = None
 
 
 class EncryptedResult(Frozen):

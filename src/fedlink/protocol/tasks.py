@@ -86,6 +86,14 @@ class QueryTask(Frozen):
     #: When the coordinator gives up on the query (UTC, seconds since the epoch; 0: no deadline). A node
     #: never prepares an answer after it: a node that stalled and resumes late refuses the task instead.
     deadline: float = 0.0
+    #: The project whose link spine a linked query runs over, when the project reuses another's
+    #: (broader use); each node checks it approved that reuse.
+    spine_of: str | None = None
+
+    @property
+    def spine_project(self) -> str:
+        """The project whose link spine this task's linked query runs over."""
+        return self.spine_of or self.project
 
     @property
     def pet_label(self) -> str:
