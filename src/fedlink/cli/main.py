@@ -23,6 +23,7 @@ import typer
 
 import fedlink
 from fedlink.cli import render
+from fedlink.cli.project import project_app
 from fedlink.errors import FedlinkError
 
 app = typer.Typer(
@@ -51,6 +52,7 @@ result_app = typer.Typer(
     help="Results the coordinator keeps for you (sealed to your key) once budget is committed.", no_args_is_help=True
 )
 app.add_typer(result_app, name="result")
+app.add_typer(project_app, name="project")
 
 # Neither console reads Rich markup: queries, names, paths and error messages print exactly as written.
 out = render.console()
@@ -90,6 +92,8 @@ PARAMETER_FLAGS = {
     "out_dir": "--out",
     "pki_dir": "--dir",
     "workdir": "--workdir",
+    "summary": "--summary",
+    "results": "--result",
 }
 _PARAMETER = re.compile(r"`(\w+)(?:=([^`]*))?`")
 
@@ -804,6 +808,10 @@ def scenario(
         run_all(fedlink.connect(profile=setup.profile), DemoTruth(setup.workdir))
     finally:
         setup.federation.stop()
+
+
+# `fedlink project` commands that live in their own modules register themselves on import.
+from fedlink.cli import project_publish  # noqa: E402, F401
 
 
 def run() -> None:
