@@ -47,9 +47,7 @@ def check_summary(text: object) -> str:
     for character in summary:
         category = unicodedata.category(character)
         if (category == "Cc" and character not in "\n\t") or category == "Cs":
-            raise BadInput(
-                f"the `summary` holds the control character U+{ord(character):04X}; write plain text"
-            )
+            raise BadInput(f"the `summary` holds the control character U+{ord(character):04X}; write plain text")
     return summary
 
 
