@@ -35,13 +35,18 @@ from fedlink.coordinator.projects import ProjectRegistry
 from fedlink.errors import BadInput, Fault
 from fedlink.plan.linked_query import LinkedPlan
 from fedlink.protocol import rpc
-from fedlink.protocol.publication import OutputKind, Publication, PublishedOutput, PublishRequest, check_summary
+from fedlink.protocol.publication import (
+    REGISTER_KIND,
+    OutputKind,
+    Publication,
+    PublishedOutput,
+    PublishRequest,
+    check_summary,
+)
 from fedlink.protocol.tasks import QueryTask
 from fedlink.transparency.records import bounded
 from fedlink.transparency.register import Register, RegisterEntry
 
-#: The register entry kind of a publication.
-KIND = "publication"
 _SCHEMA = """CREATE TABLE IF NOT EXISTS publication (
     publication_id TEXT PRIMARY KEY,
     project        TEXT NOT NULL,
@@ -89,7 +94,7 @@ class PublicationStore:
             replaced = tuple(p.publication_id for p in current if named & set(p.query_ids))
             stored = publication.model_copy(update={"supersedes": replaced})
             self._insert(db, stored)
-            register.append(KIND, stored.register_fields())  # on disk before the commit below
+            register.append(REGISTER_KIND, stored.register_fields())  # on disk before the commit below
         return stored
 
     def publications(self, project: str | None = None) -> list[Publication]:
@@ -120,7 +125,7 @@ class PublicationStore:
         with self._transaction() as db:
             known = {row[0] for row in db.execute("SELECT publication_id FROM publication")}
             for entry in entries:
-                if entry.kind != KIND or entry.fields.get("publication_id") in known:
+                if entry.kind != REGISTER_KIND or entry.fields.get("publication_id") in known:
                     continue
                 try:
                     publication = Publication.model_validate(entry.fields)

@@ -18,6 +18,8 @@ from fedlink.errors import BadInput
 from fedlink.frozen import Frozen
 from fedlink.protocol.tasks import PrivacyLoss
 
+#: The kind of a publication's entry on the coordinator's transparency register.
+REGISTER_KIND = "publication"
 #: Longest summary a publication holds: a few paragraphs, read by the public beside the outputs.
 MAX_SUMMARY_CHARS = 5000
 #: Most outputs one publication may name.
