@@ -85,7 +85,9 @@ class Coordinator:
         if state == "suppressed":
             self.journal.release(query_id, rpc.ERROR, json.dumps({"message": "cohort too small"}).encode())
 
-    def publish(self, summary: str, results: tuple[str, ...] = (), analyst: str = ANALYST, project: str = PROJECT):  # type: ignore[no-untyped-def]
+    def publish(
+        self, summary: str, results: tuple[str, ...] = (), analyst: str = ANALYST, project: str = PROJECT
+    ) -> Publication:
         request = PublishRequest(project=project, summary=summary, results=results)
         return publish(request, analyst, self.projects, self.journal, self.store, self.register)
 
@@ -215,9 +217,7 @@ def test_a_register_that_refuses_the_entry_leaves_nothing_stored(coordinator: Co
     assert kept.summary == "first" and coordinator.store.superseded_by(kept.publication_id) is None
 
 
-def test_a_publication_on_the_register_but_not_in_the_store_is_recovered(
-    coordinator: Coordinator, tmp_path: Path
-) -> None:
+def test_a_publication_on_the_register_but_not_in_the_store_is_recovered(coordinator: Coordinator) -> None:
     coordinator.query("q1")
     first = coordinator.publish("first", ("q1",))
     second = coordinator.publish("second", ("q1",))
