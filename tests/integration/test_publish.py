@@ -18,6 +18,7 @@ import fedlink
 from fedlink import pki
 from fedlink.cli.main import app
 from fedlink.governance import export_register
+from fedlink.governance.federation import verify_federation
 from fedlink.protocol import audit
 from fedlink.transparency.register import find_registers
 
@@ -120,7 +121,9 @@ def test_released_outputs_are_published_on_the_register_and_the_page(
     assert any(b"Corrected: most were housed." in m for m in messages)  # the audit saw the publish call
     assert find_leaks(messages, identifiers) == []
 
-    # the public page: each summary beside its outputs and the loss that produced them
+    # the registers still verify as one federation's, and the public page shows each summary beside its
+    # outputs and the loss that produced them
+    assert verify_federation(find_registers([federation.state])).ok
     page, _ = export_register(find_registers([federation.state]), tmp_path / "public")
     html = page.read_text("utf-8")
     section = Text()
