@@ -122,7 +122,6 @@ class Coordinator:
         self.roster.close()
         if self._server is not None:
             self._server.stop(grace).wait()
-        self.publications.close()
 
     def wait(self) -> None:
         if self._server is not None:
