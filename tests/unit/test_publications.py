@@ -264,6 +264,7 @@ def _section(page: Path) -> Sections:
 def test_the_page_shows_each_publication_beside_its_outputs_and_loss(coordinator: Coordinator, tmp_path: Path) -> None:
     coordinator.query("q1", epsilon=1.0)
     coordinator.query("q2", epsilon=0.5)
+    coordinator.register.append("project", coordinator.projects.get(PROJECT).model_dump(mode="json"))
     # the queries' own register entries, as the lifecycle writes them (q1 released in the clear)
     for query_id, released in (("q1", {"columns": ["outcome", "n"], "rows": [["housed", 40]]}), ("q2", None)):
         task = QueryTask.model_validate_json(coordinator.journal.get(query_id).task)  # type: ignore[union-attr]
@@ -276,6 +277,7 @@ def test_the_page_shows_each_publication_beside_its_outputs_and_loss(coordinator
     text = " ".join(" ".join(section.text).split())
     assert "Most were housed." in text and "See the table." in text and "Corrected: most were housed." in text
     assert text.index("Corrected") < text.index("See the table.")  # newest first
+    assert text.count("Project homelessness (Homelessness outcomes): published 2026-01-05 09:0") == 2
     assert f"Superseded by {second.publication_id}" in text and f"Supersedes {first.publication_id}" in text
     assert SQL in text and "north.support_episodes, south.support_episodes" in text
     assert "north: ε 1, ρ 0" in text and "north: ε 0.5, ρ 0" in text

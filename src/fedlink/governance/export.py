@@ -151,16 +151,18 @@ def _page(parties: list[_Party], title: str, generated: str) -> str:
     queries = [_query_row(number, query) for number, query in enumerate(_queries(parties), start=1)]
     own, others = _spending(parties)
     shown = {q["id"]: (q["number"], q["output"] is not None) for q in queries}
+    projects = _projects(parties)
+    titles = {p["id"]: str(p["title"]) for p in projects}
     return _TEMPLATES.get_template("register.html.j2").render(
         title=title,
         generated=generated,
         parties=parties,
-        projects=_projects(parties),
+        projects=projects,
         datasets=_datasets(parties),
         spending=_privacy_loss(own, others),
         chart=_chart(_series(own, others)),
         queries=queries,
-        publications=published_outcomes(((p.party, e) for p in parties for e in p.entries), shown),
+        publications=published_outcomes(((p.party, e) for p in parties for e in p.entries), shown, titles),
         events=_events(parties),
     )
 

@@ -23,11 +23,14 @@ _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
 def published_outcomes(
-    entries: Iterable[tuple[str, RegisterEntry]], queries: Mapping[str, tuple[int, bool]]
+    entries: Iterable[tuple[str, RegisterEntry]],
+    queries: Mapping[str, tuple[int, bool]],
+    titles: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Each publication recorded in ``entries`` (``(party, entry)``), newest first, once, with the parties
     that recorded it; ``queries`` gives, per query id on the page, its row number and whether its
-    released values are shown there (for links from each output to its query and values)."""
+    released values are shown there (for links from each output to its query and values); ``titles``
+    the projects' titles by id."""
     found: dict[str, tuple[RegisterEntry, Publication | None, list[str]]] = {}
     for party, entry in entries:
         if entry.kind != REGISTER_KIND:
@@ -46,7 +49,8 @@ def published_outcomes(
             for older in publication.supersedes:
                 superseded.setdefault(older, publication.publication_id)
     rows = [
-        _row(entry, publication, recorders, superseded, queries) for entry, publication, recorders in found.values()
+        _row(entry, publication, recorders, superseded, queries, titles or {})
+        for entry, publication, recorders in found.values()
     ]
     return sorted(rows, key=lambda row: row["time"].recorded, reverse=True)
 
@@ -73,6 +77,7 @@ def _row(
     recorders: list[str],
     superseded: Mapping[str, str],
     queries: Mapping[str, tuple[int, bool]],
+    titles: Mapping[str, str],
 ) -> dict[str, Any]:
     if publication is None:
         return {"time": _Moment.of(entry), "readable": False, "seq": entry.seq, "recorded_by": recorders}
@@ -99,6 +104,7 @@ def _row(
         "readable": True,
         "id": publication.publication_id,
         "project": publication.project,
+        "project_title": titles.get(publication.project, ""),
         "analyst": publication.analyst,
         "paragraphs": [p.strip() for p in _PARAGRAPH_BREAK.split(publication.summary) if p.strip()],
         "outputs": outputs,
