@@ -183,10 +183,7 @@ def publish(
     else:
         entries = [e for e in journal.in_state("released") if e.project == project.id and e.reply != rpc.ERROR]
         if not entries:
-            raise BadInput(
-                f"project '{project.id}' has no released outputs yet; run its queries first, then publish "
-                "(or name outputs with `results`)"
-            )
+            raise BadInput(f"project '{project.id}' has no released outputs yet; run its queries first, then publish")
     publication = Publication(
         publication_id=uuid.uuid4().hex,
         project=project.id,
