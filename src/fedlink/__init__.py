@@ -10,9 +10,10 @@ This package exports the analyst's objects only::
 :func:`connect` gives a :class:`Federation` (fedlink's own mTLS gRPC transport); :class:`FlowerFederation`
 runs the same queries through a Flower SuperLink. Both return :class:`Result`, :class:`ModelResult`,
 :class:`LinkReport`, :class:`Catalogue`, :class:`Budget` and :class:`RegisterView` objects, and raise the
-errors below. The operators' and tooling functions that the ``fedlink`` command runs are imported from
-their own modules: :mod:`fedlink.services` (serve a node or a coordinator), :mod:`fedlink.pki`,
-:mod:`fedlink.governance`, :mod:`fedlink_tools.synth`, :mod:`fedlink_tools.demo`, :mod:`fedlink_tools.bench`.
+errors below; a :class:`Federation` also publishes outcomes (:class:`Publication`). The operators' and
+tooling functions that the ``fedlink`` command runs are imported from their own modules:
+:mod:`fedlink.services` (serve a node or a coordinator), :mod:`fedlink.pki`, :mod:`fedlink.governance`,
+:mod:`fedlink_tools.synth`, :mod:`fedlink_tools.demo`, :mod:`fedlink_tools.bench`.
 
 The cryptographic and DP libraries (TenSEAL, OpenDP) load when a query first needs them, not here.
 """
@@ -34,6 +35,7 @@ from fedlink.errors import (
 )
 from fedlink.flower.analyst import FlowerFederation
 from fedlink.protocol.linkage import LinkReport
+from fedlink.protocol.publication import Publication
 from fedlink.protocol.tasks import ModelResult
 
 __version__ = "0.1.0"
@@ -53,6 +55,7 @@ __all__ = [
     "ModelResult",
     "NodeUnavailable",
     "PolicyRefused",
+    "Publication",
     "QueryError",
     "RegisterView",
     "Result",

@@ -84,7 +84,7 @@ def test_rendered_dom_shows_the_register_and_runs_nothing(exported: Path, tmp_pa
     parsed.feed(dom)
     text = "".join(parsed.text)
 
-    assert parsed.named("h1") and len(parsed.named("h2")) == 7
+    assert parsed.named("h1") and len(parsed.named("h2")) == 8  # the sections, published outcomes included
     assert PURPOSE in text
     assert SCRIPT_QUERY in text  # shown as the text the analyst typed...
     assert "&lt;/code&gt;&lt;script&gt;" in dom  # ...because the browser parsed it as text, not markup

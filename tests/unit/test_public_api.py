@@ -25,6 +25,7 @@ ANALYST_OBJECTS = {
     "Result",
     "ModelResult",
     "LinkReport",
+    "Publication",
     "Catalogue",
     "Budget",
     "RegisterView",

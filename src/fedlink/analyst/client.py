@@ -34,6 +34,7 @@ from fedlink.protocol import rpc
 from fedlink.protocol.blobs import unpack
 from fedlink.protocol.linkage import LinkCall, LinkMode, LinkReport
 from fedlink.protocol.projects import ProjectApplication, ProjectList, ProjectRecord, ProjectRef
+from fedlink.protocol.publication import MAX_OUTPUTS, Publication, PublishRequest, check_summary
 from fedlink.protocol.results import EncryptedResult, LinkedEncryptedResult, QueryResult, build_result, scheme_of
 from fedlink.protocol.tasks import BudgetReport, ModelRequest, ModelResult, Pet, QueryRequest, TaskRef, declared_loss
 from fedlink.protocol.transport import (
@@ -210,6 +211,48 @@ class Federation:
         """
         reply = self._call(rpc.REGISTER)
         return RegisterView(json.loads(reply.body))
+
+    def publish(
+        self,
+        summary: str,
+        *,
+        project: str | None = None,
+        results: Sequence[str | Result | ModelResult] = (),
+    ) -> Publication:
+        """Publish a plain-language ``summary`` of released outputs of a project (``results``: their
+        query ids or the results themselves; none: every output of the project released so far). The
+        coordinator checks you are on the project and each output is one of its released results, then
+        stores the publication and records it on its register, whose public page shows the summary
+        beside the outputs and the privacy loss that produced them. Publishing again about any of the
+        same outputs supersedes the earlier publication; both stay on the register.
+
+        >>> res = fed.query("SELECT outcome, COUNT(*) AS n FROM support_episodes GROUP BY outcome",
+        ...                 project="homelessness-outcomes", epsilon=0.5)
+        >>> pub = fed.publish("About half of the people supported were housed.",
+        ...                   project="homelessness-outcomes", results=[res])
+        >>> pub.query_ids == (res.query_id,), pub.outputs[0].datasets
+        (True, ('charity_north.support_episodes', 'charity_south.support_episodes'))
+        >>> fed.publish("  ", project="homelessness-outcomes")
+        Traceback (most recent call last):
+        fedlink.errors.BadInput: the `summary` is empty; say in plain language what the outputs show
+        """
+        chosen = project or self.project
+        if not chosen:
+            raise BadInput("a publication belongs to a project: pass `project=P` (or set project in your profile)")
+        check_name(chosen, "project name")
+        text = check_summary(summary)
+        if isinstance(results, str | Result | ModelResult):
+            results = [results]  # one output given on its own
+        ids = [r if isinstance(r, str) else r.query_id for r in results]
+        if len(ids) > MAX_OUTPUTS:
+            raise BadInput(f"a publication names at most {MAX_OUTPUTS} `results`; split it into several")
+        try:
+            request = PublishRequest(project=chosen, summary=text, results=tuple(ids))
+        except ValidationError as exc:
+            problem = exc.errors()[0]["msg"]
+            raise BadInput(f"invalid `results` ({problem}); give the ids `fedlink result list` shows") from exc
+        reply = self._call(rpc.PUBLISH, request.model_dump_json().encode())
+        return Publication.model_validate_json(reply.body)
 
     def link(
         self,

@@ -90,6 +90,8 @@ PARAMETER_FLAGS = {
     "out_dir": "--out",
     "pki_dir": "--dir",
     "workdir": "--workdir",
+    "summary": "--summary",
+    "results": "--result",
 }
 _PARAMETER = re.compile(r"`(\w+)(?:=([^`]*))?`")
 
@@ -832,7 +834,9 @@ def run() -> None:
         sys.exit(code)
 
 
-# The `project` group lives in its own module, which builds on the helpers above (imported last for that).
+# The `project` group lives in its own modules, which build on the helpers above (imported last for that);
+# project_publish adds `fedlink project publish` to the group as it loads.
+from fedlink.cli import project_publish  # noqa: E402, F401
 from fedlink.cli.project import project_app  # noqa: E402
 
 app.add_typer(project_app, name="project")

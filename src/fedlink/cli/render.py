@@ -541,3 +541,37 @@ def stored_results(console: Console, queries: list[dict[str, str]], fmt: str) ->
     for q in queries:
         table.add_row(*(q[h] for h in header))
     console.print(table)
+
+
+def publication(console: Console, pub: fedlink.Publication, fmt: str) -> None:
+    """A publication as the coordinator stored it: its summary and, per output, the data and privacy loss."""
+    if fmt == "json":
+        console.print_json(pub.model_dump_json())
+        return
+    header = ["query_id", "kind", "pet", "datasets", "privacy_loss"]
+    rows = [
+        [
+            o.query_id,
+            o.kind,
+            o.pet,
+            " ".join(o.datasets),
+            " ".join(f"{n}:epsilon={loss.epsilon:g},rho={loss.rho:g}" for n, loss in sorted(o.privacy_loss.items())),
+        ]
+        for o in pub.outputs
+    ]
+    if fmt == "csv":
+        _csv(console, header, rows)
+        return
+    replaced = f"; supersedes {', '.join(pub.supersedes)}" if pub.supersedes else ""
+    console.print(
+        f"published {pub.publication_id} for project {pub.project}: {len(pub.outputs)} output(s){replaced}",
+        highlight=False,
+    )
+    console.print(pub.summary, highlight=False)
+    table = Table(title="outputs the summary is about", title_justify="left")
+    for name in header:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    console.print("the public register page shows it: fedlink register export", highlight=False)

@@ -28,6 +28,7 @@ from fedlink.coordinator.horizontal import finish_horizontal, run_query
 from fedlink.coordinator.journal import Finished, JournalEntry, QueryJournal
 from fedlink.coordinator.lifecycle import QueryLifecycle
 from fedlink.coordinator.projects import load_projects, today
+from fedlink.coordinator.publications import PublicationStore, publish
 from fedlink.coordinator.revocation import RevocationWatch
 from fedlink.coordinator.sessions import NodeRoster, NodeSession
 from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError
@@ -45,6 +46,7 @@ from fedlink.protocol.projects import (
     ProjectRecord,
     ProjectRef,
 )
+from fedlink.protocol.publication import Publication, PublishRequest
 from fedlink.protocol.tasks import BudgetLineInfo, BudgetReport, ModelRequest, QueryRequest, TaskRef
 from fedlink.protocol.transport import Message, frames, make_server, messages, peer_identity
 from fedlink.transparency.records import refusals_recorded
@@ -89,6 +91,8 @@ class Coordinator:
             test_mode=config.coordinator.test_mode,
         )
         self.queries.recover()
+        self.publications = PublicationStore(config.register_path().parent / "publications.sqlite")
+        self.publications.recover(self.register.entries())
         self.revocations = RevocationWatch(config.revoked_path(), self.register)
         self._server: grpc.Server | None = None
         self.port = 0
@@ -390,6 +394,10 @@ class Coordinator:
         self._refresh_project(request.project)
         return fit_model(self.queries, self.projects, request, analyst)
 
+    def publish(self, request: PublishRequest, analyst: str) -> Publication:
+        """Publish an analyst's summary of project outputs (:mod:`fedlink.coordinator.publications`)."""
+        return publish(request, analyst, self.projects, self.queries.journal, self.publications, self.register)
+
     def public_register(self) -> bytes:
         """The coordinator's register (public by design) with its verification report, as JSON."""
         report = self.register.verify()
@@ -469,6 +477,9 @@ class Coordinator:
             return Message(request.call_id, rpc.RESULT, found.model_dump_json().encode())
         if request.kind == rpc.REGISTER:
             return Message(request.call_id, rpc.RESULT, self.public_register())
+        if request.kind == rpc.PUBLISH:
+            publication = self.publish(PublishRequest.model_validate_json(request.body), analyst)
+            return Message(request.call_id, rpc.RESULT, publication.model_dump_json().encode())
         raise BadInput(f"unknown request '{request.kind}'; upgrade the analyst client")
 
     def _analyst(self, inbound: Iterator[Frame], context: grpc.ServicerContext) -> Iterator[Frame]:

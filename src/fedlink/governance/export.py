@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlink.errors import BadInput
+from fedlink.governance.publications import published_outcomes
 from fedlink.templating import environment
 from fedlink.transparency.register import RegisterEntry, VerifyReport, read_register
 
@@ -147,18 +148,22 @@ _TEMPLATES.filters["slug"] = lambda text: "".join(c if c.isalnum() else "-" for 
 
 
 def _page(parties: list[_Party], title: str, generated: str) -> str:
-    queries = _queries(parties)
+    queries = [_query_row(number, query) for number, query in enumerate(_queries(parties), start=1)]
     own, others = _spending(parties)
+    shown = {q["id"]: (q["number"], q["output"] is not None) for q in queries}
+    projects = _projects(parties)
+    titles = {p["id"]: str(p["title"]) for p in projects}
     return _TEMPLATES.get_template("register.html.j2").render(
         title=title,
         generated=generated,
         parties=parties,
-        projects=_projects(parties),
+        projects=projects,
         workflow=_workflow(parties),
         datasets=_datasets(parties),
         spending=_privacy_loss(own, others),
         chart=_chart(_series(own, others)),
-        queries=[_query_row(number, query) for number, query in enumerate(queries, start=1)],
+        queries=queries,
+        publications=published_outcomes(((p.party, e) for p in parties for e in p.entries), shown, titles),
         events=_events(parties),
     )
 
@@ -487,7 +492,7 @@ def _events(parties: list[_Party]) -> list[dict[str, Any]]:
         }
         for p in parties
         for entry in p.entries
-        if entry.kind not in ("project", "query") and entry.kind not in _WORKFLOW
+        if entry.kind not in ("project", "query", "publication") and entry.kind not in _WORKFLOW  # own sections
     ]
 
 

@@ -45,6 +45,7 @@ CATALOGUE = "catalogue"
 QUERY = "query"  # body: a QueryRequest
 REGISTER = "register"  # analyst -> coordinator: the public register
 RESULT_GET = "result_get"  # analyst -> coordinator: a stored result by query id (a TaskRef)
+PUBLISH = "publish"  # analyst -> coordinator: a summary of a project's released outputs (a PublishRequest)
 RESULT = "result"
 ERROR = "error"
 
