@@ -313,7 +313,7 @@ def catalog(
     ca: Ca = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """What data exists where: nodes, tables, columns, categories, bounds and completeness."""
+    """What data exists where (the same as `fedlink catalogue show`)."""
     render.catalogue(out, _connect(profile, coordinator, cert, key, ca).catalog(), fmt.value)
 
 
@@ -804,6 +804,12 @@ def scenario(
         run_all(fedlink.connect(profile=setup.profile), DemoTruth(setup.workdir))
     finally:
         setup.federation.stop()
+
+
+# `fedlink catalogue` lives in its own module, which uses this one's helpers: registered once they exist.
+from fedlink.cli.catalogue import catalogue_app  # noqa: E402
+
+app.add_typer(catalogue_app, name="catalogue")
 
 
 def run() -> None:

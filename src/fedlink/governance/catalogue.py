@@ -149,10 +149,8 @@ def export_catalogue(
     ``out`` must be missing, empty or a previous catalogue export; the files appear together or not at all.
     """
     raw = catalogue.raw if isinstance(catalogue, Catalogue) else catalogue
-    if base_url is not None and not re.match(r"^https?://[^\s<>\"']+$", base_url):
-        raise BadInput(f"`base_url` {base_url!r} is not an http(s) address; give the address the site is published at")
     out = Path(out)
-    _check_destination(out)
+    check_target(out, base_url)
     nodes = [s.catalogue for s in raw.nodes if s.catalogue is not None]
     silent = [s.node for s in raw.nodes if s.catalogue is None]
     datasets = [_Dataset(node, table) for node in nodes for table in node.tables]
@@ -168,7 +166,9 @@ def export_catalogue(
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".new", dir=out.parent))
     except OSError as exc:
-        raise BadInput(f"cannot write the catalogue into {out.parent} ({exc.strerror}); choose a folder you can write") from exc
+        raise BadInput(
+            f"cannot write the catalogue into {out.parent} ({exc.strerror}); choose a folder you can write"
+        ) from exc
     try:
         os.chmod(staging, 0o755)  # a public site: readable by the web server, unlike mkdtemp's default
         for name, text in files.items():
@@ -180,14 +180,20 @@ def export_catalogue(
     return CatalogueExport(out / PAGE, out / DCAT, out / DATAPACKAGE)
 
 
-def _check_destination(out: Path) -> None:
+def check_target(out: Path, base_url: str | None = None) -> None:
+    """Refuse, before anything is read, a destination that is not missing, empty or a previous catalogue
+    export, and a ``base_url`` that is not an http(s) address."""
+    if base_url is not None and not re.match(r"^https?://[^\s<>\"']+$", base_url):
+        raise BadInput(f"`base_url` {base_url!r} is not an http(s) address; give the address the site is published at")
     if not out.exists():
         return
     if not out.is_dir():
         raise BadInput(f"{out} exists and is not a folder; choose an empty or new folder for the catalogue (`out`)")
     present = {p.name for p in out.iterdir()}
     if present and (MARKER not in present or not present <= _OUTPUTS):
-        raise BadInput(f"{out} is not empty and is not a previous catalogue export; choose an empty or new folder (`out`)")
+        raise BadInput(
+            f"{out} is not empty and is not a previous catalogue export; choose an empty or new folder (`out`)"
+        )
 
 
 def _dump(document: dict[str, Any]) -> str:
@@ -238,7 +244,11 @@ def _dcat_dataset(d: _Dataset, generated: str, base: str | None) -> dict[str, An
         "dct:identifier": d.identifier,
         "dct:title": f"{table.name} ({node.description or node.node})",
         "dct:description": table.description or f"Table {table.name} held by {node.node}",
-        "dct:publisher": {"@type": "foaf:Agent", "foaf:name": node.description or node.node, "dct:identifier": node.node},
+        "dct:publisher": {
+            "@type": "foaf:Agent",
+            "foaf:name": node.description or node.node,
+            "dct:identifier": node.node,
+        },
         "dcat:contactPoint": contact,
         "dct:accrualPeriodicity": {"@id": FREQUENCY + FREQUENCY_CODES.get(table.update_frequency, "UNKNOWN")},
         "dcat:keyword": _keywords(d),
@@ -285,7 +295,9 @@ def _keywords(d: _Dataset) -> list[str]:
 
 
 # --- Frictionless Data Package -------------------------------------------------------------------------
-def data_package(datasets: Sequence[_Dataset], nodes: Sequence[NodeCatalogue], title: str, generated: str) -> dict[str, Any]:
+def data_package(
+    datasets: Sequence[_Dataset], nodes: Sequence[NodeCatalogue], title: str, generated: str
+) -> dict[str, Any]:
     """The catalogue as a Frictionless Data Package: one resource per dataset, with its Table Schema and
     its header as inline data with no rows (no row leaves a node)."""
     contributors = []
