@@ -151,8 +151,9 @@ def export_catalogue(
     raw = catalogue.raw if isinstance(catalogue, Catalogue) else catalogue
     out = Path(out)
     check_target(out, base_url)
-    nodes = [s.catalogue for s in raw.nodes if s.catalogue is not None]
-    silent = [s.node for s in raw.nodes if s.catalogue is None]
+    # In node order, whatever order the nodes connected in: the same federation gives the same files.
+    nodes = sorted((s.catalogue for s in raw.nodes if s.catalogue is not None), key=lambda n: n.node)
+    silent = sorted(s.node for s in raw.nodes if s.catalogue is None)
     datasets = [_Dataset(node, table) for node in nodes for table in node.tables]
     generated = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     base = None if base_url is None else base_url if base_url.endswith("/") else base_url + "/"
