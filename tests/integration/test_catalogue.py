@@ -5,6 +5,8 @@ operators' local preview, the Data Package is valid, and no identifier value is 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 from fedlink.governance.catalogue import export_catalogue, local_catalogue
 from fedlink.node.config import load_node_config
 
-from ..conftest import NODES, ROOT, InProcessFederation, connect_analyst, find_leaks, identifier_values
+from ..conftest import ANALYST, NODES, ROOT, InProcessFederation, connect_analyst, find_leaks, identifier_values
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +77,40 @@ def test_no_identifier_value_is_in_any_file(site: Path, workdir: Path) -> None:
     # The scan finds a value that is there: one surname, put in a copy of the page.
     surname = next(v for v in sorted(identifiers) if v.isalpha() and len(v) > 5)
     assert find_leaks([*files, files[-1] + f"<td>{surname}</td>".encode()], identifiers) == [surname]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedlink", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_the_command_line_shows_and_exports_the_catalogue(
+    federation: InProcessFederation, workdir: Path, tmp_path: Path
+) -> None:
+    pki = workdir / "pki"
+    analyst = ("--coordinator", federation.address, "--ca", str(pki / "ca.crt"),
+               "--cert", str(pki / f"analyst-{ANALYST}.crt"), "--key", str(pki / f"analyst-{ANALYST}.key"))  # fmt: skip
+    shown = _cli("catalogue", "show", *analyst, "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    nodes = {n["node"]: n["catalogue"] for n in json.loads(shown.stdout)["nodes"]}
+    assert nodes["dwp"]["contacts"]["inbox"] == "data-requests@dwp.example"
+    alias = _cli("catalog", *analyst, "--format", "json")  # the older spelling stays
+    assert alias.returncode == 0 and json.loads(alias.stdout)["nodes"] == json.loads(shown.stdout)["nodes"]
+
+    exported = _cli("catalogue", "export", "--out", str(tmp_path / "site"), *analyst)
+    assert exported.returncode == 0, exported.stderr
+    assert "datapackage.json" in exported.stdout
+    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == [
+        ".fedlink-catalogue-export", "catalogue.jsonld", "datapackage.json", "index.html",
+    ]  # fmt: skip
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    refused = _cli(
+        "catalogue", "export", "--out", str(tmp_path / "other"), "--node", str(ROOT / "nodes" / "dwp" / "node.toml")
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        f"error: {tmp_path / 'other'} is not empty and is not a previous catalogue export; choose an empty or new "
+        "folder (--out)"
+    )

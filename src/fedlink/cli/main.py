@@ -23,6 +23,7 @@ import typer
 
 import fedlink
 from fedlink.cli import render
+from fedlink.cli.catalogue import add_catalogue_commands
 from fedlink.errors import FedlinkError
 
 app = typer.Typer(
@@ -806,10 +807,8 @@ def scenario(
         setup.federation.stop()
 
 
-# `fedlink catalogue` lives in its own module, which uses this one's helpers: registered once they exist.
-from fedlink.cli.catalogue import catalogue_app  # noqa: E402
-
-app.add_typer(catalogue_app, name="catalogue")
+# `fedlink catalogue` lives in its own module and uses this one's helpers: added once they exist.
+add_catalogue_commands(app)
 
 
 def run() -> None:
