@@ -159,8 +159,8 @@ def export_catalogue(
     base = None if base_url is None else base_url if base_url.endswith("/") else base_url + "/"
     files = {
         PAGE: _page(datasets, nodes, silent, title, generated),
-        DCAT: _dump(dcat_catalogue(datasets, title, publisher, generated, base)),
-        DATAPACKAGE: _dump(data_package(datasets, nodes, title, generated)),
+        DCAT: _dump(_dcat_catalogue(datasets, title, publisher, generated, base)),
+        DATAPACKAGE: _dump(_data_package(datasets, nodes, title, generated)),
         MARKER: FORMAT + "\n",
     }
     try:
@@ -202,7 +202,7 @@ def _dump(document: dict[str, Any]) -> str:
 
 
 # --- DCAT ------------------------------------------------------------------------------------------
-def dcat_catalogue(
+def _dcat_catalogue(
     datasets: Sequence[_Dataset], title: str, publisher: str, generated: str, base: str | None
 ) -> dict[str, Any]:
     """The catalogue as DCAT in JSON-LD (DCAT-AP's mandatory and recommended properties of a dataset)."""
@@ -296,7 +296,7 @@ def _keywords(d: _Dataset) -> list[str]:
 
 
 # --- Frictionless Data Package -------------------------------------------------------------------------
-def data_package(
+def _data_package(
     datasets: Sequence[_Dataset], nodes: Sequence[NodeCatalogue], title: str, generated: str
 ) -> dict[str, Any]:
     """The catalogue as a Frictionless Data Package: one resource per dataset, with its Table Schema and
