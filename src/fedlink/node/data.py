@@ -18,7 +18,14 @@ from fedlink.node.config import ColumnDecl, LinkageMapping, NodeConfig, TableDec
 from fedlink.node.engines.backends import Backend, Columns, open_backends
 from fedlink.node.engines.operators import run_aggregate
 from fedlink.plan.aggregate import AggregatePlan
-from fedlink.plan.catalogue import ColumnDomain, ColumnInfo, LinkageConcept, NodeCatalogue, TableInfo
+from fedlink.plan.catalogue import (
+    ColumnDomain,
+    ColumnInfo,
+    LinkageConcept,
+    NodeCatalogue,
+    NodeContacts,
+    TableInfo,
+)
 from fedlink.plan.disclosure import round_count
 from fedlink.protocol.results import PartialAggregates
 
@@ -86,11 +93,14 @@ class NodeData:
 
     def _linkage_concepts(self, table: TableDecl, mapping: LinkageMapping) -> tuple[LinkageConcept, ...]:
         """Each mapped concept and the share of the table's records whose value is valid once normalised
-        (read once per distinct value)."""
+        (read once per distinct value), with those counts as the node's disclosure policy lets it publish
+        them (rounded, or suppressed)."""
         found = []
         source = self.backend(table).relation(table)
+        policy = self.config.privacy.disclosure
         for concept, columns in mapping.concepts.items():
             valid = None
+            records = valid_records = None
             if not concept.startswith("subgroup:"):
                 value = concept_text(columns)
                 query = (
@@ -104,7 +114,13 @@ class NodeData:
                     normalised = normalise_concepts({concept: list(rows["v"])}, mapping.options())
                     present = normalised[VALID_FIELD.get(concept, concept)] != ""
                     valid = round(float(counts[present].sum() / counts.sum()), 2)
-            found.append(LinkageConcept(concept=concept, columns=columns, valid=valid))
+                    records = policy.publish_count(int(counts.sum()))
+                    valid_records = policy.publish_count(int(counts[present].sum()))
+            found.append(
+                LinkageConcept(
+                    concept=concept, columns=columns, valid=valid, records_rounded=records, valid_rounded=valid_records
+                )
+            )
         return tuple(found)
 
     def _check_column(self, table: TableDecl, column: ColumnDecl, numeric: dict[str, bool]) -> None:
@@ -162,12 +178,15 @@ class NodeData:
                     rows_rounded=int(round_count(count, 100)),
                     columns=tuple(columns),
                     linkage=self._linkage_concepts(table, mapping) if mapping else (),
+                    legal_gateways=table.legal_gateways,
+                    update_frequency=table.update_frequency,
                 )
             )
         return NodeCatalogue(
             node=self.config.name,
             description=self.config.node.description,
             tables=tuple(tables),
+            contacts=NodeContacts.model_validate(self.config.contacts.model_dump()),
             disclosure=self.config.privacy.disclosure,
             projects=tuple(a.project for a in self.config.all_approvals()),
         )

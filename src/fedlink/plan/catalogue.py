@@ -3,8 +3,9 @@
 A node publishes only metadata a data owner chose to make public: column kinds, descriptions, the
 declared categories of categorical columns (so group-by keys are public and leak nothing), declared
 clamping bounds and histogram bins of numeric columns, which columns are identifiers and how complete
-they are, and row counts rounded to 100. Nothing here is derived from individual values except the
-rounded counts and completeness shares.
+they are, and row counts rounded to 100; for linkage, how many values of each identifier concept are
+valid once normalised; and how to apply for the data (contacts, legal gateways, update frequency).
+Nothing here is derived from individual values except the rounded counts and shares.
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ class LinkageConcept(Frozen):
     #: Share of records whose value is valid after normalisation (a postcode of the declared country,
     #: a complete date of birth...), rounded to 0.01.
     valid: float | None = None
+    #: The table's records and those with a valid value, each rounded to the node's ``round_to`` and
+    #: None where below its ``suppress_below`` (what the public catalogue publishes: see
+    #: :meth:`DisclosurePolicy.publish_count`).
+    records_rounded: int | None = None
+    valid_rounded: int | None = None
+
+    def published_share(self) -> float | None:
+        """The share of valid values derived from the rounded counts only (None when either is suppressed)."""
+        if self.records_rounded is None or self.valid_rounded is None or self.records_rounded <= 0:
+            return None
+        return min(self.valid_rounded / self.records_rounded, 1.0)
 
 
 class TableInfo(Frozen):
@@ -61,15 +73,38 @@ class TableInfo(Frozen):
     columns: tuple[ColumnInfo, ...]
     #: The identifier concepts the table maps for linkage, and how many of their values are valid.
     linkage: tuple[LinkageConcept, ...] = ()
+    #: The legal gateways under which the dataset may be shared for research.
+    legal_gateways: tuple[str, ...] = ()
+    #: How often it is refreshed, a word of the EU frequency vocabulary (``annual``, ``monthly``...).
+    update_frequency: str = "unknown"
 
     def column(self, name: str) -> ColumnInfo | None:
         return next((c for c in self.columns if c.name == name), None)
+
+
+class ContactTeam(Frozen):
+    """A team to consult at a node about a project (its ``[[contacts.teams]]``)."""
+
+    role: str
+    name: str
+    email: str = ""
+    notes: str = ""
+
+
+class NodeContacts(Frozen):
+    """How to ask a node for its data (its ``[contacts]``): public by design."""
+
+    inbox: str = ""
+    how_to_apply: str = ""
+    teams: tuple[ContactTeam, ...] = ()
 
 
 class NodeCatalogue(Frozen):
     node: str
     description: str = ""
     tables: tuple[TableInfo, ...]
+    #: Where and how to apply for this node's data.
+    contacts: NodeContacts = NodeContacts()
     #: The node's own disclosure-control policy, applied to every result drawing on it.
     disclosure: DisclosurePolicy = DisclosurePolicy()
     #: Projects this node has approved (ids only; caps stay private to the node).

@@ -21,6 +21,13 @@ class DisclosurePolicy(BaseModel):
     suppress_below: int = Field(default=10, ge=0)
     round_to: int = Field(default=5, ge=1)
 
+    def publish_count(self, count: int) -> int | None:
+        """An exact count as it may be published: rounded to ``round_to``, or None (shown nowhere) when it
+        is below ``suppress_below``."""
+        if count < self.suppress_below:
+            return None
+        return int(round_count(count, self.round_to))
+
     @staticmethod
     def strictest(policies: Iterable[DisclosurePolicy]) -> DisclosurePolicy:
         found = list(policies) or [DisclosurePolicy()]
