@@ -1,5 +1,6 @@
-"""`fedlink scenario deprivation|justice|homelessness`, one command each, as a user runs it: it starts
-the demo federation, links, runs the linked DP queries, writes a chart and a table, and stops."""
+"""`fedlink scenario all`, as a user runs it: it starts the demo federation, links, runs each scenario's
+linked DP queries, writes a chart and a table per scenario, and stops. (One scenario by name runs in
+tests/e2e/test_cli.py's demo test.)"""
 
 from __future__ import annotations
 
@@ -17,23 +18,30 @@ from .test_cli import cli
 pytestmark = pytest.mark.slow
 
 
-def run(name: str, tmp_path: Path, people: int = 30_000) -> dict:
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """``fedlink scenario all``: the three scenarios on one demo federation of 60,000 people (the
+    charity's outcome counts need that many to clear disclosure control), started and stopped once."""
+    tmp_path = tmp_path_factory.mktemp("scenarios")
     proc = cli(
-        "scenario", name, "--people", str(people), "--workdir", str(tmp_path / "wd"),
-        "--out", str(tmp_path / "out"), "--format", "json", timeout=400,
+        "scenario", "all", "--people", "60000", "--workdir", str(tmp_path / "wd"),
+        "--out", str(tmp_path / "out"), "--format", "json", timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
-    chart = Path(report["chart"])
-    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
-    with open(report["published"], newline="") as handle:
-        published = list(csv.reader(handle))
-    assert published[0] == report["columns"] and len(published) == len(report["rows"]) + 1
-    return report
+    found = {}
+    for report in json.loads(proc.stdout):
+        chart = Path(report["chart"])
+        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000
+        with open(report["published"], newline="") as handle:
+            published = list(csv.reader(handle))
+        assert published[0] == report["columns"] and len(published) == len(report["rows"]) + 1
+        found[report["scenario"]] = report
+    assert sorted(found) == ["deprivation", "homelessness", "justice"]
+    return found
 
 
-def test_deprivation(tmp_path: Path) -> None:
-    report = run("deprivation", tmp_path)
+def test_deprivation(reports: dict[str, dict]) -> None:
+    report = reports["deprivation"]
     rows = {r[0]: dict(zip(report["columns"], r, strict=True)) for r in report["rows"]}
     assert len(rows) == 10 and "England" in rows
     england = rows["England"]
@@ -54,8 +62,8 @@ def test_deprivation(tmp_path: Path) -> None:
     assert linkage["epsilon"] == configured.coordinator.link_quality_epsilon and len(linkage["pairs"]) == 3
 
 
-def test_justice(tmp_path: Path) -> None:
-    report = run("justice", tmp_path)
+def test_justice(reports: dict[str, dict]) -> None:
+    report = reports["justice"]
     groups = {r[1] for r in report["rows"]}
     assert groups == {"parent imprisoned", "parent convicted, no custody", "all pupils"}
     assert {r[0] for r in report["rows"]} == {"2014-2018", "2019-2023"}
@@ -66,8 +74,8 @@ def test_justice(tmp_path: Path) -> None:
     assert set(report["spent"]) == {"dfe", "hmps", "pnc"}
 
 
-def test_homelessness_publishes_a_table_the_charity_can_share(tmp_path: Path) -> None:
-    report = run("homelessness", tmp_path, people=60_000)
+def test_homelessness_publishes_a_table_the_charity_can_share(reports: dict[str, dict]) -> None:
+    report = reports["homelessness"]
     outcomes = {r[0] for r in report["rows"]}
     assert outcomes == {"health", "housing", "employment"}
     for row in report["rows"]:
