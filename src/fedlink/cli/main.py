@@ -806,6 +806,9 @@ def scenario(
         setup.federation.stop()
 
 
+import fedlink.cli.futures  # noqa: E402  (registers `fedlink futures`, which uses the helpers above)
+
+
 def run() -> None:
     """Console-script entry point. A mistyped command line (unknown option, bad choice, missing
     argument) gets the same one-line ``error:`` as any other bad input, and exit code 2."""

@@ -29,7 +29,7 @@ from fedlink.coordinator.lifecycle import QueryLifecycle
 from fedlink.coordinator.projects import load_projects
 from fedlink.coordinator.revocation import RevocationWatch
 from fedlink.coordinator.sessions import NodeRoster, NodeSession
-from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError
+from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, PolicyRefused
 from fedlink.language.linked_query import is_linked
 from fedlink.pki import Identity
 from fedlink.plan.catalogue import FederationCatalogue, NodeCatalogue
@@ -203,6 +203,7 @@ class Coordinator:
         link secret, or ECDH PSI with no shared secret)."""
         project = self.projects.get(project_id)
         project.check(analyst, [])
+        self._check_linkage_service()
         nodes = sorted({dataset.split(".", 1)[0] for dataset in project.datasets})
         live = self.roster.sessions_for(nodes)
         # wildcards (every id: concept...) resolve to the concepts at least two of the project's nodes map
@@ -252,6 +253,13 @@ class Coordinator:
         )
         return report
 
+    def _check_linkage_service(self) -> None:
+        if not self.config.coordinator.linkage_service:
+            raise PolicyRefused(
+                f"coordinator '{self.config.coordinator.name}' offers no linkage service (linkage_service = false "
+                "in its config): nothing is linked across nodes here; ask a horizontal query (one table, no LINK)"
+            )
+
     def result_for(self, query_id: str, analyst: str) -> tuple[str, bytes]:
         """A stored result, for the analyst who ran the query only (completing it if a node is back)."""
         entry = self.queries.journal.get(query_id)
@@ -273,6 +281,7 @@ class Coordinator:
         """Run a LINK query (:mod:`fedlink.coordinator.linked_query`); returns the reply kind and body."""
         from fedlink.coordinator.linked_query import run_linked_query  # the chain's HE stack loads on first use
 
+        self._check_linkage_service()
         return run_linked_query(self.queries, self.projects, self.spines_path(), request, analyst)
 
     def fit_model(self, request: ModelRequest, analyst: str) -> tuple[str, bytes]:
