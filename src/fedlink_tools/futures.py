@@ -254,28 +254,38 @@ class Cell:
     def summary(self) -> str:
         """One sentence saying what the persona got, from the run's own figures and errors."""
         reason = self.refusals[0].reason if self.refusals else ""
-        released = sum(1 for e in self.estimates if e.value is not None)
         kept = f"published in {self.published}" if self.published else "not published"
         if self.outcome is Outcome.answered:
             return (
-                f"Full answer: all {self.asked} queries answered, linking {_and(self.linked)}; {released} estimates "
-                f"with 95% intervals; {kept}."
+                f"Full answer: all {self.asked} queries answered, linking {_and(self.linked)}; "
+                f"{_released(self.estimates)}; {kept}."
             )
         if self.outcome is Outcome.partial:
             missing = f"; {_and(self.missing)} not federated" if self.missing else ""
             return (
                 f"Partial answer: {self.answered} of {self.asked} queries answered, linking "
-                f"{_and(self.linked) or 'nothing'}{missing}; refused: {reason}"
+                f"{_and(self.linked) or 'nothing'}{missing}; {_released(self.estimates)}; {kept}; refused: {reason}"
             )
         if self.outcome is Outcome.aggregates:
             tables = len({e.query for e in self.aggregates})
-            return f"No linked answer (refused: {reason}); {tables} per-department tables instead; {kept}."
+            return (
+                f"No linked answer (refused: {reason}); {tables} per-department tables instead: "
+                f"{_released(self.aggregates)}; {kept}."
+            )
         return f"Refused: {reason}"
 
     def headline(self) -> Estimate | None:
         """The estimate shown first: a total (no group) if there is one, else the first released one."""
         released = [e for e in (*self.estimates, *self.aggregates) if e.value is not None]
         return next((e for e in released if not e.group), released[0] if released else None)
+
+
+def _released(estimates: tuple[Estimate, ...]) -> str:
+    """How many estimates were released with intervals, and why the others were suppressed."""
+    shown = sum(1 for e in estimates if e.value is not None)
+    why = sorted({e.suppressed for e in estimates if e.value is None and e.suppressed})
+    hidden = f" ({len(estimates) - shown} suppressed: {'; '.join(why)})" if shown < len(estimates) else ""
+    return f"{shown} of {len(estimates)} estimates released with 95% intervals{hidden}"
 
 
 @dataclass(frozen=True)
@@ -526,9 +536,12 @@ def chart_label(cell: Cell) -> str:
     if cell.outcome is Outcome.refused and cell.refusals:
         lines += textwrap.wrap(cell.refusals[0].reason, 34)[:4]
     else:
+        estimates = (*cell.estimates, *cell.aggregates)
         headline = cell.headline()
         if headline is not None:
+            lines += textwrap.wrap(f"{headline.query}: {headline.group or headline.measure}", 44)[:2]
             lines.append(f"{headline.measure} {headline.text()}")
+        lines.append(f"{sum(e.value is not None for e in estimates)} of {len(estimates)} estimates released")
         lines.append("published" if cell.published else "not published")
     return "\n".join(lines)
 
