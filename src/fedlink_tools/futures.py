@@ -20,6 +20,8 @@ page) lives in a temporary folder removed at the end: the federations of a run e
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import contextlib
 import csv
 import json
 import shutil
@@ -27,6 +29,7 @@ import tempfile
 import textwrap
 import tomllib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -45,6 +48,7 @@ from fedlink.language.linked_query import is_linked
 from fedlink.templating import environment
 from fedlink_tools.demo import LocalFederation, federation_dir, node_names, prepare_pki
 from fedlink_tools.scenarios import SCENARIOS, Query, ScenarioTable, ask, derive_table
+from fedlink_tools.synth.generate import MAX_PEOPLE, MIN_PEOPLE
 
 Progress = Callable[[str], None]
 #: Marks a folder as written by :func:`run_futures`, so a later run may replace what it wrote there.
@@ -436,37 +440,71 @@ def _publish(cell: Cell, out: Path, future: Future) -> Cell:
     return replace(cell, published=path.relative_to(out).as_posix())
 
 
-def _run_future(future: Future, shared: Path, work: Path, out: Path, progress: Progress) -> list[Cell]:
+def _federation(future: Future, shared: Path, work: Path) -> LocalFederation:
+    """``future``'s federation (configured, not started): its profile, revocation list and folders."""
     folder = work / future.key
-    revoked = folder / "revoked.txt"
-    federated = write_profile(future, folder / "federation", revoked)
+    federated = write_profile(future, folder / "federation", folder / "revoked.txt")
     for persona in PERSONAS:
-        if persona.analyst in future.refused:
+        if persona.analyst in future.refused:  # as `fedlink pki revoke` does, on this future's list only
             pki.revoke(folder, pki.cert_paths(shared / "pki", "analyst", persona.analyst)[0])
     # a node no persona can reach in this future (its analyst refused) would answer nothing: not started
     reachable = {s for p in PERSONAS if p.analyst not in future.refused for s in p.sources}
-    federation = LocalFederation(
+    return LocalFederation(
         workdir=folder,
         root=folder / "federation",
         nodes=[n for n in federated if n in reachable],
         env={"FEDLINK_WORKDIR": str(shared)},  # one PKI and one population; ledgers and registers per future
     )
-    progress(f"{future.title}: starting a coordinator and {len(federation.nodes)} nodes")
+
+
+def _ask_personas(future: Future, federation: LocalFederation, shared: Path, out: Path, say: Progress) -> list[Cell]:
     cells = []
-    with federation:
-        federation.start()
-        for persona in PERSONAS:
-            cert, key = pki.cert_paths(shared / "pki", "analyst", persona.analyst)
-            fed = fedlink.connect(
-                federation.address, cert=cert, key=key, ca=shared / "pki" / "ca.crt", results_dir=folder / persona.key
-            )
-            cell, _ = run_cell(fed, persona, future)
-            if future.publish:
-                cell = _publish(cell, out, future)
-            progress(f"{future.title} / {persona.key}: {cell.outcome.value}: {cell.summary()}")
-            cells.append(cell)
-    if future.publish:
-        export_register(federation.registers(), out / future.key / "register", f"fedlink register: {future.title}")
+    for persona in PERSONAS:
+        cert, key = pki.cert_paths(shared / "pki", "analyst", persona.analyst)
+        fed = fedlink.connect(
+            federation.address,
+            cert=cert,
+            key=key,
+            ca=shared / "pki" / "ca.crt",
+            results_dir=federation.workdir / persona.key,
+        )
+        cell, _ = run_cell(fed, persona, future)
+        if future.publish:
+            cell = _publish(cell, out, future)
+        say(f"{future.title} / {persona.key}: {cell.outcome.value}: {cell.summary()}")
+        cells.append(cell)
+    return cells
+
+
+def _run_all(shared: Path, work: Path, out: Path, say: Progress) -> list[Cell]:
+    """Every future in turn. The next future's federation starts (and the last one stops) in the
+    background while the personas ask the current one: a linked query keeps one node busy at a time,
+    so starting processes beside it costs little and saves most of a start per future."""
+    federations = [_federation(future, shared, work) for future in FUTURES]
+    cells: list[Cell] = []
+    with contextlib.ExitStack() as stack:
+        for federation in federations:
+            stack.callback(federation.stop)  # runs after the pool below has finished its starts and stops
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=2, thread_name_prefix="futures"))
+
+        def start(i: int) -> concurrent.futures.Future[None]:
+            say(f"{FUTURES[i].title}: starting a coordinator and {len(federations[i].nodes)} nodes")
+            return pool.submit(federations[i].start)
+
+        starting = start(0)
+        stopping = []
+        for i, (future, federation) in enumerate(zip(FUTURES, federations, strict=True)):
+            starting.result()
+            if i + 1 < len(FUTURES):
+                starting = start(i + 1)
+            cells += _ask_personas(future, federation, shared, out, say)
+            stopping.append(pool.submit(federation.stop))
+        for stopped in stopping:
+            stopped.result()
+    for future, federation in zip(FUTURES, federations, strict=True):
+        if future.publish:
+            title = f"fedlink transparency register: the future '{future.title}'"
+            export_register(federation.registers(), out / future.key / "register", title)
     return cells
 
 
@@ -487,8 +525,8 @@ def run_futures(
 ) -> tuple[FuturesMatrix, Path, Path]:
     """Run every persona's question under every future and write the matrix as ``out/index.html``,
     ``out/matrix.png`` and ``out/matrix.json``; returns the matrix and the page's and the chart's paths."""
-    if people < 1_000:
-        raise BadInput(f"give `people` of at least 1000 (not {people}): fewer leave every linked count suppressed")
+    if not MIN_PEOPLE <= people <= MAX_PEOPLE:  # before anything is made or started
+        raise BadInput(f"people is {people:,}; choose between {MIN_PEOPLE:,} and {MAX_PEOPLE:,}")
     require("charts", "fedlink futures")  # before anything starts: a missing package costs nothing
     say = progress or (lambda _: None)
     out = Path(out)
@@ -497,7 +535,7 @@ def run_futures(
     try:
         shared = work / "shared"
         _prepare(shared, people, seed, say)
-        cells = [cell for future in FUTURES for cell in _run_future(future, shared, work, out, say)]
+        cells = _run_all(shared, work, out, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     matrix = FuturesMatrix(people, seed, FUTURES, PERSONAS, tuple(cells))
