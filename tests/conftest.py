@@ -118,9 +118,10 @@ def start_federation(
     state: Path | None = None,
     test_mode: bool = True,
     revoked: Path | None = None,
+    linkage_service: bool = True,
 ) -> InProcessFederation:
     """A coordinator and ``nodes`` in threads, with ledgers and registers in ``state`` (default: fresh)
-    and the revocation list ``revoked`` (default: the session PKI's)."""
+    and the revocation list ``revoked`` (default: the session PKI's); ``linkage_service`` as in its config."""
     state = state or Path(tempfile.mkdtemp(prefix="fedlink-state-"))
     config = load_coordinator_config(ROOT / "coordinator" / "coordinator.toml")
     section = config.coordinator.model_copy(
@@ -129,6 +130,7 @@ def start_federation(
             "query_timeout_s": timeout_s,
             "transparency_register": str(state / "coordinator" / "register.jsonl"),
             "test_mode": test_mode,
+            "linkage_service": linkage_service,
         }
     )
     tls = config.tls if revoked is None else config.tls.model_copy(update={"revoked": str(revoked)})

@@ -1,5 +1,5 @@
 """``fedlink futures``: the three personas' questions under the four futures, as a persona x future
-matrix (HTML and PNG). Registered on the ``fedlink`` app by :mod:`fedlink.cli.main`."""
+matrix (HTML and PNG). :mod:`fedlink.cli.main` registers it, with its error handling."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from rich.table import Table
 from rich.text import Text
 
 from fedlink.cli import render
-from fedlink.cli.main import app, err, handles_errors, out
+
+out = render.console()
+err = render.console(stderr=True)
 
 
-@app.command()
-@handles_errors
 def futures(
     people: Annotated[int, typer.Option(help="Synthetic population shared by the four futures' federations.")] = 5_000,
     out_dir: Annotated[
@@ -46,8 +46,6 @@ def futures(
     for future in matrix.futures:
         table.add_column(future.title)
     for persona in matrix.personas:
-        table.add_row(
-            Text(persona.key), *(Text(matrix.cell(persona.key, f.key).outcome.value) for f in matrix.futures)
-        )
+        table.add_row(Text(persona.key), *(Text(matrix.cell(persona.key, f.key).outcome.value) for f in matrix.futures))
     out.print(table)
     out.print(f"wrote {page} and {chart}", highlight=False)

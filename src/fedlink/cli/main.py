@@ -23,6 +23,7 @@ import typer
 
 import fedlink
 from fedlink.cli import render
+from fedlink.cli.futures import futures
 from fedlink.errors import FedlinkError
 
 app = typer.Typer(
@@ -806,7 +807,7 @@ def scenario(
         setup.federation.stop()
 
 
-import fedlink.cli.futures  # noqa: E402  (registers `fedlink futures`, which uses the helpers above)
+app.command()(handles_errors(futures))
 
 
 def run() -> None:
