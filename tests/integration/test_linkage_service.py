@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedlink.errors import PolicyRefused
+from fedlink_tools.futures import FUTURES, PERSONAS, Outcome, run_cell
 
 from ..conftest import connect_analyst, start_federation
 
@@ -43,3 +44,23 @@ def test_no_linkage_service_refuses_linkage_and_answers_horizontal_queries(workd
         assert set(horizontal.privacy_loss) == {"charity_north", "charity_south"}
     finally:
         fed.stop()
+
+
+def test_the_deprioritised_future_gives_a_persona_per_department_tables(workdir: Path) -> None:
+    """`fedlink futures`' cell for the academic with no linkage service, on a federation in threads."""
+    fed = start_federation(["dfe", "dwp", "nhs"], linkage_service=False, test_mode=False)
+    try:
+        academic = next(p for p in PERSONAS if p.key == "academic")
+        deprioritised = next(f for f in FUTURES if not f.linkage_service)
+        cell, results = run_cell(connect_analyst(fed.address, workdir), academic, deprioritised)
+    finally:
+        fed.stop()
+    assert cell.outcome is Outcome.aggregates and cell.linked == () and not results and not cell.estimates
+    assert cell.asked == 8 and cell.answered == 0 and len(cell.refusals) == 8
+    assert {r.code for r in cell.refusals} == {"policy_refused"}
+    assert all("offers no linkage service" in r.reason for r in cell.refusals)
+    assert {e.query for e in cell.aggregates} == {q.title for q in academic.aggregates}
+    fsm = {e.group: e for e in cell.aggregates if e.measure == "pupils"}
+    assert set(fsm) == {"fsm 0", "fsm 1"}
+    assert all(e.lower <= e.value <= e.upper for e in fsm.values() if e.value is not None and e.lower is not None)
+    assert "3 per-department tables instead" in cell.summary()
