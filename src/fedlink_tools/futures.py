@@ -278,10 +278,14 @@ class Cell:
             )
         return f"Refused: {reason}"
 
-    def headline(self) -> Estimate | None:
-        """The estimate shown first: a total (no group) if there is one, else the first released one."""
+    def headlines(self, limit: int = 3) -> list[Estimate]:
+        """The released estimates shown first: totals (no group) before groups, in the order asked."""
         released = [e for e in (*self.estimates, *self.aggregates) if e.value is not None]
-        return next((e for e in released if not e.group), released[0] if released else None)
+        return sorted(released, key=lambda e: bool(e.group))[:limit]  # a stable sort keeps the order asked
+
+    def headline(self) -> Estimate | None:
+        first = self.headlines(1)
+        return first[0] if first else None
 
 
 def _released(estimates: tuple[Estimate, ...]) -> str:

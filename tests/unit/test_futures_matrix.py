@@ -96,6 +96,8 @@ def test_the_page_escapes_everything_and_carries_its_chart(tmp_path: Path) -> No
     assert len(re.findall(r'data-outcome="refused"', html)) == 3
     assert html.count('href="public-good/') == 3
     assert "120 [105, 135]" in html and "suppressed (cohort below minimum)" in html
+    # in the matrix itself, each cell with a released number shows it with its interval (refused cells: none)
+    assert html.count('<table class="headlines">') == 9
     document = json.loads((tmp_path / "matrix.json").read_text(encoding="utf-8"))
     assert len(document["cells"]) == 12 and document["cells"][0]["summary"].startswith("Full answer")
 
