@@ -119,10 +119,11 @@ def start_federation(
     test_mode: bool = True,
     revoked: Path | None = None,
     projects: Path | None = None,
+    linkage_service: bool = True,
 ) -> InProcessFederation:
     """A coordinator and ``nodes`` in threads, with ledgers and registers in ``state`` (default: fresh),
-    the revocation list ``revoked`` (default: the session PKI's) and the project registry ``projects``
-    (default: the demo's)."""
+    the revocation list ``revoked`` (default: the session PKI's), the project registry ``projects``
+    (default: the demo's) and ``linkage_service`` as in the coordinator's config."""
     state = state or Path(tempfile.mkdtemp(prefix="fedlink-state-"))
     config = load_coordinator_config(ROOT / "coordinator" / "coordinator.toml")
     section = config.coordinator.model_copy(
@@ -132,6 +133,7 @@ def start_federation(
             "transparency_register": str(state / "coordinator" / "register.jsonl"),
             "test_mode": test_mode,
             **({"projects": str(projects)} if projects is not None else {}),
+            "linkage_service": linkage_service,
         }
     )
     tls = config.tls if revoked is None else config.tls.model_copy(update={"revoked": str(revoked)})

@@ -274,36 +274,45 @@ class LocalFederation:
         self.address = str(info["address"])
         return self.address
 
-    def start_node(self, name: str, timeout_s: float = 60.0) -> None:
+    def _spawn_node(self, name: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
         config = self.root / "nodes" / name / "node.toml"
-        process, ready, log = self._spawn(
-            name, ["node", "serve", "--config", str(config)], {"FEDLINK_COORDINATOR": self.address}
-        )
+        return self._spawn(name, ["node", "serve", "--config", str(config)], {"FEDLINK_COORDINATOR": self.address})
+
+    def start_node(self, name: str, timeout_s: float = 60.0) -> None:
+        process, ready, log = self._spawn_node(name)
         _wait_for(ready, process, log, f"node '{name}'", time.monotonic() + timeout_s)
 
-    def start(self, on_ready: Callable[[str], None] | None = None) -> None:
+    def start(self, on_ready: Callable[[str], None] | None = None, timeout_s: float = 120.0) -> None:
         self.start_coordinator()
         if on_ready:
             on_ready("coordinator")
-        for name in self.nodes:
-            self.start_node(name)
+        # Nodes dial out to the coordinator and need nothing of each other: started together, their
+        # start-ups (mostly imports) overlap instead of adding up.
+        deadline = time.monotonic() + timeout_s
+        spawned = [(name, *self._spawn_node(name)) for name in self.nodes]
+        for name, process, ready, log in spawned:
+            _wait_for(ready, process, log, f"node '{name}'", deadline)
             if on_ready:
                 on_ready(name)
 
     def stop_party(self, name: str, timeout_s: float = 10.0) -> None:
-        process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        self._stop_parties([name], timeout_s)
+
+    def _stop_parties(self, names: list[str], timeout_s: float) -> None:
+        """Ask every party in ``names`` to stop at once, then wait for each (killing one that hangs)."""
+        stopping = [p for p in (self.processes.pop(n, None) for n in names) if p is not None and p.poll() is None]
+        for process in stopping:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in stopping:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def stop(self) -> None:
-        for name in [n for n in self.processes if n != "coordinator"]:
-            self.stop_party(name)
+        self._stop_parties([n for n in self.processes if n != "coordinator"], 10.0)
         self.stop_party("coordinator")
         if self.lock is not None:
             self.lock.close()

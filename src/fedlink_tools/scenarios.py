@@ -231,19 +231,10 @@ def run_scenario(
     say = progress or (lambda _: None)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Result] = {}
-    linked_once = False
     for i, query in enumerate(scenario.queries, 1):
         say(f"query {i}/{len(scenario.queries)}: {query.title}")
-        try:
-            results[query.key] = fed.query(query.sql, project=scenario.project, epsilon=epsilon)
-        except BadInput as exc:
-            if "no link spine" not in exc.message or linked_once:
-                raise
-            say(f"building the link spine of '{scenario.project}' first")
-            fed.link(scenario.project)
-            linked_once = True
-            results[query.key] = fed.query(query.sql, project=scenario.project, epsilon=epsilon)
-    table = _DERIVE[name](results)
+        results[query.key] = ask(fed, scenario, query, epsilon, say)
+    table = derive_table(name, results)
     published = out_dir / f"{name}.csv"
     with published.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -265,6 +256,23 @@ def run_scenario(
         }
         report.linkage_truth = _linkage_error(scenario, results, truth)
     return report
+
+
+def ask(fed: Federation, scenario: Scenario, query: Query, epsilon: float, progress: Progress | None = None) -> Result:
+    """One of ``scenario``'s queries, building the project's link spine first if it has none yet."""
+    try:
+        return fed.query(query.sql, project=scenario.project, epsilon=epsilon)
+    except BadInput as exc:
+        if "no link spine" not in exc.message:
+            raise
+    (progress or (lambda _: None))(f"building the link spine of '{scenario.project}' first")
+    fed.link(scenario.project)
+    return fed.query(query.sql, project=scenario.project, epsilon=epsilon)
+
+
+def derive_table(name: str, results: dict[str, Result]) -> ScenarioTable:
+    """Scenario ``name``'s table (with intervals) from the results of all its queries, by query key."""
+    return _DERIVE[name](results)
 
 
 # --- derived tables ---------------------------------------------------------------------------------

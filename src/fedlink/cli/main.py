@@ -24,6 +24,7 @@ import typer
 import fedlink
 from fedlink.cli import render
 from fedlink.cli.catalogue import add_catalogue_commands
+from fedlink.cli.futures import futures
 from fedlink.errors import FedlinkError
 
 app = typer.Typer(
@@ -811,6 +812,7 @@ def scenario(
 
 # `fedlink catalogue` lives in its own module and uses this one's helpers: added once they exist.
 add_catalogue_commands(app)
+app.command()(handles_errors(futures))
 
 
 def run() -> None:

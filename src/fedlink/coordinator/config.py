@@ -24,6 +24,9 @@ class CoordinatorSection(ConfigModel):
     #: Epsilon every node spends (on its ``<node>.linkage`` budget line) to release a new spine's
     #: match rates with DP; 0 releases none.
     link_quality_epsilon: float = Field(default=0.1, ge=0)
+    #: Whether this coordinator runs a linkage unit. False: no link spine is built and every LINK query
+    #: is refused, so analysts get horizontal aggregates only (each node's own tables, never joined).
+    linkage_service: bool = True
 
 
 class RegisteredNode(ConfigModel):

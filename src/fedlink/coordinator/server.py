@@ -31,7 +31,7 @@ from fedlink.coordinator.projects import load_projects, today
 from fedlink.coordinator.publications import PublicationStore, publish
 from fedlink.coordinator.revocation import RevocationWatch
 from fedlink.coordinator.sessions import NodeRoster, NodeSession
-from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError
+from fedlink.errors import AccessDenied, BadInput, Fault, FedlinkError, PolicyRefused
 from fedlink.language.linked_query import is_linked
 from fedlink.pki import Identity
 from fedlink.plan.catalogue import FederationCatalogue, NodeCatalogue
@@ -313,6 +313,7 @@ class Coordinator:
         self._refresh_project(project_id)
         project = self.projects.get(project_id)
         project.check(analyst, [])
+        self._check_linkage_service()
         nodes = sorted({dataset.split(".", 1)[0] for dataset in project.datasets})
         live = self.roster.sessions_for(nodes)
         # wildcards (every id: concept...) resolve to the concepts at least two of the project's nodes map
@@ -362,6 +363,13 @@ class Coordinator:
         )
         return report
 
+    def _check_linkage_service(self) -> None:
+        if not self.config.coordinator.linkage_service:
+            raise PolicyRefused(
+                f"coordinator '{self.config.coordinator.name}' offers no linkage service (linkage_service = false "
+                "in its config): nothing is linked across nodes here; ask a horizontal query (one table, no LINK)"
+            )
+
     def result_for(self, query_id: str, analyst: str) -> tuple[str, bytes]:
         """A stored result, for the analyst who ran the query only (completing it if a node is back)."""
         entry = self.queries.journal.get(query_id)
@@ -384,6 +392,7 @@ class Coordinator:
         """Run a LINK query (:mod:`fedlink.coordinator.linked_query`); returns the reply kind and body."""
         from fedlink.coordinator.linked_query import run_linked_query  # the chain's HE stack loads on first use
 
+        self._check_linkage_service()
         self._refresh_project(request.project)
         return run_linked_query(self.queries, self.projects, self.spines_path(), request, analyst)
 
