@@ -132,9 +132,9 @@ def run_linked_query(
 
 def finish_linked(entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) -> Finished:
     """The analyst's linked result from the last node's committed cells (the other nodes' commits carry
-    only their header): checked to be ciphertexts of this query's parameters, packed with their header,
-    under the strictest disclosure policy of the nodes' catalogues and of what each node's answer says
-    it requires for the project (an approval's minimum cohort)."""
+    only their header, no ciphertext): checked to be ciphertexts of this query's parameters, packed with
+    their header, under the strictest disclosure policy of the nodes' catalogues and of what each node's
+    answer says it requires for the project (an approval's minimum cohort)."""
     task = QueryTask.model_validate_json(entry.task)
     plan = task.plan
     assert isinstance(plan, LinkedPlan)
@@ -175,7 +175,7 @@ def _required(answers: dict[str, tuple[str, bytes]], last: str, output: LinkedOu
     for node, (_, body) in answers.items():
         if node != last and body:
             try:
-                outputs.append(LinkedOutput.model_validate_json(unpack(body)[0]))
+                outputs.append(LinkedOutput.model_validate_json(body))
             except ValidationError as exc:
                 raise Fault(f"node '{node}' committed a malformed linked answer; nothing was released") from exc
     return [o.disclosure for o in outputs if o.disclosure is not None]

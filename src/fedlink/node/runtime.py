@@ -369,7 +369,8 @@ class NodeRuntime:
             output = output.model_copy(update={"disclosure": self._project_disclosure(task.project)})
             last = step.role == "last"
             # every node's committed answer carries its policy for the project; only the last one's has cells
-            body = pack(output.model_dump_json().encode(), out_blobs if last else [])
+            header = output.model_dump_json().encode()
+            body = pack(header, out_blobs) if last else header
             self._prepare(task, Prepared(task.model_dump_json().encode(), rpc.RESULT if last else rpc.ACK, body))
         except BaseException as exc:
             self._fail(task, exc)
