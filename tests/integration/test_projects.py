@@ -1,7 +1,8 @@
 """Safe projects as a workflow over a real in-process federation: an analyst applies, each node's
 operator reviews and decides, the coordinator activates a project only when every node it needs has
 approved, refuses a rejected or retired one, and every step is on the registers; a node's minimum
-cohort is enforced on its answers; a link spine serves another project only with its nodes' consent."""
+cohort is enforced on its answers to every kind of query (aggregate, linked, model); a link spine
+serves another project only with its nodes' consent."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 
 from fedlink.errors import BadInput, PolicyRefused
@@ -22,6 +24,8 @@ from ..conftest import ROOT, InProcessFederation, connect_analyst, node_config, 
 pytestmark = pytest.mark.usefixtures("workdir")
 NODES = ["charity_north", "charity_south"]
 GATEWAY = "UK GDPR Article 6(1)(a): consent of the people supported"
+#: The charities' clients are not each other's: a linked query links them with DWP's claims.
+CLAIMS = {"dwp.claims": "Digital Economy Act 2017, Part 5, Chapter 5 (research)"}
 SQL = "SELECT COUNT(*) AS n FROM support_episodes"
 #: A project written by hand in projects.toml that reuses the spine of the applied-for project 'spine-a'.
 BY_HAND = """
@@ -43,7 +47,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory):
     shutil.copy(ROOT / "coordinator" / "projects.toml", projects)
     with projects.open("a", encoding="utf-8") as handle:
         handle.write(BY_HAND)
-    federation = start_federation(NODES, projects=projects)
+    federation = start_federation([*NODES, "dwp"], projects=projects)
     yield federation
     federation.stop()
 
@@ -147,6 +151,39 @@ def test_a_nodes_minimum_cohort_is_enforced(fed: InProcessFederation, workdir: P
     plain = analyst.query(SQL, project="outcomes-a", epsilon=1.0, pet="dp").raw
     assert plain.disclosure.min_cohort == 10 and plain.rows[0].cells[0].value is not None
     assert plain.rows[0].cells[0].value > 20
+
+
+def test_a_nodes_minimum_cohort_binds_linked_queries_and_models(fed: InProcessFederation, workdir: Path) -> None:
+    analyst = connect_analyst(fed.address, workdir)
+    datasets = {**{f"{n}.support_episodes": GATEWAY for n in NODES}, **CLAIMS}
+    apply(fed, workdir, "cohort-base", datasets=datasets)
+    for node in (*NODES, "dwp"):
+        decide(fed, node, "cohort-base")
+    analyst.link("cohort-base")
+    # the same data over the same spine, under a project whose approval at one node (not the chain's
+    # last, whose answer carries the cells) sets a high minimum cohort
+    apply(fed, workdir, "cohort-guarded", datasets=datasets, spine_of="cohort-base", identifiers=[])
+    for node in (*NODES, "dwp"):
+        decide(fed, node, "cohort-guarded", **({"min_cohort": 1_000_000} if node == "charity_north" else {}))
+    linked = "SELECT COUNT(*) AS n FROM support_episodes LINK dwp.claims"
+    by_group = "SELECT dwp.claims.employment, COUNT(*) AS n FROM support_episodes LINK dwp.claims GROUP BY employment"
+
+    for sql in (linked, by_group):
+        guarded = analyst.query(sql, project="cohort-guarded", epsilon=1.0).raw
+        assert guarded.disclosure.min_cohort == 1_000_000
+        assert all(c.value is None and c.lower is None and c.upper is None for r in guarded.rows for c in r.cells)
+        assert any("below the minimum of 1000000" in note for note in guarded.notes)
+    plain = analyst.query(linked, project="cohort-base", epsilon=1.0).raw
+    shown = plain.rows[0].cells[0].value
+    assert plain.disclosure.min_cohort == 10 and shown is not None and shown >= 10 and shown % 5 == 0
+
+    formula = "outcome = 'housed' ~ episode_type = 'rough_sleeping' + duration_days"
+    with pytest.raises(BadInput, match=r"too few rows .* \(the nodes require 1000000 rows beyond them\)"):
+        analyst.fit(formula, table="support_episodes", project="cohort-guarded", rho=0.5, iterations=2)
+    refused = [e.fields for e in fed.coordinator.register.entries() if e.fields.get("project") == "cohort-guarded"]
+    assert refused[-1]["status"] == "suppressed" and not refused[-1].get("released")
+    fit = analyst.fit(formula, table="support_episodes", project="cohort-base", rho=0.5, iterations=2)
+    assert len(fit.coefficients) == 3 and all(np.isfinite(fit.coefficients)) and fit.rows > 20
 
 
 def test_a_project_is_retired_at_its_end_date(

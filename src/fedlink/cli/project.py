@@ -215,7 +215,7 @@ def approve(
     rho: Annotated[
         float | None, typer.Option(help="Cap on the project's budget here (default: what it asked).")
     ] = None,
-    min_cohort: Annotated[int | None, typer.Option(help="Suppress results about fewer of this node's people.")] = None,
+    min_cohort: Annotated[int | None, typer.Option(help="Suppress its results whose cohort is smaller.")] = None,
     identifier: Annotated[
         list[str] | None, typer.Option(help="An identifier concept allowed for linkage (repeat; default: asked).")
     ] = None,

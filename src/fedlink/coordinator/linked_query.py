@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from pydantic import ValidationError
+
 from fedlink.coordinator.floor import check_informative
 from fedlink.coordinator.journal import Finished, JournalEntry
 from fedlink.coordinator.lifecycle import QueryLifecycle
@@ -130,7 +132,9 @@ def run_linked_query(
 
 def finish_linked(entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) -> Finished:
     """The analyst's linked result from the last node's committed cells (the other nodes' commits carry
-    nothing): checked to be ciphertexts of this query's parameters, packed with their header."""
+    only their header, no ciphertext): checked to be ciphertexts of this query's parameters, packed with
+    their header, under the strictest disclosure policy of the nodes' catalogues and of what each node's
+    answer says it requires for the project (an approval's minimum cohort)."""
     task = QueryTask.model_validate_json(entry.task)
     plan = task.plan
     assert isinstance(plan, LinkedPlan)
@@ -142,6 +146,9 @@ def finish_linked(entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) ->
     output = LinkedOutput.model_validate_json(header)
     if output.noiseless != task.noiseless or sum(output.streams.values()) != len(plan.components) * plan.cells:
         raise Fault("the last node of the chain answered inconsistently; nothing was released")
+    policy = DisclosurePolicy.strictest(
+        [DisclosurePolicy.model_validate(extra["policy"]), *_required(answers, plan.nodes[-1], output)]
+    )
     evaluator = ChainEvaluator(ChainParams.for_chain(plan.multiplications, sums=plan.sums), extra["link_key"])
     for blob in blobs:
         evaluator.load(blob)  # the analyst receives only ciphertexts of this query's parameters
@@ -153,13 +160,25 @@ def finish_linked(entry: JournalEntry, answers: dict[str, tuple[str, bytes]]) ->
         pet=task.pet_label,
         noiseless=task.noiseless,
         privacy_loss={n: task.loss for n in plan.nodes},
-        policy=DisclosurePolicy.model_validate(extra["policy"]),
+        policy=policy,
         noise=output.noise,
         units=output.units,
         linkage=None if quality is None else LinkageQuality.model_validate(quality),
         linkage_note=extra.get("linkage_note"),
     )
     return Finished(rpc.LINKED_RESULT, pack(result.model_dump_json().encode(), blobs), None, task.analyst)
+
+
+def _required(answers: dict[str, tuple[str, bytes]], last: str, output: LinkedOutput) -> list[DisclosurePolicy]:
+    """The disclosure policies the nodes' committed answers require for the query's project."""
+    outputs = [output]
+    for node, (_, body) in answers.items():
+        if node != last and body:
+            try:
+                outputs.append(LinkedOutput.model_validate_json(body))
+            except ValidationError as exc:
+                raise Fault(f"node '{node}' committed a malformed linked answer; nothing was released") from exc
+    return [o.disclosure for o in outputs if o.disclosure is not None]
 
 
 def _role(position: int, length: int, in_union: bool) -> Literal["first", "union", "middle", "last"]:

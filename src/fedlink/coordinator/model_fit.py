@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from typing import NamedTuple
 
 import numpy as np
 from pydantic import ValidationError
@@ -105,7 +106,7 @@ def fit_model(
 
     def run_round(iteration: int, beta: np.ndarray) -> tuple[np.ndarray, float]:
         if iteration == 0:  # committed above
-            return rounds[0][0], _sd(rounds[0][1])
+            return rounds[0].total, _sd(rounds[0].noise)
         replies = step(iteration, beta)
         failed = {n: a for n, a in replies.items() if isinstance(a, FedlinkError)}
         if failed:
@@ -113,7 +114,7 @@ def fit_model(
             raise _Stopped(f"node '{name}' failed at iteration {iteration + 1} ({error.message})")
         rounds.append(_summed(plan, task, {n: a.body for n, a in replies.items() if isinstance(a, Message)}))
         log.info("model %s: iteration %d of %d", task.query_id[:8], iteration + 1, plan.iterations)
-        return rounds[-1][0], _sd(rounds[-1][1])
+        return rounds[-1].total, _sd(rounds[-1].noise)
 
     try:
         newton_fit(plan, run_round)  # drives the rounds; _finished replays those received
@@ -142,9 +143,19 @@ class _Stopped(FedlinkError):
     """A fit stopped after its budget was committed (a node failed at a later iteration)."""
 
 
-def _summed(plan: ModelPlan, task: QueryTask, bodies: dict[str, bytes]) -> tuple[np.ndarray, dict[str, float]]:
-    """The sum of the nodes' masked statistics of one iteration (only the sum can be read), and the
-    standard deviation of each node's noise; a malformed or inconsistent answer is a :class:`Fault`."""
+class _Round(NamedTuple):
+    """One iteration as the coordinator can read it: the sum of the nodes' masked statistics (only the
+    sum can be read), the standard deviation of each node's noise, and the disclosure policies the
+    nodes' answers require for the project (an approval's minimum cohort)."""
+
+    total: np.ndarray
+    noise: dict[str, float]
+    required: tuple[DisclosurePolicy, ...]
+
+
+def _summed(plan: ModelPlan, task: QueryTask, bodies: dict[str, bytes]) -> _Round:
+    """One iteration's :class:`_Round` from the nodes' answers; a malformed or inconsistent answer is a
+    :class:`Fault`."""
     try:
         parts = {n: unpack_blobs(body) for n, body in bodies.items()}
         outputs = {n: ModelOutput.model_validate_json(header) for n, (header, _) in parts.items()}
@@ -154,7 +165,8 @@ def _summed(plan: ModelPlan, task: QueryTask, bodies: dict[str, bytes]) -> tuple
         total = secagg.unmasked_sum([blobs[0] for _, blobs in parts.values()], plan.statistics)
     except (ValueError, ValidationError) as exc:
         raise Fault("a node's model step was malformed") from exc
-    return total, {n: o.noise_sd for n, o in sorted(outputs.items())}
+    required = tuple(o.disclosure for _, o in sorted(outputs.items()) if o.disclosure is not None)
+    return _Round(total, {n: o.noise_sd for n, o in sorted(outputs.items())}, required)
 
 
 def _sd(noise: dict[str, float]) -> float:
@@ -166,14 +178,16 @@ def _finished(
     plan: ModelPlan,
     task: QueryTask,
     policy: DisclosurePolicy,
-    rounds: list[tuple[np.ndarray, dict[str, float]]],
+    rounds: list[_Round],
     notes: list[str],
 ) -> Finished:
     """The released model from the rounds of summed statistics received (all of the plan's, or fewer when
     the fit stopped early: it is then the fit of that many iterations), or, with too few rows for
-    disclosure control, the refusal that is released instead."""
+    disclosure control (the strictest of ``policy``, from the nodes' catalogues, and of the policies
+    their answers require), the refusal that is released instead."""
+    policy = DisclosurePolicy.strictest([policy, *(p for r in rounds for p in r.required)])
     done = plan.model_copy(update={"iterations": len(rounds)})
-    fit = newton_fit(done, lambda iteration, _: (rounds[iteration][0], _sd(rounds[iteration][1])))
+    fit = newton_fit(done, lambda iteration, _: (rounds[iteration].total, _sd(rounds[iteration].noise)))
     rows = float(fit.statistics[-2])
     if rows - plan.width < policy.min_cohort:
         refusal = BadInput(
@@ -199,7 +213,7 @@ def _finished(
         pet=task.pet_label,
         noiseless=task.noiseless,
         privacy_loss={n: task.loss for n in plan.nodes},
-        noise_sd=rounds[-1][1],
+        noise_sd=rounds[-1].noise,
         notes=tuple(notes),
     )
     released = {

@@ -277,8 +277,9 @@ class Approval(ConfigModel):
         except BadInput as exc:
             raise ValueError(exc.message) from None
 
-    #: Minimum cohort for this project: a horizontal query whose noisy count of this node's people is
-    #: below it is answered with every cell suppressed (stricter than ``[privacy.disclosure]`` only).
+    #: Minimum cohort for this project, on every kind of query it runs: an aggregate or linked result
+    #: whose noisy cohort is below it has every cell suppressed, a model whose noisy rows beyond its
+    #: coefficients are fewer is refused (stricter than ``[privacy.disclosure]`` only).
     min_cohort: int | None = Field(default=None, ge=0)
     #: The project whose link spine this project may reuse (broader use): this node's consent to it.
     spine_of: str | None = None

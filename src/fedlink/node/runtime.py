@@ -366,8 +366,11 @@ class NodeRuntime:
                 )
             vectors = node_vectors(plan, self.name, prepared.result(), step.spine_size)
             output, out_blobs = run_step(plan, self.name, step, vectors, blobs, task.loss, task.noiseless)
+            output = output.model_copy(update={"disclosure": self._project_disclosure(task.project)})
             last = step.role == "last"
-            body = pack(output.model_dump_json().encode(), out_blobs) if last else b""
+            # every node's committed answer carries its policy for the project; only the last one's has cells
+            header = output.model_dump_json().encode()
+            body = pack(header, out_blobs) if last else header
             self._prepare(task, Prepared(task.model_dump_json().encode(), rpc.RESULT if last else rpc.ACK, body))
         except BaseException as exc:
             self._fail(task, exc)
@@ -417,11 +420,12 @@ class NodeRuntime:
             if not np.all(np.isfinite(beta)):
                 raise BadInput("the model's coefficients are not finite; fit it again with fewer terms")
             values = model_statistics(self.data.backend(table), plan, table, self.name, beta)
-            output = ModelOutput(noiseless=True)
+            disclosure = self._project_disclosure(task.project)
+            output = ModelOutput(noiseless=True, disclosure=disclosure)
             if not task.noiseless:
                 spec = iteration_noise(plan.sensitivity(table.max_rows_per_person), plan.iterations, task.loss.rho)
                 values = add_noise(values, spec)
-                output = ModelOutput(noise_sd=spec.scale)
+                output = ModelOutput(noise_sd=spec.scale, disclosure=disclosure)
             keys = self.linkage.keys
             secrets = [(name, keys.pairwise_secret(card, step.query_id)) for name, card in sorted(peers.items())]
             masked_values = secagg.masked(values, self.name, secrets, f"{step.query_id}:{step.iteration}")
@@ -491,7 +495,10 @@ class NodeRuntime:
 
     def _project_disclosure(self, project: str) -> DisclosurePolicy | None:
         """This node's disclosure policy for ``project`` when its approval is stricter than the node's own
-        (a minimum cohort): it travels with the node's answer, and the strictest policy applies."""
+        (a minimum cohort): it travels with the node's answer to every kind of query (aggregate, linked,
+        model), and the strictest policy applies. The node cannot check the cohort itself: it is a noisy
+        total over every node (and, linked, known only to the analyst's client), and refusing on its own
+        exact count would disclose it."""
         approval = self.config.approval(project)
         policy = self.config.privacy.disclosure
         if approval is None or approval.min_cohort is None or approval.min_cohort <= policy.min_cohort:

@@ -15,6 +15,7 @@ from fedlink.pets.dp import NoiseSpec
 from fedlink.pets.he import Scheme
 from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.plan.aggregate import AggregatePlan
+from fedlink.plan.disclosure import DisclosurePolicy
 from fedlink.plan.linked_query import LinkedPlan
 from fedlink.plan.model import Family, ModelPlan
 from fedlink.transparency.records import bounded
@@ -244,6 +245,9 @@ class LinkedOutput(Frozen):
     #: Only from the last node: the noise it added to each component's cells.
     noise: dict[str, Noise] = Field(default_factory=dict)
     noiseless: bool = False
+    #: The node's disclosure policy for the query's project when stricter than its catalogue's (an
+    #: approval's minimum cohort), in every node's committed answer; the result gets the strictest.
+    disclosure: DisclosurePolicy | None = None
 
 
 class ModelRequest(Frozen):
@@ -292,6 +296,8 @@ class ModelOutput(Frozen):
     #: Standard deviation of the Gaussian noise the node added to each statistic (0 when noiseless).
     noise_sd: float = 0.0
     noiseless: bool = False
+    #: As in :class:`LinkedOutput`: the coefficients are released only under the strictest policy.
+    disclosure: DisclosurePolicy | None = None
 
 
 class ModelResult(Frozen):
