@@ -444,6 +444,18 @@ def _publish(cell: Cell, out: Path, future: Future) -> Cell:
     return replace(cell, published=path.relative_to(out).as_posix())
 
 
+def _publish_outcome(fed: Federation, persona: Persona, cell: Cell, say: Progress) -> None:
+    """Publish the cell's sentence as the persona's outcome (``fedlink project publish``): the
+    coordinator puts it on its register, which the future's public page shows beside every output of
+    the project released in this future and the privacy loss that produced them."""
+    if not cell.answered:
+        return
+    try:
+        fed.publish(cell.summary(), project=SCENARIOS[persona.scenario].project)
+    except FedlinkError as exc:  # e.g. nothing released: every output withheld by disclosure control
+        say(f"{persona.key}: nothing to publish on the register ({exc.message})")
+
+
 def _federation(future: Future, shared: Path, work: Path) -> LocalFederation:
     """``future``'s federation (configured, not started): its profile, revocation list and folders."""
     folder = work / future.key
@@ -475,6 +487,7 @@ def _ask_personas(future: Future, federation: LocalFederation, shared: Path, out
         cell, _ = run_cell(fed, persona, future)
         if future.publish:
             cell = _publish(cell, out, future)
+            _publish_outcome(fed, persona, cell, say)
         say(f"{future.title} / {persona.key}: {cell.outcome.value}: {cell.summary()}")
         cells.append(cell)
     return cells

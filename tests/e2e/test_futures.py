@@ -43,7 +43,18 @@ def test_four_futures_three_personas(tmp_path: Path) -> None:
     hidden = {e["suppressed"] for e in charity["estimates"] if e["value"] is None}
     assert all(e["lower"] is None and e["upper"] is None for e in charity["estimates"] if e["value"] is None)
     assert all(reason in charity["summary"] for reason in hidden)
-    assert (out / "public-good" / "register" / "index.html").exists()
+    # the published outcomes: each answered persona's sentence on the coordinator's register and its page
+    page = (out / "public-good" / "register" / "index.html").read_text(encoding="utf-8")
+    exported = json.loads((out / "public-good" / "register" / "register.json").read_text(encoding="utf-8"))
+    published = {
+        e["fields"]["analyst"]: e["fields"]["summary"]
+        for party in exported["registers"]
+        for e in party["entries"]
+        if e["kind"] == "publication"
+    }
+    assert set(published) >= {"academic", "moj-researcher"}
+    assert published["academic"] == cells[("academic", "public-good")]["summary"]
+    assert "Published outcomes" in page and "Full answer: all" in page
 
     # in silos: NHS and PNC are not federated, so each persona links two of its sources, and says which is missing
     for persona, missing in (("academic", "nhs"), ("moj-researcher", "pnc"), ("charity", "nhs")):
