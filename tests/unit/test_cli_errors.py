@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedlink import pki
-from fedlink.cli.main import with_flags
+from fedlink.cli.common import with_flags
 from fedlink.errors import BadInput
 from fedlink.transparency.register import Register
 

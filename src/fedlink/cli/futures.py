@@ -1,5 +1,5 @@
 """``fedlink futures``: the three personas' questions under the four futures, as a persona x future
-matrix (HTML and PNG). :mod:`fedlink.cli.main` registers it, with its error handling."""
+matrix (HTML and PNG). :mod:`fedlink.cli.main` adds it to ``fedlink``."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fedlink.cli import render
-
-out = render.console()
-err = render.console(stderr=True)
+from fedlink.cli.common import handles_errors, out, progress_lines
 
 
+@handles_errors
 def futures(
     people: Annotated[int, typer.Option(help="Synthetic population shared by the four futures' federations.")] = 5_000,
     out_dir: Annotated[
@@ -37,10 +35,7 @@ def futures(
     """
     from fedlink_tools.futures import run_futures  # the demo tooling loads only for this command
 
-    def say(message: str) -> None:
-        err.print(render.styled("futures:", "dim", f" {message}"), highlight=False)
-
-    matrix, page, chart = run_futures(out_dir, people, seed, progress=say)
+    matrix, page, chart = run_futures(out_dir, people, seed, progress=progress_lines("futures:"))
     table = Table(title="what each persona got", title_justify="left")
     table.add_column("persona")
     for future in matrix.futures:

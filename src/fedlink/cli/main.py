@@ -7,25 +7,40 @@ does is also possible from Python.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
-import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 import fedlink
-from fedlink.cli import render
-from fedlink.cli.catalogue import add_catalogue_commands
+from fedlink.cli import (
+    project_publish,  # noqa: F401  (adds `fedlink project publish` to the group)
+    render,
+)
+from fedlink.cli.catalogue import catalogue_app
+from fedlink.cli.common import (
+    Ca,
+    Cert,
+    Coordinator,
+    Format,
+    FormatOpt,
+    Key,
+    Profile,
+    connect,
+    err,
+    handles_errors,
+    out,
+    progress_lines,
+    state,
+)
 from fedlink.cli.futures import futures
-from fedlink.errors import FedlinkError
+from fedlink.cli.project import project_app
 
 app = typer.Typer(
     help="fedlink: linked statistics across departments, without raw data leaving source.",
@@ -53,90 +68,15 @@ result_app = typer.Typer(
     help="Results the coordinator keeps for you (sealed to your key) once budget is committed.", no_args_is_help=True
 )
 app.add_typer(result_app, name="result")
-
-# Neither console reads Rich markup: queries, names, paths and error messages print exactly as written.
-out = render.console()
-err = render.console(stderr=True)
-_state = {"debug": False}
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Format(StrEnum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-def _say(prefix: str) -> Callable[[str], None]:
-    """Progress lines on stderr: ``prefix`` dimmed, the message as written."""
-    return lambda message: err.print(render.styled(prefix, "dim", f" {message}"), highlight=False)
-
-
-#: Library errors name a parameter in backquotes (`epsilon`, `epsilon=E`); the command line says its flag.
-PARAMETER_FLAGS = {
-    "project": "--project",
-    "epsilon": "--epsilon",
-    "rho": "--rho",
-    "pet": "--pet",
-    "profile": "--profile",
-    "coordinator": "--coordinator",
-    "cert": "--cert",
-    "key": "--key",
-    "ca": "--ca",
-    "root_certificates": "--root-certificates",
-    "inputs": "--input",
-    "mapping": "--map",
-    "truth": "--truth",
-    "source": "--from",
-    "out": "--out",
-    "out_dir": "--out",
-    "pki_dir": "--dir",
-    "workdir": "--workdir",
-    "summary": "--summary",
-    "results": "--result",
-}
-_PARAMETER = re.compile(r"`(\w+)(?:=([^`]*))?`")
-
-
-def with_flags(message: str) -> str:
-    """``message`` with each parameter it names spelled as the command line's flag (`epsilon=E` -> --epsilon E)."""
-
-    def flag(match: re.Match[str]) -> str:
-        name, value = match.group(1), match.group(2)
-        if name not in PARAMETER_FLAGS:
-            return match.group(0)
-        return PARAMETER_FLAGS[name] if value is None else f"{PARAMETER_FLAGS[name]} {value}"
-
-    return _PARAMETER.sub(flag, message)
-
-
-def handles_errors(func: F) -> F:
-    """Turn a FedlinkError into one line on stderr and exit code 2 (bad input) or 1 (fault)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except FedlinkError as exc:
-            if _state["debug"]:
-                raise
-            err.print(render.styled("error:", "bold red", f" {with_flags(exc.message)}"), highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-        except Exception as exc:  # a bug: still one line, and the traceback on request
-            if _state["debug"]:
-                raise
-            detail = f" {type(exc).__name__}: {' '.join(str(exc).split())}; rerun with --debug for the traceback"
-            err.print(render.styled("internal error:", "bold red", detail), highlight=False)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
+app.add_typer(catalogue_app, name="catalogue")
+app.add_typer(project_app, name="project")
 
 
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
-    _state["debug"] = debug
+    state["debug"] = debug
     if not debug:
         # gRPC's core logs a failed TLS handshake at INFO on stderr, beside our one-line error: keep its
         # errors only (set before gRPC starts; an explicit GRPC_VERBOSITY wins).
@@ -240,23 +180,6 @@ def coordinator_serve(
     serve_coordinator(config, ready_file)
 
 
-# --- analyst --------------------------------------------------------------------------------------
-Profile = Annotated[
-    Path | None, typer.Option(help="Analyst profile (default $FEDLINK_PROFILE or .fedlink/analyst.toml).")
-]
-Coordinator = Annotated[str | None, typer.Option(help="Coordinator host:port (instead of a profile).")]
-Cert = Annotated[Path | None, typer.Option(help="Analyst certificate (with --coordinator).")]
-Key = Annotated[Path | None, typer.Option(help="Analyst private key (with --coordinator).")]
-Ca = Annotated[Path | None, typer.Option(help="Federation CA certificate (with --coordinator).")]
-FormatOpt = Annotated[Format, typer.Option("--format", help="table, json or csv.")]
-
-
-def _connect(
-    profile: Path | None, coordinator: str | None, cert: Path | None, key: Path | None, ca: Path | None
-) -> Any:
-    return fedlink.connect(coordinator, cert=cert, key=key, ca=ca, profile=profile)
-
-
 # Over Flower: fedlink's ServerApp runs on the SuperLink's machine with the coordinator's project registry
 # and register there; the analyst names themselves (Flower authenticates the SuperLink, not the analyst).
 Superlink = Annotated[
@@ -291,7 +214,7 @@ def _federation(
 ) -> Any:
     """fedlink's own transport, or with ``superlink`` fedlink's ServerApp on a Flower SuperLink."""
     if not superlink:
-        return _connect(profile, coordinator, cert, key, ca)
+        return connect(profile, coordinator, cert, key, ca)
     if projects is None or register is None or not analyst:
         raise fedlink.BadInput("over Flower, give --projects, --register and --analyst as well as --superlink")
     if not project:
@@ -318,7 +241,7 @@ def catalog(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """What data exists where (the same as `fedlink catalogue show`)."""
-    render.catalogue(out, _connect(profile, coordinator, cert, key, ca).catalog(), fmt.value)
+    render.catalogue(out, connect(profile, coordinator, cert, key, ca).catalog(), fmt.value)
 
 
 @app.command()
@@ -376,7 +299,7 @@ def budget(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Remaining privacy budget per node, project and dataset (from each node's own ledger)."""
-    render.budget(out, _connect(profile, coordinator, cert, key, ca).budget(), fmt.value)
+    render.budget(out, connect(profile, coordinator, cert, key, ca).budget(), fmt.value)
 
 
 class FamilyOpt(StrEnum):
@@ -453,7 +376,7 @@ def result_get(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Collect the result of a query or model you ran (completing it if a node that owed its answer is back)."""
-    res = _connect(profile, coordinator, cert, key, ca).result(query_id)
+    res = connect(profile, coordinator, cert, key, ca).result(query_id)
     if isinstance(res, fedlink.ModelResult):
         render.model(out, res, fmt.value)
     else:
@@ -471,7 +394,7 @@ def result_list(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """The queries whose keys this client keeps, so whose results `fedlink result get` can open."""
-    render.stored_results(out, _connect(profile, coordinator, cert, key, ca).results(), fmt.value)
+    render.stored_results(out, connect(profile, coordinator, cert, key, ca).results(), fmt.value)
 
 
 class LinkModeOpt(StrEnum):
@@ -498,7 +421,7 @@ def link(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Build a project's link spine: nodes send keyed encodings (or PSI-blinded keys), receive their slots."""
-    fed = _connect(profile, coordinator, cert, key, ca)
+    fed = connect(profile, coordinator, cert, key, ca)
     with render.stage_progress(err) as advance:
         report = fed.link(project, on_progress=advance, mode=mode.value)
     render.link_report(out, report, fmt.value)
@@ -626,7 +549,7 @@ def bench_run(
     """Run the pytest-benchmark suites under benchmarks/ and record the machine with their results."""
     from fedlink_tools.bench.runner import run as run_benchmarks
 
-    progress = _say("bench:") if err.is_terminal else None
+    progress = progress_lines("bench:") if err.is_terminal else None
     result = run_benchmarks(out_dir, quick=quick, progress=progress, only=tuple(suite or ()))
     out.print(
         f"wrote {result.json_path} ({result.benchmarks} benchmarks, {result.mode} run, {result.seconds:.0f} s); "
@@ -713,7 +636,7 @@ def demo(
         )
         err.print(f"demo: prepared; analyst profile {profile}")
         return
-    setup = run_demo(workdir, people, seed, progress=_say("demo:"))
+    setup = run_demo(workdir, people, seed, progress=progress_lines("demo:"))
     try:
         fed = fedlink.connect(profile=setup.profile)
         render.catalogue(out, fed.catalog(), "table")
@@ -793,7 +716,7 @@ def scenario(
     from fedlink_tools.scenarios import DemoTruth, run_scenario
 
     require("charts", "fedlink scenario")  # before the demo starts or a query is sent
-    say = _say("scenario:") if err.is_terminal else None
+    say = progress_lines("scenario:") if err.is_terminal else None
     names = [s.value for s in ScenarioName if s is not ScenarioName.all] if name is ScenarioName.all else [name.value]
 
     def run_all(fed: Any, truth: Any = None) -> None:
@@ -810,9 +733,7 @@ def scenario(
         setup.federation.stop()
 
 
-# `fedlink catalogue` lives in its own module and uses this one's helpers: added once they exist.
-add_catalogue_commands(app)
-app.command()(handles_errors(futures))
+app.command()(futures)
 
 
 def run() -> None:
@@ -839,11 +760,3 @@ def run() -> None:
         where = f"`{context.command_path} --help`" if context is not None else "`fedlink --help`"
         err.print(f"error: {str(show()).rstrip('.')}; see {where}", highlight=False, markup=False)
         sys.exit(code)
-
-
-# The `project` group lives in its own modules, which build on the helpers above (imported last for that);
-# project_publish adds `fedlink project publish` to the group as it loads.
-from fedlink.cli import project_publish  # noqa: E402, F401
-from fedlink.cli.project import project_app  # noqa: E402
-
-app.add_typer(project_app, name="project")

@@ -4,52 +4,22 @@ the project renders its checklist. Every step is recorded on the registers."""
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 import fedlink
-from fedlink.cli import render
+from fedlink.cli.common import Ca, Cert, Coordinator, Key, Profile, connect, handles_errors, out
 
 project_app = typer.Typer(
     help="Safe projects: apply, follow, review and approve at a node, and the checklist of whom to consult.",
     no_args_is_help=True,
 )
-out = render.console()
-F = TypeVar("F", bound=Callable[..., Any])
-Profile = Annotated[
-    Path | None, typer.Option(help="Analyst profile (default $FEDLINK_PROFILE or .fedlink/analyst.toml).")
-]
-Coordinator = Annotated[str | None, typer.Option(help="Coordinator host:port (instead of a profile).")]
-Cert = Annotated[Path | None, typer.Option(help="Analyst certificate (with --coordinator).")]
-Key = Annotated[Path | None, typer.Option(help="Analyst private key (with --coordinator).")]
-Ca = Annotated[Path | None, typer.Option(help="Federation CA certificate (with --coordinator).")]
 NodeConfigOpt = Annotated[Path, typer.Option("--config", help="The node's node.toml (run at the node).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def handles_errors(func: F) -> F:
-    """The ``fedlink`` command's error handling (one line, exit 2 or 1), taken when the command runs:
-    ``fedlink.cli.main`` registers this group, so it cannot be imported while this module loads."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from fedlink.cli.main import handles_errors as handled
-
-        return handled(func)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _connect(
-    profile: Path | None, coordinator: str | None, cert: Path | None, key: Path | None, ca: Path | None
-) -> fedlink.Federation:
-    return fedlink.connect(coordinator, cert=cert, key=key, ca=ca, profile=profile)
 
 
 def _records_table(records: list[Any], title: str) -> Table:
@@ -103,7 +73,7 @@ def apply(
 ) -> None:
     """Apply for a project; it is active once every node holding its datasets has approved it."""
     datasets = dict(_split_dataset(d) for d in dataset)
-    record = _connect(profile, coordinator, cert, key, ca).apply(
+    record = connect(profile, coordinator, cert, key, ca).apply(
         project_id,
         title=title,
         purposes=purpose,
@@ -134,7 +104,7 @@ def status(
     as_json: AsJson = False,
 ) -> None:
     """Where applications stand: state, and each node's decision as the nodes report it now."""
-    fed = _connect(profile, coordinator, cert, key, ca)
+    fed = connect(profile, coordinator, cert, key, ca)
     records = [fed.project_status(project_id)] if project_id else fed.projects()
     if as_json:
         out.print_json(json.dumps([json.loads(r.model_dump_json()) for r in records]))
@@ -158,7 +128,7 @@ def checklist(
     identifiers requested and the state of each approval."""
     from fedlink.governance.checklist import render_checklist
 
-    text = render_checklist(_connect(profile, coordinator, cert, key, ca).project_status(project_id), fmt)
+    text = render_checklist(connect(profile, coordinator, cert, key, ca).project_status(project_id), fmt)
     if out_file is None:
         out.file.write(text)
         return

@@ -10,7 +10,7 @@ import typer
 
 import fedlink
 from fedlink.cli import render
-from fedlink.cli.main import Ca, Cert, Coordinator, Format, FormatOpt, Key, Profile, handles_errors, out
+from fedlink.cli.common import Ca, Cert, Coordinator, Format, FormatOpt, Key, Profile, handles_errors, out
 from fedlink.cli.project import project_app
 
 
