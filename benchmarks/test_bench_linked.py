@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import pytest
 from federation import ANALYST, HUGE_CAP, MAX_NODES, REPORT, make_pki
 from test_bench_horizontal import MACHINE
+from timing import timed
 
 import fedlink
 from fedlink.coordinator.config import CoordinatorConfig
@@ -254,10 +255,9 @@ def test_linked_count_group_by(
             # outside the timed rounds: the noiseless encrypted answer equals DuckDB's join exactly
             exact = {r["region"]: r["n"] for r in bench.query(noiseless=True).rows()}
             assert exact == {region: float(n) for region, n in bench.floor(con)}
-    stats = getattr(benchmark, "stats", None)
-    if stats is None or getattr(stats, "stats", None) is None:
+    if (stats := timed(benchmark)) is None:
         return
-    _medians[(people, path)] = float(stats.stats.median)
+    _medians[(people, path)] = float(stats.median)
     other = _medians.get((people, "duckdb" if path == "he+dp" else "he+dp"))
     if other is not None:
         he, floor = (_medians[(people, "he+dp")], _medians[(people, "duckdb")])

@@ -539,6 +539,14 @@ def bench_run(
     quick: Annotated[
         bool, typer.Option("--quick", help="Default sizes only (a few minutes); else FEDLINK_BENCH_LARGE=1.")
     ] = False,
+    smoke: Annotated[
+        bool,
+        typer.Option(
+            "--smoke",
+            help="Check the benchmarks still run (CI): default sizes, each benchmark once and untimed, "
+            "two suites at a time; writes only the log, no results.",
+        ),
+    ] = False,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder for the results JSON and log (default benchmarks/results).")
     ] = None,
@@ -550,7 +558,14 @@ def bench_run(
     from fedlink_tools.bench.runner import run as run_benchmarks
 
     progress = progress_lines("bench:") if err.is_terminal else None
-    result = run_benchmarks(out_dir, quick=quick, progress=progress, only=tuple(suite or ()))
+    result = run_benchmarks(out_dir, quick=quick, smoke=smoke, progress=progress, only=tuple(suite or ()))
+    if result.json_path is None:
+        out.print(
+            f"smoke run: {len(result.suites)} suite(s) ok, {result.benchmarks} benchmarks ran once, untimed, in "
+            f"{result.seconds:.0f} s (nothing recorded as a measurement); pytest's output: {result.log_path}",
+            highlight=False,
+        )
+        return
     out.print(
         f"wrote {result.json_path} ({result.benchmarks} benchmarks, {result.mode} run, {result.seconds:.0f} s); "
         f"pytest's output: {result.log_path}; next: fedlink bench report",

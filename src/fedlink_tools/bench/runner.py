@@ -13,7 +13,10 @@ file beside it.
 
 Quick mode runs the suites' default sizes (``FEDLINK_BENCH_LARGE`` unset): a few minutes on two
 cores. Full mode sets ``FEDLINK_BENCH_LARGE=1`` (1e6 people and records, 1e8 kernel pairs, 20-node
-federations and 10,000 groups): tens of minutes and several GB of memory.
+federations and 10,000 groups): tens of minutes and several GB of memory. Smoke mode (CI's) only checks
+that the benchmarks still run: the quick sizes under ``--benchmark-disable`` (each benchmarked function
+runs once, untimed, and every assertion is made), two suites at a time, and no JSON: its times are
+never figures, so ``fedlink bench report`` never sees them.
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from fedlink.errors import BadInput, Fault
 
@@ -41,6 +46,9 @@ VERSIONED = ("fedlink", "numpy", "tenseal", "opendp", "duckdb", "pyarrow", "pyte
 #: Extra pytest arguments per suite in quick mode. Every suite's default sizes take seconds to about a
 #: minute on two cores, so no suite is narrowed with ``-k``.
 QUICK_SELECTION: dict[str, tuple[str, ...]] = {}
+#: Suites a smoke run runs at once (each in its own pytest process).
+SMOKE_PARALLEL = 2
+_PASSED = re.compile(r"\b(\d+) passed\b")
 _SKIPPED = re.compile(r"^SKIPPED \[(\d+)\] (?:[^\s:]+:\d+: )?(.+)$")
 
 
@@ -65,7 +73,7 @@ class SuiteRun:
 class BenchRun:
     """A finished run: the merged JSON, pytest's log and what each suite did."""
 
-    json_path: Path
+    json_path: Path | None  # None for a smoke run, which measures nothing
     log_path: Path
     mode: str
     seconds: float
@@ -150,27 +158,53 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def _pytest_args(suite: Path, root: Path, json_path: Path, quick: bool) -> list[str]:
-    args = [
-        "-m",
-        "pytest",
-        str(suite.relative_to(root)),
-        "--benchmark-only",
-        f"--benchmark-json={json_path}",
-        "-rs",
-        "--color=no",
-    ]
-    if quick:
+def _pytest_args(suite: Path, root: Path, mode: str, json_path: Path | None = None) -> list[str]:
+    """pytest's arguments for one suite. A smoke run passes ``--benchmark-disable`` (each benchmarked
+    function runs once, untimed; pytest-benchmark refuses it together with ``--benchmark-only``) and
+    asks for no JSON: there is nothing to record."""
+    args = ["-m", "pytest", str(suite.relative_to(root))]
+    if mode == "smoke":
+        args.append("--benchmark-disable")
+    else:
+        args += ["--benchmark-only", f"--benchmark-json={json_path}"]
+    args += ["-rs", "--color=no"]
+    if mode != "full":
         args += list(QUICK_SELECTION.get(suite.name, ()))
     return args
 
 
-def _run_suite(
-    suite: Path, root: Path, json_path: Path, quick: bool, env: dict[str, str], log: Any
+def _suite_run(
+    suite: str, args: list[str], returncode: int, seconds: float, output: str, json_path: Path | None
 ) -> tuple[SuiteRun, list[dict[str, Any]], dict[str, Any]]:
-    args = _pytest_args(suite, root, json_path, quick)
-    log.write(f"\n===== {' '.join(['python', *args])}\n")
-    log.flush()
+    """What one suite's pytest did, from its output and (unless a smoke run) its JSON file, which is
+    read and removed. A smoke run counts its benchmarks from pytest's summary (``N passed``)."""
+    lines = output.splitlines()
+    reasons: dict[str, int] = {}
+    for line in lines:
+        if m := _SKIPPED.match(line.strip()):
+            reasons[m.group(2)] = reasons.get(m.group(2), 0) + int(m.group(1))
+    skipped = [{"cases": cases, "reason": reason} for reason, cases in reasons.items()]
+    summary = next((line.strip(" =") for line in reversed(lines) if line.startswith("=")), "")
+    benchmarks: list[dict[str, Any]] = []
+    header: dict[str, Any] = {}
+    if json_path is None:
+        passed = _PASSED.search(summary)
+        count = int(passed.group(1)) if passed else 0
+    else:
+        if json_path.exists():
+            try:
+                header = json.loads(json_path.read_text(encoding="utf-8"))
+                benchmarks = list(header.pop("benchmarks", []))
+            except (OSError, ValueError):
+                header = {}
+            json_path.unlink(missing_ok=True)
+        count = len(benchmarks)
+    if returncode == 0 and not count and not skipped:
+        returncode = 5  # nothing ran and nothing said why: treat like pytest's "no tests collected"
+    return SuiteRun(suite, returncode, seconds, count, args[2:], skipped, summary), benchmarks, header
+
+
+def _pytest(args: list[str], root: Path, env: dict[str, str]) -> tuple[int, float, str]:
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, *args],
@@ -182,36 +216,14 @@ def _run_suite(
         errors="replace",
         check=False,
     )
-    seconds = time.perf_counter() - started
-    log.write(done.stdout)
-    log.flush()
-    lines = done.stdout.splitlines()
-    reasons: dict[str, int] = {}
-    for line in lines:
-        if m := _SKIPPED.match(line.strip()):
-            reasons[m.group(2)] = reasons.get(m.group(2), 0) + int(m.group(1))
-    skipped = [{"cases": cases, "reason": reason} for reason, cases in reasons.items()]
-    summary = next((line.strip(" =") for line in reversed(lines) if line.startswith("=")), "")
-    benchmarks: list[dict[str, Any]] = []
-    header: dict[str, Any] = {}
-    if json_path.exists():
-        try:
-            header = json.loads(json_path.read_text(encoding="utf-8"))
-            benchmarks = list(header.pop("benchmarks", []))
-        except (OSError, ValueError):
-            header = {}
-        json_path.unlink(missing_ok=True)
-    returncode = done.returncode
-    if returncode == 0 and not benchmarks and not skipped:
-        returncode = 5  # nothing ran and nothing said why: treat like pytest's "no tests collected"
-    run = SuiteRun(suite.name, returncode, seconds, len(benchmarks), args[2:], skipped, summary)
-    return run, benchmarks, header
+    return done.returncode, time.perf_counter() - started, done.stdout
 
 
 def run(
     out_dir: Path | None = None,
     *,
     quick: bool = False,
+    smoke: bool = False,
     root: Path | None = None,
     progress: Callable[[str], None] | None = None,
     only: Sequence[str] = (),
@@ -219,7 +231,11 @@ def run(
     """Run the benchmark suites (``only``: suite file names or stems to run, default all) and write
     ``bench-<time>-<quick|full>.json`` and its ``.log`` under ``out_dir`` (default
     ``<root>/benchmarks/results``). Raises :class:`Fault` if any suite's pytest fails, after writing
-    what the others measured."""
+    what the others measured.
+
+    ``smoke`` (implies ``quick``) checks that the benchmarks still run, for CI: every benchmark runs
+    once, untimed, with its assertions, :data:`SMOKE_PARALLEL` suites at a time, and only the log
+    (``bench-<time>-smoke.log``) is written, since nothing was measured."""
     if find_spec("pytest_benchmark") is None:
         raise BadInput("pytest-benchmark is not installed in this Python: pip install -e '.[test]'")
     root = find_root(root)
@@ -238,38 +254,68 @@ def run(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInput(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from None
-    mode = "quick" if quick else "full"
+    mode = "smoke" if smoke else "quick" if quick else "full"
     started_at = datetime.now(UTC)
     stem = f"bench-{started_at:%Y%m%d-%H%M%S}-{mode}"
     json_path, log_path = out_dir / f"{stem}.json", out_dir / f"{stem}.log"
     env = dict(os.environ)
     env.pop("FEDLINK_BENCH_LARGE", None)
-    if not quick:
+    if mode == "full":
         env["FEDLINK_BENCH_LARGE"] = "1"
     say = progress or (lambda _message: None)
-    merged: dict[str, Any] = {}
-    benchmarks: list[dict[str, Any]] = []
-    runs: list[SuiteRun] = []
-    clock = time.perf_counter()
-    with log_path.open("w", encoding="utf-8") as log:
-        for index, suite in enumerate(chosen, 1):
-            say(f"[{index}/{len(chosen)}] {suite.name} ({mode}) ...")
-            part = out_dir / f".{stem}-{suite.stem}.json"
-            suite_run, found, header = _run_suite(suite, root, part, quick, env, log)
-            runs.append(suite_run)
-            benchmarks += found
-            for key, value in header.items():
-                merged.setdefault(key, value)
-            status = "ok" if suite_run.ok else f"FAILED (pytest exit {suite_run.returncode})"
+    total = len(chosen)
+    # one suite's output goes to the log in one piece and progress lines stay whole, whichever thread
+    # finishes first
+    lock = threading.Lock()
+    done: dict[int, tuple[SuiteRun, list[dict[str, Any]], dict[str, Any]]] = {}
+
+    def one(index: int, suite: Path, log: TextIO) -> None:
+        part = None if mode == "smoke" else out_dir / f".{stem}-{suite.stem}.json"
+        args = _pytest_args(suite, root, mode, part)
+        with lock:
+            say(f"[{index}/{total}] {suite.name} ({mode}) ...")
+        returncode, seconds, output = _pytest(args, root, env)
+        suite_run, found, header = _suite_run(suite.name, args, returncode, seconds, output, part)
+        status = "ok" if suite_run.ok else f"FAILED (pytest exit {suite_run.returncode})"
+        with lock:
+            log.write(f"\n===== {' '.join(['python', *args])}\n{output}")
+            log.flush()
+            done[index] = suite_run, found, header
             say(
-                f"[{index}/{len(chosen)}] {suite.name}: {suite_run.benchmarks} benchmarks in "
+                f"[{index}/{total}] {suite.name}: {suite_run.benchmarks} benchmarks in "
                 f"{suite_run.seconds:.0f} s, {status}"
             )
-    seconds = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    with log_path.open("w", encoding="utf-8") as log:
+        # a smoke run's times are never figures, so its suites may share the cores; a measuring run's
+        # suites run alone, one after another
+        with ThreadPoolExecutor(max_workers=SMOKE_PARALLEL if mode == "smoke" else 1) as pool:
+            for future in [pool.submit(one, index, suite, log) for index, suite in enumerate(chosen, 1)]:
+                future.result()
+        seconds = time.perf_counter() - clock
+        runs = [done[index][0] for index in sorted(done)]
+        log.write(f"\n===== fedlink bench: {mode} run of {total} suite(s) in {seconds:.0f} s\n")
+        for r in runs:
+            status = "ok" if r.ok else f"FAILED (pytest exit {r.returncode})"
+            log.write(f"{r.suite}: {status}, {r.benchmarks} benchmarks in {r.seconds:.0f} s ({r.summary})\n")
+    if mode == "smoke":
+        result = BenchRun(None, log_path, mode, seconds, runs)
+        if result.failed:
+            names = ", ".join(f"{r.suite} ({r.summary or f'exit {r.returncode}'})" for r in result.failed)
+            raise Fault(f"benchmark suite(s) failed: {names}; see {log_path}")
+        return result
+    merged: dict[str, Any] = {}
+    benchmarks: list[dict[str, Any]] = []
+    for index in sorted(done):
+        _, found, header = done[index]
+        benchmarks += found
+        for key, value in header.items():
+            merged.setdefault(key, value)
     merged["benchmarks"] = benchmarks
     merged["fedlink"] = {
         "mode": mode,
-        "large": not quick,
+        "large": mode == "full",
         "started": started_at.isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
         "machine": machine_info(),
