@@ -4,6 +4,7 @@ operators' local preview, the Data Package is valid, and no identifier value is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from pathlib import Path
 import frictionless
 import pytest
 
+from fedlink.errors import BadInput
 from fedlink.governance.catalogue import export_catalogue, local_catalogue
 from fedlink.node.config import load_node_config
+from fedlink.protocol.publication import CatalogueRecord
 
 from ..conftest import ANALYST, NODES, ROOT, InProcessFederation, connect_analyst, find_leaks, identifier_values
 
@@ -104,6 +107,20 @@ def test_the_command_line_shows_and_exports_the_catalogue(
     assert sorted(p.name for p in (tmp_path / "site").iterdir()) == [
         ".fedlink-catalogue-export", "catalogue.jsonld", "datapackage.json", "index.html",
     ]  # fmt: skip
+    # the export is on the coordinator's register: each file's SHA-256, so a copy can be checked against it
+    entries = [
+        json.loads(line) for line in (federation.state / "coordinator" / "register.jsonl").read_text().splitlines()
+    ]
+    recorded = [e["fields"] for e in entries if e["kind"] == "catalogue_published"][-1]
+    assert recorded["analyst"] == ANALYST and f"entry {entries[-1]['seq']}" in exported.stdout
+    assert recorded["files"] == {
+        name: hashlib.sha256((tmp_path / "site" / name).read_bytes()).hexdigest()
+        for name in ("index.html", "catalogue.jsonld", "datapackage.json")
+    }
+    assert set(recorded["datasets"]) == {f"{n}.{t['name']}" for n, c in nodes.items() if c for t in c["tables"]}
+    forged = CatalogueRecord.model_validate({"files": recorded["files"], "datasets": ["nowhere.people"]})
+    with pytest.raises(BadInput, match=r"nowhere\.people, which no live node declares"):
+        connect_analyst(federation.address, workdir).record_catalogue(forged)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     refused = _cli(

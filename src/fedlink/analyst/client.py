@@ -34,7 +34,7 @@ from fedlink.protocol import rpc
 from fedlink.protocol.blobs import unpack
 from fedlink.protocol.linkage import LinkCall, LinkMode, LinkReport
 from fedlink.protocol.projects import ProjectApplication, ProjectList, ProjectRecord, ProjectRef
-from fedlink.protocol.publication import MAX_OUTPUTS, Publication, PublishRequest, check_summary
+from fedlink.protocol.publication import MAX_OUTPUTS, CatalogueRecord, Publication, PublishRequest, check_summary
 from fedlink.protocol.results import EncryptedResult, LinkedEncryptedResult, QueryResult, build_result, scheme_of
 from fedlink.protocol.tasks import BudgetReport, ModelRequest, ModelResult, Pet, QueryRequest, TaskRef, declared_loss
 from fedlink.protocol.transport import (
@@ -253,6 +253,14 @@ class Federation:
             raise BadInput(f"invalid `results` ({problem}); give the ids `fedlink result list` shows") from exc
         reply = self._call(rpc.PUBLISH, request.model_dump_json().encode())
         return Publication.model_validate_json(reply.body)
+
+    def record_catalogue(self, record: CatalogueRecord) -> int:
+        """Record a public catalogue export (its files' SHA-256 digests and the datasets it lists) on the
+        coordinator's transparency register, so that anyone holding a copy can check it is the one the
+        federation published; the register entry's sequence number. ``fedlink catalogue export`` does
+        this after writing the files (:func:`fedlink.governance.catalogue.catalogue_record`)."""
+        reply = self._call(rpc.CATALOGUE_PUBLISHED, record.model_dump_json().encode())
+        return int(json.loads(reply.body)["seq"])
 
     def link(
         self,

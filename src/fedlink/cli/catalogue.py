@@ -83,13 +83,19 @@ def export(
     gateways, update frequency and linkage readiness (counts rounded by the node's disclosure policy).
     No value of any row is published.
     """
-    from fedlink.governance.catalogue import check_target, export_catalogue, local_catalogue
+    from fedlink.governance.catalogue import catalogue_record, check_target, export_catalogue, local_catalogue
 
     if node and (profile or coordinator):
         raise BadInput("give --node (a local preview) or a federation (--profile or --coordinator), not both")
     check_target(out_dir, base_url)  # before the data is read or the federation asked
-    catalogue = local_catalogue(node) if node else connect(profile, coordinator, cert, key, ca).catalog()
+    fed = None if node else connect(profile, coordinator, cert, key, ca)
+    catalogue = fed.catalog() if fed is not None else local_catalogue(node or [])
     written = export_catalogue(catalogue, out_dir, title=title, publisher=publisher, base_url=base_url)
+    if fed is not None:  # a federation's catalogue goes on its register; a node's local preview does not
+        seq = fed.record_catalogue(catalogue_record(written, catalogue, title))
+        out.print(
+            f"recorded on the coordinator's transparency register (entry {seq}): each file's SHA-256", highlight=False
+        )
     out.print(
         f"catalogue written to {written.page.parent}: {written.page.name} (the site), {written.dcat.name} "
         f"(DCAT), {written.datapackage.name} (Frictionless Data Package)",

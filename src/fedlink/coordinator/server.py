@@ -46,7 +46,7 @@ from fedlink.protocol.projects import (
     ProjectRecord,
     ProjectRef,
 )
-from fedlink.protocol.publication import Publication, PublishRequest
+from fedlink.protocol.publication import CATALOGUE_KIND, CatalogueRecord, Publication, PublishRequest
 from fedlink.protocol.tasks import BudgetLineInfo, BudgetReport, ModelRequest, QueryRequest, TaskRef
 from fedlink.protocol.transport import Message, frames, make_server, messages, peer_identity
 from fedlink.transparency.records import refusals_recorded
@@ -407,6 +407,22 @@ class Coordinator:
         """Publish an analyst's summary of project outputs (:mod:`fedlink.coordinator.publications`)."""
         return publish(request, analyst, self.projects, self.queries.journal, self.publications, self.register)
 
+    def record_catalogue(self, record: CatalogueRecord, analyst: str) -> int:
+        """Record a public catalogue export on the register (its files' digests and datasets); the entry's
+        sequence number. Every dataset it lists must be one a registered node declares."""
+        declared = {
+            f"{status.node}.{table.name}"
+            for status in self.catalogue().nodes
+            if status.catalogue is not None
+            for table in status.catalogue.tables
+        }
+        unknown = sorted(set(record.datasets) - declared)
+        if unknown:
+            raise BadInput(
+                f"the catalogue lists {', '.join(unknown[:3])}, which no live node declares; export it again"
+            )
+        return self.register.append(CATALOGUE_KIND, {"analyst": analyst, **record.model_dump(mode="json")}).seq
+
     def public_register(self) -> bytes:
         """The coordinator's register (public by design) with its verification report, as JSON."""
         report = self.register.verify()
@@ -489,6 +505,9 @@ class Coordinator:
         if request.kind == rpc.PUBLISH:
             publication = self.publish(PublishRequest.model_validate_json(request.body), analyst)
             return Message(request.call_id, rpc.RESULT, publication.model_dump_json().encode())
+        if request.kind == rpc.CATALOGUE_PUBLISHED:
+            seq = self.record_catalogue(CatalogueRecord.model_validate_json(request.body), analyst)
+            return Message(request.call_id, rpc.RESULT, json.dumps({"seq": seq}).encode())
         raise BadInput(f"unknown request '{request.kind}'; upgrade the analyst client")
 
     def _analyst(self, inbound: Iterator[Frame], context: grpc.ServicerContext) -> Iterator[Frame]:

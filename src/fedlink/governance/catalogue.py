@@ -24,6 +24,7 @@ value of any row is read here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -46,6 +47,7 @@ from fedlink.plan.catalogue import (
     NodeStatus,
     TableInfo,
 )
+from fedlink.protocol.publication import CatalogueRecord
 from fedlink.templating import environment
 
 FORMAT = "fedlink-catalogue-export/1"
@@ -179,6 +181,20 @@ def export_catalogue(
         if staging.exists():
             shutil.rmtree(staging)
     return CatalogueExport(out / PAGE, out / DCAT, out / DATAPACKAGE)
+
+
+def catalogue_record(
+    written: CatalogueExport, catalogue: FederationCatalogue | Catalogue, title: str
+) -> CatalogueRecord:
+    """What the coordinator's register records of an export: each file's SHA-256 and the datasets listed."""
+    raw = catalogue.raw if isinstance(catalogue, Catalogue) else catalogue
+    files = {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (written.page, written.dcat, written.datapackage)
+    }
+    datasets = sorted(
+        f"{s.catalogue.node}.{t.name}" for s in raw.nodes if s.catalogue is not None for t in s.catalogue.tables
+    )
+    return CatalogueRecord.model_validate({"files": files, "datasets": datasets, "title": title})
 
 
 def check_target(out: Path, base_url: str | None = None) -> None:

@@ -97,3 +97,20 @@ class Publication(Frozen):
     def register_fields(self) -> dict[str, Any]:
         """The publication as its register entry records it."""
         return self.model_dump(mode="json")
+
+
+#: The kind of a public catalogue's entry on the coordinator's transparency register.
+CATALOGUE_KIND = "catalogue_published"
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class CatalogueRecord(Frozen):
+    """A public catalogue export as the coordinator's register records it: the SHA-256 of each file
+    written and the datasets it describes, so that anyone holding a copy of the catalogue can check it
+    is the one the federation published, and when. It holds metadata digests only, never a value."""
+
+    #: File name (``index.html``, ``catalogue.jsonld``, ``datapackage.json``) -> SHA-256, hex.
+    files: dict[Literal["index.html", "catalogue.jsonld", "datapackage.json"], Sha256]
+    #: ``node.table`` of every dataset the catalogue lists.
+    datasets: tuple[Annotated[str, StringConstraints(min_length=3, max_length=200)], ...] = Field(max_length=10_000)
+    title: Annotated[str, StringConstraints(max_length=500)] = ""

@@ -46,6 +46,7 @@ QUERY = "query"  # body: a QueryRequest
 REGISTER = "register"  # analyst -> coordinator: the public register
 RESULT_GET = "result_get"  # analyst -> coordinator: a stored result by query id (a TaskRef)
 PUBLISH = "publish"  # analyst -> coordinator: a summary of a project's released outputs (a PublishRequest)
+CATALOGUE_PUBLISHED = "catalogue_published"  # analyst -> coordinator: a public catalogue's digests (a CatalogueRecord)
 RESULT = "result"
 ERROR = "error"
 
