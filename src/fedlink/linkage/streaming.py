@@ -377,6 +377,8 @@ def _link(
             ScoredPairs(p=p, q=q, ia=ia, ib=ib, posterior=score, via=via, assigned=assigned, candidates=count)
         )
     del frequencies
+    seconds["score"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     threshold = spec.threshold if spec.threshold is not None else best_threshold(scored)
     links = []
     for pairs_scored in scored:
