@@ -184,6 +184,7 @@ def projection(runs: list[dict[str, Any]]) -> list[str]:
         f"{candidates:,.0f} over {target_pairs} pairs of departments",
         f"- comparison throughput: {slot}",
         f"- encodings on the wire: {wire_per_record:.0f} bytes a record ({wire_gib:,.0f} GiB in all)",
+        f"- candidate pairs spilled or shuffled: 13 bytes each, {candidates * 13 / 2**40:,.1f} TiB",
         "",
         "| stage | projected wall time |",
         "| :-- | --: |",
