@@ -147,6 +147,8 @@ def test_the_estimated_quality_stays_exact_at_the_linkage_unit_and_close_to_the_
     state: Path = linked["state"]
     kept = json.loads((state / "coordinator" / "spines" / f"{PROJECT}.estimate.json").read_text())
     assert kept["spec_hash"] == linked["report"].spec_hash and 0 < kept["threshold"] < 1
+    # the encodings and spilled pairs the linkage unit wrote to disk while linking are gone
+    assert not (state / "coordinator" / "spines" / f".{PROJECT}.linking").exists()
     measured = _measured(linked, workdir)
     # the demo's small federation (3,000 people): the model's own estimate is within 0.02 of the truth
     assert kept["estimated"]["f1"] == pytest.approx(measured[2], abs=0.02), (kept["estimated"], measured)

@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import secrets
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,9 +32,10 @@ from fedlink.linkage.cluster import assign_slots, cluster
 from fedlink.linkage.concepts import LOW_VALID_SHARE
 from fedlink.linkage.encode import EncodedRecords
 from fedlink.linkage.estimate import ExpectedCounts, QualityEstimate, estimate_quality
-from fedlink.linkage.payload import from_bytes, slots_to_bytes
-from fedlink.linkage.probabilistic import FellegiSunter, link_probabilistic
+from fedlink.linkage.payload import slots_to_bytes
+from fedlink.linkage.probabilistic import FellegiSunter
 from fedlink.linkage.spec import LinkageSpec, load_spec
+from fedlink.linkage.streaming import link_probabilistic_spilled, open_encodings, spill_npz
 from fedlink.pets import psi
 from fedlink.pets.dp import add_noise, calibrate
 from fedlink.pets.keyagree import LinkKeyCard
@@ -230,21 +232,28 @@ class LinkageUnit:
         order = sorted(nodes)
         warnings: list[str] = []
         estimate: QualityEstimate | None = None
-        if mode == "psi":
-            parties = self._psi(call, spec, order, progress, stages)
-        else:
-            parties = self._keyed(call, spec, order, progress, stages, warnings)
+        work = self._spines / f".{project}.linking"  # encodings and spilled pairs, removed once linked
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            if mode == "psi":
+                parties = self._psi(call, spec, order, progress, stages)
+            else:
+                parties = self._keyed(call, spec, order, progress, stages, warnings, work)
 
-        progress("matching and clustering", 2, steps)
-        mark = time.perf_counter()
-        if mode == "secret" and spec.matching == "probabilistic":
-            linked = link_probabilistic(parties, spec)
-            spine = linked.spine
-            subgroups = {name: [p.subgroups[name] for p in parties] for name in spec.subgroups}
-            estimate = estimate_quality(spine.entity, linked.scored, subgroups)
-            self._keep_estimate(project, spine_id, order, spec, linked.threshold, linked.models, estimate)
-        else:
-            spine = cluster(parties)
+            progress("matching and clustering", 2, steps)
+            mark = time.perf_counter()
+            if mode == "secret" and spec.matching == "probabilistic":
+                linked = link_probabilistic_spilled(parties, spec, spill=work / "pairs")
+                spine = linked.spine
+                subgroups = {name: [np.asarray(p.subgroups[name]) for p in parties] for name in spec.subgroups}
+                estimate = estimate_quality(spine.entity, linked.scored, subgroups)
+                self._keep_estimate(project, spine_id, order, spec, linked.threshold, linked.models, estimate)
+                del linked
+            else:
+                spine = cluster(parties)
+            del parties
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         slots = assign_slots(spine, secrets.token_bytes(32))
         stages["link"] = time.perf_counter() - mark
 
@@ -330,8 +339,10 @@ class LinkageUnit:
         progress: Progress,
         stages: dict[str, float],
         warnings: list[str],
+        work: Path,
     ) -> list[EncodedRecords]:
-        """Shared-secret mode: nodes agree a link secret, then send keyed match keys and Bloom encodings."""
+        """Shared-secret mode: nodes agree a link secret, then send keyed match keys and Bloom encodings,
+        which are written under ``work`` as they are read and memory-mapped from there."""
         mark = time.perf_counter()
         project, analyst = call.project, call.analyst
         progress("agreeing a link secret among the nodes", 0, 6)
@@ -374,7 +385,14 @@ class LinkageUnit:
             assert isinstance(answer, Message)
             header, blobs = unpack(answer.body)
             heads[node] = EncodeAnswer.model_validate_json(header)
-            parties.append(from_bytes(blobs[0]))
+            wire = work / f"{node}.npz"
+            wire.parent.mkdir(parents=True, exist_ok=True)
+            wire.write_bytes(blobs[0])
+            del answer, blobs
+            encoded_answers.pop(node)  # the body is on disk now
+            spill_npz(wire, work / node)
+            wire.unlink()
+            parties.append(open_encodings(work / node))
         encoded_somewhere = {concept for head in heads.values() for concept in head.concepts}
         for node, head in heads.items():
             warnings.extend(_warnings(node, head, encoded_somewhere))

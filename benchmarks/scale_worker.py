@@ -1,0 +1,293 @@
+"""One stage of the scale suite (``test_bench_scale.py``) in a process of its own, so that its peak
+memory is its own: ``python benchmarks/scale_worker.py STAGE ARGS...`` prints one JSON line with
+``seconds``, ``peak_rss_mib`` (the kernel's high-water mark of resident memory, file pages that the
+process mapped included) and ``peak_anon_mib`` (the highest anonymous resident memory sampled every
+0.1 s: what the process itself holds, not pages of files it maps, which the kernel may drop).
+
+Stages (FOLDER is one size's working folder; the synthetic federation is FOLDER/federation):
+
+``synth PEOPLE FOLDER``
+    ``fedlink synth``'s generator.
+``encode FOLDER NODE``
+    What a node does for ``fedlink link``: its people (one per distinct identifier tuple, in a keyed
+    order), normalised and encoded with the default spec in batches of the node's size, written to
+    FOLDER/node-NODE/*.npy as they are made (never all in memory). The true person of each record goes
+    to FOLDER/truth-NODE.npy for measuring quality only (the linkage unit never reads it).
+``transfer FOLDER NODE``
+    The wire format (:mod:`fedlink.linkage.payload`, a NumPy ``.npz``) written from the node's files,
+    then unpacked into the linkage unit's spill folder FOLDER/unit/NODE (no network: gRPC is measured
+    in ``test_bench_flower.py``).
+``link FOLDER``
+    The linkage unit: the encodings memory-mapped, :func:`fedlink.linkage.streaming.link_probabilistic_spilled`,
+    the label-free quality estimate, slots and overlap counts; F1 against the truth.
+``join FOLDER``
+    DuckDB's plaintext three-way join of the same departments' records on the true person (what a
+    trusted third party holding every department's rows and a common identifier would run).
+``linked PEOPLE FOLDER``
+    A he+dp linked ``COUNT(*) ... GROUP BY`` over three nodes of PEOPLE people each, spine already built
+    (``test_bench_linked.py``'s federation, in this process: coordinator and nodes together), and
+    DuckDB's join of the same files.
+``horizontal PEOPLE FOLDER``
+    A he+dp ``COUNT(*) ... GROUP BY`` over three nodes of PEOPLE rows each (``federation.py``), and
+    DuckDB's plaintext query of the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SECRET = b"benchmark link secret of 32 byte"
+IDENTIFIERS = ("first_name", "last_name", "dob", "sex", "postcode")
+NODES = {"dfe": "dfe/pupils", "dwp": "dwp/claims", "nhs": "nhs/*"}
+#: DuckDB's own memory cap in these workers (it spills to disk beyond it).
+DUCKDB_MEMORY = "2GB"
+
+
+class Peak:
+    """The highest anonymous resident memory of this process, sampled in a thread."""
+
+    def __init__(self, every_s: float = 0.1) -> None:
+        self.anon_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                self.anon_kib = max(self.anon_kib, int(line.split()[1]))
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.sample()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return {"peak_rss_mib": round(rss / 1024, 1), "peak_anon_mib": round(self.anon_kib / 1024, 1)}
+
+
+def _duckdb(folder: Path) -> Any:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'")
+    con.execute(f"SET temp_directory = '{folder / 'duckdb.tmp'}'")
+    return con
+
+
+def synth(people: str, folder: str) -> dict[str, Any]:
+    from fedlink_tools.synth import synthesize
+
+    summary = synthesize(int(float(people)), 3, Path(folder) / "federation", progress=False)
+    return {"rows": sum(count for _, _, count in summary.row_counts)}
+
+
+def _people_query(root: Path, node: str) -> str:
+    records = f"read_parquet('{root / 'truth' / 'records.parquet'}')"
+    # one person per distinct identifier tuple, in an order keyed by the person (as a node's keyed hash)
+    return f"""SELECT {", ".join(f"d.{c}" for c in IDENTIFIERS)}, min(t.person_id) AS person
+               FROM read_parquet('{root / NODES[node]}.parquet') d JOIN {records} t USING (record_id)
+               GROUP BY ALL ORDER BY hash(min(t.person_id))"""
+
+
+def encode(folder: str, node: str) -> dict[str, Any]:
+    from numpy.lib.format import open_memmap
+
+    from fedlink.linkage.concepts import normalise_concepts
+    from fedlink.linkage.fields import derive_spec_keys, encode_spec
+    from fedlink.linkage.spec import load_spec
+    from fedlink.linkage.streaming import _arrays, _file_name
+    from fedlink.node.linkage import PEOPLE_PER_BATCH
+
+    work = Path(folder)
+    con = _duckdb(work)
+    query = _people_query(work / "federation", node)
+    count = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
+    spec = load_spec().resolve(set(IDENTIFIERS))
+    keys = derive_spec_keys(SECRET, "bench", spec)
+    out = work / f"node-{node}"
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, np.ndarray] = {}
+    shapes: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+    truth = open_memmap(work / f"truth-{node}.npy", mode="w+", dtype=np.int64, shape=(count,))
+    reader = con.sql(query).to_arrow_reader(PEOPLE_PER_BATCH)
+    at = 0
+    for batch in reader:
+        columns = {c: batch.column(c).to_pylist() for c in IDENTIFIERS}
+        encoded = encode_spec(normalise_concepts(columns), spec, keys)
+        for name, values in _arrays(encoded).items():
+            shapes.setdefault(name, (values.dtype, values.shape[1:]))
+            if values.ndim == 2 and values.shape[1] == 0:
+                continue  # a field no record of this batch has: empty filters, zeros in the file
+            if name not in files:  # a new file is zeros: earlier batches' empty filters
+                files[name] = open_memmap(
+                    out / _file_name(name), mode="w+", dtype=values.dtype, shape=(count, *values.shape[1:])
+                )
+            files[name][at : at + len(values)] = values
+        truth[at : at + batch.num_rows] = batch.column("person").to_numpy()
+        at += batch.num_rows
+    for name, (dtype, rest) in shapes.items():
+        if name not in files:
+            files[name] = open_memmap(out / _file_name(name), mode="w+", dtype=dtype, shape=(count, *rest))
+    for values in files.values():
+        values.flush()
+    truth.flush()
+    return {"node": node, "people": int(count), "bytes": sum(p.stat().st_size for p in out.glob("*.npy"))}
+
+
+def transfer(folder: str, node: str) -> dict[str, Any]:
+    from fedlink.linkage.payload import from_bytes  # noqa: F401 - the wire format this mirrors
+    from fedlink.linkage.streaming import _arrays, open_encodings, spill_npz
+
+    work = Path(folder)
+    encoded = open_encodings(work / f"node-{node}")
+    wire = work / f"wire-{node}.npz"
+    # payload.to_bytes's names; np.savez streams memory-mapped arrays into the archive
+    names = {name.replace("=", ":", 1): values for name, values in _arrays(encoded).items()}
+    np.savez(wire, **names)  # type: ignore[arg-type]
+    spill_npz(wire, work / "unit" / node)
+    size = wire.stat().st_size
+    wire.unlink()
+    return {"node": node, "wire_bytes": size}
+
+
+def link(folder: str) -> dict[str, Any]:
+    from fedlink.coordinator.linkage import overlap_counts
+    from fedlink.linkage.cluster import assign_slots
+    from fedlink.linkage.estimate import estimate_quality
+    from fedlink.linkage.quality import pairwise_quality
+    from fedlink.linkage.spec import load_spec
+    from fedlink.linkage.streaming import link_probabilistic_spilled, open_encodings
+
+    work = Path(folder)
+    spec = load_spec().resolve(set(IDENTIFIERS))
+    parties = [open_encodings(work / "unit" / node) for node in NODES]
+    stages: dict[str, float] = {}
+    mark = time.perf_counter()
+    linked = link_probabilistic_spilled(parties, spec, spill=work / "unit" / "spill")
+    stages.update(linked.seconds)
+    mark = time.perf_counter()
+    estimate = estimate_quality(linked.spine.entity, linked.scored)
+    stages["estimate"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    assign_slots(linked.spine, b"benchmark slot seed")
+    overlap_counts(linked.spine.entity, list(NODES))
+    stages["slots"] = time.perf_counter() - mark
+    entity = linked.spine.entity
+    candidates = sum(s.candidates for s in linked.scored)
+    scored = sum(len(s.ia) for s in linked.scored)
+    del linked
+    truths = [np.load(work / f"truth-{node}.npy") for node in NODES]
+    quality = pairwise_quality(entity, truths)
+    return {
+        "records": [len(e) for e in entity],
+        "stages": {k: round(v, 2) for k, v in stages.items()},
+        "candidates": candidates,
+        "scored_pairs": scored,
+        "f1": quality.f1,
+        "precision": quality.precision,
+        "recall": quality.recall,
+        "estimated_f1": estimate.overall.f1,
+    }
+
+
+def join(folder: str) -> dict[str, Any]:
+    work = Path(folder)
+    root = work / "federation"
+    con = _duckdb(work)
+    records = f"read_parquet('{root / 'truth' / 'records.parquet'}')"
+    # a trusted third party holding every department's rows and a common person identifier
+    people = {
+        n: f"(SELECT DISTINCT t.person_id FROM read_parquet('{root / t}.parquet') d JOIN {records} t USING (record_id))"
+        for n, t in NODES.items()
+    }
+    sql = (
+        f"SELECT count(*) FROM {people['dfe']} a JOIN {people['dwp']} b USING (person_id) "
+        f"JOIN {people['nhs']} c USING (person_id)"
+    )
+    return {"linked_in_all_three": int(con.execute(sql).fetchall()[0][0])}
+
+
+def linked(people: str, folder: str) -> dict[str, Any]:
+    import duckdb
+    from federation import make_pki
+    from test_bench_linked import LinkedBench
+
+    work = Path(folder) / "linked"
+    work.mkdir(parents=True, exist_ok=True)
+    bench = LinkedBench(int(float(people)), work)
+    mark = time.perf_counter()
+    bench.write()
+    written = time.perf_counter() - mark
+    pki_dir = make_pki(work, nodes=3)
+    bench.start(pki_dir)
+    try:
+        mark = time.perf_counter()
+        answer = bench.query()
+        query_s = time.perf_counter() - mark
+    finally:
+        bench.stop()
+    con = duckdb.connect()
+    mark = time.perf_counter()
+    bench.floor(con)
+    floor_s = time.perf_counter() - mark
+    return {"write_s": round(written, 2), "query_s": query_s, "duckdb_s": floor_s, "groups": len(answer.rows())}
+
+
+def horizontal(people: str, folder: str) -> dict[str, Any]:
+    from federation import PlaintextFloor, make_pki, start_federation, write_events
+
+    work = Path(folder) / "horizontal"
+    rows = int(float(people))
+    files = []
+    for index in range(1, 4):
+        path = work / f"n{index:02d}.parquet"
+        write_events(path, rows, 10, seed=index)
+        files.append(path)
+    federation = start_federation(work, make_pki(work, nodes=3), files, 10, 1)
+    try:
+        mark = time.perf_counter()
+        answer = federation.query("SELECT grp, COUNT(*) AS n FROM events GROUP BY grp", "he+dp")
+        query_s = time.perf_counter() - mark
+    finally:
+        federation.stop()
+    with PlaintextFloor(files) as floor:
+        mark = time.perf_counter()
+        floor.query("COUNT(*)")
+        floor_s = time.perf_counter() - mark
+    return {"query_s": query_s, "duckdb_s": floor_s, "groups": len(answer.rows())}
+
+
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {
+    "synth": synth,
+    "encode": encode,
+    "transfer": transfer,
+    "link": link,
+    "join": join,
+    "linked": linked,
+    "horizontal": horizontal,
+}
+
+
+def main(stage: str, *args: str) -> dict[str, Any]:
+    peak = Peak()
+    started = time.perf_counter()
+    out = STAGES[stage](*args)
+    seconds = time.perf_counter() - started
+    return {"stage": stage, "seconds": round(seconds, 3), **peak.stop(), **out}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], *sys.argv[2:])))
