@@ -382,3 +382,20 @@ def test_linkage_run_keeps_the_record_level_clk_path_as_an_option(small_files: t
     report = run_files(inputs, SMALL_MAP, spec_path=DEFAULT_SCHEMA_PATH, truth=truth, secret=b"k" * 32)
     assert report["matching"] == "clk" and report["estimated"] is None and "no label-free estimate" in report["note"]
     assert report["measured"]["precision"] == report["measured"]["recall"] == 1.0
+
+
+def test_runs_encoded_apart_join_even_when_one_run_lacks_a_field_entirely() -> None:
+    """A node encodes its people in batches; a batch where nobody has a middle name holds filters of no
+    bits for it, and joining it with batches that do gives the whole run's encodings (flips off)."""
+    from fedlink.linkage.encode import concatenate
+
+    first = {"first_name": ["Amelia", "Omar"], "middle_names": ["Rose", None], "last_name": ["Khan", "Ng"]}
+    second = {"first_name": ["Ivy", "Sam"], "middle_names": [None, None], "last_name": ["Lee", "Oduya"]}
+    whole = {key: first[key] + second[key] for key in first}
+    parts = [encoded(**first), encoded(**second)]
+    widths = {part.fields["first_name/middle"].shape[1] for part in parts}  # type: ignore[attr-defined]
+    assert 0 in widths and len(widths) == 2  # the second run has no middle name at all
+    joined, expected = concatenate(parts), encoded(**whole)  # type: ignore[arg-type]
+    assert set(joined.fields) == set(expected.fields)  # type: ignore[attr-defined]
+    for name, values in expected.fields.items():  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(joined.fields[name], values, err_msg=name)

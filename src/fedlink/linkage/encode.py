@@ -101,7 +101,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from fedlink.errors import BadInput
+from fedlink.errors import BadInput, Fault
 from fedlink.linkage.normalise import distinct_codes
 from fedlink.linkage.schema import FieldSpec, LinkageSchema
 
@@ -219,9 +219,22 @@ def concatenate(parts: Sequence[EncodedRecords]) -> EncodedRecords:
         blooms=np.concatenate([p.blooms for p in parts]),
         popcounts=np.concatenate([p.popcounts for p in parts]),
         block_keys={name: np.concatenate([p.block_keys[name] for p in parts]) for name in parts[0].block_keys},
-        fields={name: np.concatenate([p.fields[name] for p in parts]) for name in parts[0].fields},
+        fields={name: _joined_field(name, [p.fields[name] for p in parts]) for name in parts[0].fields},
         subgroups={name: np.concatenate([p.subgroups[name] for p in parts]) for name in parts[0].subgroups},
     )
+
+
+def _joined_field(name: str, arrays: list[np.ndarray]) -> np.ndarray:
+    """One field's encodings of consecutive runs as one. A run in which no record has the field holds
+    filters of no bits (:mod:`fedlink.linkage.fields`); they are widened to empty filters (all zero
+    bits: missing, as a missing value's filter is) of the other runs' width."""
+    widths = {a.shape[1] for a in arrays if a.ndim == 2}
+    if len(widths) > 1:
+        width = max(widths)
+        if widths - {0, width}:
+            raise Fault(f"field encodings '{name}' of different widths {sorted(widths)} cannot be joined")
+        arrays = [a if a.shape[1] == width else np.zeros((len(a), width), dtype=a.dtype) for a in arrays]
+    return np.concatenate(arrays)
 
 
 def match_key_rows(
