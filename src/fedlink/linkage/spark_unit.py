@@ -318,27 +318,40 @@ class _Run:
 
         la, lb = self.layouts[p], self.layouts[q]
         names = [name for name in la.blocks if name in lb.blocks]
-        effective_a, effective_b = free_a, free_b
-        for name in names:
-            column = la.blocks[name].column
-            counts_a = free_a.where(F.col(column) != 0).groupBy(column).agg(F.count("*").alias("na"))
-            counts_b = free_b.where(F.col(column) != 0).groupBy(column).agg(F.count("*").alias("nb"))
-            giant = [
-                row[0]
-                for row in counts_a.join(counts_b, column)
-                .where(F.col("na") * F.col("nb") > max_block)
-                .select(column)
-                .collect()
-            ]
-            if giant:  # a block too big to compare costs quadratic time and separates little
-                effective_a = effective_a.withColumn(
-                    column, F.when(F.col(column).isin(giant), F.lit(0)).otherwise(F.col(column))
-                )
-                effective_b = effective_b.withColumn(
-                    column, F.when(F.col(column).isin(giant), F.lit(0)).otherwise(F.col(column))
-                )
-        effective_a, effective_b = effective_a.localCheckpoint(), effective_b.localCheckpoint()
         columns = [la.blocks[n].column for n in names]
+
+        def values(side: Any, count: str) -> Any:
+            keyed = F.explode(
+                F.array(*[F.struct(F.lit(k).alias("k"), F.col(c).alias("v")) for k, c in enumerate(columns)])
+            )
+            return (
+                side.select(keyed.alias("e"))
+                .select("e.k", "e.v")
+                .where("v != 0")
+                .groupBy("k", "v")
+                .count()
+                .withColumnRenamed("count", count)
+            )
+
+        giant: dict[int, list[int]] = {}
+        if columns:  # one job counts every key's blocks on both sides
+            for k, v in (
+                values(free_a, "na")
+                .join(values(free_b, "nb"), ["k", "v"])
+                .where(F.col("na") * F.col("nb") > max_block)
+                .select("k", "v")
+                .collect()
+            ):
+                giant.setdefault(k, []).append(v)
+        effective_a, effective_b = free_a, free_b
+        for k, values_of in giant.items():  # a block too big to compare costs quadratic time and separates little
+            column = columns[k]
+            effective_a = effective_a.withColumn(
+                column, F.when(F.col(column).isin(values_of), F.lit(0)).otherwise(F.col(column))
+            )
+            effective_b = effective_b.withColumn(
+                column, F.when(F.col(column).isin(values_of), F.lit(0)).otherwise(F.col(column))
+            )
         spec, threshold = self.spec, self.clk_threshold
         out_schema = (
             "ia long, ib long, pattern long, stage int, k1 binary"
@@ -360,7 +373,6 @@ class _Run:
             found = pairs if found is None else found.unionByName(pairs)
         if found is None:
             found = self.session.createDataFrame([], out_schema)
-        found = found.localCheckpoint()
         return found, 0
 
     # ------------------------------------------------------------------------------------ pairs by index
@@ -520,23 +532,41 @@ def _household_tables(
     date = next((i for i, c in enumerate(spec.comparisons) if c.kind == "date"), None)
     budget = WITHIN_PAIRS // len(run.tables)
     tables = []
+    parties = range(len(run.tables))
     for h in given:
         comparison = spec.comparisons[h]
         observed = np.zeros_like(random_cells)
-        for p in range(len(run.tables)):
-            keys = _value_keys(run, p, comparison.name, comparison.has_digest).where(F.col("key") != 0)
-            groups = keys.groupBy("key").count().where(F.col("count").between(2, HOUSEHOLD_MAX)).toArrow()
-            values = groups["key"].to_numpy().view(np.uint64)
+        keyed = [
+            _value_keys(run, p, comparison.name, comparison.has_digest)
+            .where(F.col("key") != 0)
+            .withColumn("party", F.lit(p))
+            for p in parties
+        ]
+        keys = keyed[0]
+        for more in keyed[1:]:
+            keys = keys.unionByName(more)
+        groups = keys.groupBy("party", "key").count().where(F.col("count").between(2, HOUSEHOLD_MAX)).toArrow()
+        chosen_party, chosen_key = [], []
+        for p in parties:  # the generator draws party by party, as in process
+            mine = groups["party"].to_numpy() == p
+            values = groups["key"].to_numpy().view(np.uint64)[mine]
             order = np.argsort(values, kind="stable")  # households in order of their key, as in process
-            values, sizes = values[order], groups["count"].to_numpy()[order]
+            values, sizes = values[order], groups["count"].to_numpy()[mine][order]
             usable = rng.permutation(len(values))
             pairs_of = sizes[usable] * (sizes[usable] - 1) // 2
             usable = usable[: int(np.searchsorted(np.cumsum(pairs_of), budget)) + 1]
-            if len(usable) == 0:
+            chosen_party.append(np.full(len(usable), p, np.int32))
+            chosen_key.append(values[usable])
+        chosen = run.session.createDataFrame(
+            pa.table({"party": np.concatenate(chosen_party), "key": _to_arrow(np.concatenate(chosen_key))})
+        )
+        members = keys.join(F.broadcast(chosen), ["party", "key"]).toArrow()
+        found = None
+        for p in parties:
+            mine = members["party"].to_numpy() == p
+            member_keys, member_rows = members["key"].to_numpy().view(np.uint64)[mine], members["row"].to_numpy()[mine]
+            if len(member_rows) == 0:
                 continue
-            chosen = run.session.createDataFrame(pa.table({"key": _to_arrow(values[usable])}))
-            members = keys.join(F.broadcast(chosen), "key").toArrow()
-            member_keys, member_rows = members["key"].to_numpy().view(np.uint64), members["row"].to_numpy()
             by_key = np.lexsort((member_rows, member_keys))
             member_keys, member_rows = member_keys[by_key], member_rows[by_key]
             _, starts, counts = np.unique(member_keys, return_index=True, return_counts=True)
@@ -546,15 +576,17 @@ def _household_tables(
                 i, j = np.triu_indices(size, k=1)
                 first.append(member_rows[(blocks[:, None] + i[None, :]).reshape(-1)])
                 second.append(member_rows[(blocks[:, None] + j[None, :]).reshape(-1)])
-            patterns, pair_counts = run.pattern_counts(
-                run.pair_patterns(p, p, run.index_pairs(np.concatenate(first), np.concatenate(second)))
-            )
-            levels = _levels_of_counts(patterns, pair_counts, len(spec.comparisons))
-            kept = levels[:, date] != 1 if date is not None else np.ones(len(levels), dtype=bool)
-            cell = np.zeros(int(kept.sum()), dtype=np.int64)
-            for j, c in enumerate(group):
-                cell |= levels[kept, c].astype(np.int64) << (LEVEL_BITS * j)
-            observed += np.bincount(cell, minlength=len(observed))
+            within = run.pair_patterns(p, p, run.index_pairs(np.concatenate(first), np.concatenate(second)))
+            found = within if found is None else found.unionByName(within)
+        if found is None:
+            continue
+        patterns, pair_counts = run.pattern_counts(found)
+        levels = _levels_of_counts(patterns, pair_counts, len(spec.comparisons))
+        kept = levels[:, date] != 1 if date is not None else np.ones(len(levels), dtype=bool)
+        cell = np.zeros(int(kept.sum()), dtype=np.int64)
+        for j, c in enumerate(group):
+            cell |= levels[kept, c].astype(np.int64) << (LEVEL_BITS * j)
+        observed += np.bincount(cell, minlength=len(observed))
         if observed.sum() == 0:
             continue
         expected = observed.sum() * random_share
@@ -620,7 +652,6 @@ def _score(
 ) -> Any:
     """Every pair's posterior, in executors: its pattern's weight from a table the driver computed
     once, adjusted by the frequency of a name the pair agrees on exactly; pairs below the floor dropped."""
-    from pyspark.sql import functions as F
 
     weights = model.match_weight(own)
     base = _probability(weights).astype(np.float32)
@@ -652,41 +683,43 @@ def _score(
                     weight[exact] += np.log2(first_u[c] / value)
                 posterior[adjusted] = _probability(weight)
             kept = pa.array(posterior >= POSTERIOR_FLOOR)
+            # the key that proposed the pair as two numbers (big-endian halves), for the driver's sort
+            padded = b"".join(key.ljust(16, b"\0") for key in table["k1"].to_pylist())
+            halves = np.frombuffer(padded, ">u8").reshape(-1, 2).astype(np.uint64).view(np.int64)
             out = pa.table(
                 {
                     "ia": table["ia"],
                     "ib": table["ib"],
                     "posterior": pa.array(posterior, pa.float32()),
                     "stage": table["stage"],
-                    "k1": table["k1"],
+                    "hi": pa.array(halves[:, 0].copy()),
+                    "lo": pa.array(halves[:, 1].copy()),
                 }
             )
             yield from out.filter(kept).to_batches()
 
     columns = ["ia", "ib", "pattern", "stage", "k1", *(f"a{c}" for c in tf), *(f"b{c}" for c in tf)]
-    return (
-        pairs.select(*columns)
-        .mapInArrow(scored, "ia long, ib long, posterior float, stage int, k1 binary")
-        .orderBy(F.col("stage"), F.col("k1"), F.col("ia"), F.col("ib"))
-    )
+    return pairs.select(*columns).mapInArrow(scored, "ia long, ib long, posterior float, stage int, hi long, lo long")
 
 
-def _first_seen(pairs: Any) -> tuple[np.ndarray, np.ndarray]:
+def _first_seen(pairs: Any, tiers: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Distinct patterns in the order link_probabilistic first meets them (exact tiers, then blocking
-    keys, each in order of its key, then record order), with their counts (summed by Spark)."""
+    keys, each in order of its key, then record order), their counts (summed by Spark), and the number
+    of candidate pairs (those not proposed by an exact tier)."""
     from pyspark.sql import functions as F
 
     rows = (
         pairs.groupBy("pattern")
-        .agg(F.count("*").alias("n"), F.min(F.struct("stage", "k1", "ia", "ib")).alias("first"))
+        .agg(
+            F.count("*").alias("n"),
+            F.sum((F.col("stage") >= tiers).cast("long")).alias("candidates"),
+            F.min(F.struct("stage", "k1", "ia", "ib")).alias("first"),
+        )
         .orderBy("first")
-        .select("pattern", "n")
+        .select("pattern", "n", "candidates")
         .toArrow()
     )
-    return rows["pattern"].to_numpy(), rows["n"].to_numpy()
-
-
-# ---------------------------------------------------------------------------------------------- clustering
+    return rows["pattern"].to_numpy(), rows["n"].to_numpy(), int(rows["candidates"].to_numpy().sum())
 
 
 def _components(edges: Any) -> Any:
@@ -869,11 +902,10 @@ def link_probabilistic_on_spark(
         say("comparing candidate pairs field by field (Spark)")
         tiers = [tier for tier, _ in spec.match_keys[: spec.exact_tiers]]
         index_pairs = [(p, q) for p in range(len(parties)) for q in range(p + 1, len(parties))]
-        patterns, candidates = [], []
+        patterns = []
         for p, q in index_pairs:
             exact, free_a, free_b = run.exact_links(p, q, tiers)
             found, _ = run.candidates(p, q, free_a, free_b, len(tiers), "patterns", max_block)
-            candidates.append(found.count())
             patterns.append(run.pair_patterns(p, q, exact, keep=("stage", "k1")).unionByName(found).localCheckpoint())
         seconds["compare"] = time.perf_counter() - mark
 
@@ -889,7 +921,11 @@ def link_probabilistic_on_spark(
             tallies.append(ChanceTally.of(_levels_of_counts(*counted, len(sizes)), sizes, groups))
             sampled += len(ra)
         cross_pairs = [float(parties[p].count * parties[q].count) for p, q in index_pairs]
-        distinct_of = [_first_seen(found) for found in patterns]
+        distinct_of, candidates = [], []
+        for found in patterns:
+            own, own_counts, count = _first_seen(found, len(tiers))
+            distinct_of.append((own, own_counts))
+            candidates.append(count)
         merged = np.concatenate([own for own, _ in distinct_of])
         distinct, where = np.unique(merged, return_inverse=True)
         counts = np.bincount(where.reshape(-1), np.concatenate([c for _, c in distinct_of]).astype(float))
@@ -913,6 +949,14 @@ def link_probabilistic_on_spark(
         scored: list[ScoredPairs] = []
         for (p, q), found, (own, _), count in zip(index_pairs, patterns, distinct_of, candidates, strict=True):
             rows = _score(run, p, q, found, own, models[(p, q)], shares).toArrow()
+            # in the order link_probabilistic scores pairs: by proposing tier or key, its value, then records
+            order = np.lexsort(
+                [
+                    rows[c].to_numpy().view(np.uint64) if c in ("hi", "lo") else rows[c].to_numpy()
+                    for c in ("ib", "ia", "lo", "hi", "stage")
+                ]
+            )
+            rows = rows.take(order)
             stage = rows["stage"].to_numpy()
             ia = rows["ia"].to_numpy().astype(np.int32 if parties[p].count < 2**31 else np.int64)
             ib = rows["ib"].to_numpy().astype(np.int32 if parties[q].count < 2**31 else np.int64)
