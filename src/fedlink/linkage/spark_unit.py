@@ -584,8 +584,8 @@ def _household_tables(
         levels = _levels_of_counts(patterns, pair_counts, len(spec.comparisons))
         kept = levels[:, date] != 1 if date is not None else np.ones(len(levels), dtype=bool)
         cell = np.zeros(int(kept.sum()), dtype=np.int64)
-        for j, c in enumerate(group):
-            cell |= levels[kept, c].astype(np.int64) << (LEVEL_BITS * j)
+        for place, c in enumerate(group):
+            cell |= levels[kept, c].astype(np.int64) << (LEVEL_BITS * place)
         observed += np.bincount(cell, minlength=len(observed))
         if observed.sum() == 0:
             continue
