@@ -11,6 +11,7 @@ equality in CI's smoke run; ``FEDLINK_BENCH_SPARK_PEOPLE=100000`` is the measure
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from fedlink.linkage.spec import load_spec
 from fedlink_tools.synth import synthesize
 
 pytest.importorskip("pyspark")
-from linkage_worker import DEPARTMENTS, IDENTIFIERS, SECRET, department_people  # noqa: E402
+from linkage_worker import DEPARTMENTS, IDENTIFIERS, SECRET, department_people
 
 PEOPLE = int(os.environ.get("FEDLINK_BENCH_SPARK_PEOPLE", "1000"))
 CORES = int(os.environ.get("FEDLINK_BENCH_SPARK_CORES", "2"))
@@ -48,9 +49,8 @@ def _flags() -> str:
 def session() -> Iterator[Any]:
     from fedlink.linkage.spark_unit import spark_session
 
-    if not any(os.access(Path(p) / "java", os.X_OK) for p in os.environ.get("PATH", "").split(os.pathsep)):
-        if not os.environ.get("JAVA_HOME"):
-            pytest.skip("Spark needs a Java runtime")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("Spark needs a Java runtime")
     spark = spark_session(
         f"local[{CORES}]",
         {"spark.driver.memory": "6g", "spark.sql.shuffle.partitions": str(4 * CORES)},

@@ -753,18 +753,22 @@ def _components(edges: Any) -> Any:
     raise Fault(f"connected components did not settle in {_MAX_ROUNDS} rounds; nothing was linked")
 
 
-def _cluster(run: _Run, links: Sequence[tuple[int, int, PairLinks]], stats: LinkStats) -> Spine:
-    """cluster_links on Spark: connected components of the links; where a component holds two records
-    of one party, its links merged strongest first in an executor (cluster_links itself)."""
+def cluster_links_on_spark(
+    counts: Sequence[int], links: Sequence[tuple[int, int, PairLinks]], session: Any, stats: LinkStats | None = None
+) -> Spine:
+    """What :func:`fedlink.linkage.cluster.cluster_links` returns, computed on Spark: connected
+    components of the links; where a component holds two records of one party, its links merged
+    strongest first in an executor (by cluster_links itself). ``stats`` gives the counts of the
+    pairing stage (candidates, comparisons, seconds) for the spine's stats."""
     from pyspark.sql import functions as F
 
-    counts = run.counts
+    stats = stats or LinkStats()
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total = int(offsets[-1])
     roots = np.arange(total, dtype=np.int64)
     refused = 0
     if sum(len(pl) for _, _, pl in links):
-        edges = run.session.createDataFrame(
+        edges = session.createDataFrame(
             pa.table(
                 {
                     "x": np.concatenate([offsets[p] + pl.ia for p, _, pl in links]).astype(np.int64),
@@ -852,8 +856,10 @@ def _cluster(run: _Run, links: Sequence[tuple[int, int, PairLinks]], stats: Link
 # ---------------------------------------------------------------------------------------------- entry points
 
 
-class _Staged:
-    """The parties' encodings as Parquet under a fresh folder of ``work_dir``, removed on exit."""
+class StagedEncodings:
+    """The parties' encodings as Parquet (``party<p>.parquet``: the record's position ``row`` and one
+    column per array the node sent) under a fresh folder of ``work_dir``, removed on exit; entering
+    gives each party's column layout and its Spark DataFrame."""
 
     def __init__(self, session: Any, parties: Sequence[EncodedRecords], work_dir: Path | None) -> None:
         self.session, self.parties, self.work_dir = session, parties, work_dir
@@ -896,7 +902,7 @@ def link_probabilistic_on_spark(
         raise BadInput("linkage needs at least two parties")
     say = progress or (lambda _: None)
     seconds: dict[str, float] = {}
-    with _Staged(session, parties, work_dir) as (layouts, tables):
+    with StagedEncodings(session, parties, work_dir) as (layouts, tables):
         run = _Run(session, layouts, [p.count for p in parties], tables, spec, partitions, say)
         mark = time.perf_counter()
         say("comparing candidate pairs field by field (Spark)")
@@ -984,7 +990,9 @@ def link_probabilistic_on_spark(
                     ),
                 )
             )
-        spine = _cluster(run, links, LinkStats(candidates=sum(candidates), comparisons=sum(candidates)))
+        spine = cluster_links_on_spark(
+            run.counts, links, session, LinkStats(candidates=sum(candidates), comparisons=sum(candidates))
+        )
         seconds["link"] = time.perf_counter() - mark
     return ProbabilisticLinkage(
         spine=spine,
@@ -1013,7 +1021,7 @@ def cluster_on_spark(
     if not 0.0 < threshold <= 1.0:
         raise BadInput(f"a Dice threshold must be in (0, 1], not {threshold}")
     say = progress or (lambda _: None)
-    with _Staged(session, parties, work_dir) as (layouts, tables):
+    with StagedEncodings(session, parties, work_dir) as (layouts, tables):
         run = _Run(session, layouts, [p.count for p in parties], tables, None, partitions, say, threshold)
         links: list[tuple[int, int, PairLinks]] = []
         candidates = comparisons = 0
@@ -1053,4 +1061,6 @@ def cluster_on_spark(
                     )
                 )
         say("clustering (Spark)")
-        return _cluster(run, links, LinkStats(candidates=candidates, comparisons=comparisons))
+        return cluster_links_on_spark(
+            run.counts, links, session, LinkStats(candidates=candidates, comparisons=comparisons)
+        )
