@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import fedlink
 from fedlink.coordinator.config import LinkageEngineSection
 from fedlink.linkage.cluster import cluster_links
 from fedlink.linkage.encode import EncodedRecords
@@ -22,7 +23,7 @@ from fedlink.linkage.spec import parse_spec
 from fedlink.protocol import audit, rpc
 from fedlink.protocol.blobs import unpack
 
-from ..conftest import connect_analyst, start_federation
+from ..conftest import ANALYST, start_federation
 from ..servers import spark_unavailable
 from .test_linkage import _messages
 
@@ -51,7 +52,15 @@ def test_link_on_spark_builds_the_in_process_spine(session: Any, workdir: Path) 
     with audit.recording() as captured:
         fed = start_federation(NODES, linkage=engine)
         try:
-            report = connect_analyst(fed.address, workdir).link(PROJECT)
+            pki = workdir / "pki"  # Spark's jobs take minutes on a busy CI runner: wait for them
+            analyst = fedlink.connect(
+                fed.address,
+                cert=pki / f"analyst-{ANALYST}.crt",
+                key=pki / f"analyst-{ANALYST}.key",
+                ca=pki / "ca.crt",
+                timeout_s=900,
+            )
+            report = analyst.link(PROJECT)
         finally:
             fed.stop()
     assert report.matching == "probabilistic" and report.nodes == tuple(NODES)
