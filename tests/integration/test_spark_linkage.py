@@ -51,7 +51,7 @@ def session() -> Iterator[Any]:
 
 @pytest.mark.skipif(
     os.environ.get("FEDLINK_TEST_SPARK_LINK") != "1",
-    reason="fedlink link on Spark takes minutes on a busy 2-core runner (some 60 Spark jobs); set FEDLINK_TEST_SPARK_LINK=1",
+    reason="fedlink link on Spark takes minutes on a busy 2-core runner; set FEDLINK_TEST_SPARK_LINK=1",
 )
 def test_link_on_spark_builds_the_in_process_spine(session: Any, workdir: Path) -> None:
     engine = LinkageEngineSection(engine="spark", spark_master=MASTER, spark_partitions=2)
