@@ -55,6 +55,7 @@ from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fedlink.errors import BadInput, Fault
@@ -271,41 +272,48 @@ class _Run:
 
     # ------------------------------------------------------------------------------------ exact tiers
 
-    def exact_links(self, p: int, q: int, tiers: Sequence[str]) -> tuple[Any, Any, Any]:
-        """Links (ia, ib, stage = tier index, k1 = digest) by unique digests, tier by tier, as joins;
-        and both parties' records left unlinked."""
+    def exact_links(self, pairs: Sequence[tuple[int, int]], tiers: Sequence[str]) -> list[tuple[Any, Any, Any]]:
+        """Per pair of parties: links (ia, ib, stage = tier index, k1 = digest) by unique digests, tier
+        by tier, as joins; and both parties' records left unlinked. Each tier is one Spark job for
+        every pair of parties together."""
         from pyspark.sql import functions as F
 
-        a, b = self.tables[p], self.tables[q]
-        found = None
+        sides = [[self.tables[p], self.tables[q]] for p, q in pairs]
+        found: list[Any] = [None] * len(pairs)
         for index, tier in enumerate(tiers):
-            if tier not in self.layouts[p].tiers or tier not in self.layouts[q].tiers:
-                raise BadInput(f"match-key tier '{tier}' is missing from one party's encodings; encode with one schema")
-            column = self.layouts[p].tiers[tier].column
-            empty = bytes(self.layouts[p].tiers[tier].itemsize)
+            tier_links = None
+            for i, (p, q) in enumerate(pairs):
+                if tier not in self.layouts[p].tiers or tier not in self.layouts[q].tiers:
+                    raise BadInput(
+                        f"match-key tier '{tier}' is missing from one party's encodings; encode with one schema"
+                    )
+                column = self.layouts[p].tiers[tier].column
+                empty = bytes(self.layouts[p].tiers[tier].itemsize)
 
-            def unique(side: Any, name: str, column: str = column, empty: bytes = empty) -> Any:
-                return (
-                    side.where(F.col(column) != F.lit(empty))
-                    .groupBy(column)
-                    .agg(F.count("*").alias("n"), F.min("row").alias(name))
-                    .where("n = 1")
-                    .drop("n")
+                def unique(side: Any, name: str, column: str = column, empty: bytes = empty) -> Any:
+                    return (
+                        side.where(F.col(column) != F.lit(empty))
+                        .groupBy(column)
+                        .agg(F.count("*").alias("n"), F.min("row").alias(name))
+                        .where("n = 1")
+                        .drop("n")
+                    )
+
+                links = (
+                    unique(sides[i][0], "ia")
+                    .join(unique(sides[i][1], "ib"), column)
+                    .select(F.lit(i).alias("pair"), "ia", "ib", F.lit(index).alias("stage"), F.col(column).alias("k1"))
                 )
-
-            links = (
-                unique(a, "ia")
-                .join(unique(b, "ib"), column)
-                .select("ia", "ib", F.lit(index).alias("stage"), F.col(column).alias("k1"))
-                .localCheckpoint()
-            )
-            found = links if found is None else found.unionByName(links)
-            a = a.join(links.select(F.col("ia").alias("row")), "row", "left_anti")
-            b = b.join(links.select(F.col("ib").alias("row")), "row", "left_anti")
-        if found is None:
-            schema = "ia long, ib long, stage int, k1 binary"
-            found = self.session.createDataFrame([], schema)
-        return found.localCheckpoint(), a, b
+                tier_links = links if tier_links is None else tier_links.unionByName(links)
+            assert tier_links is not None
+            tier_links = tier_links.localCheckpoint()
+            for i in range(len(pairs)):
+                links = tier_links.where(F.col("pair") == i).drop("pair")
+                found[i] = links if found[i] is None else found[i].unionByName(links)
+                sides[i][0] = sides[i][0].join(links.select(F.col("ia").alias("row")), "row", "left_anti")
+                sides[i][1] = sides[i][1].join(links.select(F.col("ib").alias("row")), "row", "left_anti")
+        empty_links = self.session.createDataFrame([], "ia long, ib long, stage int, k1 binary")
+        return [(found[i] if found[i] is not None else empty_links, a, b) for i, (a, b) in enumerate(sides)]
 
     # ------------------------------------------------------------------------------------ blocking
 
@@ -702,24 +710,39 @@ def _score(
     return pairs.select(*columns).mapInArrow(scored, "ia long, ib long, posterior float, stage int, hi long, lo long")
 
 
-def _first_seen(pairs: Any, tiers: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Distinct patterns in the order link_probabilistic first meets them (exact tiers, then blocking
-    keys, each in order of its key, then record order), their counts (summed by Spark), and the number
-    of candidate pairs (those not proposed by an exact tier)."""
+def _first_seen(pairs: Any, count: int, tiers: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per pair of parties (column ``pair`` of ``pairs``), its distinct patterns in the order
+    link_probabilistic first meets them (exact tiers, then blocking keys, each in order of its key,
+    then record order), their counts (summed by Spark), and its number of candidate pairs (those not
+    proposed by an exact tier). One Spark job for all pairs of parties."""
     from pyspark.sql import functions as F
 
     rows = (
-        pairs.groupBy("pattern")
+        pairs.groupBy("pair", "pattern")
         .agg(
             F.count("*").alias("n"),
             F.sum((F.col("stage") >= tiers).cast("long")).alias("candidates"),
             F.min(F.struct("stage", "k1", "ia", "ib")).alias("first"),
         )
-        .orderBy("first")
-        .select("pattern", "n", "candidates")
+        .select("pair", "pattern", "n", "candidates", "first.stage", "first.k1", "first.ia", "first.ib")
         .toArrow()
     )
-    return rows["pattern"].to_numpy(), rows["n"].to_numpy(), int(rows["candidates"].to_numpy().sum())
+    hi, lo = _halves(rows["k1"])
+    order = np.lexsort([rows["ib"].to_numpy(), rows["ia"].to_numpy(), lo, hi, rows["stage"].to_numpy()])
+    rows = rows.take(order)
+    out = []
+    for i in range(count):
+        mine = rows.filter(pc.equal(rows["pair"], i))
+        out.append((mine["pattern"].to_numpy(), mine["n"].to_numpy(), int(mine["candidates"].to_numpy().sum())))
+    return out
+
+
+def _halves(keys: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Binary keys of up to 16 bytes as two uint64 (big-endian halves, zero-padded): sorting by
+    (high, low) sorts the keys as bytes, as NumPy sorts digests."""
+    padded = b"".join(key.ljust(16, b"\0") for key in keys.to_pylist())
+    halves = np.frombuffer(padded, ">u8").reshape(-1, 2).astype(np.uint64)
+    return halves[:, 0].copy(), halves[:, 1].copy()
 
 
 def _components(edges: Any) -> Any:
@@ -900,6 +923,8 @@ def link_probabilistic_on_spark(
         raise BadInput(f"a spec may have at most {MAX_COMPARISONS} comparisons")
     if len(parties) < 2:
         raise BadInput("linkage needs at least two parties")
+    from pyspark.sql import functions as F
+
     say = progress or (lambda _: None)
     seconds: dict[str, float] = {}
     with StagedEncodings(session, parties, work_dir) as (layouts, tables):
@@ -908,11 +933,16 @@ def link_probabilistic_on_spark(
         say("comparing candidate pairs field by field (Spark)")
         tiers = [tier for tier, _ in spec.match_keys[: spec.exact_tiers]]
         index_pairs = [(p, q) for p in range(len(parties)) for q in range(p + 1, len(parties))]
-        patterns = []
-        for p, q in index_pairs:
-            exact, free_a, free_b = run.exact_links(p, q, tiers)
+        every = None
+        for i, ((p, q), (exact, free_a, free_b)) in enumerate(
+            zip(index_pairs, run.exact_links(index_pairs, tiers), strict=True)
+        ):
             found, _ = run.candidates(p, q, free_a, free_b, len(tiers), "patterns", max_block)
-            patterns.append(run.pair_patterns(p, q, exact, keep=("stage", "k1")).unionByName(found).localCheckpoint())
+            pair = run.pair_patterns(p, q, exact, keep=("stage", "k1")).unionByName(found).withColumn("pair", F.lit(i))
+            every = pair if every is None else every.unionByName(pair)
+        assert every is not None
+        every = every.localCheckpoint()  # one job: every pair of parties' patterns
+        patterns = [every.where(F.col("pair") == i).drop("pair") for i in range(len(index_pairs))]
         seconds["compare"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
@@ -920,16 +950,23 @@ def link_probabilistic_on_spark(
         rng = np.random.default_rng(_SEED)  # link_probabilistic's seed: the same random pairs
         sizes = [len(c.levels) for c in spec.comparisons]
         groups = spec.dependence_groups
-        tallies, sampled = [], 0
-        for p, q in index_pairs:
+        sampled, drawn = 0, None
+        for i, (p, q) in enumerate(index_pairs):  # drawn pair by pair, counted in one job
             ra, rb = _random_pairs(parties[p].count, parties[q].count, random_pairs, rng)
-            counted = run.pattern_counts(run.pair_patterns(p, q, run.index_pairs(ra, rb)))
-            tallies.append(ChanceTally.of(_levels_of_counts(*counted, len(sizes)), sizes, groups))
+            levels = run.pair_patterns(p, q, run.index_pairs(ra, rb)).withColumn("pair", F.lit(i))
+            drawn = levels if drawn is None else drawn.unionByName(levels)
             sampled += len(ra)
+        assert drawn is not None
+        chance_counts = drawn.groupBy("pair", "pattern").count().toArrow()
+        tallies = []
+        for i in range(len(index_pairs)):
+            mine = chance_counts.filter(pc.equal(chance_counts["pair"], i))
+            order = np.argsort(mine["pattern"].to_numpy(), kind="stable")
+            counted = (mine["pattern"].to_numpy()[order], mine["count"].to_numpy()[order])
+            tallies.append(ChanceTally.of(_levels_of_counts(*counted, len(sizes)), sizes, groups))
         cross_pairs = [float(parties[p].count * parties[q].count) for p, q in index_pairs]
         distinct_of, candidates = [], []
-        for found in patterns:
-            own, own_counts, count = _first_seen(found, len(tiers))
+        for own, own_counts, count in _first_seen(every, len(index_pairs), len(tiers)):
             distinct_of.append((own, own_counts))
             candidates.append(count)
         merged = np.concatenate([own for own, _ in distinct_of])
@@ -952,9 +989,15 @@ def link_probabilistic_on_spark(
         mark = time.perf_counter()
         say("scoring in executors, assigning and clustering (Spark)")
         shares = _term_shares(run, spec)
+        posteriors = None
+        for i, ((p, q), found, (own, _)) in enumerate(zip(index_pairs, patterns, distinct_of, strict=True)):
+            mine = _score(run, p, q, found, own, models[(p, q)], shares).withColumn("pair", F.lit(i))
+            posteriors = mine if posteriors is None else posteriors.unionByName(mine)
+        assert posteriors is not None
+        every_score = posteriors.toArrow()  # one job for all pairs of parties
         scored: list[ScoredPairs] = []
-        for (p, q), found, (own, _), count in zip(index_pairs, patterns, distinct_of, candidates, strict=True):
-            rows = _score(run, p, q, found, own, models[(p, q)], shares).toArrow()
+        for i, ((p, q), count) in enumerate(zip(index_pairs, candidates, strict=True)):
+            rows = every_score.filter(pc.equal(every_score["pair"], i))
             # in the order link_probabilistic scores pairs: by proposing tier or key, its value, then records
             order = np.lexsort(
                 [
@@ -1032,7 +1075,7 @@ def cluster_on_spark(
                 if a.blooms.shape[1:] != b.blooms.shape[1:]:
                     raise BadInput("the two parties' Bloom filters differ in length; encode with one schema")
                 tiers = [tier for tier in a.match_keys if tier in b.match_keys]
-                exact, free_a, free_b = run.exact_links(p, q, tiers)
+                ((exact, free_a, free_b),) = run.exact_links([(p, q)], tiers)
                 found, _ = run.candidates(p, q, free_a, free_b, len(tiers), "scores", max_block)
                 rows = found.toArrow()
                 exact_rows = exact.toArrow()
