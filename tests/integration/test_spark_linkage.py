@@ -167,3 +167,44 @@ def test_the_staged_encodings_are_the_encodings_and_nothing_else(session: Any, t
     np.testing.assert_array_equal(table["k0"].to_numpy().view(np.uint64), records.block_keys["dob"])
     np.testing.assert_array_equal(table["f2"].to_numpy().view(np.uint64), records.fields["dob/digest"])
     np.testing.assert_array_equal(table["row"].to_numpy(), np.arange(count))
+
+
+@pytest.mark.skipif(
+    os.environ.get("FEDLINK_TEST_SPARK_LINK") != "1",
+    reason="the CLK path on Spark takes minutes on a busy 2-core runner; set FEDLINK_TEST_SPARK_LINK=1",
+)
+def test_the_clk_path_on_spark_equals_cluster(session: Any, tmp_path: Path) -> None:
+    """Three parties sharing noisy copies of people: exact tiers (some keys ambiguous), blocking with
+    a block too big to compare, Dice at the threshold, one-to-one and clustering, as cluster() does."""
+    from fedlink.linkage.cluster import cluster
+    from fedlink.linkage.spark_unit import cluster_on_spark
+
+    rng = np.random.default_rng(7)
+    people = 120
+    base = rng.integers(0, 2**63, (people, 8), dtype=np.uint64)
+    parties = []
+    for _ in range(3):
+        chosen = rng.choice(people, 90, replace=False)
+        noise = rng.integers(0, 2**63, (90, 8), dtype=np.uint64) & rng.integers(0, 2**63, (90, 8), dtype=np.uint64)
+        blooms = base[chosen] ^ (noise & rng.integers(0, 2**63, (90, 8), dtype=np.uint64))
+        full = np.array([b"%016d" % p if rng.random() < 0.5 else b"" for p in chosen], "S16")
+        full[:4] = b"ambiguous digest"  # shared by four records of each party: links nothing at this tier
+        parties.append(
+            EncodedRecords(
+                count=90,
+                match_keys={"full": full, "loose": np.array([b"%016d" % (p // 2) for p in chosen], "S16")},
+                blooms=blooms,
+                popcounts=np.bitwise_count(blooms).sum(axis=1).astype(np.int32),
+                block_keys={
+                    "decade": (chosen % 10 + 1).astype(np.uint64),  # blocks of ~81 pairs: some skipped below
+                    "person": (chosen + 1).astype(np.uint64),
+                },
+            )
+        )
+    expected = cluster(parties, threshold=0.6, max_block=60)
+    found = cluster_on_spark(parties, session, tmp_path, partitions=2, threshold=0.6, max_block=60)
+    assert expected.stats.exact_links > 0 and expected.stats.fuzzy_links > 0
+    assert found.entities == expected.entities
+    for mine, theirs in zip(found.entity, expected.entity, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert (found.stats.candidates, found.stats.comparisons) == (expected.stats.candidates, expected.stats.comparisons)
