@@ -49,7 +49,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -266,9 +266,7 @@ class _Run:
     tables: list[Any]  #: Spark DataFrames of the parties' encodings
     spec: LinkageSpec | None
     partitions: int
-    say: Progress
     clk_threshold: float = DEFAULT_THRESHOLD
-    seconds: dict[str, float] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------------ exact tiers
 
@@ -317,11 +315,10 @@ class _Run:
 
     # ------------------------------------------------------------------------------------ blocking
 
-    def candidates(
-        self, p: int, q: int, free_a: Any, free_b: Any, stage0: int, kind: str, max_block: int
-    ) -> tuple[Any, int]:
+    def candidates(self, p: int, q: int, free_a: Any, free_b: Any, stage0: int, kind: str, max_block: int) -> Any:
         """The candidate pairs of the unlinked records, key by key as in process: per pair, its
-        pattern (probabilistic) or its Dice score when at the threshold (clk); and candidates found."""
+        pattern (probabilistic) or its Dice score when at the threshold (clk, with one row of counts
+        per partition)."""
         from pyspark.sql import functions as F
 
         la, lb = self.layouts[p], self.layouts[q]
@@ -381,7 +378,7 @@ class _Run:
             found = pairs if found is None else found.unionByName(pairs)
         if found is None:
             found = self.session.createDataFrame([], out_schema)
-        return found, 0
+        return found
 
     # ------------------------------------------------------------------------------------ pairs by index
 
@@ -928,7 +925,7 @@ def link_probabilistic_on_spark(
     say = progress or (lambda _: None)
     seconds: dict[str, float] = {}
     with StagedEncodings(session, parties, work_dir) as (layouts, tables):
-        run = _Run(session, layouts, [p.count for p in parties], tables, spec, partitions, say)
+        run = _Run(session, layouts, [p.count for p in parties], tables, spec, partitions)
         mark = time.perf_counter()
         say("comparing candidate pairs field by field (Spark)")
         tiers = [tier for tier, _ in spec.match_keys[: spec.exact_tiers]]
@@ -937,7 +934,7 @@ def link_probabilistic_on_spark(
         for i, ((p, q), (exact, free_a, free_b)) in enumerate(
             zip(index_pairs, run.exact_links(index_pairs, tiers), strict=True)
         ):
-            found, _ = run.candidates(p, q, free_a, free_b, len(tiers), "patterns", max_block)
+            found = run.candidates(p, q, free_a, free_b, len(tiers), "patterns", max_block)
             pair = run.pair_patterns(p, q, exact, keep=("stage", "k1")).unionByName(found).withColumn("pair", F.lit(i))
             every = pair if every is None else every.unionByName(pair)
         assert every is not None
@@ -1065,7 +1062,7 @@ def cluster_on_spark(
         raise BadInput(f"a Dice threshold must be in (0, 1], not {threshold}")
     say = progress or (lambda _: None)
     with StagedEncodings(session, parties, work_dir) as (layouts, tables):
-        run = _Run(session, layouts, [p.count for p in parties], tables, None, partitions, say, threshold)
+        run = _Run(session, layouts, [p.count for p in parties], tables, None, partitions, threshold)
         links: list[tuple[int, int, PairLinks]] = []
         candidates = comparisons = 0
         say("exact tiers and Dice similarity (Spark)")
@@ -1076,7 +1073,7 @@ def cluster_on_spark(
                     raise BadInput("the two parties' Bloom filters differ in length; encode with one schema")
                 tiers = [tier for tier in a.match_keys if tier in b.match_keys]
                 ((exact, free_a, free_b),) = run.exact_links([(p, q)], tiers)
-                found, _ = run.candidates(p, q, free_a, free_b, len(tiers), "scores", max_block)
+                found = run.candidates(p, q, free_a, free_b, len(tiers), "scores", max_block)
                 rows = found.toArrow()
                 exact_rows = exact.toArrow()
                 fa, fb, fs = rows["ia"].to_numpy(), rows["ib"].to_numpy(), rows["score"].to_numpy()
