@@ -30,7 +30,6 @@ from ..conftest import ANALYST, start_federation
 from ..servers import spark_unavailable
 
 pytestmark = [
-    pytest.mark.usefixtures("workdir"),
     pytest.mark.slow,
     pytest.mark.skipif(spark_unavailable() is not None, reason=str(spark_unavailable())),
 ]
@@ -171,7 +170,7 @@ def test_the_staged_encodings_are_the_encodings_and_nothing_else(session: Any, t
 
 @pytest.mark.skipif(
     os.environ.get("FEDLINK_TEST_SPARK_LINK") != "1",
-    reason="the CLK path on Spark takes minutes on a busy 2-core runner; set FEDLINK_TEST_SPARK_LINK=1",
+    reason="the CLK path on Spark takes tens of seconds more; set FEDLINK_TEST_SPARK_LINK=1",
 )
 def test_the_clk_path_on_spark_equals_cluster(session: Any, tmp_path: Path) -> None:
     """Three parties sharing noisy copies of people: exact tiers (some keys ambiguous), blocking with
