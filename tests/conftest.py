@@ -16,7 +16,7 @@ import pytest
 
 import fedlink
 from fedlink import pki
-from fedlink.coordinator.config import load_coordinator_config
+from fedlink.coordinator.config import LinkageEngineSection, load_coordinator_config
 from fedlink.coordinator.server import Coordinator
 from fedlink.node.agent import NodeAgent
 from fedlink.node.config import NodeConfig, load_node_config
@@ -120,10 +120,11 @@ def start_federation(
     revoked: Path | None = None,
     projects: Path | None = None,
     linkage_service: bool = True,
+    linkage: LinkageEngineSection | None = None,
 ) -> InProcessFederation:
     """A coordinator and ``nodes`` in threads, with ledgers and registers in ``state`` (default: fresh),
     the revocation list ``revoked`` (default: the session PKI's), the project registry ``projects``
-    (default: the demo's) and ``linkage_service`` as in the coordinator's config."""
+    (default: the demo's), ``linkage_service`` and the ``linkage`` engine as in the coordinator's config."""
     state = state or Path(tempfile.mkdtemp(prefix="fedlink-state-"))
     config = load_coordinator_config(ROOT / "coordinator" / "coordinator.toml")
     section = config.coordinator.model_copy(
@@ -137,7 +138,10 @@ def start_federation(
         }
     )
     tls = config.tls if revoked is None else config.tls.model_copy(update={"revoked": str(revoked)})
-    federation = InProcessFederation(Coordinator(config.model_copy(update={"coordinator": section, "tls": tls})), state)
+    engine = {"linkage": linkage} if linkage is not None else {}
+    federation = InProcessFederation(
+        Coordinator(config.model_copy(update={"coordinator": section, "tls": tls, **engine})), state
+    )
     federation.coordinator.start()
     try:
         for name in nodes:

@@ -4,6 +4,7 @@ certificate, and the registry of nodes allowed to join the federation."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -29,6 +30,22 @@ class CoordinatorSection(ConfigModel):
     linkage_service: bool = True
 
 
+class LinkageEngineSection(ConfigModel):
+    """``[linkage]``: where the linkage unit links the encodings it receives."""
+
+    #: "in-process": in the coordinator's own process; "spark": on a Spark cluster (the ``spark`` extra).
+    engine: Literal["in-process", "spark"] = "in-process"
+    #: The Spark master: ``local[N]`` (N cores of this machine), ``spark://host:7077``, ``yarn``, ...
+    spark_master: EnvStr = "local[2]"
+    #: Partitions each blocking key's records are spread over (a few per executor core).
+    spark_partitions: int = Field(default=16, ge=1)
+    #: Storage every executor can read, where a run stages the encodings as Parquet (removed when it
+    #: ends); unset: the system's temporary folder, which only local mode can use.
+    spark_work_dir: ConfigPath | None = None
+    #: Further Spark settings, e.g. ``spark.executor.memory``.
+    spark_conf: dict[str, str] = Field(default_factory=dict)
+
+
 class RegisteredNode(ConfigModel):
     name: str
     description: str = ""
@@ -38,6 +55,7 @@ class CoordinatorConfig(ConfigFile):
     coordinator: CoordinatorSection
     tls: TlsSection
     nodes: tuple[RegisteredNode, ...]
+    linkage: LinkageEngineSection = LinkageEngineSection()
 
     @model_validator(mode="after")
     def _unique(self) -> CoordinatorConfig:

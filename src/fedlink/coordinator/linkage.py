@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedlink.coordinator.linkage_spark import SparkLinkage
 from fedlink.errors import Fault, FedlinkError
 from fedlink.frozen import Frozen
 from fedlink.linkage.cluster import assign_slots, cluster
@@ -205,10 +206,13 @@ def _release_estimate(
 
 
 class LinkageUnit:
-    def __init__(self, fan_out: FanOut, spines: Path, quality_epsilon: float = 0.1) -> None:
+    def __init__(
+        self, fan_out: FanOut, spines: Path, quality_epsilon: float = 0.1, spark: SparkLinkage | None = None
+    ) -> None:
         self._fan_out = fan_out
         self._spines = spines
         self._quality_epsilon = quality_epsilon
+        self._spark = spark  #: None: link in this process
 
     def run(
         self,
@@ -243,14 +247,18 @@ class LinkageUnit:
             progress("matching and clustering", 2, steps)
             mark = time.perf_counter()
             if mode == "secret" and spec.matching == "probabilistic":
-                linked = link_probabilistic_spilled(parties, spec, spill=work / "pairs")
+                linked = (
+                    self._spark.probabilistic(parties, spec)
+                    if self._spark
+                    else link_probabilistic_spilled(parties, spec, spill=work / "pairs")
+                )
                 spine = linked.spine
                 subgroups = {name: [np.asarray(p.subgroups[name]) for p in parties] for name in spec.subgroups}
                 estimate = estimate_quality(spine.entity, linked.scored, subgroups)
                 self._keep_estimate(project, spine_id, order, spec, linked.threshold, linked.models, estimate)
                 del linked
             else:
-                spine = cluster(parties)
+                spine = self._spark.clk(parties) if self._spark else cluster(parties)
             del parties
         finally:
             shutil.rmtree(work, ignore_errors=True)

@@ -328,11 +328,13 @@ class Coordinator:
         # linkage moves whole encodings: allow it far longer than a query
         timeout = max(self.config.coordinator.query_timeout_s, 600.0)
         from fedlink.coordinator.linkage import LinkageUnit  # the matching stack loads only when linking
+        from fedlink.coordinator.linkage_spark import linkage_engine
 
         unit = LinkageUnit(
             lambda bodies, kind: self.roster.call_each({n: (live[n], b) for n, b in bodies.items()}, kind, timeout),
             self.spines_path(),
             self.config.coordinator.link_quality_epsilon,
+            linkage_engine(self.config.linkage),
         )
         try:
             report = unit.run(project.id, analyst, nodes, progress, mode, spec)
