@@ -168,10 +168,6 @@ def test_the_staged_encodings_are_the_encodings_and_nothing_else(session: Any, t
     np.testing.assert_array_equal(table["row"].to_numpy(), np.arange(count))
 
 
-@pytest.mark.skipif(
-    os.environ.get("FEDLINK_TEST_SPARK_LINK") != "1",
-    reason="the CLK path on Spark takes tens of seconds more; set FEDLINK_TEST_SPARK_LINK=1",
-)
 def test_the_clk_path_on_spark_equals_cluster(session: Any, tmp_path: Path) -> None:
     """Three parties sharing noisy copies of people: exact tiers (some keys ambiguous), blocking with
     a block too big to compare, Dice at the threshold, one-to-one and clustering, as cluster() does."""
