@@ -740,6 +740,34 @@ def _term_frequencies(parties: Sequence[EncodedRecords], spec: LinkageSpec) -> d
     return out
 
 
+def links_at_threshold(
+    scored: Sequence[ScoredPairs], spec: LinkageSpec
+) -> tuple[float, list[tuple[int, int, PairLinks]]]:
+    """The spec's threshold (else the best one for ``scored``) and, per pair of parties, the pairs the
+    one-to-one assignment kept whose posterior reaches it: what clustering links. Every linker (in
+    process, spilled, on Spark) decides its links here."""
+    threshold = spec.threshold if spec.threshold is not None else best_threshold(scored)
+    links = []
+    for pairs_scored in scored:
+        chosen = pairs_scored.assigned & (pairs_scored.posterior >= threshold)
+        links.append(
+            (
+                pairs_scored.p,
+                pairs_scored.q,
+                PairLinks(
+                    ia=pairs_scored.ia[chosen],
+                    ib=pairs_scored.ib[chosen],
+                    score=pairs_scored.posterior[chosen],
+                    via=pairs_scored.via[chosen],
+                    candidates=pairs_scored.candidates,
+                    comparisons=pairs_scored.candidates,
+                    seconds=StageSeconds(),
+                ),
+            )
+        )
+    return threshold, links
+
+
 def link_probabilistic(
     parties: Sequence[EncodedRecords],
     spec: LinkageSpec,
@@ -834,25 +862,7 @@ def link_probabilistic(
             )
         )
         pairs[index] = _PartyPair(pair.p, pair.q, ia[:0], ib[:0], via[:0], pair.patterns[:0], pair.candidates)
-    threshold = spec.threshold if spec.threshold is not None else best_threshold(scored)
-    links = []
-    for pairs_scored in scored:
-        chosen = pairs_scored.assigned & (pairs_scored.posterior >= threshold)
-        links.append(
-            (
-                pairs_scored.p,
-                pairs_scored.q,
-                PairLinks(
-                    ia=pairs_scored.ia[chosen],
-                    ib=pairs_scored.ib[chosen],
-                    score=pairs_scored.posterior[chosen],
-                    via=pairs_scored.via[chosen],
-                    candidates=pairs_scored.candidates,
-                    comparisons=pairs_scored.candidates,
-                    seconds=StageSeconds(),
-                ),
-            )
-        )
+    threshold, links = links_at_threshold(scored, spec)
     spine = cluster_links([p.count for p in parties], links)
     seconds["link"] = time.perf_counter() - mark
     return ProbabilisticLinkage(

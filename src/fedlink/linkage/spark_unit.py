@@ -61,7 +61,7 @@ import pyarrow.parquet as pq
 from fedlink.errors import BadInput, Fault
 from fedlink.linkage.cluster import LinkStats, Spine, cluster_links
 from fedlink.linkage.encode import EncodedRecords
-from fedlink.linkage.estimate import ScoredPairs, best_threshold
+from fedlink.linkage.estimate import ScoredPairs
 from fedlink.linkage.match import (
     DEFAULT_MAX_BLOCK,
     DEFAULT_THRESHOLD,
@@ -87,6 +87,7 @@ from fedlink.linkage.probabilistic import (
     comparison_levels,
     fit_model,
     flip_probability_hides_equality,
+    links_at_threshold,
     pattern_ids,
 )
 from fedlink.linkage.spec import LinkageSpec
@@ -1011,25 +1012,7 @@ def link_probabilistic_on_spark(
             assigned[one_to_one(ia, ib, posterior)] = True
             via = np.where(stage < len(tiers), stage, FUZZY).astype(np.int8)
             scored.append(ScoredPairs(p, q, ia, ib, posterior, via, assigned, count))
-        threshold = spec.threshold if spec.threshold is not None else best_threshold(scored)
-        links = []
-        for s in scored:
-            chosen = s.assigned & (s.posterior >= threshold)
-            links.append(
-                (
-                    s.p,
-                    s.q,
-                    PairLinks(
-                        s.ia[chosen],
-                        s.ib[chosen],
-                        s.posterior[chosen],
-                        s.via[chosen],
-                        s.candidates,
-                        s.candidates,
-                        StageSeconds(),
-                    ),
-                )
-            )
+        threshold, links = links_at_threshold(scored, spec)
         spine = cluster_links_on_spark(
             run.counts, links, session, LinkStats(candidates=sum(candidates), comparisons=sum(candidates))
         )

@@ -41,7 +41,7 @@ import numpy as np
 from fedlink.errors import BadInput, Fault
 from fedlink.linkage.cluster import LinkStats, Spine, cluster_links
 from fedlink.linkage.encode import EncodedRecords
-from fedlink.linkage.estimate import ScoredPairs, best_threshold
+from fedlink.linkage.estimate import ScoredPairs
 from fedlink.linkage.match import (
     CHUNK,
     DEFAULT_MAX_BLOCK,
@@ -69,6 +69,7 @@ from fedlink.linkage.probabilistic import (
     _term_frequencies,
     comparison_levels,
     fit_model,
+    links_at_threshold,
     pattern_ids,
 )
 from fedlink.linkage.spec import LinkageSpec
@@ -381,25 +382,7 @@ def _link(
     del frequencies
     seconds["score"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    threshold = spec.threshold if spec.threshold is not None else best_threshold(scored)
-    links = []
-    for pairs_scored in scored:
-        chosen = pairs_scored.assigned & (pairs_scored.posterior >= threshold)
-        links.append(
-            (
-                pairs_scored.p,
-                pairs_scored.q,
-                PairLinks(
-                    ia=pairs_scored.ia[chosen],
-                    ib=pairs_scored.ib[chosen],
-                    score=pairs_scored.posterior[chosen],
-                    via=pairs_scored.via[chosen],
-                    candidates=pairs_scored.candidates,
-                    comparisons=pairs_scored.candidates,
-                    seconds=StageSeconds(),
-                ),
-            )
-        )
+    threshold, links = links_at_threshold(scored, spec)
     spine = cluster_links_compact([p.count for p in parties], links)
     seconds["link"] = time.perf_counter() - mark
     return ProbabilisticLinkage(
