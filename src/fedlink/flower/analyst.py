@@ -1,15 +1,17 @@
 """The analyst's side of fedlink on Flower: :class:`FlowerFederation` makes fresh HE keys for a query,
 hands the request (public contexts only) to ``flwr run`` for fedlink's ServerApp, reads the encrypted
-answer from the run's streamed log and decrypts it here, exactly as :class:`fedlink.Federation` does
-over fedlink's own transport."""
+answer from the run's streamed log (or, when the stream closed first, its stored log) and decrypts it
+here, exactly as :class:`fedlink.Federation` does over fedlink's own transport."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,11 @@ from fedlink.protocol.tasks import ModelResult, QueryRequest, declared_loss
 #: Flower's telemetry and update checks off, for every Flower process fedlink starts.
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
 _MARK = "FEDLINK-RESULT "
+#: How ``flwr run`` names the run it started (in its streamed output), and ANSI colour codes to strip first.
+_RUN_ID = re.compile(r"run(?:_id| ID)?\s*`?(\d+)`?")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LOG_TRIES = 6
+_LOG_PAUSE_S = 0.5
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -143,6 +150,26 @@ class FlowerFederation:
             raise Fault("the Flower run did not answer the model request with a model; check both run one fedlink")
         return ModelResult.model_validate(answer["result"])
 
+    def _stored_log(self, streamed: str, env: dict[str, str], deadline: float) -> str:
+        """The run's log as the SuperLink stored it, read with ``flwr log RUN --show`` when the stream closed
+        without fedlink's answer. Flower ends a stream once the run is marked finished, and a ServerApp under
+        load may upload its last lines (the answer) just after that; they are stored, only not streamed.
+        Tries a few times, half a second apart, within the run's deadline; empty when the run id is unknown."""
+        found = _RUN_ID.search(_ANSI.sub("", streamed))
+        if found is None:
+            return ""
+        command = [self.flwr, "log", found.group(1), "--show"]
+        for attempt in range(_LOG_TRIES):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            shown = subprocess.run(command, capture_output=True, text=True, env=env, timeout=left)
+            if _MARK in shown.stdout:
+                return shown.stdout
+            if attempt + 1 < _LOG_TRIES:
+                time.sleep(min(_LOG_PAUSE_S, max(0.0, deadline - time.monotonic())))
+        return ""
+
     def run(self, request: dict[str, Any]) -> dict[str, Any]:
         """One ``flwr run`` of fedlink's ServerApp with ``request``; its answer, or its error raised."""
         from fedlink.flower.apps import pack_json, unpack_json
@@ -155,11 +182,15 @@ class FlowerFederation:
             write_run_config(run_config, pack_json(request), self.projects, self.register, self.test_mode)
             env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home)}
             command = [self.flwr, "run", str(bundle_dir()), "fedlink", "--stream", "--run-config", str(run_config)]
+            deadline = time.monotonic() + self.timeout_s
             try:
                 done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=self.timeout_s)
+                output = done.stdout
+                if _MARK not in output:
+                    output += self._stored_log(output, env, deadline)
             except subprocess.TimeoutExpired as exc:
                 raise Timeout(f"the Flower run did not finish within {self.timeout_s:g} s; see `flwr log`") from exc
-        lines = [line for line in done.stdout.splitlines() if _MARK in line]
+        lines = [line for line in output.splitlines() if _MARK in line]
         if not lines:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise Fault(f"the Flower run gave no fedlink answer ({tail[0][:200]}); check the SuperLink and its nodes")
