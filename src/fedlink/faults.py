@@ -39,5 +39,9 @@ def failpoint(name: str, party: str = "") -> None:
                 return
             _fired.add(point)
         log.warning("failpoint %s: %s", point, action)
-        os.kill(os.getpid(), _ACTIONS[action])
+        # Sent to this thread, not the process: a process-directed signal is taken by whichever thread the
+        # kernel picks (the main one first), and until that thread runs, this one carries on; under load it
+        # got as far as answering the coordinator before the stall began. A stop or kill delivered to this
+        # thread takes effect before the call returns, and still stops or kills the whole process.
+        signal.pthread_kill(threading.get_ident(), _ACTIONS[action])
         return

@@ -290,7 +290,8 @@ def test_a_node_killed_mid_chain_costs_the_chain_nothing(faulty: Faulty) -> None
         client.query(LINKED_SQL, project=PROJECT, epsilon=1.0)
     query_id = last_query(client)
     faulty.killed("charity_south")
-    faulty.fed.start_node("charity_south")
+    faulty.fed.start_node("charity_south")  # it rejoins holding a prepared answer; the coordinator aborts it
+    wait_for(lambda: faulty.statuses("charity_south", query_id) == ["failed"], "the abort to reach the node")
     faulty.stop()
     assert linked_spent(faulty) == {node: (0.0, 0.0, 0) for node in CHAIN}
     assert faulty.statuses("charity_north", query_id) == ["failed"]  # its step ran, then the abort released it
