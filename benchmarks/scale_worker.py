@@ -150,14 +150,20 @@ def encode(folder: str, node: str) -> dict[str, Any]:
 def transfer(folder: str, node: str) -> dict[str, Any]:
     from fedlink.linkage.payload import from_bytes  # noqa: F401 - the wire format this mirrors
     from fedlink.linkage.streaming import _arrays, open_encodings, spill_npz
+    from fedlink.protocol.blobs import pack_file, unpack_file
 
     work = Path(folder)
     encoded = open_encodings(work / f"node-{node}")
-    wire = work / f"wire-{node}.npz"
+    blob = work / f"blob-{node}.npz"
     # payload.to_bytes's names; np.savez streams memory-mapped arrays into the archive
     names = {name.replace("=", ":", 1): values for name, values in _arrays(encoded).items()}
-    np.savez(wire, **names)  # type: ignore[arg-type]
-    spill_npz(wire, work / "unit" / node)
+    np.savez(blob, **names)  # type: ignore[arg-type]
+    # the reply as the coordinator's session writes it to disk frame by frame, then read as the unit does
+    wire = work / f"wire-{node}.wire"
+    pack_file(wire, b'{"count": %d}' % encoded.count, [blob])
+    blob.unlink()
+    _, places = unpack_file(wire)
+    spill_npz(wire, work / "unit" / node, *places[0])
     size = wire.stat().st_size
     wire.unlink()
     return {"node": node, "wire_bytes": size}

@@ -19,10 +19,11 @@ import secrets
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -41,7 +42,7 @@ from fedlink.pets import psi
 from fedlink.pets.dp import add_noise, calibrate
 from fedlink.pets.keyagree import LinkKeyCard
 from fedlink.protocol import rpc
-from fedlink.protocol.blobs import pack, unpack
+from fedlink.protocol.blobs import pack, unpack, unpack_file
 from fedlink.protocol.linkage import (
     EncodeAnswer,
     EnvelopeCall,
@@ -64,7 +65,17 @@ from fedlink.protocol.linkage import (
 from fedlink.protocol.transport import Message
 
 log = logging.getLogger("fedlink.coordinator")
-FanOut = Callable[[dict[str, bytes], str], dict[str, Message | FedlinkError]]
+
+
+class FanOut(Protocol):
+    """Calls nodes in parallel: each its own body, all one kind; a node named in ``sinks`` has its reply's
+    body written to that file as it arrives (the reply returned has an empty body)."""
+
+    def __call__(
+        self, bodies: dict[str, bytes], kind: str, sinks: Mapping[str, Path] | None = None
+    ) -> dict[str, Message | FedlinkError]: ...
+
+
 Progress = Callable[[str, int, int], None]
 #: Distinct keys per PSI batch (64-byte points: 3.2 MB), so memory per message stays bounded.
 PSI_BATCH = 50_000
@@ -385,21 +396,17 @@ class LinkageUnit:
         progress(f"encoding at {len(order)} nodes", 1, 6)
         mark = time.perf_counter()
         body = call.model_copy(update={"spec": spec.text}).model_dump_json().encode()
-        encoded_answers = self._fan_out({n: body for n in order}, rpc.LINK_ENCODE)
-        _first_error(encoded_answers)
+        work.mkdir(parents=True, exist_ok=True)
+        wires = {n: work / f"{n}.wire" for n in order}  # each reply written to disk as its frames arrive
+        _first_error(self._fan_out({n: body for n in order}, rpc.LINK_ENCODE, wires))
         parties, heads = [], {}
         for node in order:
-            answer = encoded_answers[node]
-            assert isinstance(answer, Message)
-            header, blobs = unpack(answer.body)
+            header, places = unpack_file(wires[node])
+            if len(places) != 1:
+                raise Fault(f"node '{node}' sent {len(places)} encodings blobs, not 1; check it runs this fedlink")
             heads[node] = EncodeAnswer.model_validate_json(header)
-            wire = work / f"{node}.npz"
-            wire.parent.mkdir(parents=True, exist_ok=True)
-            wire.write_bytes(blobs[0])
-            del answer, blobs
-            encoded_answers.pop(node)  # the body is on disk now
-            spill_npz(wire, work / node)
-            wire.unlink()
+            spill_npz(wires[node], work / node, *places[0])
+            wires[node].unlink()
             parties.append(open_encodings(work / node))
         encoded_somewhere = {concept for head in heads.values() for concept in head.concepts}
         for node, head in heads.items():

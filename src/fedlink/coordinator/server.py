@@ -331,7 +331,9 @@ class Coordinator:
         from fedlink.coordinator.linkage_spark import linkage_engine
 
         unit = LinkageUnit(
-            lambda bodies, kind: self.roster.call_each({n: (live[n], b) for n, b in bodies.items()}, kind, timeout),
+            lambda bodies, kind, sinks=None: self.roster.call_each(
+                {n: (live[n], b) for n, b in bodies.items()}, kind, timeout, sinks
+            ),
             self.spines_path(),
             self.config.coordinator.link_quality_epsilon,
             linkage_engine(self.config.linkage),

@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import BinaryIO
 
 from fedlink.coordinator.config import RegisteredNode
 from fedlink.coordinator.revocation import raise_if_call_revoked
@@ -16,9 +18,11 @@ from fedlink.errors import FedlinkError, NodeUnavailable, Timeout
 from fedlink.plan.catalogue import FederationCatalogue, NodeCatalogue, NodeStatus
 from fedlink.protocol import rpc
 from fedlink.protocol.fedlink_pb2 import Frame
-from fedlink.protocol.transport import Message, frames, messages, new_call_id
+from fedlink.protocol.transport import Message, Reassembler, frames, new_call_id
 
 _CLOSE = object()
+#: What :meth:`NodeSession._to_sink` returns for a frame written to a file that is not a reply's last.
+_WRITTEN = Message("", "", b"")
 
 
 class NodeSession:
@@ -29,6 +33,8 @@ class NodeSession:
         self.catalogue = catalogue
         self._outbound: queue.Queue[object] = queue.Queue()
         self._pending: dict[str, Future[Message]] = {}
+        #: Calls whose reply is written to a file frame by frame (None: a reply given up on, discarded).
+        self._sinks: dict[str, BinaryIO | None] = {}
         self._lock = threading.Lock()
         self.closed = threading.Event()
         #: Why the session was ended by a revocation of the node's certificate (None: it was not).
@@ -45,17 +51,26 @@ class NodeSession:
     def send(self, message: Message) -> None:
         self._outbound.put(message)
 
-    def call(self, kind: str, body: bytes, timeout_s: float) -> Message:
-        """Send a task and wait for its reply; errors from the node are re-raised here."""
+    def call(self, kind: str, body: bytes, timeout_s: float, sink: Path | None = None) -> Message:
+        """Send a task and wait for its reply; errors from the node are re-raised here.
+
+        With ``sink``, the reply's body is written to that file as its frames arrive (never held whole
+        in memory: a node's encodings run to gigabytes nationally), and the reply returned has an
+        empty body."""
         call_id = new_call_id()
         future: Future[Message] = Future()
+        handle = sink.open("wb") if sink is not None else None
         with self._lock:
             if self.closed.is_set():
+                if handle is not None:
+                    handle.close()
                 raise NodeUnavailable(f"node '{self.name}' disconnected; restart it with `fedlink node serve`")
             self._pending[call_id] = future
+            if handle is not None:
+                self._sinks[call_id] = handle
         self._outbound.put(Message(call_id, kind, body))
         try:
-            return rpc.raise_if_error(future.result(timeout=timeout_s))
+            reply = future.result(timeout=timeout_s)
         except FutureTimeout as exc:
             raise Timeout(
                 f"node '{self.name}' did not answer within {timeout_s:g} s; check its log, or raise query_timeout_s"
@@ -63,11 +78,26 @@ class NodeSession:
         finally:
             with self._lock:
                 self._pending.pop(call_id, None)
+                if handle is not None:
+                    if call_id in self._sinks:  # given up on mid-reply: later frames are dropped
+                        self._sinks[call_id] = None
+                    handle.close()
+        if sink is not None and reply.kind == rpc.ERROR:  # an error's body is small: read it back
+            reply = Message(reply.call_id, reply.kind, sink.read_bytes())
+        return rpc.raise_if_error(reply)
 
     def read_replies(self, inbound: Iterator[Frame]) -> None:
         """Deliver the node's replies to waiting calls until its stream ends."""
+        reassembler = Reassembler()
         try:
-            for message in messages(inbound):
+            for frame in inbound:
+                message = self._to_sink(frame)
+                if message is _WRITTEN:
+                    continue
+                if message is None:
+                    message = reassembler.feed(frame)
+                    if message is None:
+                        continue
                 with self._lock:
                     future = self._pending.get(message.call_id)
                 if future is not None and not future.done():
@@ -76,6 +106,22 @@ class NodeSession:
             pass
         finally:
             self.close()
+
+    def _to_sink(self, frame: Frame) -> Message | None:
+        """Write a frame of a call answered into a file; on its last frame, the reply (body empty).
+        None for a frame of any other call (and for a frame written, or dropped, before the last)."""
+        with self._lock:
+            if frame.call_id not in self._sinks:
+                return None
+            handle = self._sinks[frame.call_id]
+            if handle is not None:
+                handle.write(frame.data)
+            if not frame.last:
+                return _WRITTEN
+            del self._sinks[frame.call_id]
+            if handle is not None:
+                handle.flush()
+        return Message(frame.call_id, frame.kind, b"")
 
     def close(self) -> None:
         self._end(NodeUnavailable(f"node '{self.name}' disconnected during the query; nothing was released"))
@@ -168,15 +214,23 @@ class NodeRoster:
         return {name: s for name, s in sessions.items() if s is not None}
 
     def call_each(
-        self, calls: Mapping[str, tuple[NodeSession, bytes]], kind: str, timeout_s: float | None = None
+        self,
+        calls: Mapping[str, tuple[NodeSession, bytes]],
+        kind: str,
+        timeout_s: float | None = None,
+        sinks: Mapping[str, Path] | None = None,
     ) -> dict[str, Message | FedlinkError]:
         """Call every node of ``calls`` (its session and body) in parallel; each answer is a reply or
-        that node's error. Nothing more is asked of any node for an analyst revoked mid-call, but what
-        settles a query still goes out."""
+        that node's error. A node named in ``sinks`` has its reply's body written to that file as it
+        arrives (see :meth:`NodeSession.call`). Nothing more is asked of any node for an analyst revoked
+        mid-call, but what settles a query still goes out."""
         if kind not in _SETTLING:
             raise_if_call_revoked()
         timeout = timeout_s or self.timeout_s
-        futures = {name: self._pool.submit(s.call, kind, body, timeout) for name, (s, body) in calls.items()}
+        futures = {
+            name: self._pool.submit(s.call, kind, body, timeout, (sinks or {}).get(name))
+            for name, (s, body) in calls.items()
+        }
         answers: dict[str, Message | FedlinkError] = {}
         for name, future in futures.items():
             try:

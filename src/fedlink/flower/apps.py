@@ -221,11 +221,23 @@ class FlowerRoster(NodeRoster):
         return replies
 
     def call_each(
-        self, calls: Mapping[str, tuple[NodeSession, bytes]], kind: str, timeout_s: float | None = None
+        self,
+        calls: Mapping[str, tuple[NodeSession, bytes]],
+        kind: str,
+        timeout_s: float | None = None,
+        sinks: Mapping[str, Path] | None = None,
     ) -> dict[str, wire.Message | FedlinkError]:
+        """As fedlink's own roster; Flower delivers each reply whole, and a node named in ``sinks`` has it
+        written to that file (the reply returned has an empty body)."""
         by_id = {s.node_id: name for name, (s, _) in calls.items() if isinstance(s, FlowerSession)}
         answers = self.send({s.node_id: (kind, body) for s, body in calls.values() if isinstance(s, FlowerSession)})
-        return {by_id[node_id]: reply for node_id, reply in answers.items()}
+        named = {by_id[node_id]: reply for node_id, reply in answers.items()}
+        for name, path in (sinks or {}).items():
+            reply = named.get(name)
+            if isinstance(reply, wire.Message):
+                path.write_bytes(reply.body)
+                named[name] = wire.Message(reply.call_id, reply.kind, b"")
+        return named
 
 
 class FlowerCoordinator(Coordinator):

@@ -29,9 +29,11 @@ encodings (about 380 bytes a record) and 13 bytes a candidate pair besides.
 
 from __future__ import annotations
 
+import io
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -102,16 +104,60 @@ def spill_encodings(encoded: EncodedRecords, folder: Path) -> None:
         np.save(folder / _file_name(name), np.ascontiguousarray(values), allow_pickle=False)
 
 
-def spill_npz(blob_path: Path, folder: Path) -> None:
-    """Unpack a node's encodings as they crossed the wire (``.npz``, :mod:`fedlink.linkage.payload`)
-    into ``folder``, one array in memory at a time."""
+class _Window(io.RawIOBase):
+    """Bytes ``offset`` to ``offset + length`` of a file, read as a file of their own (a blob of a body
+    written to disk, :func:`fedlink.protocol.blobs.unpack_file`)."""
+
+    def __init__(self, file: io.BufferedReader, offset: int, length: int) -> None:
+        self._file, self._offset, self._length, self._at = file, offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._length}[whence]
+        self._at = min(max(base + offset, 0), self._length)
+        return self._at
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        size = min(len(view), self._length - self._at)
+        if size <= 0:
+            return 0
+        self._file.seek(self._offset + self._at)
+        got = self._file.readinto(view[:size])
+        self._at += got
+        return got
+
+
+#: Bytes copied at a time from a node's encodings on disk into the linkage unit's files.
+_COPY = 1 << 22
+
+
+def spill_npz(blob_path: Path, folder: Path, offset: int = 0, length: int | None = None) -> None:
+    """Unpack a node's encodings as they crossed the wire (``.npz``, :mod:`fedlink.linkage.payload`;
+    bytes ``offset`` to ``offset + length`` of ``blob_path``, the whole file by default) into
+    ``folder``: each array's ``.npy`` copied a few MiB at a time, never whole in memory, then checked
+    to open as a plain array."""
     folder.mkdir(parents=True, exist_ok=True)
+    size = blob_path.stat().st_size - offset if length is None else length
     try:
-        with np.load(blob_path, allow_pickle=False) as data:
-            for name in data.files:
-                kind, _, rest = name.partition(":")
-                np.save(folder / _file_name(f"{kind}={rest}" if rest else kind), data[name], allow_pickle=False)
-    except (ValueError, OSError) as exc:
+        with blob_path.open("rb") as file, zipfile.ZipFile(_Window(file, offset, size)) as archive:
+            for member in archive.infolist():
+                kind, _, rest = member.filename.removesuffix(".npy").partition(":")
+                if member.compress_type != zipfile.ZIP_STORED or not member.filename.endswith(".npy"):
+                    raise ValueError(f"unexpected member {member.filename!r}")
+                target = folder / _file_name(f"{kind}={rest}" if rest else kind)
+                with archive.open(member) as source, target.open("wb") as out:
+                    shutil.copyfileobj(source, out, _COPY)
+                np.load(target, mmap_mode="r", allow_pickle=False)  # a plain array, or refused here
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise Fault("a node sent encodings the linkage unit cannot read; check it runs this fedlink version") from exc
 
 
