@@ -236,11 +236,12 @@ def _scan(path: Path) -> _Scan:
     for number, raw in enumerate(lines, start=1):
         try:
             entry = _parse(raw)
+            written = canonical(entry.to_json())  # a number too large for a float reads as infinity
         except ValueError as exc:
             unreadable.append((number, str(exc)))
             continue
         entries.append((number, entry))
-        if canonical(entry.to_json()) != raw:
+        if written != raw:
             non_canonical.append(number)
     if partial:
         unreadable.append((len(lines) + 1, "no newline at the end: the line was cut short or added by hand"))
