@@ -79,6 +79,15 @@ def _encodings(messages: list[tuple[str, bytes]]) -> list[tuple[dict, bytes]]:
     return found
 
 
+def test_encodings_travel_through_files_that_are_gone_once_linked(linked: dict) -> None:
+    """Each node spools its encodings to disk and sends them from a file; the coordinator writes them
+    to disk as they arrive: none of those files outlives the link, on any party."""
+    state: Path = linked["state"]
+    left = [p for p in state.rglob("*") if p.name.startswith("encodings.") or p.suffix == ".wire"]
+    assert left == []
+    assert all((state / n / "linkage" / PROJECT / "records.parquet").is_file() for n in NODES)
+
+
 def test_only_keyed_encodings_cross_and_no_scores_come_back(linked: dict, workdir: Path) -> None:
     messages = linked["messages"]
     encodings = _encodings(messages)

@@ -159,3 +159,46 @@ def test_encodings_that_are_compressed_or_pickled_or_cut_short_are_refused(tmp_p
     cut.write_bytes(pack(b"{}", [to_bytes(_party())])[:-5000])
     with pytest.raises(Fault, match="malformed"):
         unpack_file(cut)
+
+
+def test_a_spool_of_batches_writes_the_archive_of_the_batches_joined(tmp_path: Path) -> None:
+    """Batches (one without any middle name, one with a small batch size) spooled to disk give the same
+    archive contents as the batches joined in memory, and nothing of the spool is left behind."""
+    from fedlink.linkage.concepts import normalise_concepts
+    from fedlink.linkage.encode import concatenate
+    from fedlink.linkage.fields import derive_spec_keys, encode_spec
+    from fedlink.linkage.payload import Spool, from_bytes
+    from fedlink.linkage.spec import load_spec
+
+    spec = load_spec().resolve({"first_name", "middle_names", "last_name", "dob", "sex", "postcode"})
+    keys = derive_spec_keys(b"k" * 32, "p", spec)
+    runs = [
+        {"first_name": ["Amelia", "Omar"], "middle_names": ["Rose", None], "last_name": ["Khan", "Ng"]},
+        {"first_name": ["Ivy", "Sam", "Bo"], "middle_names": [None, None, None], "last_name": ["Lee", "Oduya", "Li"]},
+        {"first_name": ["Zoe"], "middle_names": ["Ann"], "last_name": ["Hart"]},
+    ]
+    for run in runs:
+        run.update(dob=["2001-02-03"] * len(run["first_name"]), sex=["F"] * len(run["first_name"]))
+        run.update(postcode=["SW1A 1AA"] * len(run["first_name"]))
+    parts = [encode_spec(normalise_concepts(run), spec, keys) for run in runs]
+    widths = {name: {p.fields[name].shape[1:] for p in parts} for name in parts[0].fields}
+    assert any((0,) in shapes and len(shapes) == 2 for shapes in widths.values())  # a batch lacks a field
+    spool = Spool(tmp_path / "spool")
+    Spool.ROWS = 2  # several slices per batch
+    try:
+        for part in parts:
+            spool.add(part)
+        spool.write(tmp_path / "out.npz")
+    finally:
+        Spool.ROWS = 65536
+    got, expected = from_bytes((tmp_path / "out.npz").read_bytes()), from_bytes(to_bytes(concatenate(parts)))
+    assert not (tmp_path / "spool").exists()
+    assert got.count == expected.count == 6
+    for attribute in ("match_keys", "block_keys", "fields", "subgroups"):
+        mine, theirs = getattr(got, attribute), getattr(expected, attribute)
+        assert set(mine) == set(theirs), attribute
+        for name in theirs:
+            assert mine[name].dtype == theirs[name].dtype, name
+            np.testing.assert_array_equal(mine[name], theirs[name], err_msg=name)
+    np.testing.assert_array_equal(got.blooms, expected.blooms)
+    np.testing.assert_array_equal(got.popcounts, expected.popcounts)

@@ -119,7 +119,7 @@ def _node_answer(kind: str, body: bytes, context: Context) -> tuple[str, bytes]:
             stats = _model_step(runtime, ModelStep.model_validate_json(body), context)
             return (rpc.ACK, b"") if stats is None else (rpc.RESULT, stats)
         reply = answer(runtime, wire.Message(wire.new_call_id(), kind, body))
-        return reply.kind, reply.body
+        return reply.kind, reply.whole_body()
     finally:
         runtime.close()
 

@@ -95,11 +95,11 @@ def _link_envelope(runtime: NodeRuntime, message: Message) -> Message:
 
 def _link_encode(runtime: NodeRuntime, message: Message) -> Message:
     call = LinkCall.model_validate_json(message.body)
-    blob = runtime.linkage.encode(_request(call))
+    wire = runtime.linkage.encode(_request(call))
     runtime.register.append(
         "link_encode", {"project": call.project, "analyst": call.analyst, "spec_hash": call.spec_hash}
     )
-    return Message(message.call_id, rpc.RESULT, blob)
+    return Message(message.call_id, rpc.RESULT, b"", file=wire)
 
 
 def _link_psi_start(runtime: NodeRuntime, message: Message) -> Message:

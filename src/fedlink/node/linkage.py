@@ -33,15 +33,15 @@ from sqlglot import exp
 
 from fedlink.errors import Fault, PolicyRefused
 from fedlink.linkage.concepts import ConceptOptions, normalise_concepts, valid_counts
-from fedlink.linkage.encode import EncodedRecords, TierMessages, concatenate, match_key_rows
+from fedlink.linkage.encode import TierMessages, match_key_rows
 from fedlink.linkage.fields import complete, derive_spec_keys, encode_spec, known_labels, subgroup_codes
-from fedlink.linkage.payload import slots_from_bytes, to_bytes
+from fedlink.linkage.payload import Spool, slots_from_bytes
 from fedlink.linkage.spec import SUBGROUPS_BUILT_IN, LinkageSpec, spec_from_text
 from fedlink.node.config import LinkageMapping, NodeConfig, TableDecl
 from fedlink.node.data import NodeData, concept_text
 from fedlink.pets import psi
 from fedlink.pets.keyagree import Envelope, LinkKeyCard, NodeKeyAgreement
-from fedlink.protocol.blobs import pack
+from fedlink.protocol.blobs import pack_file
 from fedlink.protocol.linkage import EncodeAnswer, SubgroupLabels
 
 log = logging.getLogger("fedlink.node")
@@ -196,9 +196,11 @@ class NodeLinkage:
             raise PolicyRefused(f"an envelope for project '{envelope.project}' arrived for '{request.project}'")
         self.keys.store(request.project, self.keys.open(envelope))
 
-    def encode(self, request: LinkRequest) -> bytes:
+    def encode(self, request: LinkRequest) -> Path:
         """Keyed encodings of this node's people, in a random order this node keeps, after a header
-        (:class:`EncodeAnswer`) saying which concepts it encoded and how many of their values are valid."""
+        (:class:`EncodeAnswer`) saying which concepts it encoded and how many of their values are valid:
+        the answer's body, written to a file in this node's linkage folder (a batch of people in memory
+        at a time, :class:`fedlink.linkage.payload.Spool`), sent from there a frame at a time."""
         plan = self._plan(request)
         secret = self.keys.secret(request.project)
         if secret is None:
@@ -208,7 +210,7 @@ class NodeLinkage:
         folder = self._folder(request.project)
         folder.mkdir(parents=True, exist_ok=True)
         keys = derive_spec_keys(secret, request.project, plan.spec)
-        parts: list[EncodedRecords] = []
+        spool = Spool(folder / "encodings.spool")
         valid = dict.fromkeys(plan.concepts, 0)
         labels: dict[str, set[str]] = {name: set() for name in plan.spec.subgroups if name not in SUBGROUPS_BUILT_IN}
 
@@ -218,23 +220,27 @@ class NodeLinkage:
                 valid[concept] += found
             for name in labels:
                 labels[name] |= set(known_labels(name, normalised))
-            parts.append(encode_spec(normalised, plan.spec, keys))
+            spool.add(encode_spec(normalised, plan.spec, keys))
 
         count = self._people(plan, folder, consume)
-        encoded = concatenate(parts)
+        archive = folder / "encodings.npz"
+        spool.write(archive)
         codes = {
             name: {str(code): label for code, label in subgroup_codes(sorted(found), keys.subgroup[name]).items()}
             for name, found in labels.items()
         }
         (folder / "subgroups.json").write_text(json.dumps(codes))
-        log.info("encoded %d people for project '%s'", encoded.count, request.project)
+        log.info("encoded %d people for project '%s'", count, request.project)
         header = EncodeAnswer(
             count=count,
             concepts=plan.concepts,
             missing=plan.missing,
             valid={c: round(n / count, 2) if count else 0.0 for c, n in valid.items() if not c.startswith("subgroup:")},
         )
-        return pack(header.model_dump_json().encode(), [to_bytes(encoded)])
+        wire = folder / "encodings.wire"
+        pack_file(wire, header.model_dump_json().encode(), [archive])
+        archive.unlink()
+        return wire
 
     def subgroup_labels(self, request: LinkRequest, codes: dict[str, tuple[int, ...]]) -> SubgroupLabels:
         """The label of each keyed subgroup code this node knows: the fixed labels of sex and birth

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -41,9 +42,22 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 
 @dataclass(frozen=True)
 class Message:
+    """A logical message. A large body may instead lie in ``file`` (``body`` then empty): it is sent a
+    frame at a time from disk and the file removed once sent (a node's encodings run to gigabytes)."""
+
     call_id: str
     kind: str
     body: bytes
+    file: Path | None = None
+
+    def whole_body(self) -> bytes:
+        """The body, for transports that carry a message whole: read from ``file`` (then removed, as
+        once sent) for a message whose body lies there."""
+        if self.file is None:
+            return self.body
+        body = self.file.read_bytes()
+        self.file.unlink(missing_ok=True)
+        return body
 
 
 def connection_error(exc: grpc.RpcError, address: str, tls: TlsFiles, timeout_s: float | None = None) -> FedlinkError:
@@ -102,7 +116,11 @@ def new_call_id() -> str:
 
 
 def frames(message: Message) -> Iterator[Frame]:
-    """Cut a message into frames of at most :data:`CHUNK` bytes (an empty body is one frame)."""
+    """Cut a message into frames of at most :data:`CHUNK` bytes (an empty body is one frame); a body in a
+    file is read a frame at a time, and the file removed once its last frame is out."""
+    if message.file is not None:
+        yield from _file_frames(message, message.file)
+        return
     body = message.body
     if not body:
         yield Frame(call_id=message.call_id, kind=message.kind, data=b"", last=True)
@@ -110,6 +128,21 @@ def frames(message: Message) -> Iterator[Frame]:
     for start in range(0, len(body), CHUNK):
         end = start + CHUNK
         yield Frame(call_id=message.call_id, kind=message.kind, data=body[start:end], last=end >= len(body))
+
+
+def _file_frames(message: Message, path: Path) -> Iterator[Frame]:
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        sent = 0
+        while True:
+            data = file.read(CHUNK)
+            if not data and sent < size:
+                raise Fault(f"{path.name} shrank while it was being sent; nothing more of it is sent")
+            sent += len(data)
+            yield Frame(call_id=message.call_id, kind=message.kind, data=data, last=sent >= size)
+            if sent >= size:
+                break
+    path.unlink(missing_ok=True)
 
 
 class Reassembler:
