@@ -28,6 +28,10 @@ class CoordinatorSection(ConfigModel):
     #: Whether this coordinator runs a linkage unit. False: no link spine is built and every LINK query
     #: is refused, so analysts get horizontal aggregates only (each node's own tables, never joined).
     linkage_service: bool = True
+    #: A linked query's chain passes this many ciphertexts per stream (each covering 8,192 or 16,384
+    #: people of the spine) from node to node at a time, so that memory stays bounded whatever the
+    #: spine's size; the last node adds its cells up across windows before adding noise once.
+    linked_window_chunks: int = Field(default=64, ge=1)
 
 
 class LinkageEngineSection(ConfigModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -38,7 +39,12 @@ STEP_TIMEOUT_S = 600.0
 
 
 def run_linked_query(
-    queries: QueryLifecycle, projects: ProjectRegistry, spines: Path, request: QueryRequest, analyst: str
+    queries: QueryLifecycle,
+    projects: ProjectRegistry,
+    spines: Path,
+    request: QueryRequest,
+    analyst: str,
+    window_chunks: int = 64,
 ) -> tuple[str, bytes]:
     """Run a LINK query over the link spines kept in ``spines``; returns the reply kind and the packed
     :class:`LinkedEncryptedResult` with its masked cells (sealed to the analyst when the request carried
@@ -47,7 +53,11 @@ def run_linked_query(
     Two-phase, like every query (:mod:`fedlink.coordinator.lifecycle`): each node of the chain reserves,
     then runs its step and prepares; the middle nodes' ciphertexts travel on at once, the last node's
     noisy cells wait in its outbox; once all have prepared the coordinator decides and every node
-    commits, the last one sending its cells."""
+    commits, the last one sending its cells.
+
+    The chain runs over the spine a window of ``window_chunks`` ciphertexts per stream at a time (every
+    node of the chain, then the next window), so that no party holds the ciphertexts of a whole national
+    spine; the last node adds its cells up across windows and adds noise once, after the last."""
     started = time.perf_counter()
     project = projects.get(request.project)
     queries.check_loss(request.loss, request.noiseless)
@@ -95,27 +105,32 @@ def run_linked_query(
     }
     run = queries.begin(task, "linked", extra, request.result_key, sessions)
 
-    output = LinkedOutput(streams={}, chunks=0)
-    blobs: list[bytes] = []
-    for position, node in enumerate(chain):
-        role = _role(position, len(chain), node in plan.union)
-        step = LinkedStep(
-            query_id=task.query_id,
-            role=role,
-            public_key=request.link_key,
-            spine_id=meta.spine_id,
-            spine_size=meta.size,
-            streams=output.streams,
-            chunks=output.chunks,
-            units=output.units,
-        )
-        body = pack(step.model_dump_json().encode(), blobs)
-        answer = run.call_each({node: body}, rpc.LINKED_STEP, step_timeout)[node]
-        if isinstance(answer, FedlinkError) or role == "last":
-            run.decide({node: answer}, "during the linked query")
-        else:
-            header, blobs = unpack(answer.body)
-            output = LinkedOutput.model_validate_json(header)
+    windows = math.ceil(math.ceil(meta.size / params.slots) / window_chunks)
+    for window in range(windows):
+        output = LinkedOutput(streams={}, chunks=0)
+        blobs: list[bytes] = []
+        for position, node in enumerate(chain):
+            role = _role(position, len(chain), node in plan.union)
+            step = LinkedStep(
+                query_id=task.query_id,
+                role=role,
+                public_key=request.link_key,
+                spine_id=meta.spine_id,
+                spine_size=meta.size,
+                streams=output.streams,
+                chunks=output.chunks,
+                units=output.units,
+                window=window,
+                windows=windows,
+                window_chunks=window_chunks,
+            )
+            body = pack(step.model_dump_json().encode(), blobs)
+            answer = run.call_each({node: body}, rpc.LINKED_STEP, step_timeout)[node]
+            if isinstance(answer, FedlinkError) or (role == "last" and window == windows - 1):
+                run.decide({node: answer}, "during the linked query")
+            elif role != "last":
+                header, blobs = unpack(answer.body)
+                output = LinkedOutput.model_validate_json(header)
     reply = run.deliver()
     log.info(
         "linked query %s by '%s' for '%s' over %s (%d cells, %d people in the spine) answered in %.0f ms",

@@ -398,7 +398,14 @@ class Coordinator:
 
         self._check_linkage_service()
         self._refresh_project(request.project)
-        return run_linked_query(self.queries, self.projects, self.spines_path(), request, analyst)
+        return run_linked_query(
+            self.queries,
+            self.projects,
+            self.spines_path(),
+            request,
+            analyst,
+            self.config.coordinator.linked_window_chunks,
+        )
 
     def fit_model(self, request: ModelRequest, analyst: str) -> tuple[str, bytes]:
         """Fit a federated model (:mod:`fedlink.coordinator.model_fit`); returns the reply kind and body."""

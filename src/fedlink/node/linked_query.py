@@ -219,6 +219,25 @@ class _Factors:
             self.cell = vectors.cell
 
 
+@dataclass
+class ChainCarry:
+    """What a node carries from one window of a linked query's chain to the next: the windows done, and
+    at the last node each component's per-cell sums so far (sealed with noise after the last window)."""
+
+    windows: int = 0
+    done: int = 0
+    sums: dict[str, list[bytes | None]] = field(default_factory=dict)
+
+
+def window_vectors(vectors: NodeVectors, start: int, stop: int) -> NodeVectors:
+    """The slots [start, stop) of this node's per-slot vectors."""
+    return NodeVectors(
+        present=vectors.present[start:stop],
+        cell=None if vectors.cell is None else vectors.cell[start:stop],
+        values={k: v[start:stop] for k, v in vectors.values.items()},
+    )
+
+
 def run_step(
     plan: LinkedPlan,
     node: str,
@@ -227,10 +246,25 @@ def run_step(
     blobs: list[bytes],
     loss: PrivacyLoss,
     noiseless: bool,
+    carry: ChainCarry | None = None,
 ) -> tuple[LinkedOutput, list[bytes]]:
-    """This node's step of the chain: encrypt, OR in, multiply, or (last) finish and add DP noise."""
+    """This node's step of the chain over one window of the spine: encrypt, OR in, multiply, or (last)
+    add the window's cells to ``carry``'s sums, and after the last window add DP noise and seal them.
+
+    Windows must come in order, each once (``carry`` counts them): a window counted twice would count
+    its people twice, beyond what the noise was calibrated for."""
+    carry = carry if carry is not None else ChainCarry()
+    if step.window != carry.done or (carry.done and step.windows != carry.windows) or step.window >= step.windows:
+        raise Fault(
+            f"window {step.window + 1} of {step.windows} of a linked query arrived after {carry.done} window(s); "
+            "a window is run once, in order: retry the query"
+        )
+    carry.windows = step.windows
     evaluator = ChainEvaluator(ChainParams.for_chain(plan.multiplications, sums=plan.sums), step.public_key)
-    chunks = evaluator.chunks(step.spine_size)
+    start, stop = step.slot_range(evaluator.params.slots)
+    here = window_vectors(vectors, start, stop)
+    chunks = evaluator.chunks(stop - start)
+    final = step.window == step.windows - 1
     units = dict(step.units)
     incoming = _split(step, blobs, chunks) if step.role != "first" else {}
     streams: dict[str, list[list[bytes]]] = {}
@@ -239,12 +273,12 @@ def run_step(
     for comp in components:
         if comp.kind == "sum" and comp.column and comp.column.startswith(f"{node}."):
             units[comp.key] = _unit(plan, max(abs(comp.lower or 0), abs(comp.upper or 0)), step.spine_size)
-        factors = _Factors(plan, node, vectors, comp, units.get(comp.key))
+        factors = _Factors(plan, node, here, comp, units.get(comp.key))
         if step.role == "first":
             parts = [factors.base * b for b in factors.bins] if factors.bins else [factors.base]
             streams[comp.key] = [evaluator.encrypt(p) for p in parts]
         elif step.role == "union":
-            streams[comp.key] = [evaluator.union(s, vectors.present) for s in incoming[comp.key]]
+            streams[comp.key] = [evaluator.union(s, here.present) for s in incoming[comp.key]]
         elif step.role == "middle":
             ins = incoming[comp.key]
             if factors.bins and len(ins) == 1:
@@ -252,10 +286,15 @@ def run_step(
             else:
                 streams[comp.key] = [evaluator.multiply(s, factors.base) for s in ins]
         else:
-            spec, draws = _noise(plan, comp, loss, len(components), units.get(comp.key), noiseless)
-            if spec is not None:
-                noise[comp.key] = spec
-            streams[comp.key] = [[c] for c in _finish(plan, evaluator, factors, incoming[comp.key], draws)]
+            sums = carry.sums.setdefault(comp.key, [None] * plan.cells)
+            _accumulate(plan, evaluator, factors, incoming[comp.key], sums)
+            if final:
+                spec, draws = _noise(plan, comp, loss, len(components), units.get(comp.key), noiseless)
+                if spec is not None:
+                    noise[comp.key] = spec
+                sealed = evaluator.seal([[c] if c is not None else [] for c in sums], [int(d) for d in draws])
+                streams[comp.key] = [[c] for c in sealed]
+    carry.done += 1
     out_chunks = 1 if step.role == "last" else chunks
     output = LinkedOutput(
         streams={k: len(v) for k, v in streams.items()},
@@ -294,18 +333,16 @@ def _noise(
     return Noise(mechanism=spec.mechanism, scale=spec.scale, integer=True, unit=unit or 1.0), draws
 
 
-def _finish(
-    plan: LinkedPlan, evaluator: ChainEvaluator, factors: _Factors, ins: list[list[bytes]], draws: np.ndarray
-) -> list[bytes]:
-    """One ciphertext per cell (group-major, then bin), each with its noise."""
+def _accumulate(
+    plan: LinkedPlan, evaluator: ChainEvaluator, factors: _Factors, ins: list[list[bytes]], sums: list[bytes | None]
+) -> None:
+    """Add one window's contribution to each cell (group-major, then bin) into ``sums``."""
     groups = plan.group_cells if factors.cell is not None else 1
     bins = plan.bins
-    cells: list[bytes] = [b""] * plan.cells
     for b in range(bins):
         stream = ins[b] if len(ins) > 1 else ins[0]
         base = factors.base * factors.bins[b] if factors.bins and len(ins) == 1 else factors.base
         indices = [g * bins + b for g in range(groups)]
-        finished = evaluator.finish(stream, base, factors.cell, groups, [int(draws[i]) for i in indices])
-        for index, blob in zip(indices, finished, strict=True):
-            cells[index] = blob
-    return cells
+        window = evaluator.products(stream, base, factors.cell, groups)
+        for index, part in zip(indices, window, strict=True):
+            sums[index] = evaluator.combine([sums[index], part])

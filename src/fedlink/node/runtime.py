@@ -42,7 +42,7 @@ from fedlink.transparency.register import Register
 if TYPE_CHECKING:
     from fedlink.node.linkage import NodeLinkage
 from fedlink.node.engines.operators import model_statistics, validate_model, validate_plan
-from fedlink.node.linked_query import fetch_rows, node_vectors, run_step, validate_linked
+from fedlink.node.linked_query import ChainCarry, NodeVectors, fetch_rows, node_vectors, run_step, validate_linked
 from fedlink.pets import secagg
 from fedlink.pets.dp import add_noise, calibrate, iteration_noise
 from fedlink.pets.he import PublicContext, Scheme, encrypt, load_public_context
@@ -102,6 +102,9 @@ class NodeRuntime:
         self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"prepare-{config.name}")
         #: Models being fitted here: the task and the iterations already answered.
         self._models: dict[str, tuple[QueryTask, set[int]]] = {}
+        #: Linked queries part-way through their chain's windows: the task, this node's per-slot vectors
+        #: and what it carries from window to window.
+        self._chains: dict[str, tuple[QueryTask, NodeVectors, ChainCarry]] = {}
         self._lock = threading.Lock()
         self.register.append(
             "startup",
@@ -344,14 +347,19 @@ class NodeRuntime:
         return PendingReport(answers=tuple(answers))
 
     def linked_step(self, step: LinkedStep, blobs: list[bytes]) -> tuple[LinkedOutput, list[bytes]] | None:
-        """This node's step of a linked query's encrypted chain; the reservation is prepared afterwards.
-        A middle node's ciphertexts go on at once (they are under the analyst's key, without noise, and
-        useless without the last node); the last node's noisy cells wait in the outbox for the commit
-        (then None is returned: nothing to send yet)."""
+        """This node's step of a linked query's encrypted chain over one window of the spine; after the
+        last window the reservation is prepared. A middle node's ciphertexts go on at once (they are under
+        the analyst's key, without noise, and useless without the last node); the last node adds each
+        window's cells up and, after the last window, its noisy cells wait in the outbox for the commit
+        (None is returned for every window of the last node: nothing to send yet)."""
         with self._lock:
-            task = self._pending.pop(step.query_id, (None, 0.0))[0]
-            prepared = self._prepared.pop(step.query_id, None)
-        if task is None or prepared is None:
+            chain = self._chains.get(step.query_id)
+            if chain is None:
+                task = self._pending.pop(step.query_id, (None, 0.0))[0]
+                prepared = self._prepared.pop(step.query_id, None)
+            else:
+                task, prepared = chain[0], None
+        if task is None or (chain is None and prepared is None):
             raise Fault(f"node '{self.name}' holds no reservation for query {step.query_id[:8]}; retry the query")
         try:
             self._check_deadline(task)
@@ -364,15 +372,24 @@ class NodeRuntime:
                     f"node '{self.name}' holds slots of another link spine for '{task.spine_project}'; rebuild it "
                     f"with `fedlink link --project {task.spine_project}`"
                 )
-            vectors = node_vectors(plan, self.name, prepared.result(), step.spine_size)
-            output, out_blobs = run_step(plan, self.name, step, vectors, blobs, task.loss, task.noiseless)
+            if chain is None:
+                assert prepared is not None
+                chain = (task, node_vectors(plan, self.name, prepared.result(), step.spine_size), ChainCarry())
+                with self._lock:
+                    self._chains[step.query_id] = chain
+            output, out_blobs = run_step(plan, self.name, step, chain[1], blobs, task.loss, task.noiseless, chain[2])
             output = output.model_copy(update={"disclosure": self._project_disclosure(task.project)})
             last = step.role == "last"
-            # every node's committed answer carries its policy for the project; only the last one's has cells
-            header = output.model_dump_json().encode()
-            body = pack(header, out_blobs) if last else header
-            self._prepare(task, Prepared(task.model_dump_json().encode(), rpc.RESULT if last else rpc.ACK, body))
+            if step.window == step.windows - 1:
+                with self._lock:
+                    self._chains.pop(step.query_id, None)
+                # every node's committed answer carries its policy for the project; only the last one's has cells
+                header = output.model_dump_json().encode()
+                body = pack(header, out_blobs) if last else header
+                self._prepare(task, Prepared(task.model_dump_json().encode(), rpc.RESULT if last else rpc.ACK, body))
         except BaseException as exc:
+            with self._lock:
+                self._chains.pop(step.query_id, None)
             self._fail(task, exc)
             raise
         return None if last else (output, out_blobs)
@@ -528,8 +545,9 @@ class NodeRuntime:
         """The coordinator's session ended: release every reservation not yet prepared (whoever was to
         execute it is gone; prepared ones wait for the coordinator's decision when it is back)."""
         with self._lock:
-            tasks = [task for task, _ in self._pending.values()]
+            tasks = [task for task, _ in self._pending.values()] + [task for task, _, _ in self._chains.values()]
             self._pending.clear()
+            self._chains.clear()
             for task in tasks:
                 self._drop_prepared(task.query_id)
         for task in tasks:
@@ -541,6 +559,8 @@ class NodeRuntime:
         one stays spent), and forget its answer."""
         with self._lock:
             task = self._pending.pop(query_id, (None, 0.0))[0]
+            chain = self._chains.pop(query_id, None)
+            task = task if task is not None or chain is None else chain[0]
             self._drop_prepared(query_id)
             self._models.pop(query_id, None)
         state = self.ledger.state(query_id)

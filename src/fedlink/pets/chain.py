@@ -338,6 +338,15 @@ class ChainEvaluator:
         uniformly random except for their sum, which is the total plus ``noise[c]``."""
         if len(noise) != cells:
             raise Fault("one noise value per result cell is needed")
+        sums = self.products(chunks, base, cell_of_slot, cells)
+        return self.seal([[p] if p is not None else [] for p in sums], noise)
+
+    def products(
+        self, chunks: Sequence[bytes], base: np.ndarray, cell_of_slot: np.ndarray | None, cells: int
+    ) -> list[bytes | None]:
+        """The last node, over a window of the spine: per cell, the sum over these slots of ciphertext x
+        base x [cell_of_slot == c], not yet sealed (None where no slot counts). Windows' sums add up with
+        :meth:`combine`; :meth:`seal` finishes them."""
         self._check(chunks, len(base))
         if cell_of_slot is not None and len(cell_of_slot) != len(base):
             raise Fault("the group of every slot is needed")
@@ -346,9 +355,27 @@ class ChainEvaluator:
             for a, b in self._split(len(chunks))
         ]
         partials = self._spread("_chunks_products", jobs)
-        per_cell = [[part[c] for part in partials if part[c] is not None] for c in range(cells)]
-        spans = self._split(cells)
-        sealed = self._spread("_cells_seal", [(per_cell[a:b], [int(n) for n in noise[a:b]]) for a, b in spans])
+        return [self.combine([part[c] for part in partials if part[c] is not None]) for c in range(cells)]
+
+    def combine(self, sums: Sequence[bytes | None]) -> bytes | None:
+        """Sums of :meth:`products` (of the same cell) added into one; None when there are none."""
+        present = [s for s in sums if s is not None]
+        if len(present) <= 1:
+            return present[0] if present else None
+        total = self._ntt(present[0])
+        for other in present[1:]:
+            self._evaluator.add_inplace(total, self._ntt(other))
+        return _save(total)
+
+    def seal(self, per_cell: Sequence[Sequence[bytes]], noise: Sequence[int]) -> list[bytes]:
+        """One ciphertext per cell: its sums (from :meth:`products`) added, plus a fresh encryption of a
+        zero-sum mask and the cell's noise."""
+        if len(noise) != len(per_cell):
+            raise Fault("one noise value per result cell is needed")
+        spans = self._split(len(per_cell))
+        sealed = self._spread(
+            "_cells_seal", [([list(p) for p in per_cell[a:b]], [int(n) for n in noise[a:b]]) for a, b in spans]
+        )
         return [blob for part in sealed for blob in part]
 
     # --- work on a run of chunks (here or in a worker) ---------------------------------------------

@@ -234,6 +234,18 @@ class LinkedStep(Frozen):
     chunks: int = 0
     #: Per SUM component, the fixed-point unit its values were scaled by (value = integer * unit).
     units: dict[str, float] = Field(default_factory=dict)
+    #: The chain runs over the spine a window at a time: this step's window, how many there are, and
+    #: how many ciphertexts (of the plan's slot count each) a window spans (0: the whole spine at once).
+    window: int = Field(default=0, ge=0)
+    windows: int = Field(default=1, ge=1)
+    window_chunks: int = Field(default=0, ge=0)
+
+    def slot_range(self, slots: int) -> tuple[int, int]:
+        """The slots of the spine this step's window covers: [start, stop)."""
+        if self.window_chunks == 0:
+            return 0, self.spine_size
+        start = self.window * self.window_chunks * slots
+        return start, min(self.spine_size, start + self.window_chunks * slots)
 
 
 class LinkedOutput(Frozen):
