@@ -27,6 +27,12 @@ Stages (FOLDER is one size's working folder; the synthetic federation is FOLDER/
     A he+dp linked ``COUNT(*) ... GROUP BY`` over three nodes of PEOPLE people each, spine already built
     (``test_bench_linked.py``'s federation, in this process: coordinator and nodes together), and
     DuckDB's join of the same files.
+``federation FOLDER``
+    The whole of it over gRPC: a coordinator and the three nodes as processes (``fedlink_tools.demo``'s
+    ``LocalFederation``, mutual TLS, the demo's configs) on the synthetic departments' files; ``fedlink
+    link`` for the deprivation project, then a he+dp linked ``COUNT(*) ... GROUP BY`` over its spine (the
+    chain in windows) and a he+dp horizontal query. Each party's peak resident memory is read from
+    ``/proc/<pid>/status`` (``VmHWM``) after each step.
 ``horizontal PEOPLE FOLDER``
     A he+dp ``COUNT(*) ... GROUP BY`` over three nodes of PEOPLE rows each (``federation.py``), and
     DuckDB's plaintext query of the same files.
@@ -252,6 +258,63 @@ def linked(people: str, folder: str) -> dict[str, Any]:
     return {"write_s": round(written, 2), "query_s": query_s, "duckdb_s": floor_s, "groups": len(answer.rows())}
 
 
+def _party_peaks(processes: dict[str, Any]) -> dict[str, float]:
+    """Each party's peak resident memory so far, in GiB (``VmHWM``)."""
+    peaks = {}
+    for party, process in processes.items():
+        for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks[party] = round(int(line.split()[1]) / 1024**2, 2)
+    return peaks
+
+
+def federation(folder: str) -> dict[str, Any]:
+    import fedlink
+    from fedlink_tools.demo import ANALYST, LocalFederation, federation_dir, prepare_pki
+
+    work = Path(folder) / "grpc"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "data").exists():
+        (work / "data").symlink_to((Path(folder) / "federation").resolve())
+    nodes = list(NODES)
+    if not (work / "pki").exists():
+        prepare_pki(work, nodes)
+    fed = LocalFederation(workdir=work, root=federation_dir(), nodes=nodes)
+    fed.start()
+    out: dict[str, Any] = {}
+    try:
+        pki = work / "pki"
+        client = fedlink.connect(
+            fed.address,
+            cert=pki / f"analyst-{ANALYST}.crt",
+            key=pki / f"analyst-{ANALYST}.key",
+            ca=pki / "ca.crt",
+            timeout_s=7200,
+        )
+        project = "deprivation-mental-health"
+        mark = time.perf_counter()
+        report = client.link(project)
+        out["link_s"] = round(time.perf_counter() - mark, 1)
+        out["link_stages"] = {k: round(v, 1) for k, v in report.stages.items()}
+        out["peak_gib_after_link"] = _party_peaks(fed.processes)
+        linked_sql = (
+            "SELECT dfe.pupils.region, COUNT(*) AS n FROM dfe.pupils LINK dwp.claims, nhs.diagnoses "
+            "GROUP BY dfe.pupils.region"
+        )
+        mark = time.perf_counter()
+        answer = client.query(linked_sql, project=project, epsilon=1.0)
+        out["linked_s"] = round(time.perf_counter() - mark, 1)
+        out["linked_groups"] = len(answer.rows())
+        out["peak_gib_after_linked"] = _party_peaks(fed.processes)
+        mark = time.perf_counter()
+        answer = client.query("SELECT region, COUNT(*) AS n FROM pupils GROUP BY region", project=project, epsilon=0.5)
+        out["horizontal_s"] = round(time.perf_counter() - mark, 2)
+        out["horizontal_groups"] = len(answer.rows())
+    finally:
+        fed.stop()
+    return out
+
+
 def horizontal(people: str, folder: str) -> dict[str, Any]:
     from federation import PlaintextFloor, make_pki, start_federation, write_events
 
@@ -284,6 +347,7 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "join": join,
     "linked": linked,
     "horizontal": horizontal,
+    "federation": federation,
 }
 
 

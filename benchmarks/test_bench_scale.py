@@ -128,6 +128,8 @@ def run_scale(people: int, folder: Path, record: Path | None) -> dict[str, Any]:
     keep("duckdb join", stage("join", str(folder)))
     keep("linked query", stage("linked", str(people), str(folder)))
     keep("horizontal query", stage("horizontal", str(people), str(folder)))
+    if os.environ.get("FEDLINK_BENCH_SCALE"):  # sizes chosen: also the whole of it over gRPC (minutes)
+        keep("federation over gRPC", stage("federation", str(folder)))
     return measured
 
 
@@ -141,6 +143,9 @@ def test_scale(benchmark: Any, tmp_path: Path, people: int) -> None:
     assert link["records"] == [stages[f"encode {n}"]["people"] for n in NODES]
     assert link["f1"] >= 0.98 and abs(link["estimated_f1"] - link["f1"]) <= 0.01, link
     assert stages["linked query"]["groups"] > 0 and stages["horizontal query"]["groups"] > 0
+    if "federation over gRPC" in stages:
+        grpc = stages["federation over gRPC"]
+        assert grpc.get("linked_groups", 0) > 0 and grpc.get("horizontal_groups", 0) > 0, grpc
     benchmark.extra_info.update(
         {
             "people": people,
