@@ -17,9 +17,15 @@ Stages (FOLDER is one size's working folder; the synthetic federation is FOLDER/
     The wire format (:mod:`fedlink.linkage.payload`, a NumPy ``.npz``) written from the node's files,
     then unpacked into the linkage unit's spill folder FOLDER/unit/NODE (no network: gRPC is measured
     in ``test_bench_flower.py``).
-``link FOLDER``
+``link FOLDER [MAX_BLOCK]``
     The linkage unit: the encodings memory-mapped, :func:`fedlink.linkage.streaming.link_probabilistic_spilled`,
-    the label-free quality estimate, slots and overlap counts; F1 against the truth.
+    the label-free quality estimate, slots and overlap counts; F1 against the truth, and what became of
+    the true pairs missed (never scored, below the threshold, lost to the one-to-one assignment).
+    ``MAX_BLOCK`` replaces the cap on a block's pairs (250,000): a million people with a cap of 2,500
+    skip the blocks that ten million skip at 250,000 (block pairs grow with the square of the people).
+``namesakes FOLDER``
+    Plaintext (DuckDB, on the generator's truth): per pair of departments, pairs of records agreeing on
+    first name, last name and date of birth that are the same person, and that are different people.
 ``join FOLDER``
     DuckDB's plaintext three-way join of the same departments' records on the true person (what a
     trusted third party holding every department's rows and a common identifier would run).
@@ -175,7 +181,41 @@ def transfer(folder: str, node: str) -> dict[str, Any]:
     return {"node": node, "wire_bytes": size}
 
 
-def link(folder: str) -> dict[str, Any]:
+def _missed(linked: Any, truths: list[np.ndarray]) -> dict[str, dict[str, int]]:
+    """Per pair of departments, the true pairs of people held once on each side, by what became of
+    them: linked (same entity), never scored (no blocking rule brought them together, or a posterior
+    under the floor), scored below the threshold, above it but lost to the one-to-one assignment."""
+    out = {}
+    names = list(NODES)
+    for pair in linked.scored:
+        ta, tb = truths[pair.p], truths[pair.q]
+        people_a, count_a = np.unique(ta, return_counts=True)
+        people_b, count_b = np.unique(tb, return_counts=True)
+        both = np.intersect1d(people_a[count_a == 1], people_b[count_b == 1])
+        ia = np.flatnonzero(np.isin(ta, both))
+        ia = ia[np.argsort(ta[ia])]
+        ib = np.flatnonzero(np.isin(tb, both))
+        ib = ib[np.argsort(tb[ib])]
+        width = np.int64(len(tb) + 1)
+        wanted = ia.astype(np.int64) * width + ib
+        order = np.argsort(pair.ia.astype(np.int64) * width + pair.ib)
+        scored = (pair.ia.astype(np.int64) * width + pair.ib)[order]
+        at = np.minimum(np.searchsorted(scored, wanted), max(len(scored) - 1, 0))
+        found = scored[at] == wanted if len(scored) else np.zeros(len(wanted), bool)
+        posterior = np.where(found, np.asarray(pair.posterior)[order][at], -1.0)
+        assigned = np.where(found, np.asarray(pair.assigned)[order][at], False)
+        same = linked.spine.entity[pair.p][ia] == linked.spine.entity[pair.q][ib]
+        out[f"{names[pair.p]}-{names[pair.q]}"] = {
+            "true pairs": len(ia),
+            "linked": int(same.sum()),
+            "never scored": int((~found).sum()),
+            "below threshold": int((found & (posterior < linked.threshold)).sum()),
+            "lost one-to-one": int((found & (posterior >= linked.threshold) & ~assigned).sum()),
+        }
+    return out
+
+
+def link(folder: str, max_block: str = "") -> dict[str, Any]:
     from fedlink.coordinator.linkage import overlap_counts
     from fedlink.linkage.cluster import assign_slots
     from fedlink.linkage.estimate import estimate_quality
@@ -188,7 +228,8 @@ def link(folder: str) -> dict[str, Any]:
     parties = [open_encodings(work / "unit" / node) for node in NODES]
     stages: dict[str, float] = {}
     mark = time.perf_counter()
-    linked = link_probabilistic_spilled(parties, spec, spill=work / "unit" / "spill")
+    cap = {"max_block": int(float(max_block))} if max_block else {}  # e.g. the cap a larger population meets
+    linked = link_probabilistic_spilled(parties, spec, spill=work / "unit" / "spill", **cap)
     stages.update(linked.seconds)
     mark = time.perf_counter()
     estimate = estimate_quality(linked.spine.entity, linked.scored)
@@ -200,8 +241,9 @@ def link(folder: str) -> dict[str, Any]:
     entity = linked.spine.entity
     candidates = sum(s.candidates for s in linked.scored)
     scored = sum(len(s.ia) for s in linked.scored)
-    del linked
     truths = [np.load(work / f"truth-{node}.npy") for node in NODES]
+    missed = _missed(linked, truths)
+    del linked
     quality = pairwise_quality(entity, truths)
     return {
         "records": [len(e) for e in entity],
@@ -212,7 +254,35 @@ def link(folder: str) -> dict[str, Any]:
         "precision": quality.precision,
         "recall": quality.recall,
         "estimated_f1": estimate.overall.f1,
+        "true_pairs": missed,
     }
+
+
+def namesakes(folder: str) -> dict[str, Any]:
+    """How often a department's person shares first name, last name and date of birth with a different
+    person of another (by the generator's truth): pairs no identifier-based linkage can tell apart on
+    those three. Per pair of departments, such pairs against true pairs agreeing on them."""
+    root = Path(folder) / "federation"
+    con = _duckdb(Path(folder))
+    records = f"read_parquet('{root / 'truth' / 'records.parquet'}')"
+    for node, path in NODES.items():
+        con.execute(
+            f"""CREATE TABLE "{node}" AS SELECT DISTINCT lower(d.first_name) f, lower(d.last_name) l,
+                CASE WHEN d.dob LIKE '__/__/____' THEN substr(d.dob, 7, 4) || substr(d.dob, 4, 2) || substr(d.dob, 1, 2)
+                     ELSE replace(CAST(d.dob AS VARCHAR), '-', '') END dob, t.person_id p
+                FROM read_parquet('{root / path}.parquet') d JOIN {records} t USING (record_id)
+                WHERE t.node = '{node}'"""
+        )
+    out = {}
+    names = list(NODES)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            same, other = con.execute(
+                f"""SELECT count(*) FILTER (WHERE x.p = y.p), count(*) FILTER (WHERE x.p <> y.p)
+                    FROM "{a}" x JOIN "{b}" y USING (f, l, dob)"""
+            ).fetchall()[0]
+            out[f"{a}-{b}"] = {"same person": int(same), "different people": int(other)}
+    return {"agree on first name, last name and date of birth": out}
 
 
 def join(folder: str) -> dict[str, Any]:
@@ -348,6 +418,7 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "linked": linked,
     "horizontal": horizontal,
     "federation": federation,
+    "namesakes": namesakes,
 }
 
 

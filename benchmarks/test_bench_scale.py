@@ -126,6 +126,7 @@ def run_scale(people: int, folder: Path, record: Path | None) -> dict[str, Any]:
             leftover.unlink()
     keep("link", stage("link", str(folder)))
     keep("duckdb join", stage("join", str(folder)))
+    keep("namesakes", stage("namesakes", str(folder)))
     keep("linked query", stage("linked", str(people), str(folder)))
     keep("horizontal query", stage("horizontal", str(people), str(folder)))
     if os.environ.get("FEDLINK_BENCH_SCALE"):  # sizes chosen: also the whole of it over gRPC (minutes)
