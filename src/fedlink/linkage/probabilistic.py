@@ -583,7 +583,7 @@ def _household_ratios(
     random_tally: ChanceTally,
     rng: np.random.Generator,
     workers: int | None,
-) -> tuple[tuple[int, ...], tuple[tuple[int, np.ndarray], ...]]:
+) -> HouseholdRatios:
     """Per household comparison, log2 P(group cell | it agrees exactly, non-match) / P(group cell |
     non-match): the first from pairs of different people of one node that share its value (parties
     list each person once; pairs agreeing on the date of birth, possible duplicates, are left out),
@@ -768,6 +768,50 @@ def links_at_threshold(
     return threshold, links
 
 
+def check_linkable(parties: Sequence[EncodedRecords], spec: LinkageSpec) -> None:
+    """What every probabilistic linker refuses before any work: a spec of another matching, more
+    comparisons than a pattern holds, fewer than two parties."""
+    if spec.matching != "probabilistic":
+        raise BadInput('probabilistic linkage needs a spec with matching "probabilistic"')
+    if len(spec.comparisons) > MAX_COMPARISONS:
+        raise BadInput(f"a spec may have at most {MAX_COMPARISONS} comparisons")
+    if len(parties) < 2:
+        raise BadInput("linkage needs at least two parties")
+
+
+HouseholdRatios = tuple[tuple[int, ...], tuple[tuple[int, np.ndarray], ...]]
+
+
+def fit_models(
+    spec: LinkageSpec,
+    index: Sequence[tuple[int, int]],
+    patterns: Sequence[tuple[np.ndarray, np.ndarray]],
+    tallies: Sequence[ChanceTally],
+    cross_pairs: Sequence[float],
+    household_ratios: Callable[[ChanceTally], HouseholdRatios],
+) -> tuple[FellegiSunter, dict[tuple[int, int], FellegiSunter]]:
+    """The pooled model and one model per pair of parties (anchored on the pooled one), from each pair's
+    distinct comparison patterns with their counts, its tally of random pairs and its number of cross
+    pairs. ``household_ratios`` gets the pooled tally (every linker counts households its own way);
+    the same for the in-process, spilled and Spark linkers, so their models are equal."""
+    sizes = [len(c.levels) for c in spec.comparisons]
+    groups = spec.dependence_groups
+    merged = np.concatenate([own for own, _ in patterns])
+    distinct, where = np.unique(merged, return_inverse=True)
+    counts = np.bincount(where.reshape(-1), np.concatenate([c for _, c in patterns]).astype(float))
+    pooled_tally = tallies[0]
+    for tally in tallies[1:]:
+        pooled_tally = pooled_tally + tally
+    household_group, households = household_ratios(pooled_tally)
+    pooled_chance = ChanceAgreement.from_tally(pooled_tally, sizes, groups).with_households(household_group, households)
+    pooled = fit_model(spec, distinct, counts, pooled_chance, sum(cross_pairs))
+    models = {}
+    for pair, tally, cross, (own, own_counts) in zip(index, tallies, cross_pairs, patterns, strict=True):
+        chance = ChanceAgreement.from_tally(tally, sizes, groups).with_households(household_group, households)
+        models[pair] = fit_model(spec, own, own_counts, chance, cross, anchor=pooled)
+    return pooled, models
+
+
 def link_probabilistic(
     parties: Sequence[EncodedRecords],
     spec: LinkageSpec,
@@ -777,12 +821,7 @@ def link_probabilistic(
     progress: Progress | None = None,
 ) -> ProbabilisticLinkage:
     """Link ``parties`` with ``spec``'s comparisons, blocking and threshold rule (see the module docstring)."""
-    if spec.matching != "probabilistic":
-        raise BadInput('probabilistic linkage needs a spec with matching "probabilistic"')
-    if len(spec.comparisons) > MAX_COMPARISONS:
-        raise BadInput(f"a spec may have at most {MAX_COMPARISONS} comparisons")
-    if len(parties) < 2:
-        raise BadInput("linkage needs at least two parties")
+    check_linkable(parties, spec)
     say = progress or (lambda _: None)
     seconds: dict[str, float] = {}
     mark = time.perf_counter()
@@ -808,19 +847,14 @@ def link_probabilistic(
         sampled += len(ra)
     cross_pairs = [float(parties[pair.p].count * parties[pair.q].count) for pair in pairs]
     distinct_of = [_factorised(pair.patterns) for pair in pairs]
-    merged = np.concatenate([own for own, _, _ in distinct_of])
-    distinct, where = np.unique(merged, return_inverse=True)
-    counts = np.bincount(where.reshape(-1), np.concatenate([c for _, _, c in distinct_of]).astype(float))
-    pooled_tally = tallies[0]
-    for tally in tallies[1:]:
-        pooled_tally = pooled_tally + tally
-    household_group, households = _household_ratios(spec, parties, pooled_tally, rng, workers)
-    pooled_chance = ChanceAgreement.from_tally(pooled_tally, sizes, groups).with_households(household_group, households)
-    pooled = fit_model(spec, distinct, counts, pooled_chance, sum(cross_pairs))
-    models = {}
-    for pair, tally, cross, (own, _, own_counts) in zip(pairs, tallies, cross_pairs, distinct_of, strict=True):
-        chance = ChanceAgreement.from_tally(tally, sizes, groups).with_households(household_group, households)
-        models[(pair.p, pair.q)] = fit_model(spec, own, own_counts, chance, cross, anchor=pooled)
+    pooled, models = fit_models(
+        spec,
+        [(pair.p, pair.q) for pair in pairs],
+        [(own, own_counts) for own, _, own_counts in distinct_of],
+        tallies,
+        cross_pairs,
+        lambda pooled_tally: _household_ratios(spec, parties, pooled_tally, rng, workers),
+    )
     seconds["fit"] = time.perf_counter() - mark
 
     mark = time.perf_counter()

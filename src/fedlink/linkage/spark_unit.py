@@ -75,17 +75,16 @@ from fedlink.linkage.match import (
 from fedlink.linkage.probabilistic import (
     HOUSEHOLD_MAX,
     LEVEL_BITS,
-    MAX_COMPARISONS,
     POSTERIOR_FLOOR,
     RANDOM_PAIRS,
     RATIO_PSEUDO_COUNT,
     WITHIN_PAIRS,
-    ChanceAgreement,
     ChanceTally,
     FellegiSunter,
     ProbabilisticLinkage,
+    check_linkable,
     comparison_levels,
-    fit_model,
+    fit_models,
     flip_probability_hides_equality,
     links_at_threshold,
     pattern_ids,
@@ -915,12 +914,7 @@ def link_probabilistic_on_spark(
     progress: Progress | None = None,
 ) -> ProbabilisticLinkage:
     """What :func:`fedlink.linkage.probabilistic.link_probabilistic` returns, computed on Spark."""
-    if spec.matching != "probabilistic":
-        raise BadInput('probabilistic linkage needs a spec with matching "probabilistic"')
-    if len(spec.comparisons) > MAX_COMPARISONS:
-        raise BadInput(f"a spec may have at most {MAX_COMPARISONS} comparisons")
-    if len(parties) < 2:
-        raise BadInput("linkage needs at least two parties")
+    check_linkable(parties, spec)
     from pyspark.sql import functions as F
 
     say = progress or (lambda _: None)
@@ -967,21 +961,14 @@ def link_probabilistic_on_spark(
         for own, own_counts, count in _first_seen(every, len(index_pairs), len(tiers)):
             distinct_of.append((own, own_counts))
             candidates.append(count)
-        merged = np.concatenate([own for own, _ in distinct_of])
-        distinct, where = np.unique(merged, return_inverse=True)
-        counts = np.bincount(where.reshape(-1), np.concatenate([c for _, c in distinct_of]).astype(float))
-        pooled_tally = tallies[0]
-        for tally in tallies[1:]:
-            pooled_tally = pooled_tally + tally
-        household_group, households = _household_tables(run, spec, pooled_tally, rng)
-        pooled_chance = ChanceAgreement.from_tally(pooled_tally, sizes, groups).with_households(
-            household_group, households
+        pooled, models = fit_models(
+            spec,
+            index_pairs,
+            distinct_of,
+            tallies,
+            cross_pairs,
+            lambda pooled_tally: _household_tables(run, spec, pooled_tally, rng),
         )
-        pooled = fit_model(spec, distinct, counts, pooled_chance, sum(cross_pairs))
-        models = {}
-        for (p, q), tally, cross, (own, own_counts) in zip(index_pairs, tallies, cross_pairs, distinct_of, strict=True):
-            chance = ChanceAgreement.from_tally(tally, sizes, groups).with_households(household_group, households)
-            models[(p, q)] = fit_model(spec, own, own_counts, chance, cross, anchor=pooled)
         seconds["fit"] = time.perf_counter() - mark
 
         mark = time.perf_counter()

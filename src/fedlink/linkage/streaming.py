@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from fedlink.errors import BadInput, Fault
+from fedlink.errors import Fault
 from fedlink.linkage.cluster import LinkStats, Spine, cluster_links
 from fedlink.linkage.encode import EncodedRecords
 from fedlink.linkage.estimate import ScoredPairs
@@ -56,10 +56,8 @@ from fedlink.linkage.match import (
 )
 from fedlink.linkage.probabilistic import (
     LEVEL_BITS,
-    MAX_COMPARISONS,
     POSTERIOR_FLOOR,
     RANDOM_PAIRS,
-    ChanceAgreement,
     ChanceTally,
     ProbabilisticLinkage,
     Progress,
@@ -69,8 +67,9 @@ from fedlink.linkage.probabilistic import (
     _probability,
     _random_pairs,
     _term_frequencies,
+    check_linkable,
     comparison_levels,
-    fit_model,
+    fit_models,
     links_at_threshold,
     pattern_ids,
 )
@@ -346,12 +345,7 @@ def link_probabilistic_spilled(
     threshold and scored pairs) with candidate pairs spilled to files under ``spill`` (a temporary
     folder where None; removed afterwards) and clusters by :func:`cluster_links_compact`.
     ``parties`` may be memory-mapped (:func:`open_encodings`)."""
-    if spec.matching != "probabilistic":
-        raise BadInput('probabilistic linkage needs a spec with matching "probabilistic"')
-    if len(spec.comparisons) > MAX_COMPARISONS:
-        raise BadInput(f"a spec may have at most {MAX_COMPARISONS} comparisons")
-    if len(parties) < 2:
-        raise BadInput("linkage needs at least two parties")
+    check_linkable(parties, spec)
     say = progress or (lambda _: None)
     own_folder = spill is None
     folder = Path(tempfile.mkdtemp(prefix="fedlink-spill-")) if spill is None else spill
@@ -395,19 +389,14 @@ def _link(
         tallies.append(ChanceTally.of(comparison_levels(spec, parties[p], parties[q], ra, rb, workers), sizes, groups))
         sampled += len(ra)
     cross_pairs = [float(parties[p].count * parties[q].count) for p, q in index]
-    merged = np.concatenate([own for own, _ in distinct_of])
-    distinct, where = np.unique(merged, return_inverse=True)
-    counts = np.bincount(where.reshape(-1), np.concatenate([c for _, c in distinct_of]).astype(float))
-    pooled_tally = tallies[0]
-    for tally in tallies[1:]:
-        pooled_tally = pooled_tally + tally
-    household_group, households = _household_ratios(spec, parties, pooled_tally, rng, workers)
-    pooled_chance = ChanceAgreement.from_tally(pooled_tally, sizes, groups).with_households(household_group, households)
-    pooled = fit_model(spec, distinct, counts, pooled_chance, sum(cross_pairs))
-    models = {}
-    for (p, q), tally, cross, (own, own_counts) in zip(index, tallies, cross_pairs, distinct_of, strict=True):
-        chance = ChanceAgreement.from_tally(tally, sizes, groups).with_households(household_group, households)
-        models[(p, q)] = fit_model(spec, own, own_counts, chance, cross, anchor=pooled)
+    pooled, models = fit_models(
+        spec,
+        index,
+        distinct_of,
+        tallies,
+        cross_pairs,
+        lambda pooled_tally: _household_ratios(spec, parties, pooled_tally, rng, workers),
+    )
     seconds["fit"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
