@@ -184,13 +184,9 @@ def test_a_spool_of_batches_writes_the_archive_of_the_batches_joined(tmp_path: P
     widths = {name: {p.fields[name].shape[1:] for p in parts} for name in parts[0].fields}
     assert any((0,) in shapes and len(shapes) == 2 for shapes in widths.values())  # a batch lacks a field
     spool = Spool(tmp_path / "spool")
-    Spool.ROWS = 2  # several slices per batch
-    try:
-        for part in parts:
-            spool.add(part)
-        spool.write(tmp_path / "out.npz")
-    finally:
-        Spool.ROWS = 65536
+    for part in parts:
+        spool.add(part)
+    spool.write(tmp_path / "out.npz", rows=2)  # several slices per batch
     got, expected = from_bytes((tmp_path / "out.npz").read_bytes()), from_bytes(to_bytes(concatenate(parts)))
     assert not (tmp_path / "spool").exists()
     assert got.count == expected.count == 6

@@ -45,7 +45,7 @@ class Spool:
     (:func:`fedlink.linkage.encode.concatenate`), a slice of rows at a time: memory holds one batch,
     never the whole population's encodings."""
 
-    #: Rows copied at a time when the batches are joined into the archive.
+    #: Rows copied at a time when the batches are joined into the archive (unless :meth:`write` is told).
     ROWS = 65536
 
     def __init__(self, folder: Path) -> None:
@@ -67,8 +67,9 @@ class Spool:
             np.save(batch / f"{index}.npy", np.ascontiguousarray(arrays[name]), allow_pickle=False)
         self.batches += 1
 
-    def write(self, path: Path) -> None:
-        """The ``.npz`` of every batch joined, at ``path``; the batches' files are removed."""
+    def write(self, path: Path, rows: int = ROWS) -> None:
+        """The ``.npz`` of every batch joined, at ``path``, ``rows`` rows copied at a time; the batches'
+        files are removed."""
         if not self.batches:
             raise Fault("no encodings were made; the node has no people to link")
         with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -87,11 +88,11 @@ class Spool:
                 with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array_header_2_0(member, header)
                     for part in parts:
-                        for start in range(0, len(part), self.ROWS):
-                            rows = part[start : start + self.ROWS]
-                            if rows.shape[1:] != rest:  # a batch without the field: empty filters
-                                rows = np.zeros((len(rows), *rest), dtype)
-                            member.write(np.ascontiguousarray(rows, dtype=dtype).tobytes())
+                        for start in range(0, len(part), rows):
+                            block = part[start : start + rows]
+                            if block.shape[1:] != rest:  # a batch without the field: empty filters
+                                block = np.zeros((len(block), *rest), dtype)
+                            member.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
                 del parts
         shutil.rmtree(self.folder, ignore_errors=True)
 
