@@ -9,8 +9,11 @@ the wire bytes per record, the linkage unit's comparison cost per candidate pair
 candidate pairs with people (a power law fitted over the sizes measured), the EM fit's cost (it reads
 tallies and a bounded random sample: near constant), and the clustering and estimate cost per record
 (single machine here; a distributed connected-components step on Spark). The Spark cluster's
-per-core comparison throughput is a slot filled from the Spark linkage unit's own measurement
-(``SPARK_PAIRS_PER_CORE_S``); until then it is the in-process figure, said so in the output.
+comparison throughput per core and its fixed cost per link come from the Spark linkage unit's own runs
+in local mode (``benchmarks/scale/spark-people-*.json``, written by ``test_bench_spark_linkage.py`` at
+100,000 people and more): a line ``seconds = fixed + pairs / (rate x cores)`` through two or more sizes
+measured on one machine, so that the jobs' fixed costs (scheduling, Python workers, dozens of small
+jobs) are not charged per pair. With fewer than two sizes the in-process figure stands in, said so.
 """
 
 from __future__ import annotations
@@ -28,9 +31,6 @@ PLOT = Path(__file__).parent / "plots" / "scale.png"
 TARGET_PEOPLE = 60_000_000
 TARGET_DEPARTMENTS = 5
 CLUSTER = {"executors": 16, "cores_per_executor": 8, "memory_per_executor_gib": 32, "network_gbit_s": 10}
-#: SLOT for the Spark linkage unit's measured throughput (candidate pairs compared per second per core,
-#: local mode, issue 22 requirement 2). None: the in-process kernel's per-core figure stands in.
-SPARK_PAIRS_PER_CORE_S: float | None = None
 
 STAGE_GROUPS = {
     "synthesis": ("synthesis",),
@@ -46,6 +46,31 @@ STAGE_GROUPS = {
 def load() -> list[dict[str, Any]]:
     runs = [json.loads(path.read_text()) for path in RESULTS.glob("people-*.json")]
     return sorted(runs, key=lambda run: run["people"])
+
+
+def spark_costs() -> dict[str, Any] | None:
+    """Spark's fixed cost (s) and throughput per core (pairs/s) from its local-mode runs: the least-squares
+    line ``seconds = fixed + pairs / total_rate`` through every recorded size run with the most common
+    number of cores; None with fewer than two sizes or a line that does not rise."""
+    runs = [json.loads(path.read_text()) for path in RESULTS.glob("spark-people-*.json")]
+    if not runs:
+        return None
+    cores = max({r["cores"] for r in runs}, key=lambda c: sum(r["cores"] == c for r in runs))
+    runs = sorted((r for r in runs if r["cores"] == cores), key=lambda r: r["pairs_compared"])
+    if len({r["pairs_compared"] for r in runs}) < 2:
+        return None
+    xs = [float(r["pairs_compared"]) for r in runs]
+    ys = [float(r["spark_seconds"]) for r in runs]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
+    if slope <= 0:
+        return None
+    return {
+        "cores": cores,
+        "pairs_per_s_per_core": 1 / slope / cores,
+        "fixed_s": max(mean_y - slope * mean_x, 0.0),
+        "runs": runs,
+    }
 
 
 def _figure(run: dict[str, Any], names: tuple[str, ...], key: str) -> float | None:
@@ -146,7 +171,8 @@ def projection(runs: list[dict[str, Any]]) -> list[str]:
     # comparing and, where timed apart ("score"), scoring the spilled pairs are per pair and distributable
     per_pair_s = link["stages"]["compare"] + link["stages"].get("score", 0.0)
     compare_per_pair = per_pair_s / link["candidates"] * last["machine"]["cpus"]
-    spark_rate = SPARK_PAIRS_PER_CORE_S or 1 / compare_per_pair
+    spark = spark_costs()
+    spark_rate = spark["pairs_per_s_per_core"] if spark else 1 / compare_per_pair
     per_record_rest = (link["stages"]["link"] + link["stages"].get("estimate", 0.0)) / sum(records)
 
     target_records = share * TARGET_PEOPLE
@@ -163,16 +189,26 @@ def projection(runs: list[dict[str, Any]]) -> list[str]:
         "encode (each node, one core, in parallel)": encode_node_s,
         "transfer (all nodes, one 10 Gbit/s link)": transfer_s,
         "compare and score candidate pairs (cluster)": compare_s,
+        "Spark's fixed cost of a link (its jobs, as in local mode)": spark["fixed_s"] if spark else 0.0,
         "EM fit (tallies and a bounded sample)": link["stages"]["fit"],
         "assign, cluster, estimate (single machine as measured; scoring too where not timed apart)": rest_s,
     }
     dominant = max(stages, key=lambda k: stages[k])
-    slot = (
-        f"{SPARK_PAIRS_PER_CORE_S:,.0f} pairs/s per core (the Spark linkage unit, measured)"
-        if SPARK_PAIRS_PER_CORE_S
-        else f"**SLOT: Spark per-core throughput not yet measured; the in-process figure "
-        f"{1 / compare_per_pair:,.0f} pairs/s per core stands in**"
-    )
+    if spark:
+        measured = "; ".join(
+            f"{r['people']:,} people, {r['pairs_compared']:,} pairs in {r['spark_seconds']:.1f} s ({r['date']})"
+            for r in spark["runs"]
+        )
+        slot = (
+            f"{spark_rate:,.0f} pairs/s per core, the Spark linkage unit's cost per pair in local[{spark['cores']}] "
+            f"(the slope through {measured}; its fixed cost {spark['fixed_s']:.0f} s a link), against "
+            f"{1 / compare_per_pair:,.0f} pairs/s per core in process"
+        )
+    else:
+        slot = (
+            f"**Spark's cost per pair not yet measured at two sizes; the in-process figure "
+            f"{1 / compare_per_pair:,.0f} pairs/s per core stands in**"
+        )
     lines = [
         f"Projected: {TARGET_PEOPLE:,} people x {TARGET_DEPARTMENTS} departments on a Spark cluster of "
         f"{CLUSTER['executors']} executors x {CLUSTER['cores_per_executor']} cores ({cores} cores, "

@@ -5,11 +5,14 @@ Three synthetic departments (the default spec's probabilistic path) are linked i
 local mode (:func:`fedlink.linkage.spark_unit.link_probabilistic_on_spark`, ``local[N]``); the two
 spines must be equal. The figure is pairs scored (exact-tier pairs and blocked candidates) per second
 per core, for both. The quick size (``FEDLINK_BENCH_SPARK_PEOPLE``, default 1,000 people) checks
-equality in CI's smoke run; ``FEDLINK_BENCH_SPARK_PEOPLE=100000`` is the measurement of the report.
+equality in CI's smoke run; ``FEDLINK_BENCH_SPARK_PEOPLE=100000`` and ``300000`` are the
+measurements of the report, which ``benchmarks/scale_report.py`` turns into Spark's cost per pair and
+fixed cost for its projection.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -30,6 +33,9 @@ pytest.importorskip("pyspark")
 from linkage_worker import DEPARTMENTS, IDENTIFIERS, SECRET, department_people
 
 PEOPLE = int(os.environ.get("FEDLINK_BENCH_SPARK_PEOPLE", "1000"))
+#: From this many people a run is a measurement: its figures go to ``benchmarks/scale/spark-people-N.json``,
+#: where ``benchmarks/scale_report.py`` fits Spark's per-pair cost and fixed cost over two or more sizes.
+RECORDED_FROM = 10_000
 CORES = int(os.environ.get("FEDLINK_BENCH_SPARK_CORES", "2"))
 SUMMARY: list[str] = []
 
@@ -43,6 +49,13 @@ def _flags() -> str:
     except OSError:
         pass
     return "?"
+
+
+def _record(info: dict[str, Any]) -> None:
+    out = Path(__file__).parent / "scale" / f"spark-people-{PEOPLE}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "flags": _flags()}
+    out.write_text(json.dumps({**info, "date": time.strftime("%Y-%m-%d"), "machine": machine}, indent=1) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +128,8 @@ def test_spark_spine_equals_in_process(benchmark: Any, session: Any, tmp_path: P
         "entities": int(here.spine.entities),
     }
     benchmark.extra_info.update(info)
+    if PEOPLE >= RECORDED_FROM:  # a measuring size: kept for the scale report's projection
+        _record(info)
     SUMMARY.append(
         f"{PEOPLE:,} people ({', '.join(f'{c:,}' for c in info['records'])} records), {compared:,} pairs compared: "
         f"in process {in_process:.1f} s ({info['in_process_pairs_per_s_per_core']:,.0f} pairs/s/core), Spark "
