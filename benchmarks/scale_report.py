@@ -11,7 +11,7 @@ tallies and a bounded random sample: near constant), and the clustering and esti
 (single machine here; a distributed connected-components step on Spark). The Spark cluster's
 comparison throughput per core and its fixed cost per link come from the Spark linkage unit's own runs
 in local mode (``benchmarks/scale/spark-people-*.json``, written by ``test_bench_spark_linkage.py`` at
-100,000 people and more): a line ``seconds = fixed + pairs / (rate x cores)`` through two or more sizes
+10,000 people and more): a line ``seconds = fixed + pairs / (rate x cores)`` through two or more sizes
 measured on one machine, so that the jobs' fixed costs (scheduling, Python workers, dozens of small
 jobs) are not charged per pair. With fewer than two sizes the in-process figure stands in, said so.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,18 +60,12 @@ def spark_costs() -> dict[str, Any] | None:
     runs = sorted((r for r in runs if r["cores"] == cores), key=lambda r: r["pairs_compared"])
     if len({r["pairs_compared"] for r in runs}) < 2:
         return None
-    xs = [float(r["pairs_compared"]) for r in runs]
-    ys = [float(r["spark_seconds"]) for r in runs]
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum((x - mean_x) ** 2 for x in xs)
+    slope, intercept = statistics.linear_regression(
+        [float(r["pairs_compared"]) for r in runs], [float(r["spark_seconds"]) for r in runs]
+    )
     if slope <= 0:
         return None
-    return {
-        "cores": cores,
-        "pairs_per_s_per_core": 1 / slope / cores,
-        "fixed_s": max(mean_y - slope * mean_x, 0.0),
-        "runs": runs,
-    }
+    return {"cores": cores, "pairs_per_s_per_core": 1 / slope / cores, "fixed_s": max(intercept, 0.0), "runs": runs}
 
 
 def _figure(run: dict[str, Any], names: tuple[str, ...], key: str) -> float | None:
@@ -189,7 +184,7 @@ def projection(runs: list[dict[str, Any]]) -> list[str]:
         "encode (each node, one core, in parallel)": encode_node_s,
         "transfer (all nodes, one 10 Gbit/s link)": transfer_s,
         "compare and score candidate pairs (cluster)": compare_s,
-        "Spark's fixed cost of a link (its jobs, as in local mode)": spark["fixed_s"] if spark else 0.0,
+        **({"Spark's fixed cost of a link (its jobs, as in local mode)": spark["fixed_s"]} if spark else {}),
         "EM fit (tallies and a bounded sample)": link["stages"]["fit"],
         "assign, cluster, estimate (single machine as measured; scoring too where not timed apart)": rest_s,
     }

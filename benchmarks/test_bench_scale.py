@@ -25,13 +25,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from timing import cpu
 
 WORKER = Path(__file__).parent / "scale_worker.py"
 RESULTS = Path(__file__).parent / "scale"
@@ -42,21 +42,6 @@ NODES = ("dfe", "dwp", "nhs")
 def _sizes() -> list[int]:
     chosen = os.environ.get("FEDLINK_BENCH_SCALE", "")
     return [int(float(s)) for s in chosen.split(",") if s.strip()] or [QUICK]
-
-
-def cpu() -> dict[str, Any]:
-    """The CPU's model and the flags that matter to the kernels (popcount, AVX2, AVX-512)."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ("popcnt", "avx2", "avx512f", "avx512_vpopcntdq", "bmi2")
-    return {"model": model, "cpus": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
 
 
 #: A stage whose resident memory passes this is stopped (the machine is shared): FEDLINK_BENCH_SCALE_MAX_GIB.

@@ -5,7 +5,7 @@ Three synthetic departments (the default spec's probabilistic path) are linked i
 local mode (:func:`fedlink.linkage.spark_unit.link_probabilistic_on_spark`, ``local[N]``); the two
 spines must be equal. The figure is pairs scored (exact-tier pairs and blocked candidates) per second
 per core, for both. The quick size (``FEDLINK_BENCH_SPARK_PEOPLE``, default 1,000 people) checks
-equality in CI's smoke run; ``FEDLINK_BENCH_SPARK_PEOPLE=100000`` and ``300000`` are the
+equality in CI's smoke run; ``FEDLINK_BENCH_SPARK_PEOPLE=100000`` to ``3000000`` are the
 measurements of the report, which ``benchmarks/scale_report.py`` turns into Spark's cost per pair and
 fixed cost for its projection.
 """
@@ -31,6 +31,7 @@ from fedlink_tools.synth import synthesize
 
 pytest.importorskip("pyspark")
 from linkage_worker import DEPARTMENTS, IDENTIFIERS, SECRET, department_people
+from timing import cpu
 
 PEOPLE = int(os.environ.get("FEDLINK_BENCH_SPARK_PEOPLE", "1000"))
 #: From this many people a run is a measurement: its figures go to ``benchmarks/scale/spark-people-N.json``,
@@ -54,8 +55,7 @@ def _flags() -> str:
 def _record(info: dict[str, Any]) -> None:
     out = Path(__file__).parent / "scale" / f"spark-people-{PEOPLE}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "flags": _flags()}
-    out.write_text(json.dumps({**info, "date": time.strftime("%Y-%m-%d"), "machine": machine}, indent=1) + "\n")
+    out.write_text(json.dumps({**info, "date": time.strftime("%Y-%m-%d"), "machine": cpu()}, indent=1) + "\n")
 
 
 @pytest.fixture(scope="module")
