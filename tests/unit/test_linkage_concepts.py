@@ -218,6 +218,7 @@ def test_a_table_declaring_the_old_identifier_columns_is_mapped_by_their_names()
 def test_the_default_spec_and_its_hash() -> None:
     spec = load_spec()
     assert spec.matching == "probabilistic" and spec.threshold is None and spec.exact_tiers == 5
+    assert spec.posterior == "one-to-one"
     assert [c.name for c in spec.comparisons][:3] == ["first_name", "last_name", "dob"]
     assert spec_from_text(spec.text).hash == spec.hash
     resolved = spec.resolve({"id:nhs_number", "id:upn", "first_name"})
@@ -243,6 +244,7 @@ def _default_document() -> dict:
         (lambda d: d["blocking"].append({"name": "x", "fields": ["shoe_size"]}), "unknown field"),
         (lambda d: d.update(exact_tiers=99), "exact_tiers 99"),
         (lambda d: d.update(threshold=1.5), "threshold"),
+        (lambda d: d.update(posterior="joint"), "posterior"),
         (lambda d: d.update(version=3), "version 3"),
     ],
 )

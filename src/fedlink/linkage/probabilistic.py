@@ -26,11 +26,18 @@ probabilistic spec, :mod:`fedlink.linkage.fields`):
 6. **Posterior.** With the prior λ = expected matches / all cross pairs, a pair's match weight is
    log2(λ / (1 - λ)) + Σ log2(m / u) over its non-missing comparisons (Fellegi and Sunter 1969), and
    its posterior match probability is 1 / (1 + 2^-weight).
-7. **Threshold.** ``"expected-f1"`` (the default rule): the posterior probability above which
+7. **One-to-one posterior.** With the spec's ``posterior`` ``"one-to-one"`` (the default), a pair's
+   probability also weighs its records' other scored pairs, since a record has at most one match in
+   another party (:func:`one_to_one_posterior`: Sadinle's bipartite matching model, by belief
+   propagation). A look-alike of a record that has a better candidate loses; a pair whose records
+   have no other candidate gains, by each record's chance of having a match at all. This matters
+   more as populations grow: the pairwise prior falls with the number of cross pairs, and records
+   that agree on names and date of birth by chance grow with the population.
+8. **Threshold.** ``"expected-f1"`` (the default rule): the posterior probability above which
    linking the one-to-one assigned pairs maximises the model's expected F1
    (:func:`fedlink.linkage.estimate.best_threshold`; for a calibrated model that is about half the
    best F1: Lipton, Elkan and Naryanaswamy 2014); or the number the spec gives.
-8. **One-to-one, then clusters.** Per pair of parties, pairs are assigned greedily by posterior
+9. **One-to-one, then clusters.** Per pair of parties, pairs are assigned greedily by posterior
    (:func:`fedlink.linkage.match.one_to_one`), then merged into entities across parties, strongest
    first, never two records of one party in an entity (:func:`fedlink.linkage.cluster.cluster_links`).
 
@@ -87,6 +94,13 @@ WITHIN_PAIRS: Final = 400_000
 HOUSEHOLD_MAX: Final = 100
 #: How many pairs' worth of evidence the model of all pairs of parties weighs in one pair's model.
 ANCHOR_STRENGTH: Final = 50.0
+#: The chance that a record's match in the other party is among none of its scored pairs (no blocking
+#: rule brought them together, or the model scored them under the floor), for the one-to-one
+#: posterior: it keeps a record of a party where every record has a match from being forced onto its
+#: only candidate, however weak.
+UNSCORED_MATCH: Final = 0.01
+#: Rounds of belief propagation for the one-to-one posterior (it settles within a few on linkage graphs).
+ONE_TO_ONE_ROUNDS: Final = 10
 Progress = Callable[[str], None]
 
 
@@ -740,6 +754,78 @@ def _term_frequencies(parties: Sequence[EncodedRecords], spec: LinkageSpec) -> d
     return out
 
 
+def one_to_one_posterior(
+    ia: np.ndarray,
+    ib: np.ndarray,
+    posterior: np.ndarray,
+    count_a: int,
+    count_b: int,
+    expected_matches: float,
+    rounds: int = ONE_TO_ONE_ROUNDS,
+) -> np.ndarray:
+    """Each scored pair's probability of being a match given that a record has at most one match in
+    the other party (float32), from the pairs' own posteriors ``posterior`` (records ``ia`` of a party
+    of ``count_a``, ``ib`` of a party of ``count_b``) and the model's ``expected_matches`` between them.
+
+    A pair's own posterior weighs only its own comparisons. Its records' other pairs are evidence too:
+    where a record has a better candidate, this pair is likely a look-alike; where neither record has
+    any other candidate, the pair is likelier than its comparisons alone say, because each record's
+    share of having a match at all (``expected_matches`` over the party's records) is then spent on
+    it. This is the posterior of the bipartite (one-to-one) matching model of Sadinle (2017), computed
+    by belief propagation over the graph of scored pairs (the Bethe approximation; as for weighted
+    matchings by Bayati, Shah and Sharma 2008), ``rounds`` rounds: a pair's odds are its own posterior
+    odds over the odds that each of its records is taken otherwise, by another of its pairs or by
+    nothing (a record of party a has no match with probability 1 - expected matches / ``count_a``,
+    and its match is among no scored pair with probability :data:`UNSCORED_MATCH`).
+
+    Without competing pairs and with few matches per record, it is the pair's own posterior. It is as
+    deterministic as the pairs' order: every linker gives it the pairs in one order.
+    """
+    if len(ia) == 0:
+        return posterior.astype(np.float32)
+    odds = posterior.astype(np.float64)
+    odds = np.minimum(odds, 1.0 - 2.0**-24)  # the largest float32 probability under 1
+    odds = odds / (1.0 - odds)
+    share_a = min(expected_matches / count_a, 1.0) if count_a else 0.0
+    share_b = min(expected_matches / count_b, 1.0) if count_b else 0.0
+    free_a = (1.0 - share_a) + share_a * UNSCORED_MATCH  # a record of a is matched by none of its pairs
+    free_b = (1.0 - share_b) + share_b * UNSCORED_MATCH
+    to_a, to_b = odds.copy(), odds.copy()  # messages from each pair to its record in a and in b
+
+    def taken_a(message: np.ndarray) -> np.ndarray:
+        return free_a + np.bincount(ia, message, minlength=count_a)[ia] - message
+
+    def taken_b(message: np.ndarray) -> np.ndarray:
+        return free_b + np.bincount(ib, message, minlength=count_b)[ib] - message
+
+    for _ in range(rounds):
+        to_a, to_b = odds / taken_b(to_b), odds / taken_a(to_a)
+    joint = odds / (taken_a(to_a) * taken_b(to_b))
+    return (joint / (1.0 + joint)).astype(np.float32)
+
+
+def scored_pairs(
+    spec: LinkageSpec,
+    p: int,
+    q: int,
+    counts: Sequence[int],
+    model: FellegiSunter,
+    ia: np.ndarray,
+    ib: np.ndarray,
+    posterior: np.ndarray,
+    via: np.ndarray,
+    candidates: int,
+) -> ScoredPairs:
+    """The scored pairs of parties ``p`` and ``q`` (records of parties of ``counts``), their posteriors
+    made one-to-one where the spec says so (:func:`one_to_one_posterior`), and the pairs the greedy
+    one-to-one assignment keeps. Every linker (in process, spilled, on Spark) assigns its pairs here."""
+    if spec.posterior == "one-to-one":
+        posterior = one_to_one_posterior(ia, ib, posterior, counts[p], counts[q], model.expected_matches)
+    assigned = np.zeros(len(ia), dtype=bool)
+    assigned[one_to_one(ia, ib, posterior)] = True
+    return ScoredPairs(p=p, q=q, ia=ia, ib=ib, posterior=posterior, via=via, assigned=assigned, candidates=candidates)
+
+
 def links_at_threshold(
     scored: Sequence[ScoredPairs], spec: LinkageSpec
 ) -> tuple[float, list[tuple[int, int, PairLinks]]]:
@@ -881,20 +967,8 @@ def link_probabilistic(
         distinct_of[index] = (own, inverse[:0], own[:0])  # the pairs' own arrays are not needed again
         kept = posterior >= POSTERIOR_FLOOR
         ia, ib, score, via = pair.ia[kept], pair.ib[kept], posterior[kept], pair.via[kept]
-        assigned = np.zeros(len(ia), dtype=bool)
-        assigned[one_to_one(ia, ib, score)] = True
-        scored.append(
-            ScoredPairs(
-                p=pair.p,
-                q=pair.q,
-                ia=ia,
-                ib=ib,
-                posterior=score,
-                via=via,
-                assigned=assigned,
-                candidates=pair.candidates,
-            )
-        )
+        counts = [party.count for party in parties]
+        scored.append(scored_pairs(spec, pair.p, pair.q, counts, model, ia, ib, score, via, pair.candidates))
         pairs[index] = _PartyPair(pair.p, pair.q, ia[:0], ib[:0], via[:0], pair.patterns[:0], pair.candidates)
     threshold, links = links_at_threshold(scored, spec)
     spine = cluster_links([p.count for p in parties], links)

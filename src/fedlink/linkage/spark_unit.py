@@ -88,6 +88,7 @@ from fedlink.linkage.probabilistic import (
     flip_probability_hides_equality,
     links_at_threshold,
     pattern_ids,
+    scored_pairs,
 )
 from fedlink.linkage.spec import LinkageSpec
 
@@ -995,10 +996,8 @@ def link_probabilistic_on_spark(
             ia = rows["ia"].to_numpy().astype(np.int32 if parties[p].count < 2**31 else np.int64)
             ib = rows["ib"].to_numpy().astype(np.int32 if parties[q].count < 2**31 else np.int64)
             posterior = rows["posterior"].to_numpy()
-            assigned = np.zeros(len(ia), dtype=bool)
-            assigned[one_to_one(ia, ib, posterior)] = True
             via = np.where(stage < len(tiers), stage, FUZZY).astype(np.int8)
-            scored.append(ScoredPairs(p, q, ia, ib, posterior, via, assigned, count))
+            scored.append(scored_pairs(spec, p, q, run.counts, models[(p, q)], ia, ib, posterior, via, count))
         threshold, links = links_at_threshold(scored, spec)
         spine = cluster_links_on_spark(
             run.counts, links, session, LinkStats(candidates=sum(candidates), comparisons=sum(candidates))

@@ -46,6 +46,11 @@ Keys of the document:
 ``threshold``
     ``"expected-f1"`` (default): link pairs above the posterior match probability that maximises the
     fitted model's expected F1; or a number in (0, 1): that posterior probability.
+``posterior``
+    ``"one-to-one"`` (default): a pair's match probability also weighs its two records' other
+    candidate pairs, since a record has at most one match in another node (a look-alike of a record
+    with a better candidate is unlikely; a pair whose records have no other candidate is likelier than
+    its comparisons alone say); ``"pairwise"``: its own comparisons alone (Fellegi-Sunter).
 ``dependence``
     Groups of comparisons (at most four each) that agree together by chance more often than their
     product says, whose chance agreement is estimated jointly: names (families, names of one origin)
@@ -147,6 +152,7 @@ class _SpecDoc(Frozen):
     exact_tiers: int = Field(default=0, ge=0)
     encoding: _EncodingDoc = _EncodingDoc()
     threshold: Literal["expected-f1"] | float = "expected-f1"
+    posterior: Literal["one-to-one", "pairwise"] = "one-to-one"
     subgroups: tuple[str, ...] = ()
     dependence: tuple[tuple[str, ...], ...] = ()
     household: _HouseholdDoc | None = None
@@ -215,6 +221,9 @@ class LinkageSpec:
     flip_probability: float
     #: Posterior match probability above which pairs link; None: the expected-F1 rule.
     threshold: float | None
+    #: "one-to-one": a pair's posterior weighs its records' other pairs (each record has at most one
+    #: match in another party); "pairwise": its own comparisons alone.
+    posterior: str
     subgroups: tuple[str, ...]
     #: Groups of comparison names whose chance agreement is modelled jointly.
     dependence: tuple[tuple[str, ...], ...]
@@ -463,6 +472,7 @@ def parse_spec(document: object, where: str) -> LinkageSpec:
         xor_fold=doc.encoding.xor_fold,
         flip_probability=doc.encoding.flip_probability,
         threshold=threshold,
+        posterior=doc.posterior,
         subgroups=doc.subgroups,
         dependence=doc.dependence,
         household=(doc.household.given, doc.household.group) if doc.household else None,

@@ -52,7 +52,6 @@ from fedlink.linkage.match import (
     StageSeconds,
     candidate_chunks,
     exact_tier,
-    one_to_one,
 )
 from fedlink.linkage.probabilistic import (
     LEVEL_BITS,
@@ -72,6 +71,7 @@ from fedlink.linkage.probabilistic import (
     fit_models,
     links_at_threshold,
     pattern_ids,
+    scored_pairs,
 )
 from fedlink.linkage.spec import LinkageSpec
 
@@ -409,11 +409,7 @@ def _link(
             pairs, own, model.match_weight(own), frequencies, p, q, model.chance.marginals
         )
         pairs.remove()
-        assigned = np.zeros(len(ia), dtype=bool)
-        assigned[one_to_one(ia, ib, score)] = True
-        scored.append(
-            ScoredPairs(p=p, q=q, ia=ia, ib=ib, posterior=score, via=via, assigned=assigned, candidates=count)
-        )
+        scored.append(scored_pairs(spec, p, q, [party.count for party in parties], model, ia, ib, score, via, count))
     del frequencies
     seconds["score"] = time.perf_counter() - mark
     mark = time.perf_counter()
