@@ -119,5 +119,22 @@ def test_the_spec_chooses_it_and_pairwise_keeps_the_pairs_own_posterior() -> Non
     pairwise_spec = dataclasses.replace(spec, posterior="pairwise")
     pairwise = scored_pairs(pairwise_spec, 0, 1, [1000, 1000], model, ia, ib, posterior, via, 3)
     np.testing.assert_array_equal(pairwise.posterior, posterior)
-    assert one_to_one.posterior[2] > 0.8 > pairwise.posterior[2]
-    assert one_to_one.assigned.tolist() == pairwise.assigned.tolist() == [True, False, True]
+    assert one_to_one.posterior[2] > 0.8 > pairwise.posterior[2]  # the lone pair gains
+    assert one_to_one.posterior[1] == posterior[1]  # the look-alike keeps its own posterior...
+    assert one_to_one.assigned.tolist() == pairwise.assigned.tolist() == [True, False, True]  # ...and loses
+
+
+def test_a_person_held_twice_by_a_node_is_still_linked() -> None:
+    """Two equally strong candidates of one record (one person held twice by the other node) share
+    the one-to-one probability; the pair the assignment keeps keeps its own posterior."""
+    from fedlink.linkage.probabilistic import FellegiSunter, scored_pairs
+    from fedlink.linkage.spec import load_spec
+
+    model = FellegiSunter((), (), (), None, 1e-6, 1, 100.0)  # type: ignore[arg-type]
+    ia, ib = np.array([0, 0]), np.array([0, 1])
+    posterior = np.array([0.999, 0.999], np.float32)
+    joint = one_to_one_posterior(ia, ib, posterior, 1000, 1000, 100.0)
+    assert (joint < 0.6).all()  # the model cannot tell them from look-alikes
+    scored = scored_pairs(load_spec(), 0, 1, [1000, 1000], model, ia, ib, posterior, np.full(2, -1, np.int8), 2)
+    np.testing.assert_array_equal(scored.posterior, posterior)
+    assert scored.assigned.tolist() == [True, False]

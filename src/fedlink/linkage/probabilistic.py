@@ -29,10 +29,11 @@ probabilistic spec, :mod:`fedlink.linkage.fields`):
 7. **One-to-one posterior.** With the spec's ``posterior`` ``"one-to-one"`` (the default), a pair's
    probability also weighs its records' other scored pairs, since a record has at most one match in
    another party (:func:`one_to_one_posterior`: Sadinle's bipartite matching model, by belief
-   propagation). A look-alike of a record that has a better candidate loses; a pair whose records
-   have no other candidate gains, by each record's chance of having a match at all. This matters
-   more as populations grow: the pairwise prior falls with the number of cross pairs, and records
-   that agree on names and date of birth by chance grow with the population.
+   propagation). A pair whose records have no other candidate gains, by each record's chance of
+   having a match at all; no pair falls below its own posterior (:func:`scored_pairs`: competing
+   candidates may be one person held twice by a node). This matters more as populations grow: the
+   pairwise prior falls with the number of cross pairs, while the evidence of a partial agreement
+   stays the same.
 8. **Threshold.** ``"expected-f1"`` (the default rule): the posterior probability above which
    linking the one-to-one assigned pairs maximises the model's expected F1
    (:func:`fedlink.linkage.estimate.best_threshold`; for a calibrated model that is about half the
@@ -816,11 +817,20 @@ def scored_pairs(
     via: np.ndarray,
     candidates: int,
 ) -> ScoredPairs:
-    """The scored pairs of parties ``p`` and ``q`` (records of parties of ``counts``), their posteriors
-    made one-to-one where the spec says so (:func:`one_to_one_posterior`), and the pairs the greedy
-    one-to-one assignment keeps. Every linker (in process, spilled, on Spark) assigns its pairs here."""
+    """The scored pairs of parties ``p`` and ``q`` (records of parties of ``counts``) with their
+    posteriors, and the pairs the greedy one-to-one assignment keeps. Every linker (in process,
+    spilled, on Spark) assigns its pairs here.
+
+    With the spec's ``posterior`` ``"one-to-one"``, a pair's posterior is the greater of its own and
+    its one-to-one posterior (:func:`one_to_one_posterior`). The one-to-one posterior raises a pair
+    whose records have no other candidate; it is not let lower a pair below its own posterior,
+    because a record's competing candidates may be one person held twice by a node (FEBRL2 and
+    FEBRL3 hold up to five records of a person), which the model cannot tell from look-alikes: they
+    would share the probability and none be linked. Look-alikes lose to better candidates in the
+    greedy assignment, as before."""
     if spec.posterior == "one-to-one":
-        posterior = one_to_one_posterior(ia, ib, posterior, counts[p], counts[q], model.expected_matches)
+        joint = one_to_one_posterior(ia, ib, posterior, counts[p], counts[q], model.expected_matches)
+        posterior = np.maximum(joint, posterior)
     assigned = np.zeros(len(ia), dtype=bool)
     assigned[one_to_one(ia, ib, posterior)] = True
     return ScoredPairs(p=p, q=q, ia=ia, ib=ib, posterior=posterior, via=via, assigned=assigned, candidates=candidates)
