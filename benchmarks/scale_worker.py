@@ -17,12 +17,17 @@ Stages (FOLDER is one size's working folder; the synthetic federation is FOLDER/
     The wire format (:mod:`fedlink.linkage.payload`, a NumPy ``.npz``) written from the node's files,
     then unpacked into the linkage unit's spill folder FOLDER/unit/NODE (no network: gRPC is measured
     in ``test_bench_flower.py``).
-``link FOLDER [MAX_BLOCK]``
+``link FOLDER [MAX_BLOCK] [POSTERIOR]``
     The linkage unit: the encodings memory-mapped, :func:`fedlink.linkage.streaming.link_probabilistic_spilled`,
     the label-free quality estimate, slots and overlap counts; F1 against the truth, and what became of
     the true pairs missed (never scored, below the threshold, lost to the one-to-one assignment).
     ``MAX_BLOCK`` replaces the cap on a block's pairs (250,000): a million people with a cap of 2,500
     skip the blocks that ten million skip at 250,000 (block pairs grow with the square of the people).
+    ``POSTERIOR`` (``pairwise`` or ``one-to-one``) replaces the spec's default posterior.
+``bound FOLDER``
+    The best pairwise F1 that any rule deciding pairs from their comparison pattern, the commonness of
+    their names and their records' numbers of other plausible pairs can reach, chosen with the
+    generator's truth (:func:`bound`): how far a linker is from what those features allow.
 ``namesakes FOLDER``
     Plaintext (DuckDB, on the generator's truth): per pair of departments, pairs of records agreeing on
     first name, last name and date of birth that are the same person, and that are different people.
@@ -184,7 +189,8 @@ def transfer(folder: str, node: str) -> dict[str, Any]:
 def _missed(linked: Any, truths: list[np.ndarray]) -> dict[str, dict[str, int]]:
     """Per pair of departments, the true pairs of people held once on each side, by what became of
     them: linked (same entity), never scored (no blocking rule brought them together, or a posterior
-    under the floor), scored below the threshold, above it but lost to the one-to-one assignment."""
+    under the floor), scored below the threshold, above it but lost to the one-to-one assignment; and
+    the pair's false links, with those joining two records whose true partners were not scored."""
     out = {}
     names = list(NODES)
     for pair in linked.scored:
@@ -205,26 +211,48 @@ def _missed(linked: Any, truths: list[np.ndarray]) -> dict[str, dict[str, int]]:
         posterior = np.where(found, np.asarray(pair.posterior)[order][at], -1.0)
         assigned = np.where(found, np.asarray(pair.assigned)[order][at], False)
         same = linked.spine.entity[pair.p][ia] == linked.spine.entity[pair.q][ib]
+        # the pair's false links (assigned, at or above the threshold), and those of them between two
+        # records neither of which has its true partner among the scored pairs: look-alikes that no
+        # other candidate gives away
+        true = ta[pair.ia] == tb[pair.ib]
+        false_links = pair.assigned & (pair.posterior >= linked.threshold) & ~true
+        partnered_a = np.zeros(len(ta), bool)
+        partnered_a[pair.ia[true]] = True
+        partnered_b = np.zeros(len(tb), bool)
+        partnered_b[pair.ib[true]] = True
+        lone = false_links & ~partnered_a[pair.ia] & ~partnered_b[pair.ib]
         out[f"{names[pair.p]}-{names[pair.q]}"] = {
             "true pairs": len(ia),
             "linked": int(same.sum()),
             "never scored": int((~found).sum()),
             "below threshold": int((found & (posterior < linked.threshold)).sum()),
             "lost one-to-one": int((found & (posterior >= linked.threshold) & ~assigned).sum()),
+            "false links": int(false_links.sum()),
+            "false links, no true partner of either record scored": int(lone.sum()),
         }
     return out
 
 
-def link(folder: str, max_block: str = "") -> dict[str, Any]:
+def _spec(posterior: str = "") -> Any:
+    """The default spec for the benchmark's identifiers; ``posterior`` ("pairwise" or "one-to-one")
+    replaces the spec's default."""
+    import dataclasses
+
+    from fedlink.linkage.spec import load_spec
+
+    spec = load_spec().resolve(set(IDENTIFIERS))
+    return dataclasses.replace(spec, posterior=posterior) if posterior else spec
+
+
+def link(folder: str, max_block: str = "", posterior: str = "") -> dict[str, Any]:
     from fedlink.coordinator.linkage import overlap_counts
     from fedlink.linkage.cluster import assign_slots
     from fedlink.linkage.estimate import estimate_quality
     from fedlink.linkage.quality import pairwise_quality
-    from fedlink.linkage.spec import load_spec
     from fedlink.linkage.streaming import link_probabilistic_spilled, open_encodings
 
     work = Path(folder)
-    spec = load_spec().resolve(set(IDENTIFIERS))
+    spec = _spec(posterior)
     parties = [open_encodings(work / "unit" / node) for node in NODES]
     stages: dict[str, float] = {}
     mark = time.perf_counter()
@@ -246,6 +274,7 @@ def link(folder: str, max_block: str = "") -> dict[str, Any]:
     del linked
     quality = pairwise_quality(entity, truths)
     return {
+        "posterior": spec.posterior,
         "records": [len(e) for e in entity],
         "stages": {k: round(v, 2) for k, v in stages.items()},
         "candidates": candidates,
@@ -255,6 +284,73 @@ def link(folder: str, max_block: str = "") -> dict[str, Any]:
         "recall": quality.recall,
         "estimated_f1": estimate.overall.f1,
         "true_pairs": missed,
+    }
+
+
+def bound(folder: str) -> dict[str, Any]:
+    """The best pairwise F1 of any rule that decides a scored pair from what the model sees of it: its
+    comparison pattern, how common its names are (the decile of the product of its first and last
+    names' shares) and how many other plausible pairs (pairwise posterior above 0.01) each of its
+    records has (0, 1, 2 or more). Pairs alike in all of these are a class; with the generator's truth,
+    classes are linked in order of their true rate, as many as give the best F1 over every true cross
+    pair of people. A linker at this figure decides as well as these features allow; the gap between
+    two sizes is what no such rule can close."""
+    from fedlink.linkage.probabilistic import _term_frequencies, comparison_levels, pattern_ids
+    from fedlink.linkage.streaming import link_probabilistic_spilled, open_encodings
+
+    work = Path(folder)
+    spec = _spec("pairwise")
+    parties = [open_encodings(work / "unit" / node) for node in NODES]
+    truths = [np.load(work / f"truth-{node}.npy") for node in NODES]
+    linked = link_probabilistic_spilled(parties, spec, spill=work / "unit" / "spill")
+    names = [c for c, comparison in enumerate(spec.comparisons) if comparison.kind == "name"][:2]
+    shares = _term_frequencies(parties, spec)
+    classes, truth_of, true_pairs = [], [], 0
+    for pair in linked.scored:
+        p, q = pair.p, pair.q
+        people_a, count_a = np.unique(truths[p], return_counts=True)
+        people_b, count_b = np.unique(truths[q], return_counts=True)
+        _, at_a, at_b = np.intersect1d(people_a, people_b, return_indices=True)
+        true_pairs += int((count_a[at_a] * count_b[at_b]).sum())
+        ia, ib = pair.ia.astype(np.int64), pair.ib.astype(np.int64)
+        patterns = (
+            np.concatenate(
+                [
+                    pattern_ids(
+                        comparison_levels(
+                            spec, parties[p], parties[q], pair.ia[s : s + 2**21], pair.ib[s : s + 2**21], None
+                        )
+                    )
+                    for s in range(0, len(ia), 2**21)
+                ]
+            )
+            if len(ia)
+            else np.zeros(0, np.int64)
+        )
+        common = np.ones(len(ia))
+        for c in names:
+            if c in shares:
+                common *= np.maximum(shares[c][p][ia], shares[c][q][ib])
+        decile = np.searchsorted(np.quantile(common, np.linspace(0.1, 0.9, 9)), common) if len(ia) else common
+        plausible = pair.posterior > 0.01
+        others_a = np.bincount(ia[plausible], minlength=parties[p].count)[ia] - plausible
+        others_b = np.bincount(ib[plausible], minlength=parties[q].count)[ib] - plausible
+        key = ((patterns.astype(np.int64) * 10 + decile) * 3 + np.minimum(others_a, 2)) * 3 + np.minimum(others_b, 2)
+        classes.append(key * 16 + p * 4 + q)
+        truth_of.append(truths[p][ia] == truths[q][ib])
+    _, inverse = np.unique(np.concatenate(classes), return_inverse=True)
+    size = np.bincount(inverse)
+    right = np.bincount(inverse, np.concatenate(truth_of).astype(float))
+    order = np.argsort(-(right / size), kind="stable")
+    links, correct = np.cumsum(size[order]), np.cumsum(right[order])
+    f1 = 2 * correct / (links + true_pairs)
+    best = int(np.argmax(f1))
+    return {
+        "classes": len(size),
+        "true_pairs": true_pairs,
+        "f1": float(f1[best]),
+        "precision": float(correct[best] / links[best]),
+        "recall": float(correct[best] / true_pairs),
     }
 
 
@@ -419,6 +515,7 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "horizontal": horizontal,
     "federation": federation,
     "namesakes": namesakes,
+    "bound": bound,
 }
 
 
