@@ -25,9 +25,9 @@ Stages (FOLDER is one size's working folder; the synthetic federation is FOLDER/
     skip the blocks that ten million skip at 250,000 (block pairs grow with the square of the people).
     ``POSTERIOR`` (``pairwise`` or ``one-to-one``) replaces the spec's default posterior.
 ``bound FOLDER``
-    The best pairwise F1 that any rule deciding pairs from their comparison pattern, the commonness of
-    their names and their records' numbers of other plausible pairs can reach, chosen with the
-    generator's truth (:func:`bound`): how far a linker is from what those features allow.
+    A diagnostic: the best pairwise F1 of a rule deciding pairs from their comparison pattern, the
+    commonness of their names and their records' numbers of other plausible pairs, chosen with the
+    generator's truth on half the pairs and scored on the other half (:func:`bound`).
 ``namesakes FOLDER``
     Plaintext (DuckDB, on the generator's truth): per pair of departments, pairs of records agreeing on
     first name, last name and date of birth that are the same person, and that are different people.
@@ -240,6 +240,8 @@ def _spec(posterior: str = "") -> Any:
 
     from fedlink.linkage.spec import load_spec
 
+    if posterior not in ("", "pairwise", "one-to-one"):
+        raise SystemExit(f"posterior must be pairwise or one-to-one, not {posterior!r}")
     spec = load_spec().resolve(set(IDENTIFIERS))
     return dataclasses.replace(spec, posterior=posterior) if posterior else spec
 
@@ -288,13 +290,15 @@ def link(folder: str, max_block: str = "", posterior: str = "") -> dict[str, Any
 
 
 def bound(folder: str) -> dict[str, Any]:
-    """The best pairwise F1 of any rule that decides a scored pair from what the model sees of it: its
-    comparison pattern, how common its names are (the decile of the product of its first and last
-    names' shares) and how many other plausible pairs (pairwise posterior above 0.01) each of its
-    records has (0, 1, 2 or more). Pairs alike in all of these are a class; with the generator's truth,
-    classes are linked in order of their true rate, as many as give the best F1 over every true cross
-    pair of people. A linker at this figure decides as well as these features allow; the gap between
-    two sizes is what no such rule can close."""
+    """A diagnostic of how well pairs can be told apart on a few features: the best pairwise F1 of a
+    rule that decides a scored pair from its comparison pattern, how common its names are (the decile
+    of the product of its first and last names' shares) and how many other plausible pairs (pairwise
+    posterior above 0.01) each of its records has (0, 1, 2 or more). Pairs alike in all of these are a
+    class. With the generator's truth, the classes are ranked by their true rate on one half of the
+    pairs (split by a hash of the pair), and the best number of classes to link is chosen and scored on
+    the other half, against half the true cross pairs of people, so that small classes do not flatter
+    the figure. A linker using more than these features (exact name frequencies, how strong its
+    competitors are, links through a third node) can do better."""
     from fedlink.linkage.probabilistic import _term_frequencies, comparison_levels, pattern_ids
     from fedlink.linkage.streaming import link_probabilistic_spilled, open_encodings
 
@@ -305,7 +309,10 @@ def bound(folder: str) -> dict[str, Any]:
     linked = link_probabilistic_spilled(parties, spec, spill=work / "unit" / "spill")
     names = [c for c, comparison in enumerate(spec.comparisons) if comparison.kind == "name"][:2]
     shares = _term_frequencies(parties, spec)
-    classes, truth_of, true_pairs = [], [], 0
+    classes: list[np.ndarray] = []
+    truth_of: list[np.ndarray] = []
+    halves: list[np.ndarray] = []
+    true_pairs = 0
     for pair in linked.scored:
         p, q = pair.p, pair.q
         people_a, count_a = np.unique(truths[p], return_counts=True)
@@ -338,19 +345,23 @@ def bound(folder: str) -> dict[str, Any]:
         key = ((patterns.astype(np.int64) * 10 + decile) * 3 + np.minimum(others_a, 2)) * 3 + np.minimum(others_b, 2)
         classes.append(key * 16 + p * 4 + q)
         truth_of.append(truths[p][ia] == truths[q][ib])
+        halves.append(((ia * 0x9E3779B1) ^ (ib * 0x85EBCA77) ^ (p << 40)) >> 7 & 1)
+    if not true_pairs or not any(len(c) for c in classes):
+        raise SystemExit("bound needs scored pairs and true pairs")
     _, inverse = np.unique(np.concatenate(classes), return_inverse=True)
-    size = np.bincount(inverse)
-    right = np.bincount(inverse, np.concatenate(truth_of).astype(float))
-    order = np.argsort(-(right / size), kind="stable")
-    links, correct = np.cumsum(size[order]), np.cumsum(right[order])
-    f1 = 2 * correct / (links + true_pairs)
+    truth, half = np.concatenate(truth_of).astype(float), np.concatenate(halves).astype(bool)
+    counts = [np.bincount(inverse[half == h], minlength=inverse.max() + 1) for h in (False, True)]
+    rights = [np.bincount(inverse[half == h], truth[half == h], minlength=inverse.max() + 1) for h in (False, True)]
+    order = np.argsort(-(rights[0] / np.maximum(counts[0], 1)), kind="stable")  # ranked on one half
+    links, correct = np.cumsum(counts[1][order]), np.cumsum(rights[1][order])  # scored on the other
+    f1 = 2 * correct / (links + true_pairs / 2)
     best = int(np.argmax(f1))
     return {
-        "classes": len(size),
+        "classes": int(inverse.max() + 1),
         "true_pairs": true_pairs,
         "f1": float(f1[best]),
         "precision": float(correct[best] / links[best]),
-        "recall": float(correct[best] / true_pairs),
+        "recall": float(correct[best] / (true_pairs / 2)),
     }
 
 

@@ -112,6 +112,9 @@ def test_spark_spine_equals_in_process(benchmark: Any, session: Any, tmp_path: P
     assert there.spine.entities == here.spine.entities
     assert all(np.array_equal(a, b) for a, b in zip(here.spine.entity, there.spine.entity, strict=True))
     assert there.threshold == here.threshold
+    for mine, theirs in zip(here.scored, there.scored, strict=True):  # every scored pair, bit for bit
+        for name in ("ia", "ib", "posterior", "via", "assigned"):
+            assert np.array_equal(getattr(mine, name), getattr(theirs, name)), (mine.p, mine.q, name)
 
     pairs = sum(len(s.ia) for s in here.scored)  # pairs at or above the posterior floor, for the record
     compared = sum(s.candidates for s in here.scored)  # blocked candidate pairs, the bulk of the work

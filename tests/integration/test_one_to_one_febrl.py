@@ -68,3 +68,5 @@ def test_the_one_to_one_posterior_does_no_worse_than_the_pairwise_one(name: str,
     assert default["f1"] >= pairwise["f1"], (default, pairwise)
     if name in ("dataset1", "dataset4"):  # one record a person on each side
         assert default["f1"] >= 0.998, default
+    if name == "dataset4":  # measured: recall 0.9980 against 0.9974, the same precision
+        assert default["recall"] > pairwise["recall"], (default, pairwise)

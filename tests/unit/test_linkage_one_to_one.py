@@ -61,6 +61,22 @@ def test_on_a_tree_of_pairs_it_is_the_exact_bipartite_posterior(
     np.testing.assert_allclose(bp(ia, ib, posterior, count_a, count_b, expected), want, atol=1e-5)
 
 
+def test_a_long_chain_of_pairs_settles_on_the_exact_posterior() -> None:
+    """A chain of 16 pairs in a party where nearly every record has a match: each pair's probability
+    depends on the far end of the chain, so it takes many rounds to settle."""
+    rng = np.random.default_rng(3)
+    ia = [k // 2 + k % 2 for k in range(16)]  # a0-b0, a1-b0, a1-b1, a2-b1, ...
+    ib = [k // 2 for k in range(16)]
+    posterior = rng.uniform(0.2, 0.99, 16).tolist()
+    want = exact_posterior(ia, ib, posterior, 9, 8, 7.9)
+    np.testing.assert_allclose(bp(ia, ib, posterior, 9, 8, 7.9), want, atol=1e-3)
+
+
+def test_a_certain_pair_stays_certain_and_two_certain_rivals_share() -> None:
+    got = bp([0, 1, 1], [0, 1, 2], [1.0, 1.0, 1.0], 100, 100, 10.0)
+    assert got[0] > 0.999999 and abs(got[1] - got[2]) < 1e-6 and 0.4 < got[1] < 0.6
+
+
 def test_with_a_cycle_it_stays_close_to_the_exact_posterior() -> None:
     rng = np.random.default_rng(5)
     ia = [0, 0, 1, 1, 2, 2, 3]

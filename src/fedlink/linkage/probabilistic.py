@@ -100,8 +100,12 @@ ANCHOR_STRENGTH: Final = 50.0
 #: posterior: it keeps a record of a party where every record has a match from being forced onto its
 #: only candidate, however weak.
 UNSCORED_MATCH: Final = 0.01
-#: Rounds of belief propagation for the one-to-one posterior (it settles within a few on linkage graphs).
-ONE_TO_ONE_ROUNDS: Final = 10
+#: Belief propagation for the one-to-one posterior stops when no message moves by more than this
+#: (relative to its value), or after the most rounds. Messages are damped (each round's message is the
+#: geometric mean of the old and the new one), since undamped messages can oscillate around cycles of
+#: pairs: on the synthetic departments at a million people, 50 damped rounds are within 0.002 of 2,000.
+ONE_TO_ONE_TOLERANCE: Final = 1e-6
+ONE_TO_ONE_ROUNDS: Final = 50
 Progress = Callable[[str], None]
 
 
@@ -772,12 +776,15 @@ def one_to_one_posterior(
     where a record has a better candidate, this pair is likely a look-alike; where neither record has
     any other candidate, the pair is likelier than its comparisons alone say, because each record's
     share of having a match at all (``expected_matches`` over the party's records) is then spent on
-    it. This is the posterior of the bipartite (one-to-one) matching model of Sadinle (2017), computed
-    by belief propagation over the graph of scored pairs (the Bethe approximation; as for weighted
-    matchings by Bayati, Shah and Sharma 2008), ``rounds`` rounds: a pair's odds are its own posterior
-    odds over the odds that each of its records is taken otherwise, by another of its pairs or by
-    nothing (a record of party a has no match with probability 1 - expected matches / ``count_a``,
-    and its match is among no scored pair with probability :data:`UNSCORED_MATCH`).
+    it. The model is a bipartite (one-to-one) matching in the spirit of Sadinle (2017), with an
+    independent chance per record of having no match rather than his prior on the number of matches:
+    a matching's weight is the product of its pairs' own posterior odds and, for every record it leaves
+    unmatched, that record's weight of having no match among its pairs, (1 - s) + s
+    :data:`UNSCORED_MATCH`, where s is the expected matches over its party's records. Each pair's
+    marginal is computed by damped belief propagation over the graph of scored pairs (as for weighted
+    matchings by Bayati, Shah and Sharma 2008), until no message moves by more than
+    :data:`ONE_TO_ONE_TOLERANCE` or after ``rounds`` rounds: exact where the pairs form no cycle (once
+    settled), the Bethe approximation where they do.
 
     Without competing pairs and with few matches per record, it is the pair's own posterior. It is as
     deterministic as the pairs' order: every linker gives it the pairs in one order.
@@ -800,7 +807,15 @@ def one_to_one_posterior(
         return free_b + np.bincount(ib, message, minlength=count_b)[ib] - message
 
     for _ in range(rounds):
-        to_a, to_b = odds / taken_b(to_b), odds / taken_a(to_a)
+        new_a = np.sqrt(to_a * (odds / taken_b(to_b)))
+        new_b = np.sqrt(to_b * (odds / taken_a(to_a)))
+        moved = max(
+            float(np.max(np.abs(new_a - to_a) / new_a.clip(1e-300))),
+            float(np.max(np.abs(new_b - to_b) / new_b.clip(1e-300))),
+        )
+        to_a, to_b = new_a, new_b
+        if moved < ONE_TO_ONE_TOLERANCE:
+            break
     joint = odds / (taken_a(to_a) * taken_b(to_b))
     return (joint / (1.0 + joint)).astype(np.float32)
 

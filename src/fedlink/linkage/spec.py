@@ -48,9 +48,10 @@ Keys of the document:
     fitted model's expected F1; or a number in (0, 1): that posterior probability.
 ``posterior``
     ``"one-to-one"`` (default): a pair's match probability also weighs its two records' other
-    candidate pairs, since a record has at most one match in another node (a look-alike of a record
-    with a better candidate is unlikely; a pair whose records have no other candidate is likelier than
-    its comparisons alone say); ``"pairwise"``: its own comparisons alone (Fellegi-Sunter).
+    candidate pairs, since a record has at most one match in another node: a pair whose records have
+    no other candidate is likelier than its comparisons alone say, and no pair falls below its own
+    probability (a look-alike of a record with a better candidate loses in the one-to-one
+    assignment); ``"pairwise"``: its own comparisons alone (Fellegi-Sunter).
 ``dependence``
     Groups of comparisons (at most four each) that agree together by chance more often than their
     product says, whose chance agreement is estimated jointly: names (families, names of one origin)
