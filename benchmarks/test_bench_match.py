@@ -42,7 +42,7 @@ from fedlink.linkage.cluster import cluster
 from fedlink.linkage.concepts import normalise_concepts
 from fedlink.linkage.encode import EncodedRecords, derive_keys, encode
 from fedlink.linkage.evaluate import evaluate_files
-from fedlink.linkage.febrl import febrl4_as_inputs, febrl4_folder, write_csv
+from fedlink.linkage.febrl import FEBRL_MAP, febrl4_as_inputs, febrl4_folder, write_csv
 from fedlink.linkage.fields import derive_spec_keys, encode_spec, flip_epsilon
 from fedlink.linkage.match import DEFAULT_THRESHOLD, dice
 from fedlink.linkage.normalise import IDENTIFIER_COLUMNS, normalise
@@ -333,16 +333,6 @@ def test_three_departments_side_by_side(benchmark: Any, tmp_path: Path, people: 
 
 
 # ---------------------------------------------------------------------------------------------- probabilistic
-
-FEBRL_MAP = (
-    "first_name=given_name",
-    "last_name=surname",
-    "dob=date_of_birth",
-    "postcode.country=au",
-    "address=street_number,address_1,address_2",
-    "locality=suburb",
-    "region=state",
-)
 
 
 def _febrl_truth(folder: Path, out: Path) -> Path:

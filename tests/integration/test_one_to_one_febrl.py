@@ -13,20 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from fedlink.linkage.febrl import febrl4_folder, write_csv
+from fedlink.linkage.febrl import FEBRL_MAP, febrl4_folder, write_csv
 from fedlink.linkage.run import run_files
 from fedlink.linkage.spec import load_spec
 
 pytestmark = pytest.mark.slow
-MAP = (
-    "first_name=given_name",
-    "last_name=surname",
-    "dob=date_of_birth",
-    "postcode.country=au",
-    "address=street_number,address_1,address_2",
-    "locality=suburb",
-    "region=state",
-)
 
 
 def _split(folder: Path, name: str, out: Path) -> tuple[list[Path], Path]:
@@ -63,8 +54,8 @@ def test_the_one_to_one_posterior_does_no_worse_than_the_pairwise_one(name: str,
     files, truth = _split(folder, name, tmp_path)
     pairwise_spec = tmp_path / "pairwise.json"
     pairwise_spec.write_text(json.dumps({**json.loads(load_spec().text), "posterior": "pairwise"}))
-    default = run_files(files, MAP, truth=truth, secret=b"f" * 32)["measured"]
-    pairwise = run_files(files, MAP, spec_path=pairwise_spec, truth=truth, secret=b"f" * 32)["measured"]
+    default = run_files(files, FEBRL_MAP, truth=truth, secret=b"f" * 32)["measured"]
+    pairwise = run_files(files, FEBRL_MAP, spec_path=pairwise_spec, truth=truth, secret=b"f" * 32)["measured"]
     assert default["f1"] >= pairwise["f1"], (default, pairwise)
     if name in ("dataset1", "dataset4"):  # one record a person on each side
         assert default["f1"] >= 0.998, default

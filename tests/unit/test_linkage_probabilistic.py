@@ -14,7 +14,7 @@ import pytest
 from fedlink.errors import BadInput
 from fedlink.linkage.concepts import normalise_concepts
 from fedlink.linkage.estimate import ScoredPairs, estimate_quality
-from fedlink.linkage.febrl import febrl4_folder, write_csv
+from fedlink.linkage.febrl import FEBRL_MAP, febrl4_folder, write_csv
 from fedlink.linkage.fields import derive_spec_keys, encode_spec, flip_epsilon
 from fedlink.linkage.match import dice
 from fedlink.linkage.probabilistic import (
@@ -31,15 +31,6 @@ from fedlink_tools.synth import synthesize
 
 SPEC = load_spec().resolve({"id:nhs_number"})
 KEYS = derive_spec_keys(b"a link secret of 32 bytes.......", "test", SPEC)
-FEBRL_MAP = (
-    "first_name=given_name",
-    "last_name=surname",
-    "dob=date_of_birth",
-    "postcode.country=au",
-    "address=street_number,address_1,address_2",
-    "locality=suburb",
-    "region=state",
-)
 
 
 def encoded(**columns: list[str | None]) -> object:

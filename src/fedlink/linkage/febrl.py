@@ -17,6 +17,17 @@ from fedlink.linkage.normalise import IDENTIFIER_COLUMNS
 
 #: The FEBRL columns that ``schemas/febrl.json`` reads as free text.
 TEXT_FIELDS = ("street_number", "address_1", "suburb", "state", "soc_sec_id")
+#: FEBRL's own columns as fedlink's identifier concepts (``fedlink linkage run --map``): Australian
+#: postcodes, the address in three columns, no sex; the social security number left out.
+FEBRL_MAP = (
+    "first_name=given_name",
+    "last_name=surname",
+    "dob=date_of_birth",
+    "postcode.country=au",
+    "address=street_number,address_1,address_2",
+    "locality=suburb",
+    "region=state",
+)
 
 
 def febrl4_folder() -> Path | None:
