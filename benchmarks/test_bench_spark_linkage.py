@@ -41,17 +41,6 @@ CORES = int(os.environ.get("FEDLINK_BENCH_SPARK_CORES", "2"))
 SUMMARY: list[str] = []
 
 
-def _flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return " ".join(sorted(f for f in flags if f.startswith(("avx", "sse4", "popcnt", "bmi"))))
-    except OSError:
-        pass
-    return "?"
-
-
 def _record(info: dict[str, Any]) -> None:
     out = Path(__file__).parent / "scale" / f"spark-people-{PEOPLE}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,9 +69,11 @@ def summary(request: pytest.FixtureRequest) -> Iterator[None]:
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is None or capture is None or not SUMMARY:
         return
+    machine = cpu()
+    flags = " ".join(machine["flags"])
     with capture.global_and_fixture_disabled():
         reporter.write_line("")
-        reporter.section(f"fedlink: linkage unit on Spark (local[{CORES}]; CPU flags {_flags()})")
+        reporter.section(f"fedlink: linkage unit on Spark (local[{CORES}]; CPU {machine['model']}, flags {flags})")
         for line in SUMMARY:
             reporter.write_line(line)
 

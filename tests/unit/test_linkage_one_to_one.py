@@ -10,7 +10,8 @@ import itertools
 import numpy as np
 import pytest
 
-from fedlink.linkage.probabilistic import UNSCORED_MATCH, one_to_one_posterior
+from fedlink.linkage.probabilistic import UNSCORED_MATCH, FellegiSunter, one_to_one_posterior, scored_pairs
+from fedlink.linkage.spec import load_spec
 
 
 def exact_posterior(
@@ -123,9 +124,6 @@ def test_no_pairs_no_work() -> None:
 
 
 def test_the_spec_chooses_it_and_pairwise_keeps_the_pairs_own_posterior() -> None:
-    from fedlink.linkage.probabilistic import FellegiSunter, scored_pairs
-    from fedlink.linkage.spec import load_spec
-
     spec = load_spec()
     model = FellegiSunter((), (), (), None, 0.001, 1, 950.0)  # type: ignore[arg-type]
     ia, ib = np.array([0, 0, 1]), np.array([0, 1, 2])
@@ -143,9 +141,6 @@ def test_the_spec_chooses_it_and_pairwise_keeps_the_pairs_own_posterior() -> Non
 def test_a_person_held_twice_by_a_node_is_still_linked() -> None:
     """Two equally strong candidates of one record (one person held twice by the other node) share
     the one-to-one probability; the pair the assignment keeps keeps its own posterior."""
-    from fedlink.linkage.probabilistic import FellegiSunter, scored_pairs
-    from fedlink.linkage.spec import load_spec
-
     model = FellegiSunter((), (), (), None, 1e-6, 1, 100.0)  # type: ignore[arg-type]
     ia, ib = np.array([0, 0]), np.array([0, 1])
     posterior = np.array([0.999, 0.999], np.float32)

@@ -28,8 +28,8 @@ probabilistic spec, :mod:`fedlink.linkage.fields`):
    its posterior match probability is 1 / (1 + 2^-weight).
 7. **One-to-one posterior.** With the spec's ``posterior`` ``"one-to-one"`` (the default), a pair's
    probability also weighs its records' other scored pairs, since a record has at most one match in
-   another party (:func:`one_to_one_posterior`: Sadinle's bipartite matching model, by belief
-   propagation). A pair whose records have no other candidate gains, by each record's chance of
+   another party (:func:`one_to_one_posterior`: a bipartite matching model after Sadinle's, by
+   damped belief propagation). A pair whose records have no other candidate gains, by each record's chance of
    having a match at all; no pair falls below its own posterior (:func:`scored_pairs`: competing
    candidates may be one person held twice by a node). This matters more as populations grow: the
    pairwise prior falls with the number of cross pairs, while the evidence of a partial agreement
@@ -971,6 +971,7 @@ def link_probabilistic(
     mark = time.perf_counter()
     say("scoring, assigning and clustering")
     frequencies = _term_frequencies(parties, spec)
+    counts = [party.count for party in parties]
     scored: list[ScoredPairs] = []
     for index, (pair, (own, inverse, _)) in enumerate(zip(pairs, distinct_of, strict=True)):
         model = models[(pair.p, pair.q)]
@@ -992,7 +993,6 @@ def link_probabilistic(
         distinct_of[index] = (own, inverse[:0], own[:0])  # the pairs' own arrays are not needed again
         kept = posterior >= POSTERIOR_FLOOR
         ia, ib, score, via = pair.ia[kept], pair.ib[kept], posterior[kept], pair.via[kept]
-        counts = [party.count for party in parties]
         scored.append(scored_pairs(spec, pair.p, pair.q, counts, model, ia, ib, score, via, pair.candidates))
         pairs[index] = _PartyPair(pair.p, pair.q, ia[:0], ib[:0], via[:0], pair.patterns[:0], pair.candidates)
     threshold, links = links_at_threshold(scored, spec)

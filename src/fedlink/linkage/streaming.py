@@ -402,6 +402,7 @@ def _link(
     mark = time.perf_counter()
     say("scoring the spilled pairs, assigning and clustering")
     frequencies = _term_frequencies(parties, spec)
+    counts = [party.count for party in parties]
     scored: list[ScoredPairs] = []
     for (p, q), pairs, (own, _), count in zip(index, spilled, distinct_of, candidates, strict=True):
         model = models[(p, q)]
@@ -409,7 +410,7 @@ def _link(
             pairs, own, model.match_weight(own), frequencies, p, q, model.chance.marginals
         )
         pairs.remove()
-        scored.append(scored_pairs(spec, p, q, [party.count for party in parties], model, ia, ib, score, via, count))
+        scored.append(scored_pairs(spec, p, q, counts, model, ia, ib, score, via, count))
     del frequencies
     seconds["score"] = time.perf_counter() - mark
     mark = time.perf_counter()
